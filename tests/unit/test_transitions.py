@@ -1,0 +1,68 @@
+import pytest
+
+from comfyfleet.domain.job import Attempt, Job, JobError, JobStatus, Phase, Progress
+from comfyfleet.domain import transitions as t
+from comfyfleet.errors import InvalidTransition
+
+
+def new_job() -> Job:
+    return Job(id="j1", status=JobStatus.QUEUED, created_at=100.0)
+
+
+def attempt(n: int = 1) -> Attempt:
+    return Attempt(number=n, backend="b1", prompt_id=f"p{n}", client_id=f"c{n}", worker="w",
+                   started_at=101.0)
+
+
+def test_happy_path_queued_running_succeeded():
+    job = t.apply(new_job(), t.Dispatch(attempt()), 101.0)
+    assert (job.status, job.phase, job.attempt, job.version) == (JobStatus.RUNNING, Phase.DISPATCHING, 1, 1)
+    job = t.apply(job, t.Submitted(), 102.0)
+    assert job.phase is Phase.SUBMITTED and job.current.submitted_at == 102.0
+    job = t.apply(job, t.Executing(), 103.0)
+    job = t.apply(job, t.ProgressMade(Progress(value=0.5, nodes_done=1, nodes_total=2)), 104.0)
+    job = t.apply(job, t.Succeed(()), 105.0)
+    assert job.status is JobStatus.SUCCEEDED
+    assert job.progress.value == 1.0
+    assert job.completed_at == 105.0
+    assert job.current is None and job.history[-1].outcome == "succeeded"
+
+
+def test_terminal_states_absorb_every_event():
+    done = t.apply(t.apply(new_job(), t.Dispatch(attempt()), 1.0), t.Succeed(()), 2.0)
+    for event in (t.Dispatch(attempt(2)), t.Fail(JobError("x", "y")), t.RequestCancel(),
+                  t.Expire(), t.ProgressMade(Progress(value=0.1))):
+        with pytest.raises(InvalidTransition, match="terminal"):
+            t.apply(done, event, 3.0)
+
+
+def test_progress_never_goes_backwards():
+    job = t.apply(new_job(), t.Dispatch(attempt()), 1.0)
+    job = t.apply(job, t.ProgressMade(Progress(value=0.6)), 2.0)
+    job = t.apply(job, t.ProgressMade(Progress(value=0.2, step=1, steps=5)), 3.0)
+    assert job.progress.value == 0.6 and job.progress.step == 1
+
+
+def test_cancel_of_queued_job_is_immediate_and_running_goes_through_canceling():
+    assert t.apply(new_job(), t.RequestCancel(), 1.0).status is JobStatus.CANCELED
+    running = t.apply(new_job(), t.Dispatch(attempt()), 1.0)
+    canceling = t.apply(running, t.RequestCancel(), 2.0)
+    assert canceling.status is JobStatus.CANCELING
+    with pytest.raises(InvalidTransition):
+        t.apply(canceling, t.Retry(5.0, "transient", "x"), 3.0)
+    assert t.apply(canceling, t.Canceled(), 3.0).status is JobStatus.CANCELED
+
+
+def test_retry_returns_to_queue_and_records_the_attempt():
+    job = t.apply(new_job(), t.Dispatch(attempt()), 1.0)
+    job = t.apply(job, t.Retry(10.0, "transient", "connection refused"), 2.0)
+    assert job.status is JobStatus.QUEUED and job.not_before == 10.0 and job.attempt == 1
+    assert job.history[0].failure_class == "transient"
+    job = t.apply(job, t.Dispatch(attempt(2)), 11.0)
+    assert job.attempt == 2 and job.current.prompt_id == "p2"
+
+
+def test_record_round_trips_through_dict():
+    job = t.apply(new_job(), t.Dispatch(attempt()), 1.0)
+    job = t.apply(job, t.Fail(JobError("node_execution_error", "boom", node_id="2")), 2.0)
+    assert Job.from_dict(job.to_dict()) == job
