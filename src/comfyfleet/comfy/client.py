@@ -1,0 +1,261 @@
+"""HTTP client for one ComfyUI server.
+
+Every httpx error and every non-2xx answer is translated here into the ``BackendError`` tree;
+nothing above ``comfy/`` sees an httpx exception. The ``httpx.AsyncClient`` is injected (the
+I/O seam), its timeouts come from ``ClientTimeouts``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import httpx
+
+from ..errors import (
+    BackendError,
+    BackendProtocolError,
+    BackendTimeout,
+    BackendUnavailable,
+    PromptRejected,
+)
+
+UNAVAILABLE_STATUSES = frozenset({429, 502, 503, 504})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientTimeouts:
+    connect_s: float = 5.0
+    read_s: float = 30.0
+    submit_s: float = 60.0  # POST /prompt validates the graph inside the request
+    download_s: float = 300.0
+
+    def httpx(self) -> httpx.Timeout:
+        return httpx.Timeout(self.read_s, connect=self.connect_s)
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    prompt_id: str
+    number: float
+    node_errors: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueItem:
+    number: float
+    prompt_id: str
+    extra_data: dict[str, Any]
+    outputs_to_execute: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueState:
+    running: tuple[QueueItem, ...]
+    pending: tuple[QueueItem, ...]
+
+    def find(self, prompt_id: str) -> tuple[str, QueueItem] | None:
+        """Return ("running"|"pending", item) for ``prompt_id``, or None when absent."""
+        for where, items in (("running", self.running), ("pending", self.pending)):
+            for item in items:
+                if item.prompt_id == prompt_id:
+                    return where, item
+        return None
+
+    @property
+    def size(self) -> int:
+        return len(self.running) + len(self.pending)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """A finished prompt as ``/history/{id}`` reports it."""
+
+    prompt_id: str
+    outcome: str  # "success" | "error" | "interrupted"
+    outputs: dict[str, Any]
+    error: dict[str, Any] | None = None  # the execution_error / execution_interrupted data
+    outputs_to_execute: tuple[str, ...] = field(default=())
+
+    @classmethod
+    def parse(cls, prompt_id: str, entry: Mapping[str, Any]) -> "HistoryEntry":
+        status = entry.get("status") or {}
+        messages = status.get("messages") or []
+        last_kind, last_data = None, None
+        for message in messages:
+            if isinstance(message, (list, tuple)) and len(message) == 2:
+                if message[0] in ("execution_success", "execution_error", "execution_interrupted"):
+                    last_kind, last_data = message
+        if last_kind == "execution_interrupted":
+            outcome = "interrupted"
+        elif status.get("status_str") == "success" or last_kind == "execution_success":
+            outcome = "success"
+        else:
+            outcome = "error"
+        prompt = entry.get("prompt") or []
+        targets = tuple(str(x) for x in prompt[4]) if len(prompt) > 4 and prompt[4] else ()
+        outputs = entry.get("outputs") or {}
+        return cls(prompt_id=prompt_id, outcome=outcome,
+                   outputs=outputs if isinstance(outputs, dict) else {},
+                   error=last_data if outcome != "success" and isinstance(last_data, dict) else None,
+                   outputs_to_execute=targets)
+
+
+class ComfyClient:
+    """One ComfyUI server's HTTP API. ``name`` labels errors and counters."""
+
+    def __init__(self, base_url: str, *, http: httpx.AsyncClient, name: str | None = None,
+                 headers: Mapping[str, str] | None = None,
+                 timeouts: ClientTimeouts = ClientTimeouts()) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.name = name or self.base_url
+        self._http = http
+        self._headers = dict(headers or {})
+        self._timeouts = timeouts
+
+    # -- prompts -------------------------------------------------------------------------
+    async def submit(self, prompt: Mapping[str, Any], *, prompt_id: str, client_id: str,
+                     extra_data: Mapping[str, Any] | None = None) -> SubmitResult:
+        body = {"prompt": prompt, "prompt_id": prompt_id, "client_id": client_id,
+                "extra_data": dict(extra_data or {})}
+        response = await self._request("POST", "/prompt", json=body,
+                                       timeout=self._timeouts.submit_s, accept_statuses={400})
+        data = self._json(response)
+        if response.status_code == 400:
+            error = data.get("error") if isinstance(data, dict) else None
+            error = error if isinstance(error, dict) else {"type": "invalid_prompt", "message": str(error)}
+            raise PromptRejected(
+                f"{self.name} rejected the prompt: {error.get('message') or error.get('type')}",
+                error_type=str(error.get("type") or "invalid_prompt"),
+                node_errors=data.get("node_errors") or {}, backend=self.name)
+        if not isinstance(data, dict) or str(data.get("prompt_id")) != prompt_id:
+            raise BackendProtocolError(f"{self.name}: unexpected /prompt answer {data!r:.200}",
+                                       backend=self.name)
+        return SubmitResult(prompt_id=prompt_id, number=data.get("number") or 0,
+                            node_errors=data.get("node_errors") or {})
+
+    async def queue(self) -> QueueState:
+        data = self._json(await self._request("GET", "/queue"))
+        try:
+            return QueueState(running=tuple(_queue_item(i) for i in data.get("queue_running", [])),
+                              pending=tuple(_queue_item(i) for i in data.get("queue_pending", [])))
+        except (AttributeError, IndexError, TypeError, ValueError) as exc:
+            raise BackendProtocolError(f"{self.name}: malformed /queue: {exc}", backend=self.name) from exc
+
+    async def history(self, prompt_id: str) -> HistoryEntry | None:
+        """The finished prompt, or None while ComfyUI does not know it (``{}``)."""
+        data = self._json(await self._request("GET", f"/history/{prompt_id}"))
+        if not isinstance(data, dict):
+            raise BackendProtocolError(f"{self.name}: malformed /history", backend=self.name)
+        entry = data.get(prompt_id)
+        return HistoryEntry.parse(prompt_id, entry) if isinstance(entry, dict) else None
+
+    async def interrupt(self, prompt_id: str) -> None:
+        await self._request("POST", "/interrupt", json={"prompt_id": prompt_id})
+
+    async def delete_pending(self, prompt_ids: list[str]) -> None:
+        await self._request("POST", "/queue", json={"delete": prompt_ids})
+
+    # -- files and stats -----------------------------------------------------------------
+    @asynccontextmanager
+    async def download(self, filename: str, *, subfolder: str = "",
+                       folder_type: str = "output") -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
+        """Stream one file from ``/view``: yields (content_type, chunks)."""
+        query = urlencode({"filename": filename, "subfolder": subfolder, "type": folder_type})
+        request = self._http.build_request("GET", f"{self.base_url}/view?{query}",
+                                           headers=self._headers,
+                                           timeout=httpx.Timeout(self._timeouts.download_s,
+                                                                 connect=self._timeouts.connect_s))
+        try:
+            response = await self._http.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise self._translate(exc) from exc
+        try:
+            self._check_status(response, "GET /view")
+            content_type = response.headers.get("content-type", "application/octet-stream")
+            yield content_type.split(";")[0].strip(), self._chunks(response)
+        finally:
+            await response.aclose()
+
+    async def _chunks(self, response: httpx.Response) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in response.aiter_bytes():
+                yield chunk
+        except httpx.HTTPError as exc:
+            raise self._translate(exc) from exc
+
+    async def upload_image(self, data: bytes, filename: str, *, folder_type: str = "input") -> dict[str, Any]:
+        files = {"image": (filename, data, "application/octet-stream")}
+        response = await self._request("POST", "/upload/image", files=files,
+                                       data={"type": folder_type}, timeout=self._timeouts.download_s)
+        return self._json(response)
+
+    async def system_stats(self) -> dict[str, Any]:
+        data = self._json(await self._request("GET", "/system_stats"))
+        if not isinstance(data, dict):
+            raise BackendProtocolError(f"{self.name}: malformed /system_stats", backend=self.name)
+        return data
+
+    def ws_url(self, client_id: str) -> str:
+        parts = urlsplit(self.base_url)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        path = parts.path.rstrip("/") + "/ws"
+        return urlunsplit((scheme, parts.netloc, path, urlencode({"clientId": client_id}), ""))
+
+    # -- plumbing --------------------------------------------------------------------------
+    async def _request(self, method: str, path: str, *, timeout: float | None = None,
+                       accept_statuses: frozenset[int] | set[int] = frozenset(), **kwargs: Any) -> httpx.Response:
+        t = self._timeouts.httpx() if timeout is None else httpx.Timeout(timeout, connect=self._timeouts.connect_s)
+        try:
+            response = await self._http.request(method, self.base_url + path, headers=self._headers,
+                                                timeout=t, **kwargs)
+        except httpx.HTTPError as exc:
+            raise self._translate(exc) from exc
+        if response.status_code not in accept_statuses:
+            self._check_status(response, f"{method} {path}")
+        return response
+
+    def _check_status(self, response: httpx.Response, what: str) -> None:
+        code = response.status_code
+        if code < 400:
+            return
+        message = f"{self.name}: {what} answered HTTP {code}"
+        if code in UNAVAILABLE_STATUSES:
+            raise BackendUnavailable(message, backend=self.name, status_code=code,
+                                     retry_after_s=_retry_after(response.headers.get("retry-after")))
+        raise BackendError(message, backend=self.name, status_code=code)
+
+    def _json(self, response: httpx.Response) -> Any:
+        try:
+            return response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BackendProtocolError(f"{self.name}: answer is not JSON: {response.text[:200]!r}",
+                                       backend=self.name, status_code=response.status_code) from exc
+
+    def _translate(self, exc: httpx.HTTPError) -> BackendError:
+        if isinstance(exc, httpx.TimeoutException):
+            return BackendTimeout(f"{self.name}: timed out ({type(exc).__name__})", backend=self.name)
+        if isinstance(exc, (httpx.TransportError,)):
+            return BackendUnavailable(f"{self.name}: cannot reach the server ({type(exc).__name__}: {exc})",
+                                      backend=self.name)
+        return BackendError(f"{self.name}: {type(exc).__name__}: {exc}", backend=self.name)
+
+
+def _queue_item(raw: list[Any]) -> QueueItem:
+    extra = raw[3] if len(raw) > 3 and isinstance(raw[3], dict) else {}
+    targets = tuple(str(x) for x in raw[4]) if len(raw) > 4 and raw[4] else ()
+    return QueueItem(number=float(raw[0]), prompt_id=str(raw[1]), extra_data=extra,
+                     outputs_to_execute=targets)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None

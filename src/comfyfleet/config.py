@@ -1,0 +1,77 @@
+"""Settings, read from CLI options and ``COMFYFLEET_*`` environment variables.
+
+Only ``cli.py`` and ``api/app.py`` read this; everything else gets plain values by keyword.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError
+from .runtime.dispatcher import BackendConfig
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="COMFYFLEET_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8787, ge=0, le=65535)
+    backends: list[str] = Field(default_factory=list)
+    workers: int = Field(1, ge=0, le=64)
+    redis_url: str | None = None  # None: start the embedded Valkey in data_dir
+    data_dir: Path = Path(".comfyfleet")
+    key_prefix: str = "cf"
+    public_base_url: str | None = None
+    max_workflow_bytes: int = 5_000_000
+    max_workflow_nodes: int = 2000
+    progress_throttle_s: float = 1.0
+    retention_s: float = 7 * 86400.0
+    active_ttl_s: float = 2 * 3600.0
+    concurrency: int = 64
+
+    @field_validator("backends", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v for v in (part.strip() for part in value.split(",")) if v]
+        return value
+
+    @property
+    def base_url(self) -> str:
+        if self.public_base_url:
+            return self.public_base_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    def backend_configs(self) -> list[BackendConfig]:
+        return parse_backends(self.backends)
+
+
+def parse_backends(urls: list[str]) -> list[BackendConfig]:
+    """``http://gpu-1:8188`` or ``name=http://gpu-1:8188`` -> BackendConfig; plain errors otherwise."""
+    configs: list[BackendConfig] = []
+    for index, raw in enumerate(urls, start=1):
+        name, _, url = raw.partition("=") if "=" in raw.split("://")[0] else ("", "", raw)
+        check_http_url(url, what="backend URL")
+        configs.append(BackendConfig(name=name or urlsplit(url).netloc or f"backend-{index}",
+                                     url=url.rstrip("/")))
+    names = [c.name for c in configs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"backend names must be unique, got {names}")
+    return configs
+
+
+def check_http_url(url: str, *, what: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{what} {url!r} is not an http(s) URL such as http://127.0.0.1:8188")
+
+
+def check_redis_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix", "valkey", "valkeys") or not (parts.netloc or parts.path):
+        raise ConfigError(f"Redis URL {url!r} is not valid; use redis://host:6379/0")

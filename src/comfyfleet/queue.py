@@ -1,0 +1,63 @@
+"""The work queue: bullmq queues holding job ids, one per lane (interactive, long).
+
+The job record in the store is the truth; the queue only says "this job wants a worker".
+bullmq job id = our job id, so enqueueing an id twice is a no-op. Lock and stall settings
+follow the measurements in the design (lockDuration 10 s, stalledInterval 5 s,
+maxStalledCount 2): a worker killed mid-job has its jobs handed to another in about 10 s.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from bullmq import Queue
+
+from .domain.job import Job
+from .store.keys import Keys
+
+INTERACTIVE, LONG = "interactive", "long"
+LANES = (INTERACTIVE, LONG)
+LONG_JOB_TYPES = frozenset({"lora_training", "video"})
+BULL_PRIORITY_MAX = 2_097_152
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueSettings:
+    lock_duration_ms: int = 10_000
+    stalled_interval_ms: int = 5_000
+    max_stalled_count: int = 1_000_000  # a stall is a dead worker, not a failure of the job
+    drain_delay_s: int = 1
+
+
+def lane_of(job: Job) -> str:
+    return LONG if job.type in LONG_JOB_TYPES else INTERACTIVE
+
+
+def bull_priority(priority: int) -> int:
+    """Our priority: higher first, ±1e6. bullmq: 1 is the most urgent."""
+    return max(1, min(BULL_PRIORITY_MAX, 1_000_001 - int(priority)))
+
+
+class JobQueue:
+    """Producer side of the lanes."""
+
+    def __init__(self, redis_url: str, keys: Keys) -> None:
+        self._queues = {lane: Queue(lane, {"connection": redis_url, "prefix": keys.bull_prefix})
+                        for lane in LANES}
+
+    async def enqueue(self, job: Job, *, not_before: float | None = None) -> None:
+        opts: dict = {"jobId": job.id, "removeOnComplete": True, "removeOnFail": True,
+                      "priority": bull_priority(job.priority)}
+        at = not_before if not_before is not None else job.not_before
+        if at is not None:
+            opts["delay"] = max(0, int((at - time.time()) * 1000))
+        await self._queues[lane_of(job)].add("run", {"job_id": job.id}, opts)
+
+    async def state_of(self, job: Job) -> str:
+        """bullmq's state of the job's entry ("unknown" when there is none)."""
+        return await self._queues[lane_of(job)].getJobState(job.id)
+
+    async def close(self) -> None:
+        for queue in self._queues.values():
+            await queue.close()

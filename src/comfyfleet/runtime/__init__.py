@@ -1,0 +1,1 @@
+"""Running jobs: dispatcher (which backend), runner (one attempt), worker (a process), recovery."""

@@ -1,0 +1,69 @@
+"""Collect a finished prompt's output files from its backend into the blob store."""
+
+from __future__ import annotations
+
+import mimetypes
+from typing import Any
+
+from ..comfy.client import ComfyClient
+from ..domain.job import Output
+from ..ports import BlobStore
+
+FILE_LIST_KEYS = ("images", "gifs", "videos", "video", "audio", "files", "animated", "meshes")
+TYPE_BY_PREFIX = (("image/gif", "video"), ("image/", "image"), ("video/", "video"), ("audio/", "audio"),
+                  ("text/", "text"))
+
+
+def output_type(content_type: str, filename: str) -> str:
+    if filename.endswith(".latent"):
+        return "latent"
+    for prefix, kind in TYPE_BY_PREFIX:
+        if content_type.startswith(prefix):
+            return kind
+    return "file"
+
+
+def asset_id(job_id: str, index: int) -> str:
+    return f"{job_id}.{index}"
+
+
+def output_files(outputs: dict[str, Any]) -> list[tuple[str, dict[str, Any] | str]]:
+    """(node_id, file reference or text) in node order; file references are ComfyUI's
+    ``{filename, subfolder, type}`` dicts."""
+    found: list[tuple[str, dict[str, Any] | str]] = []
+    for node_id in sorted(outputs, key=_node_order):
+        ui = outputs[node_id]
+        if not isinstance(ui, dict):
+            continue
+        for key in FILE_LIST_KEYS:
+            for item in ui.get(key) or ():
+                if isinstance(item, dict) and isinstance(item.get("filename"), str):
+                    found.append((node_id, item))
+        for text in ui.get("text") or ():
+            if isinstance(text, str):
+                found.append((node_id, text))
+    return found
+
+
+async def collect_outputs(client: ComfyClient, blobs: BlobStore, *, job_id: str,
+                          outputs: dict[str, Any]) -> tuple[Output, ...]:
+    collected: list[Output] = []
+    for index, (node_id, ref) in enumerate(output_files(outputs)):
+        if isinstance(ref, str):
+            data, content_type, name = ref.encode(), "text/plain", f"{node_id}.txt"
+        else:
+            name = ref["filename"]
+            async with client.download(name, subfolder=str(ref.get("subfolder") or ""),
+                                       folder_type=str(ref.get("type") or "output")) as (content_type, chunks):
+                data = b"".join([chunk async for chunk in chunks])
+            if content_type in ("application/octet-stream", ""):
+                content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        digest = await blobs.put(data, content_type=content_type)
+        collected.append(Output(id=asset_id(job_id, index), node_id=node_id, name=name,
+                                type=output_type(content_type, name), content_type=content_type,
+                                size_bytes=len(data), hash=digest))
+    return tuple(collected)
+
+
+def _node_order(node_id: str) -> tuple[int, str]:
+    return (int(node_id), "") if node_id.isdigit() else (1 << 62, node_id)

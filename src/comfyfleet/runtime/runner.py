@@ -1,0 +1,309 @@
+"""One job attempt end to end: choose, write ahead, submit, track, collect, classify.
+
+The runner is idempotent: a job that already has an attempt recorded is reconciled with what its
+backend knows before anything else is done (reattach, collect, classify, or a new attempt for a
+prompt the backend lost), so a worker that dies at any instant costs no job and no double run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from ..comfy.tracker import Outcome, PromptTracker, TrackerCounters, TrackerSettings
+from ..domain import transitions as t
+from ..domain.failures import Failure, FailureKind, classify, error_code
+from ..domain.job import Attempt, Job, JobError, JobStatus, Phase
+from ..domain.policy import RetryPolicy
+from ..domain.progress import ProgressModel
+from ..errors import (BackendError, BackendProtocolError, BackendTimeout, BackendUnavailable,
+                      InvalidTransition, PromptRejected)
+from ..ports import BlobStore, JobStore
+from .dispatcher import Backend, Dispatcher
+from .outputs import collect_outputs
+from .progress_sink import ProgressSink
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunnerSettings:
+    progress_throttle_s: float = 1.0
+    heartbeat_s: float = 5.0
+    no_backend_delay_s: float = 1.0
+    cancel_grace_s: float = 5.0
+    tracker: TrackerSettings = field(default_factory=TrackerSettings)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    node_weights: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the worker does with the queue entry: drop it (done) or run it again at ``run_at``."""
+
+    run_at: float | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.run_at is None
+
+
+DONE = Verdict()
+
+
+class Runner:
+    def __init__(self, *, store: JobStore, events, blobs: BlobStore, dispatcher: Dispatcher,
+                 worker_id: str, settings: RunnerSettings = RunnerSettings(),
+                 clock: Callable[[], float] = time.time, rng: random.Random | None = None) -> None:
+        self._store = store
+        self._events = events
+        self._blobs = blobs
+        self._dispatcher = dispatcher
+        self._worker_id = worker_id
+        self._settings = settings
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self.counters: dict[str, TrackerCounters] = defaultdict(TrackerCounters)
+
+    async def run(self, job_id: str) -> Verdict:
+        job = await self._store.get(job_id)
+        now = self._clock()
+        if job.is_terminal:
+            return DONE
+        if job.deadline_at is not None and now >= job.deadline_at:
+            return await self._expire(job)
+        if job.status is JobStatus.CANCELING:
+            return await self._cancel(job)
+        if job.status is JobStatus.RUNNING:
+            return await self._resume(job)
+        if job.not_before is not None and now < job.not_before:
+            return Verdict(run_at=job.not_before)
+        backend = self._dispatcher.choose(job)
+        if backend is None:
+            return await self._failed(job, Failure(FailureKind.NO_BACKEND, "no backend is configured"))
+        attempt = Attempt(number=job.attempt + 1, backend=backend.name, prompt_id=str(uuid.uuid4()),
+                          client_id=str(uuid.uuid4()), worker=self._worker_id, started_at=now)
+        job = await self._store.apply(job.id, t.Dispatch(attempt), now)  # write ahead
+        return await self._attempt(job, backend, submit=True)
+
+    # -- reconcile ---------------------------------------------------------------------------
+    async def _resume(self, job: Job) -> Verdict:
+        current = job.current
+        backend = self._dispatcher.by_name(current.backend) if current else None
+        if current is None or backend is None:
+            return await self._failed(job, Failure(FailureKind.PROMPT_LOST,
+                                                   f"backend {current and current.backend} is gone"))
+        submit = False
+        if job.phase is Phase.DISPATCHING:
+            # The worker died around POST /prompt: was it accepted? Look it up, never re-POST blindly.
+            try:
+                submit = not await self._known_to(backend, current.prompt_id)
+            except BackendError as exc:
+                return await self._failed(job, _failure_from(exc))
+        return await self._attempt(job, backend, submit=submit)
+
+    async def _known_to(self, backend: Backend, prompt_id: str) -> bool:
+        queue = await backend.client.queue()
+        if queue.find(prompt_id) is not None:
+            return True
+        return await backend.client.history(prompt_id) is not None
+
+    # -- one attempt -------------------------------------------------------------------------
+    async def _attempt(self, job: Job, backend: Backend, *, submit: bool) -> Verdict:
+        current = job.current
+        assert current is not None
+        workflow = await self._store.workflow(job.id)
+        sink = ProgressSink(self._store, self._events, job.id,
+                            throttle_s=self._settings.progress_throttle_s, clock=self._clock)
+        tracker = PromptTracker(backend.client, prompt_id=current.prompt_id,
+                                client_id=current.client_id,
+                                model=ProgressModel(workflow, weights=self._settings.node_weights),
+                                listener=sink, settings=self._settings.tracker,
+                                counters=self.counters[backend.name], rng=self._rng)
+        heartbeat = asyncio.create_task(self._heartbeat(job.id))
+        try:
+            await tracker.connect()  # before POST /prompt, so no event is missed
+            if submit:
+                failure = await self._submit(job, backend, workflow)
+                if failure is not None:
+                    await tracker.close()
+                    return await self._failed(job, failure)
+            outcome = await self._follow(job, backend, tracker)
+        finally:
+            heartbeat.cancel()
+            await tracker.close()
+            await sink.close()
+        if outcome is None:
+            return await self._cancel(await self._store.get(job.id))
+        return await self._conclude(job.id, backend, outcome)
+
+    async def _submit(self, job: Job, backend: Backend, workflow: dict) -> Failure | None:
+        current = job.current
+        try:
+            await backend.client.submit(workflow, prompt_id=current.prompt_id,
+                                        client_id=current.client_id,
+                                        extra_data={"comfyfleet_job": job.id,
+                                                    "comfyfleet_attempt": current.number})
+        except PromptRejected as exc:
+            return Failure(FailureKind.PROMPT_REJECTED, str(exc), status_code=400,
+                           exception_type=exc.error_type, node_errors=exc.node_errors)
+        except (BackendTimeout, BackendUnavailable, BackendProtocolError) as exc:
+            if exc.status_code is not None:
+                return _failure_from(exc)
+            try:  # the answer was lost, not refused: did ComfyUI accept the prompt?
+                if not await self._known_to(backend, current.prompt_id):
+                    return _failure_from(exc)
+            except BackendError:
+                return _failure_from(exc)
+        except BackendError as exc:
+            return _failure_from(exc)
+        await self._apply(job.id, t.Submitted())
+        return None
+
+    async def _follow(self, job: Job, backend: Backend, tracker: PromptTracker) -> Outcome | None:
+        """Track until the outcome, the deadline, or a cancel (then None after interrupting)."""
+        follow = asyncio.create_task(tracker.follow())
+        canceled = asyncio.create_task(self._wait_for_cancel(job.id))
+        timeout_s = None if job.deadline_at is None else max(0.0, job.deadline_at - self._clock())
+        try:
+            done, _ = await asyncio.wait({follow, canceled}, timeout=timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if follow in done:
+                return follow.result()
+            await self._interrupt(backend, job.current.prompt_id)
+            try:  # let the interrupt land: a prompt that still finishes is reported as it ended
+                async with asyncio.timeout(self._settings.cancel_grace_s):
+                    outcome = await asyncio.shield(follow)
+                if outcome.kind == "success":
+                    return outcome
+            except TimeoutError:
+                pass
+            if canceled not in done:
+                return Outcome("expired", message="deadline exceeded")
+            return None
+        finally:
+            for task in (follow, canceled):
+                task.cancel()
+            await asyncio.gather(follow, canceled, return_exceptions=True)
+
+    async def _wait_for_cancel(self, job_id: str) -> None:
+        async with self._events.subscription(job_id) as stream:
+            job = await self._store.get(job_id)
+            if job.status is JobStatus.CANCELING:
+                return
+            async for event in stream:
+                if (event.get("job") or {}).get("status") == JobStatus.CANCELING.value:
+                    return
+
+    # -- endings -----------------------------------------------------------------------------
+    async def _conclude(self, job_id: str, backend: Backend, outcome: Outcome) -> Verdict:
+        job = await self._store.get(job_id)
+        if outcome.kind == "success":
+            await self._apply(job_id, t.Collecting())
+            try:
+                outputs = await collect_outputs(backend.client, self._blobs, job_id=job_id,
+                                                outputs=outcome.history.outputs)
+            except BackendError as exc:
+                return await self._failed(await self._store.get(job_id), _failure_from(exc))
+            await self._apply(job_id, t.Succeed(outputs))
+            return DONE
+        if outcome.kind == "expired":
+            return await self._expire(job, interrupted=True)
+        if job.status is JobStatus.CANCELING:
+            await self._apply(job_id, t.Canceled())
+            return DONE
+        return await self._failed(job, _failure_from_outcome(outcome))
+
+    async def _failed(self, job: Job, failure: Failure) -> Verdict:
+        failure_class = classify(failure)
+        job = await self._store.get(job.id)
+        now = self._clock()
+        if job.is_terminal:
+            return DONE
+        if job.status is JobStatus.CANCELING:
+            await self._apply(job.id, t.Canceled())
+            return DONE
+        retry = self._settings.retry
+        if failure_class.retryable and job.status is JobStatus.RUNNING and job.attempt < job.max_attempts:
+            delay_s = retry.delay_s(job.attempt, random_unit=self._rng.random(),
+                                    retry_after_s=failure.retry_after_s)
+            await self._apply(job.id, t.Retry(now + delay_s, failure_class.value, failure.message))
+            return Verdict(run_at=now + delay_s)
+        error = JobError(code=error_code(failure), message=failure.message,
+                         failure_class=failure_class.value, node_id=failure.node_id,
+                         class_type=failure.node_type, exception_type=failure.exception_type,
+                         traceback=list(failure.traceback) or None,
+                         node_errors=failure.node_errors or None)
+        await self._apply(job.id, t.Fail(error))
+        return DONE
+
+    async def _cancel(self, job: Job) -> Verdict:
+        if job.current is not None:
+            backend = self._dispatcher.by_name(job.current.backend)
+            if backend is not None:
+                await self._interrupt(backend, job.current.prompt_id)
+        await self._apply(job.id, t.Canceled())
+        return DONE
+
+    async def _expire(self, job: Job, *, interrupted: bool = False) -> Verdict:
+        if job.current is not None and not interrupted:
+            backend = self._dispatcher.by_name(job.current.backend)
+            if backend is not None:
+                await self._interrupt(backend, job.current.prompt_id)
+        await self._apply(job.id, t.Expire("deadline exceeded"))
+        return DONE
+
+    async def _interrupt(self, backend: Backend, prompt_id: str) -> None:
+        try:
+            await backend.client.delete_pending([prompt_id])
+            await backend.client.interrupt(prompt_id)
+        except BackendError:
+            pass  # best effort: an unreachable backend has nothing of ours running anyway
+
+    async def _heartbeat(self, job_id: str) -> None:
+        while True:
+            await asyncio.sleep(self._settings.heartbeat_s)
+            try:
+                await self._apply(job_id, t.Heartbeat(self._worker_id))
+            except Exception:  # noqa: BLE001 - a missed heartbeat is retried at the next beat
+                pass
+
+    async def _apply(self, job_id: str, event: t.Event) -> Job | None:
+        try:
+            return await self._store.apply(job_id, event, self._clock())
+        except InvalidTransition:
+            return None
+
+
+def _failure_from(exc: BackendError) -> Failure:
+    if isinstance(exc, BackendTimeout):
+        kind = FailureKind.TIMEOUT
+    elif isinstance(exc, BackendProtocolError):
+        kind = FailureKind.PROTOCOL
+    elif exc.status_code is not None:
+        kind = FailureKind.HTTP_STATUS
+    else:
+        kind = FailureKind.UNREACHABLE
+    return Failure(kind, str(exc), status_code=exc.status_code, retry_after_s=exc.retry_after_s)
+
+
+def _failure_from_outcome(outcome: Outcome) -> Failure:
+    if outcome.kind == "error" and outcome.history is not None:
+        error = outcome.history.error or {}
+        return Failure(FailureKind.NODE_ERROR,
+                       str(error.get("exception_message") or "node execution failed").strip(),
+                       exception_type=error.get("exception_type"), node_id=_str(error.get("node_id")),
+                       node_type=error.get("node_type"),
+                       traceback=tuple(str(x) for x in error.get("traceback") or ()))
+    if outcome.kind == "interrupted":
+        return Failure(FailureKind.INTERRUPTED, "the prompt was interrupted on its backend")
+    if outcome.kind == "unreachable":
+        return Failure(FailureKind.UNREACHABLE, outcome.message)
+    return Failure(FailureKind.PROMPT_LOST, outcome.message or "the backend lost the prompt")
+
+
+def _str(value: object) -> str | None:
+    return None if value is None else str(value)
