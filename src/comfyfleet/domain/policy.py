@@ -31,3 +31,25 @@ class RetryPolicy:
 
     def allows_another(self, attempts_made: int) -> bool:
         return attempts_made < self.max_attempts
+
+
+@dataclass(slots=True)
+class RestartIntensity:
+    """Erlang/OTP restart intensity: more than ``max_restarts`` within ``window_s`` -> give up.
+
+    ``record(now)`` notes a restart and answers whether restarting is still allowed.
+    """
+
+    max_restarts: int = 5
+    window_s: float = 60.0
+    _restarts: list[float] | None = None
+
+    def record(self, now: float) -> bool:
+        restarts = [t for t in (self._restarts or []) if now - t < self.window_s]
+        restarts.append(now)
+        self._restarts = restarts
+        return len(restarts) <= self.max_restarts
+
+    def backoff_s(self, *, base_s: float = 0.5, cap_s: float = 10.0) -> float:
+        recent = len(self._restarts or [])
+        return min(cap_s, base_s * (2 ** max(0, recent - 1)))

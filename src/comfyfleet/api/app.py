@@ -1,0 +1,48 @@
+"""The FastAPI application: ``create_app(services, settings)``.
+
+Routes live one concern per module (``jobs``, ``live``, ``assets``, ``health``) under
+``/api/v2``; ``errors`` turns every failure into the contract's error envelope. The app owns no
+connections: the caller builds the services and closes them. At shutdown the lifespan tells open
+event streams to finish.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from . import assets, health, jobs, live
+from .context import ApiContext, ApiServices, ApiSettings
+from .errors import install_error_handlers
+from .schemas import API_PREFIX, Renderer
+
+__all__ = ["ApiServices", "ApiSettings", "create_app"]
+
+log = logging.getLogger(__name__)
+
+
+def create_app(services: ApiServices, settings: ApiSettings) -> FastAPI:
+    context = ApiContext(settings=settings, services=services,
+                         renderer=Renderer(settings.public_base_url, settings.retention_s))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        context.closing.clear()
+        log.info("API serving at %s%s", settings.public_base_url, API_PREFIX)
+        try:
+            yield
+        finally:
+            context.closing.set()  # open SSE streams send a last snapshot and end
+
+    app = FastAPI(title="comfyfleet", version="2.0.0", lifespan=lifespan,
+                  openapi_url=f"{API_PREFIX}/openapi.json", docs_url=f"{API_PREFIX}/docs",
+                  redoc_url=None)
+    app.state.api = context
+    install_error_handlers(app)
+    for module in (jobs, live, assets, health):
+        app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(health.router, include_in_schema=False)  # also at /health for probes
+    return app

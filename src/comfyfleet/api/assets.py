@@ -1,0 +1,128 @@
+"""Asset routes for job outputs, plus the by-hash existence probe.
+
+An output's asset id is self-describing: ``f"{job_id}.{index}"`` (``runtime.outputs.asset_id``).
+Resolving it loads the job and picks ``outputs[index]``; the bytes are the blob named by
+``Output.hash``. No extra store keys are needed, and an asset lives exactly as long as its job.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import StreamingResponse
+
+from ..blobs import parse_digest
+from ..domain.job import Job, Output
+from ..errors import JobNotFound
+from .context import ApiContext, get_context
+from .errors import error_response
+from .schemas import parse_asset_id
+
+router = APIRouter(tags=["assets"])
+
+CHUNK_BYTES = 1 << 20
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+@router.get("/assets/{asset_id}")
+async def get_asset(asset_id: str, ctx: ApiContext = Depends(get_context)) -> dict[str, Any]:
+    job, output = await _resolve(ctx, asset_id)
+    return ctx.renderer.asset(job, output)
+
+
+@router.get("/assets/{asset_id}/content")
+async def get_asset_content(asset_id: str, request: Request,
+                            ctx: ApiContext = Depends(get_context)) -> Response:
+    _, output = await _resolve(ctx, asset_id)
+    blobs = ctx.services.blobs
+    if not await blobs.exists(output.hash):
+        raise JobNotFound(f"asset {asset_id}: its content is no longer available")
+    size = await _size(ctx, output)
+    headers = {"Accept-Ranges": "bytes", "ETag": f'"{output.hash}"',
+               "Content-Disposition": content_disposition(output.name),
+               "Cache-Control": "private, max-age=3600"}
+    wanted = parse_range(request.headers.get("range"), size)
+    if wanted == "unsatisfiable":
+        return error_response(416, "range_not_satisfiable", f"the asset has {size} bytes",
+                              headers={"Content-Range": f"bytes */{size}"})
+    start, end, status = (0, size - 1, 200) if wanted is None else (*wanted, 206)
+    if status == 206:
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    headers["Content-Length"] = str(max(0, end - start + 1))
+    return StreamingResponse(_chunks(ctx, output.hash, start, end + 1), status_code=status,
+                             media_type=output.content_type, headers=headers)
+
+
+@router.head("/assets/by-hash/{digest}")
+async def head_by_hash(digest: str, ctx: ApiContext = Depends(get_context)) -> Response:
+    """200 when we hold a blob with this ``sha256:`` digest; 404 otherwise (blake3 included)."""
+    found = parse_digest(digest) is not None and await ctx.services.blobs.exists(digest.lower())
+    return Response(status_code=200 if found else 404)
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
+    """``(start, end)`` inclusive, ``"unsatisfiable"``, or ``None`` to send everything.
+
+    One range only; a multi-range or malformed header is ignored (RFC 9110 allows that)."""
+    match = _RANGE.match(header.strip()) if header else None
+    if match is None:
+        return None
+    first, last = match.groups()
+    if not first and not last:
+        return None
+    if not first:  # suffix: the last N bytes
+        length = int(last)
+        if length == 0 or size == 0:
+            return "unsatisfiable"
+        return max(0, size - length), size - 1
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if last and int(last) < start:
+        return None
+    if start >= size:
+        return "unsatisfiable"
+    return start, end
+
+
+def content_disposition(name: str) -> str:
+    ascii_name = name.encode("ascii", "replace").decode().replace('"', "'").replace("\\", "_")
+    return f"inline; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name)}"
+
+
+async def _resolve(ctx: ApiContext, asset_id: str) -> tuple[Job, Output]:
+    parsed = parse_asset_id(asset_id)
+    if parsed is not None:
+        job_id, index = parsed
+        try:
+            job = await ctx.services.store.get(job_id)
+        except JobNotFound:
+            pass
+        else:
+            if index < len(job.outputs):
+                return job, job.outputs[index]
+    raise JobNotFound(f"asset {asset_id} not found")
+
+
+async def _size(ctx: ApiContext, output: Output) -> int:
+    size = getattr(ctx.services.blobs, "size", None)
+    if size is not None:
+        return await size(output.hash)
+    return len(await ctx.services.blobs.open(output.hash))
+
+
+async def _chunks(ctx: ApiContext, digest: str, start: int, stop: int) -> AsyncIterator[bytes]:
+    blobs = ctx.services.blobs
+    read_range = getattr(blobs, "read_range", None)
+    if read_range is None:  # a BlobStore without ranged reads
+        yield (await blobs.open(digest))[start:stop]
+        return
+    while start < stop:
+        chunk = await read_range(digest, start, min(CHUNK_BYTES, stop - start))
+        if not chunk:
+            return
+        yield chunk
+        start += len(chunk)

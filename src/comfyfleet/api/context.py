@@ -1,0 +1,87 @@
+"""What every route needs: the settings, the services and the shared renderer.
+
+``ApiSettings`` and ``ApiServices`` are re-exported by ``api.app``; they live here so the route
+modules can depend on them without importing the app factory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from fastapi import Request
+
+from ..domain.job import BUILTIN_JOB_TYPES, Job, JobStatus
+from ..errors import ConfigError
+from ..ports import BlobStore, EventBus, JobStore
+from .schemas import Renderer
+
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_DEADLINE_S = 600.0
+RETENTION_S = 7 * 24 * 3600.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApiSettings:
+    public_base_url: str  # absolute, e.g. "https://fleet.example.com"; every response URL uses it
+    max_workflow_bytes: int = 5_000_000
+    max_workflow_nodes: int = 2000
+    sse_keepalive_s: float = 15.0
+    max_streams: int = 256
+    retention_s: float = RETENTION_S  # how long a finished job (and its outputs) is kept
+    job_types: tuple[str, ...] = BUILTIN_JOB_TYPES  # metadata.type values accepted
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.public_base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+            raise ConfigError(f"public_base_url must be an absolute http(s) URL with no query; "
+                              f"got {self.public_base_url!r}")
+        object.__setattr__(self, "public_base_url", self.public_base_url.rstrip("/"))
+        if self.max_streams < 1 or self.sse_keepalive_s <= 0:
+            raise ConfigError("max_streams must be >= 1 and sse_keepalive_s > 0")
+
+
+async def _no_cancel(_: Job) -> None:
+    return None
+
+
+async def _no_health() -> dict[str, Any]:
+    return {}
+
+
+def default_job_defaults(_: str) -> dict[str, Any]:
+    return {"max_attempts": DEFAULT_MAX_ATTEMPTS, "deadline_s": DEFAULT_DEADLINE_S}
+
+
+@dataclass
+class ApiServices:
+    store: JobStore
+    events: EventBus
+    blobs: BlobStore
+    enqueue: Callable[[Job], Awaitable[None]]  # puts a new job on the work queue
+    cancel_running: Callable[[Job], Awaitable[None]] = _no_cancel  # asks its worker to interrupt
+    health: Callable[[], Awaitable[dict[str, Any]]] = _no_health  # extra health info (backends)
+    job_defaults: Callable[[str], dict[str, Any]] = default_job_defaults  # per job type
+    clock: Callable[[], float] = time.time
+
+
+@dataclass
+class ApiContext:
+    settings: ApiSettings
+    services: ApiServices
+    renderer: Renderer
+    open_streams: int = 0
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def render_job(self, job: Job) -> dict[str, Any]:
+        queued = job.status is JobStatus.QUEUED
+        position = await self.services.store.queue_position(job) if queued else None
+        return self.renderer.job(job, queue_position=position)
+
+
+def get_context(request: Request) -> ApiContext:
+    return request.app.state.api

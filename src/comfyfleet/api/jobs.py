@@ -1,0 +1,166 @@
+"""Job routes: submit, read, list, workflow, cancel, latest preview.
+
+Submission order: validate everything first (no key is claimed for a request that fails
+validation), then ``store.create`` claims the idempotency key and records the job atomically,
+then ``enqueue``. If enqueueing fails the job definitely will not run: it is failed on the spot,
+its key is released so the client may retry with the same key, and the answer is a 503.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
+
+from ..domain import transitions as t
+from ..domain.job import DEFAULT_JOB_TYPE, Job, JobError, JobStatus
+from ..errors import ComfyFleetError, InvalidTransition, JobNotFound, ValidationFailed
+from . import validation
+from .context import ApiContext, get_context
+from .listing import list_page
+from .schemas import iso, parse_asset_id
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["jobs"])
+
+ANONYMOUS = "anonymous"
+ENQUEUE_RETRY_AFTER_S = 5
+
+
+@router.post("/jobs", status_code=201)
+async def submit_job(request: Request, ctx: ApiContext = Depends(get_context)) -> JSONResponse:
+    settings, services = ctx.settings, ctx.services
+    validation.check_declared_size(request.headers.get("content-length"),
+                                   settings.max_workflow_bytes)
+    body = validation.parse_json(await _read_body(request, settings.max_workflow_bytes))
+    submission = validation.submission(body, max_nodes=settings.max_workflow_nodes)
+    key = validation.idempotency_key(request.headers.get("idempotency-key"))
+    job_type = submission.metadata.get("type") or DEFAULT_JOB_TYPE
+    if job_type not in settings.job_types:
+        raise ValidationFailed(f"unknown job type {job_type!r}", code="metadata_invalid",
+                               details={"field": "metadata", "key": "type",
+                                        "allowed": list(settings.job_types)})
+    await _check_asset_refs(ctx, submission.workflow)
+
+    owner = submission.metadata.get("user_id") or ANONYMOUS
+    defaults = services.job_defaults(job_type)
+    now = services.clock()
+    job = Job(id=str(uuid.uuid4()), status=JobStatus.QUEUED, created_at=now, updated_at=now,
+              type=job_type, owner=owner, metadata=submission.metadata,
+              priority=submission.priority, idempotency_key=key,
+              max_attempts=int(defaults.get("max_attempts", 3)),
+              deadline_at=now + float(defaults.get("deadline_s", 600.0)))
+    job = await services.store.create(job, submission.workflow)
+    try:
+        await services.enqueue(job)
+    except Exception:
+        log.exception("job %s was stored but could not be enqueued", job.id)
+        await _undo_submission(ctx, job)
+        raise ValidationFailed("the work queue is unavailable; retry shortly",
+                               code="queue_unavailable", status_code=503) from None
+    return JSONResponse(await ctx.render_job(job), status_code=201)
+
+
+@router.get("/jobs")
+async def list_jobs(request: Request, ctx: ApiContext = Depends(get_context)) -> dict[str, Any]:
+    page = await list_page(ctx.services.store, request.query_params)
+    jobs = []
+    for job in page.jobs:
+        item = await ctx.render_job(job)
+        item["create_time"] = iso(job.created_at)  # what comfy-sdk's JobSummary reads
+        item["update_time"] = iso(job.updated_at or job.created_at)
+        jobs.append(item)
+    return {"jobs": jobs, "next_cursor": page.next_cursor, "truncated": page.next_cursor is not None}
+
+
+@router.get("/jobs/{job_id}")
+async def get_job(job_id: str, ctx: ApiContext = Depends(get_context)) -> dict[str, Any]:
+    return await ctx.render_job(await ctx.services.store.get(job_id))
+
+
+@router.get("/jobs/{job_id}/workflow")
+async def get_job_workflow(job_id: str, ctx: ApiContext = Depends(get_context)) -> dict[str, Any]:
+    return {"workflow": await ctx.services.store.workflow(job_id), "format": "api"}
+
+
+@router.post("/jobs/{job_id}/cancel")
+async def cancel_job(job_id: str, ctx: ApiContext = Depends(get_context)) -> dict[str, Any]:
+    """Queued: canceled now. Running: canceling, and its worker is asked to interrupt.
+    Canceling or terminal: returned as it is (idempotent)."""
+    store, services = ctx.services.store, ctx.services
+    job = await store.get(job_id)
+    if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+        try:
+            job = await store.apply(job_id, t.RequestCancel(), services.clock())
+        except InvalidTransition:
+            job = await store.get(job_id)  # it finished meanwhile: report where it ended
+    if job.status is JobStatus.CANCELING:
+        try:
+            await services.cancel_running(job)
+        except Exception:  # the request is recorded; the worker also watches the status
+            log.exception("job %s: asking its worker to interrupt failed", job_id)
+    return await ctx.render_job(job)
+
+
+@router.get("/jobs/{job_id}/preview")
+async def get_preview(job_id: str, ctx: ApiContext = Depends(get_context)) -> Response:
+    await ctx.services.store.get(job_id)
+    preview = await ctx.services.events.get_preview(job_id)  # type: ignore[attr-defined]
+    if preview is None:
+        raise JobNotFound(f"job {job_id} has no preview")
+    content_type, data = preview
+    return Response(content=data, media_type=content_type,
+                    headers={"Cache-Control": "no-store"})
+
+
+# -- helpers ---------------------------------------------------------------------------------
+async def _read_body(request: Request, max_bytes: int) -> bytes:
+    """The body, refused with 413 as soon as it grows past ``max_bytes`` (whatever the header said)."""
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise validation.too_large(max_bytes)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise validation.invalid("the client went away mid-request", status_code=400) from None
+    return b"".join(chunks)
+
+
+async def _check_asset_refs(ctx: ApiContext, workflow: dict[str, Any]) -> None:
+    """Every ``core/ASSET`` reference must name a known output asset (uploads come later)."""
+    for ref in validation.asset_refs(workflow):
+        if not await _output_asset_exists(ctx, ref.asset_id):
+            raise ValidationFailed(
+                f"node {ref.node_id} input {ref.input_name!r}: asset {ref.asset_id!r} not found",
+                code="missing_asset",
+                details={"node_id": ref.node_id, "input": ref.input_name, "asset_id": ref.asset_id})
+
+
+async def _output_asset_exists(ctx: ApiContext, asset_id: str | None) -> bool:
+    parsed = parse_asset_id(asset_id) if asset_id else None
+    if parsed is None:
+        return False
+    job_id, index = parsed
+    try:
+        job = await ctx.services.store.get(job_id)
+    except JobNotFound:
+        return False
+    return index < len(job.outputs) and await ctx.services.blobs.exists(job.outputs[index].hash)
+
+
+async def _undo_submission(ctx: ApiContext, job: Job) -> None:
+    store, services = ctx.services.store, ctx.services
+    try:
+        await store.apply(job.id, t.Fail(JobError(code="enqueue_failed",
+                                                  message="the job could not be queued",
+                                                  failure_class="transient")), services.clock())
+        if job.idempotency_key:
+            await store.release_idempotency(job.owner, job.idempotency_key)  # type: ignore[attr-defined]
+    except ComfyFleetError:
+        log.exception("job %s: could not undo a submission that failed to enqueue", job.id)

@@ -1,0 +1,215 @@
+"""Validate a ``POST /jobs`` submission before anything is stored.
+
+Every problem raises ``ValidationFailed`` with the contract's code and status, so client input
+never reaches a 500. The partner key in ``extra_data`` is checked here and handed on, never
+stored: ``Submission.partner_key`` is excluded from ``repr`` so it does not leak into logs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ValidationFailed
+
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_VALUE_BYTES = 256
+MAX_PRIORITY = 1_000_000
+MAX_IDEMPOTENCY_KEY = 255
+METADATA_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
+RESERVED_FIELDS = ("webhook_url", "inputs")
+EXTRA_DATA_KEYS = frozenset({"api_key_comfy_org"})
+ASSET_TYPE = "core/ASSET"
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    workflow: dict[str, Any]
+    metadata: dict[str, str]
+    priority: int
+    partner_key: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AssetRef:
+    node_id: str
+    input_name: str
+    asset_id: str | None  # None when the reference is malformed
+
+
+def invalid(message: str, *, code: str = "invalid_request", status_code: int = 422,
+            details: dict[str, Any] | None = None) -> ValidationFailed:
+    return ValidationFailed(message, code=code, status_code=status_code, details=details)
+
+
+def check_declared_size(content_length: str | None, max_bytes: int) -> None:
+    """Refuse a body whose ``Content-Length`` already says it is too large."""
+    if content_length is None:
+        return
+    try:
+        declared = int(content_length)
+    except ValueError:
+        raise invalid("Content-Length is not a number", status_code=400) from None
+    if declared > max_bytes:
+        raise too_large(max_bytes)
+
+
+def too_large(max_bytes: int) -> ValidationFailed:
+    return invalid(f"request body is larger than {max_bytes} bytes", code="payload_too_large",
+                   status_code=413, details={"max_bytes": max_bytes})
+
+
+def parse_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise invalid("request body is not valid JSON", status_code=400) from None
+
+
+def idempotency_key(header: str | None) -> str | None:
+    """The ``Idempotency-Key`` header: 1–255 printable ASCII characters, or absent."""
+    if header is None:
+        return None
+    if not 1 <= len(header) <= MAX_IDEMPOTENCY_KEY or not all(" " <= ch <= "~" for ch in header):
+        raise invalid("Idempotency-Key must be 1-255 printable ASCII characters")
+    return header
+
+
+def submission(body: Any, *, max_nodes: int) -> Submission:
+    if not isinstance(body, dict):
+        raise invalid("request body must be a JSON object")
+    for name in RESERVED_FIELDS:
+        if name in body:
+            raise invalid(f"'{name}' is not supported", details={"field": name})
+    if "workflow" not in body:
+        raise invalid("'workflow' is required", details={"field": "workflow"})
+    workflow = body["workflow"]
+    if not isinstance(workflow, dict):
+        raise invalid("'workflow' must be an object", details={"field": "workflow"})
+    check_workflow(workflow, max_nodes=max_nodes)
+    return Submission(workflow=workflow, metadata=metadata(body.get("metadata")),
+                      priority=priority(body.get("priority")),
+                      partner_key=partner_key(body.get("extra_data")))
+
+
+def metadata(raw: Any) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise _bad_metadata("metadata must be an object of strings")
+    if len(raw) > MAX_METADATA_PAIRS:
+        raise _bad_metadata(f"metadata has {len(raw)} pairs; at most {MAX_METADATA_PAIRS}")
+    for key, value in raw.items():
+        if not METADATA_KEY.match(key):
+            raise _bad_metadata(f"metadata key {key!r} must be 1-40 of [A-Za-z0-9_.-]", key)
+        if not isinstance(value, str):
+            raise _bad_metadata(f"metadata value for {key!r} must be a string", key)
+        if len(value.encode()) > MAX_METADATA_VALUE_BYTES:
+            raise _bad_metadata(
+                f"metadata value for {key!r} is longer than {MAX_METADATA_VALUE_BYTES} bytes", key)
+    return dict(raw)
+
+
+def _bad_metadata(message: str, key: str | None = None) -> ValidationFailed:
+    return invalid(message, code="metadata_invalid", details={"field": "metadata", "key": key})
+
+
+def priority(raw: Any) -> int:
+    if raw is None:
+        return 0
+    if isinstance(raw, bool) or not isinstance(raw, int) or abs(raw) > MAX_PRIORITY:
+        raise invalid(f"priority must be an integer within ±{MAX_PRIORITY}",
+                      details={"field": "priority"})
+    return raw
+
+
+def partner_key(raw: Any) -> str | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise invalid("extra_data must be an object", details={"field": "extra_data"})
+    unknown = sorted(set(raw) - EXTRA_DATA_KEYS)
+    if unknown:
+        raise invalid(f"extra_data accepts only {sorted(EXTRA_DATA_KEYS)}",
+                      details={"field": "extra_data", "unknown": unknown})
+    key = raw.get("api_key_comfy_org")
+    if key is not None and not isinstance(key, str):
+        raise invalid("extra_data.api_key_comfy_org must be a string",
+                      details={"field": "extra_data"})
+    return key or None
+
+
+def check_workflow(workflow: dict[str, Any], *, max_nodes: int) -> None:
+    """API format: a map of node id -> ``{"class_type": str, "inputs": {...}}``."""
+    if isinstance(workflow.get("nodes"), list) or isinstance(workflow.get("links"), list):
+        raise invalid("workflow is a UI-format export (nodes/links); submit the API format",
+                      code="workflow_format_ui")
+    if not workflow:
+        raise invalid("workflow has no nodes", code="invalid_workflow")
+    if len(workflow) > max_nodes:
+        raise invalid(f"workflow has {len(workflow)} nodes; at most {max_nodes}",
+                      code="invalid_workflow", details={"max_nodes": max_nodes})
+    node_errors: dict[str, list[dict[str, str]]] = {}
+    for node_id, node in workflow.items():
+        problems = list(_node_problems(workflow, node))
+        if problems:
+            node_errors[node_id] = problems
+    if node_errors:
+        first = next(iter(node_errors))
+        reason = node_errors[first][0]
+        raise invalid(f"node {first}: {reason['message']}", code="invalid_workflow",
+                      details={"node_errors": node_errors})
+
+
+def _node_problems(workflow: dict[str, Any], node: Any) -> Iterator[dict[str, str]]:
+    if not isinstance(node, dict):
+        yield _problem("node", "not_an_object", "a node must be an object")
+        return
+    class_type = node.get("class_type")
+    if not isinstance(class_type, str) or not class_type:
+        yield _problem("class_type", "missing_class_type", "class_type must be a non-empty string")
+    inputs = node.get("inputs")
+    if not isinstance(inputs, dict):
+        yield _problem("inputs", "missing_inputs", "inputs must be an object")
+        return
+    for name, value in inputs.items():
+        if isinstance(value, list) and not _is_valid_link(workflow, value):
+            yield _problem(name, "bad_link", f"input {name!r} links to no node in the workflow")
+
+
+def _is_valid_link(workflow: dict[str, Any], value: list[Any]) -> bool:
+    """ComfyUI reads any list input as a link ``[node_id, output_index]``."""
+    return (len(value) == 2 and isinstance(value[0], str) and value[0] in workflow
+            and isinstance(value[1], int) and not isinstance(value[1], bool))
+
+
+def _problem(field_name: str, reason: str, message: str) -> dict[str, str]:
+    return {"field": field_name, "reason": reason, "message": message}
+
+
+def asset_refs(workflow: dict[str, Any]) -> list[AssetRef]:
+    """Every ``core/ASSET`` reference in the nodes' inputs (a malformed one has no id)."""
+    found: list[AssetRef] = []
+    for node_id, node in workflow.items():
+        for name, value in (node.get("inputs") or {}).items():
+            for ref in _walk_refs(value):
+                info = ref.get("info")
+                asset_id = info.get("id") if isinstance(info, dict) else None
+                found.append(AssetRef(node_id, name, asset_id if isinstance(asset_id, str)
+                                      and asset_id else None))
+    return found
+
+
+def _walk_refs(value: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(value, dict):
+        if value.get("__type") == ASSET_TYPE:
+            yield value
+            return
+        for item in value.values():
+            yield from _walk_refs(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _walk_refs(item)

@@ -1,0 +1,166 @@
+"""A content-addressed blob store on the local file system.
+
+Blobs are named by digest, ``sha256:<hex>``, and live at ``root/sha256/ab/cdef…`` (the first two
+hex characters are a fan-out directory). The content type sits beside each blob in a sidecar
+file ``<blob>.type``. Writes go to a temporary file in the same directory and are renamed into
+place, so a reader never sees a half-written blob and two writers of the same bytes agree.
+All file I/O runs in a thread (``asyncio.to_thread``) so the event loop is never blocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import ComfyFleetError
+
+ALGORITHM = "sha256"
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+TYPE_SUFFIX = ".type"
+_DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
+
+
+class BlobNotFound(ComfyFleetError, LookupError):
+    """No blob with that digest."""
+
+
+def digest_of(data: bytes) -> str:
+    return f"{ALGORITHM}:{hashlib.sha256(data).hexdigest()}"
+
+
+def parse_digest(digest: str) -> str | None:
+    """The hex part of a well-formed ``sha256:<hex>`` digest, else ``None``."""
+    match = _DIGEST.match(digest.strip().lower()) if isinstance(digest, str) else None
+    return match.group(1) if match else None
+
+
+class LocalBlobStore:
+    """``ports.BlobStore`` over a directory."""
+
+    def __init__(self, root: Path | str) -> None:
+        self._root = Path(root)
+
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    def path(self, digest: str) -> str:
+        """Where the blob lives (whether or not it exists); ``ValueError`` for a bad digest."""
+        return str(self._path(digest))
+
+    async def put(self, data: bytes, *, content_type: str = DEFAULT_CONTENT_TYPE) -> str:
+        digest = digest_of(data)
+        await asyncio.to_thread(self._write, self._path(digest), data, content_type)
+        return digest
+
+    async def open(self, digest: str) -> bytes:
+        """The blob's bytes; ``BlobNotFound`` when absent."""
+        return await asyncio.to_thread(self._read, self._path_or_missing(digest))
+
+    async def read_range(self, digest: str, start: int, length: int) -> bytes:
+        """``length`` bytes from ``start``; ``BlobNotFound`` when absent."""
+        return await asyncio.to_thread(self._read, self._path_or_missing(digest), start, length)
+
+    async def size(self, digest: str) -> int:
+        path = self._path_or_missing(digest)
+        try:
+            return (await asyncio.to_thread(path.stat)).st_size
+        except FileNotFoundError:
+            raise BlobNotFound(digest) from None
+
+    async def exists(self, digest: str) -> bool:
+        if parse_digest(digest) is None:
+            return False
+        return await asyncio.to_thread(self._path(digest).is_file)
+
+    async def content_type(self, digest: str) -> str:
+        """The content type given to ``put``; ``BlobNotFound`` when the blob is absent."""
+        path = self._path_or_missing(digest)
+        return await asyncio.to_thread(self._read_type, path, digest)
+
+    async def delete(self, digest: str) -> bool:
+        """Remove the blob and its sidecar; ``True`` if it existed."""
+        if parse_digest(digest) is None:
+            return False
+        return await asyncio.to_thread(self._remove, self._path(digest))
+
+    def iter_digests(self) -> Iterator[str]:
+        """Every stored digest (a blocking directory walk; call it from a thread if large)."""
+        base = self._root / ALGORITHM
+        if not base.is_dir():
+            return
+        for fan in sorted(base.iterdir()):
+            if not fan.is_dir():
+                continue
+            for entry in sorted(fan.iterdir()):
+                name = entry.name
+                if entry.is_file() and not name.endswith(TYPE_SUFFIX) and not name.startswith("."):
+                    digest = f"{ALGORITHM}:{fan.name}{name}"
+                    if parse_digest(digest):
+                        yield digest
+
+    # -- blocking helpers (run in threads) ---------------------------------------------------
+    def _path(self, digest: str) -> Path:
+        hexpart = parse_digest(digest)
+        if hexpart is None:
+            raise ValueError(f"not a {ALGORITHM} digest: {digest!r}")
+        return self._root / ALGORITHM / hexpart[:2] / hexpart[2:]
+
+    def _path_or_missing(self, digest: str) -> Path:
+        try:
+            return self._path(digest)
+        except ValueError:
+            raise BlobNotFound(digest) from None
+
+    @staticmethod
+    def _write(path: Path, data: bytes, content_type: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path.with_name(path.name + TYPE_SUFFIX), content_type.encode())
+        if not path.exists():
+            _atomic_write(path, data)
+
+    @staticmethod
+    def _read(path: Path, start: int = 0, length: int | None = None) -> bytes:
+        try:
+            with path.open("rb") as fh:
+                if start:
+                    fh.seek(start)
+                return fh.read() if length is None else fh.read(length)
+        except FileNotFoundError:
+            raise BlobNotFound(str(path)) from None
+
+    @staticmethod
+    def _read_type(path: Path, digest: str) -> str:
+        if not path.is_file():
+            raise BlobNotFound(digest)
+        try:
+            return path.with_name(path.name + TYPE_SUFFIX).read_text().strip() or DEFAULT_CONTENT_TYPE
+        except FileNotFoundError:
+            return DEFAULT_CONTENT_TYPE
+
+    @staticmethod
+    def _remove(path: Path) -> bool:
+        path.with_name(path.name + TYPE_SUFFIX).unlink(missing_ok=True)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,143 @@
+"""The ``comfyfleet`` command. Thin: it parses options into Settings, runs the matching process
+or client call, prints any ComfyFleetError as one plain line and exits non-zero."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from pydantic import ValidationError
+
+from .config import Settings
+from .errors import ComfyFleetError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="A durable job service in front of a fleet of ComfyUI servers.")
+
+BACKEND = typer.Option(None, "--backend", help="ComfyUI URL, repeatable (name=URL to name it)")
+REDIS = typer.Option(None, "--redis-url", help="Redis/Valkey URL (default: embedded Valkey)")
+DATA = typer.Option(None, "--data-dir", help="Valkey data and blobs (default ./.comfyfleet)")
+HOST = typer.Option(None, "--host", help="API host (default 127.0.0.1)")
+PORT = typer.Option(None, "--port", help="API port (default 8787)")
+PREFIX = typer.Option(None, "--key-prefix", help="Redis key prefix (default cf)")
+PUBLIC = typer.Option(None, "--public-url", help="Base URL put in links (default http://host:port)")
+
+
+def settings_from(**options: Any) -> Settings:
+    given = {k: v for k, v in options.items() if v not in (None, [], ())}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
+        raise ComfyFleetError(f"invalid {where}: {first.get('msg')}") from exc
+
+
+def run(coro_factory) -> None:
+    """Run a coroutine, turning ComfyFleetError into a plain message and exit code 1."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(coro_factory())
+    except ComfyFleetError as exc:
+        typer.echo(f"comfyfleet: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def serve(backend: Optional[list[str]] = BACKEND, workers: Optional[int] = typer.Option(None, help="worker processes (default 1)"),
+          redis_url: Optional[str] = REDIS, data_dir: Optional[Path] = DATA, host: Optional[str] = HOST,
+          port: Optional[int] = PORT, key_prefix: Optional[str] = PREFIX,
+          public_url: Optional[str] = PUBLIC) -> None:
+    """Run the API and supervised worker processes (embedded Valkey unless --redis-url)."""
+    from .launch import run_serve
+
+    def go():
+        return run_serve(settings_from(backends=backend, workers=workers, redis_url=redis_url,
+                                       data_dir=data_dir, host=host, port=port,
+                                       key_prefix=key_prefix, public_base_url=public_url))
+    run(go)
+
+
+@app.command()
+def api(redis_url: Optional[str] = REDIS, data_dir: Optional[Path] = DATA, host: Optional[str] = HOST,
+        port: Optional[int] = PORT, key_prefix: Optional[str] = PREFIX,
+        public_url: Optional[str] = PUBLIC) -> None:
+    """Run the API only (as many as needed, all sharing one Redis)."""
+    from .launch import run_api
+
+    run(lambda: run_api(settings_from(redis_url=redis_url, data_dir=data_dir, host=host, port=port,
+                                      key_prefix=key_prefix, public_base_url=public_url)))
+
+
+@app.command()
+def worker(backend: Optional[list[str]] = BACKEND, redis_url: Optional[str] = REDIS,
+           data_dir: Optional[Path] = DATA, key_prefix: Optional[str] = PREFIX,
+           concurrency: Optional[int] = typer.Option(None, help="jobs tracked at once (default 64)")) -> None:
+    """Run one worker process against a shared Redis."""
+    from .launch import run_worker
+
+    run(lambda: run_worker(settings_from(backends=backend, redis_url=redis_url, data_dir=data_dir,
+                                         key_prefix=key_prefix, concurrency=concurrency)))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def sim(ctx: typer.Context) -> None:
+    """Run a ComfyUI simulator (see --help of the simulator for options)."""
+    from .sim.run import main as sim_main
+
+    raise typer.Exit(sim_main(list(ctx.args)) or 0)
+
+
+@app.command()
+def demo(once: bool = typer.Option(False, "--once", help="run the sample jobs, then exit"),
+         port: int = typer.Option(0, help="API port (default: a free one)"),
+         data_dir: Optional[Path] = typer.Option(None, help="keep data here (default: a temp dir)")) -> None:
+    """Start Valkey, two simulated ComfyUI servers and the service; run sample jobs."""
+    from .demo import run_demo
+
+    run(lambda: run_demo(once=once, port=port, data_dir=data_dir))
+
+
+@app.command()
+def submit(workflow: Path = typer.Argument(..., help="API-format workflow JSON"),
+           server: str = typer.Option("http://127.0.0.1:8787", "--server", envvar="COMFYFLEET_SERVER"),
+           wait: bool = typer.Option(False, "--wait", help="show progress until the job ends"),
+           metadata: Optional[list[str]] = typer.Option(None, "--meta", help="key=value, repeatable"),
+           out: Path = typer.Option(Path("outputs"), "--out", help="where --wait downloads outputs")) -> None:
+    """Submit a workflow to a comfyfleet server."""
+    from .client_cli import submit_workflow
+
+    run(lambda: submit_workflow(workflow, server=server, wait=wait, metadata=metadata or [], out=out))
+
+
+@app.command()
+def jobs(server: str = typer.Option("http://127.0.0.1:8787", "--server", envvar="COMFYFLEET_SERVER"),
+         status: Optional[str] = typer.Option(None, help="comma-separated statuses"),
+         limit: int = typer.Option(20, min=1, max=100)) -> None:
+    """List recent jobs."""
+    from .client_cli import list_jobs
+
+    run(lambda: list_jobs(server=server, status=status, limit=limit))
+
+
+@app.command()
+def cancel(job_id: str, server: str = typer.Option("http://127.0.0.1:8787", "--server",
+                                                   envvar="COMFYFLEET_SERVER")) -> None:
+    """Cancel a job (queued: at once; running: interrupted on its backend)."""
+    from .client_cli import cancel_job
+
+    run(lambda: cancel_job(job_id, server=server))
+
+
+def main() -> None:
+    app(prog_name="comfyfleet")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

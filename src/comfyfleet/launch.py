@@ -1,0 +1,198 @@
+"""The long-running processes: API, worker, and serve (API + supervised workers + embedded Valkey).
+
+Each runs until SIGTERM/SIGINT and then shuts down in two phases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import uvicorn
+
+from .api.app import ApiServices, ApiSettings, create_app
+from .config import Settings, check_redis_url
+from .domain.job import Job
+from .domain.spec import policy_for
+from .errors import ConfigError
+from .runtime.runner import Runner, RunnerSettings
+from .runtime.supervisor import WorkerSupervisor
+from .runtime.worker import Worker, WorkerSettings
+from .services import ServiceConfig, Services, open_services
+from .store.embedded import EmbeddedValkey
+
+log = logging.getLogger(__name__)
+
+
+def service_config(settings: Settings, redis_url: str) -> ServiceConfig:
+    return ServiceConfig(redis_url=redis_url, data_dir=settings.data_dir,
+                         key_prefix=settings.key_prefix,
+                         backends=tuple(settings.backend_configs()),
+                         active_ttl_s=settings.active_ttl_s, retention_s=settings.retention_s)
+
+
+def check_port_free(host: str, port: int) -> None:
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}); "
+                              f"is comfyfleet already running? pick another with --port") from exc
+
+
+def free_port(host: str) -> int:
+    """A port nothing listens on right now (for a demo that must know its URL before binding)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def build_app(services: Services, settings: Settings):
+    async def enqueue(job: Job) -> None:
+        await services.queue.enqueue(job)
+
+    async def cancel_running(job: Job) -> None:
+        return None  # the owning runner watches the job's events and interrupts its prompt
+
+    async def health() -> dict:
+        return {"backends": [{"name": b.name, "url": b.config.url}
+                             for b in services.dispatcher.backends]}
+
+    def job_defaults(job_type: str) -> dict:
+        policy = policy_for(job_type)
+        return {"max_attempts": policy.max_attempts, "deadline_s": policy.deadline_s}
+
+    api_services = ApiServices(store=services.store, events=services.events, blobs=services.blobs,
+                               enqueue=enqueue, cancel_running=cancel_running, health=health,
+                               job_defaults=job_defaults, clock=services.clock)
+    api_settings = ApiSettings(public_base_url=settings.base_url,
+                               max_workflow_bytes=settings.max_workflow_bytes,
+                               max_workflow_nodes=settings.max_workflow_nodes,
+                               retention_s=settings.retention_s)
+    return create_app(api_services, api_settings)
+
+
+def build_worker(services: Services, settings: Settings) -> Worker:
+    worker_id = _worker_id()
+    runner = Runner(store=services.store, events=services.events, blobs=services.blobs,
+                    dispatcher=services.dispatcher, worker_id=worker_id,
+                    settings=RunnerSettings(progress_throttle_s=settings.progress_throttle_s))
+    return Worker(redis_url=services.config.redis_url, keys=services.keys, runner=runner,
+                  settings=WorkerSettings(concurrency=settings.concurrency, worker_id=worker_id))
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@contextlib.asynccontextmanager
+async def redis_for(settings: Settings) -> AsyncIterator[str]:
+    """The configured Redis URL, or an embedded Valkey started in the data dir."""
+    if settings.redis_url:
+        check_redis_url(settings.redis_url)
+        yield settings.redis_url
+        return
+    valkey = EmbeddedValkey(settings.data_dir)
+    url = await asyncio.to_thread(valkey.start)
+    try:
+        yield url
+    finally:
+        await asyncio.to_thread(valkey.stop)
+
+
+@dataclass
+class ApiServer:
+    server: uvicorn.Server
+    task: asyncio.Task
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        await self.task
+
+
+async def start_api(app, host: str, port: int) -> ApiServer:
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on",
+                            timeout_graceful_shutdown=2)
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # signals are ours
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise ConfigError(f"the API could not start on {host}:{port}")
+        await asyncio.sleep(0.02)
+    return ApiServer(server, task)
+
+
+def bound_port(api: ApiServer) -> int:
+    for server in api.server.servers:
+        for sock in server.sockets:
+            return sock.getsockname()[1]
+    raise ConfigError("the API is not listening")
+
+
+async def until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def run_api(settings: Settings) -> None:
+    check_port_free(settings.host, settings.port)
+    async with redis_for(settings) as url, open_services(service_config(settings, url)) as services:
+        api = await start_api(build_app(services, settings), settings.host, settings.port)
+        print(f"comfyfleet API on {settings.base_url}", flush=True)
+        try:
+            await until_signalled()
+        finally:
+            await api.stop()
+
+
+async def run_worker(settings: Settings) -> None:
+    if not settings.redis_url:
+        raise ConfigError("a worker needs --redis-url (the Redis the API uses)")
+    async with open_services(service_config(settings, settings.redis_url)) as services:
+        worker = build_worker(services, settings)
+        await worker.start()
+        print(f"comfyfleet worker {worker.worker_id} running", flush=True)
+        try:
+            await until_signalled()
+        finally:
+            await worker.stop()
+
+
+def worker_argv(settings: Settings, redis_url: str) -> list[str]:
+    argv = ["worker", "--redis-url", redis_url, "--data-dir", str(settings.data_dir),
+            "--key-prefix", settings.key_prefix]
+    for backend in settings.backends:
+        argv += ["--backend", backend]
+    return argv
+
+
+async def run_serve(settings: Settings) -> None:
+    check_port_free(settings.host, settings.port)
+    async with redis_for(settings) as url, open_services(service_config(settings, url)) as services:
+        supervisor = WorkerSupervisor(worker_argv(settings, url), count=settings.workers)
+        await supervisor.start()
+        try:
+            api = await start_api(build_app(services, settings), settings.host, settings.port)
+            print(f"comfyfleet serving on {settings.base_url} "
+                  f"({settings.workers} worker(s), Redis {url})", flush=True)
+            try:
+                await until_signalled()
+            finally:
+                await api.stop()
+        finally:
+            await supervisor.stop()

@@ -1,0 +1,91 @@
+"""Supervise worker processes: start N, restart a dead one with backoff, escalate past the
+restart intensity (stop restarting that slot and report it), stop them in two phases."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..domain.policy import RestartIntensity
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class WorkerSlot:
+    index: int
+    process: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    intensity: RestartIntensity = field(default_factory=RestartIntensity)
+    given_up: bool = False
+
+
+class WorkerSupervisor:
+    """Runs ``argv`` N times as child processes (``python -m comfyfleet worker ...``)."""
+
+    def __init__(self, argv: list[str], *, count: int, stop_grace_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic,
+                 on_give_up: Callable[[int], None] | None = None) -> None:
+        self._argv = argv
+        self._slots = [WorkerSlot(i) for i in range(count)]
+        self._stop_grace_s = stop_grace_s
+        self._clock = clock
+        self._on_give_up = on_give_up
+        self._stopping = False
+        self._tasks: list[asyncio.Task] = []
+
+    @property
+    def slots(self) -> list[WorkerSlot]:
+        return list(self._slots)
+
+    async def start(self) -> None:
+        for slot in self._slots:
+            await self._spawn(slot)
+            self._tasks.append(asyncio.create_task(self._watch(slot)))
+
+    async def _spawn(self, slot: WorkerSlot) -> None:
+        slot.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "comfyfleet", *self._argv, stdin=asyncio.subprocess.DEVNULL)
+        log.info("worker %d started (pid %d)", slot.index, slot.process.pid)
+
+    async def _watch(self, slot: WorkerSlot) -> None:
+        while not self._stopping:
+            assert slot.process is not None
+            code = await slot.process.wait()
+            if self._stopping:
+                return
+            if not slot.intensity.record(self._clock()):
+                slot.given_up = True
+                log.error("worker %d died %d times within %.0f s: not restarting it", slot.index,
+                          slot.intensity.max_restarts + 1, slot.intensity.window_s)
+                if self._on_give_up:
+                    self._on_give_up(slot.index)
+                return
+            delay_s = slot.intensity.backoff_s()
+            log.warning("worker %d exited with %s; restarting in %.1f s", slot.index, code, delay_s)
+            await asyncio.sleep(delay_s)
+            slot.restarts += 1
+            await self._spawn(slot)
+
+    async def stop(self) -> None:
+        """SIGTERM every worker (they hand their jobs back), wait the grace period, then SIGKILL."""
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        alive = [s.process for s in self._slots if s.process and s.process.returncode is None]
+        for process in alive:
+            process.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(self._stop_grace_s):
+                await asyncio.gather(*(p.wait() for p in alive))
+        except TimeoutError:
+            for process in alive:
+                if process.returncode is None:
+                    log.warning("worker pid %d did not stop in time: killing it", process.pid)
+                    process.kill()
+            await asyncio.gather(*(p.wait() for p in alive))

