@@ -5,11 +5,13 @@ Only ``cli.py`` and ``api/app.py`` read this; everything else gets plain values 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Annotated
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import ConfigError
 from .runtime.dispatcher import BackendConfig
@@ -20,7 +22,7 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8787, ge=0, le=65535)
-    backends: list[str] = Field(default_factory=list)
+    backends: Annotated[list[str], NoDecode] = Field(default_factory=list)  # JSON list or a,b,c
     workers: int = Field(1, ge=0, le=64)
     redis_url: str | None = None  # None: start the embedded Valkey in data_dir
     data_dir: Path = Path(".comfyfleet")
@@ -36,6 +38,11 @@ class Settings(BaseSettings):
     @field_validator("backends", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise ValueError("backends: not a JSON list; use a JSON list or comma-separated URLs") from None
         if isinstance(value, str):
             return [v for v in (part.strip() for part in value.split(",")) if v]
         return value

@@ -172,8 +172,8 @@ async def create_at(store, created_at: float, **fields) -> Job:
 
 
 async def test_list_filters_by_status_type_and_metadata(client, store):
-    a = await create_at(store, 100.0, metadata={"team": "x", "run": "1"})
-    b = await create_at(store, 101.0, metadata={"team": "y"}, type="video")
+    a = await create_at(store, 100.0, metadata={"team": "x", "run": "1"}, owner="ann")
+    b = await create_at(store, 101.0, metadata={"team": "y"}, type="video", owner="bob")
     c = await create_at(store, 102.0, metadata={"team": "x", "run": "2"})
     await store.apply(c.id, t.RequestCancel(), 103.0)
 
@@ -189,6 +189,9 @@ async def test_list_filters_by_status_type_and_metadata(client, store):
     assert await ids("metadata[team]=x") == [c.id, a.id]
     assert await ids("metadata[team]=x&metadata[run]=1") == [a.id]
     assert await ids("metadata[team]=x&status=queued") == [a.id]
+    assert await ids("owner=bob") == [b.id]
+    assert await ids("owner=ann&status=queued") == [a.id]
+    assert await ids("owner=nobody") == []
 
 
 async def test_list_cursor_walks_every_job_once_even_with_equal_created_at(client, store):

@@ -1,4 +1,4 @@
-"""Issue 2 acceptance: one job from HTTP to a ComfyUI server and back."""
+"""The walking skeleton: one job from HTTP to a ComfyUI server and back."""
 
 from __future__ import annotations
 

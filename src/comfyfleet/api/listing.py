@@ -36,6 +36,7 @@ class JobQuery:
     limit: int = DEFAULT_LIMIT
     statuses: list[JobStatus] | None = None
     job_type: str | None = None
+    owner: str | None = None
     cursor: Position | None = None
     metadata: dict[str, str] = field(default_factory=dict)
 
@@ -77,7 +78,7 @@ def parse_query(params: Mapping[str, str]) -> JobQuery:
                                code="invalid_metadata_filter", status_code=400)
     cursor = decode_cursor(params["cursor"]) if params.get("cursor") else None
     return JobQuery(limit=limit, statuses=statuses, job_type=params.get("type") or None,
-                    cursor=cursor, metadata=metadata)
+                    owner=params.get("owner") or None, cursor=cursor, metadata=metadata)
 
 
 def _limit(raw: str | None) -> int:
@@ -131,15 +132,15 @@ async def _read_after(store: JobStore, query: JobQuery, position: Position | Non
     """Jobs strictly after ``position`` (from one read of ``size``) and whether the store ran
     out; the store's ``before`` is an exclusive ``created_at``."""
     if position is None:
-        raw = await store.list(statuses=query.statuses, job_type=query.job_type, limit=size)
+        raw = await store.list(statuses=query.statuses, job_type=query.job_type, owner=query.owner, limit=size)
         return raw, len(raw) < size
     created_at = position[0]
-    raw = await store.list(statuses=query.statuses, job_type=query.job_type, limit=size,
+    raw = await store.list(statuses=query.statuses, job_type=query.job_type, owner=query.owner, limit=size,
                            before=math.nextafter(created_at, math.inf))
     fresh = [j for j in raw if (j.created_at, j.id) < position]
     if fresh or len(raw) < size:
         return fresh, len(raw) < size
     # a whole batch tied with the cursor's instant: step past that instant
-    raw = await store.list(statuses=query.statuses, job_type=query.job_type, limit=size,
+    raw = await store.list(statuses=query.statuses, job_type=query.job_type, owner=query.owner, limit=size,
                            before=created_at)
     return raw, len(raw) < size
