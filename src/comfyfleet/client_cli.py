@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -77,19 +78,28 @@ async def submit_workflow(path: Path, *, server: str, wait: bool, metadata: list
 
 async def follow(client: httpx.AsyncClient, job: dict[str, Any]) -> dict[str, Any]:
     """Show a progress bar fed by the job's SSE stream; return the final job."""
+    [final] = await follow_all(client, [job["id"]])
+    return final
+
+
+async def follow_all(client: httpx.AsyncClient, job_ids: list[str]) -> list[dict[str, Any]]:
+    """One progress bar per job, each fed by its SSE stream, until all have ended; the final jobs."""
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
-                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console) as bar:
-        task = bar.add_task(job["id"][:8], total=1.0, status=job["status"])
-        async for event, data in sse_events(client, f"/api/v2/jobs/{job['id']}/events"):
-            if event == "progress":
-                bar.update(task, completed=float(data.get("value") or 0.0))
-            elif event == "status":
-                bar.update(task, status=data.get("status"))
-                if data.get("status") in TERMINAL:
-                    if data.get("status") == "succeeded":
-                        bar.update(task, completed=1.0)
-                    break
-    return await _call(client, "GET", f"/api/v2/jobs/{job['id']}")
+                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console) as bars:
+        async def one(job_id: str) -> dict[str, Any]:
+            task = bars.add_task(f"job {job_id[:8]}", total=1.0, status="queued")
+            async for event, data in sse_events(client, f"/api/v2/jobs/{job_id}/events"):
+                if event == "progress":
+                    bars.update(task, completed=float(data.get("value") or 0.0))
+                elif event == "status":
+                    bars.update(task, status=data.get("status"))
+                    if data.get("status") in TERMINAL:
+                        if data.get("status") == "succeeded":
+                            bars.update(task, completed=1.0)
+                        break
+            return await _call(client, "GET", f"/api/v2/jobs/{job_id}")
+
+        return list(await asyncio.gather(*(one(job_id) for job_id in job_ids)))
 
 
 async def sse_events(client: httpx.AsyncClient, path: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from rich.progress import BarColumn, Progress, TextColumn
 
-from .client_cli import TERMINAL, console, sse_events
+from .client_cli import console, follow_all
 from .config import Settings
 from .errors import ComfyFleetError
 from .launch import build_app, build_worker, free_port, service_config, start_api, until_signalled
@@ -98,21 +97,8 @@ async def _submit_samples(base: str) -> list[str]:
 
 async def _show_progress(base: str, jobs: list[str]) -> None:
     async with httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(60.0, connect=5.0)) as client:
-        with Progress(TextColumn("{task.description}"), BarColumn(),
-                      TextColumn("{task.percentage:>5.1f}%"), TextColumn("{task.fields[status]}"),
-                      console=console) as bars:
-            async def follow(job_id: str) -> None:
-                task = bars.add_task(f"job {job_id[:8]}", total=1.0, status="queued")
-                async for event, data in sse_events(client, f"/api/v2/jobs/{job_id}/events"):
-                    if event == "progress":
-                        bars.update(task, completed=float(data.get("value") or 0.0))
-                    elif event == "status":
-                        bars.update(task, status=data.get("status"))
-                        if data.get("status") in TERMINAL:
-                            return
-
-            async with asyncio.timeout(120):
-                await asyncio.gather(*(follow(job_id) for job_id in jobs))
+        async with asyncio.timeout(120):
+            await follow_all(client, jobs)
 
 
 async def _print_outputs(base: str, jobs: list[str], blobs) -> None:
