@@ -30,9 +30,12 @@ class WorkerSupervisor:
 
     def __init__(self, argv: list[str], *, count: int, stop_grace_s: float = 10.0,
                  clock: Callable[[], float] = time.monotonic,
+                 intensity: Callable[[], RestartIntensity] = RestartIntensity,
+                 backoff_base_s: float = 0.5,
                  on_give_up: Callable[[int], None] | None = None) -> None:
         self._argv = argv
-        self._slots = [WorkerSlot(i) for i in range(count)]
+        self._slots = [WorkerSlot(i, intensity=intensity()) for i in range(count)]
+        self._backoff_base_s = backoff_base_s
         self._stop_grace_s = stop_grace_s
         self._clock = clock
         self._on_give_up = on_give_up
@@ -66,7 +69,7 @@ class WorkerSupervisor:
                 if self._on_give_up:
                     self._on_give_up(slot.index)
                 return
-            delay_s = slot.intensity.backoff_s()
+            delay_s = slot.intensity.backoff_s(base_s=self._backoff_base_s)
             log.warning("worker %d exited with %s; restarting in %.1f s", slot.index, code, delay_s)
             await asyncio.sleep(delay_s)
             slot.restarts += 1
