@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     max_workflow_bytes: int = 5_000_000
     max_workflow_nodes: int = 2000
     progress_throttle_s: float = 1.0
+    progress_node_weights: dict[str, dict[str, float]] = Field(default_factory=dict)  # type -> class -> weight
+    tracker_watchdog_s: float = Field(30.0, gt=0)
+    tracker_poll_min_s: float = Field(1.0, gt=0)
+    tracker_poll_max_s: float = Field(5.0, gt=0)
     retention_s: float = 7 * 86400.0
     active_ttl_s: float = 2 * 3600.0
     concurrency: int = 64

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import uvicorn
 
 from .api.app import ApiServices, ApiSettings, create_app
+from .comfy.tracker import TrackerSettings
 from .config import Settings, check_redis_url
 from .domain.job import Job
 from .domain.spec import policy_for
@@ -27,6 +28,7 @@ from .runtime.supervisor import WorkerSupervisor
 from .runtime.worker import Worker, WorkerSettings
 from .services import ServiceConfig, Services, open_services
 from .store.embedded import EmbeddedValkey
+from .store.stats import TrackingStats
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +76,8 @@ def build_app(services: Services, settings: Settings):
 
     api_services = ApiServices(store=services.store, events=services.events, blobs=services.blobs,
                                enqueue=enqueue, cancel_running=cancel_running, health=health,
-                               job_defaults=job_defaults, clock=services.clock)
+                               job_defaults=job_defaults, clock=services.clock,
+                               tracking_stats=TrackingStats(services.redis, services.keys).totals)
     api_settings = ApiSettings(public_base_url=settings.base_url,
                                max_workflow_bytes=settings.max_workflow_bytes,
                                max_workflow_nodes=settings.max_workflow_nodes,
@@ -86,9 +89,18 @@ def build_worker(services: Services, settings: Settings) -> Worker:
     worker_id = _worker_id()
     runner = Runner(store=services.store, events=services.events, blobs=services.blobs,
                     dispatcher=services.dispatcher, worker_id=worker_id,
-                    settings=RunnerSettings(progress_throttle_s=settings.progress_throttle_s))
+                    settings=runner_settings(settings),
+                    stats=TrackingStats(services.redis, services.keys))
     return Worker(redis_url=services.config.redis_url, keys=services.keys, runner=runner,
                   settings=WorkerSettings(concurrency=settings.concurrency, worker_id=worker_id))
+
+
+def runner_settings(settings: Settings) -> RunnerSettings:
+    tracker = TrackerSettings(watchdog_s=settings.tracker_watchdog_s,
+                              poll_min_s=settings.tracker_poll_min_s,
+                              poll_max_s=max(settings.tracker_poll_min_s, settings.tracker_poll_max_s))
+    return RunnerSettings(progress_throttle_s=settings.progress_throttle_s, tracker=tracker,
+                          node_weights_by_type=settings.progress_node_weights)
 
 
 def _worker_id() -> str:

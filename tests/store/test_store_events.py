@@ -83,7 +83,7 @@ async def test_preview_is_kept_and_published(event_bus):
         await event_bus.set_preview("j", "image/jpeg", b"\xff\xd8jpeg")
         (event,) = await next_events(events, 1)
     assert event["kind"] == "preview" and event["size_bytes"] == 6
-    assert await event_bus.get_preview("j") == ("image/jpeg", b"\xff\xd8jpeg")
+    assert await event_bus.get_preview("j") == ("image/jpeg", b"\xff\xd8jpeg", None)
 
 
 async def test_preview_expires_after_an_hour(event_bus, redis, keys):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from comfyfleet.comfy import messages as m
+from comfyfleet.comfy.tracker import apply_message
 from comfyfleet.domain.job import Progress
 from comfyfleet.domain.progress import ProgressModel
 
@@ -101,23 +102,12 @@ def runs(name: str, conn: str | None = None) -> list[Run]:
 
 
 def drive(model: ProgressModel, msg: m.Message) -> None:
-    """Translate one message into a model call, as ``comfy.tracker`` does."""
-    match msg:
-        case m.ExecutionCached(nodes=nodes):
-            model.cached(nodes)
-        case m.Executing(node=None):
-            pass
-        case m.Executing(node=node, display_node=display):
-            model.node_started(node, display)
-        case m.ProgressMessage(node=node, value=value, max=maximum) if node is not None:
-            model.node_progress(node, value, maximum)
-        case m.ProgressState(nodes=nodes):
-            model.progress_state({node_id: (n.value, n.max, n.state, n.display_node_id)
-                                  for node_id, n in nodes.items()})
-        case m.Executed(node=node) if node is not None:
-            model.node_executed(node)
-        case m.ExecutionSuccess():
-            model.succeeded()
+    """Feed one message to the model exactly as ``comfy.tracker`` does; the tracker confirms
+    success from ``/history`` before ``succeeded()``, the replay takes ``execution_success``."""
+    if isinstance(msg, m.ExecutionSuccess):
+        model.succeeded()
+    else:
+        apply_message(model, msg)
 
 
 def replay(run: Run, **model_options: Any) -> tuple[ProgressModel, list[Progress]]:

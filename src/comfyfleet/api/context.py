@@ -53,6 +53,10 @@ async def _no_health() -> dict[str, Any]:
     return {}
 
 
+async def _no_stats() -> dict[str, Any]:
+    return {}
+
+
 def default_job_defaults(_: str) -> dict[str, Any]:
     return {"max_attempts": DEFAULT_MAX_ATTEMPTS, "deadline_s": DEFAULT_DEADLINE_S}
 
@@ -67,6 +71,7 @@ class ApiServices:
     health: Callable[[], Awaitable[dict[str, Any]]] = _no_health  # extra health info (backends)
     job_defaults: Callable[[str], dict[str, Any]] = default_job_defaults  # per job type
     clock: Callable[[], float] = time.time
+    tracking_stats: Callable[[], Awaitable[dict[str, Any]]] = _no_stats  # per backend counters
 
 
 @dataclass

@@ -112,7 +112,7 @@ async def get_preview(job_id: str, ctx: ApiContext = Depends(get_context)) -> Re
     preview = await ctx.services.events.get_preview(job_id)  # type: ignore[attr-defined]
     if preview is None:
         raise JobNotFound(f"job {job_id} has no preview")
-    content_type, data = preview
+    content_type, data, _ = preview
     return Response(content=data, media_type=content_type,
                     headers={"Cache-Control": "no-store"})
 

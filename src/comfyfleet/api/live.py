@@ -120,8 +120,9 @@ class JobStream:
         if snapshot:
             preview = await self._ctx.services.events.get_preview(job.id)  # type: ignore[attr-defined]
             if preview is not None:
-                out.extend(self.on_preview({"content_type": preview[0],
-                                            "data_base64": base64.b64encode(preview[1]).decode()}))
+                out.extend(self.on_preview({"content_type": preview.content_type,
+                                            "node_id": preview.node_id,
+                                            "data_base64": base64.b64encode(preview.data).decode()}))
         return [*out, *self._output_frames(job)]
 
     def on_preview(self, event: dict[str, Any]) -> list[str]:

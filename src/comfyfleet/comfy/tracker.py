@@ -1,10 +1,17 @@
 """Follow one prompt on one ComfyUI server until its outcome is confirmed by ``/history``.
 
-The socket opened with the attempt's client_id is the primary source. When it closes, or stays
-silent past the watchdog while our prompt is on the server, the tracker falls back to polling
-``/queue`` then ``/history/{id}`` at growing intervals, keeps (re)opening a fresh socket with
-jittered backoff, and goes back to the socket as soon as an event of our prompt arrives on it.
+The socket opened with the attempt's client_id is the primary source. Two modes:
+
+* **socket**: events of our prompt drive the progress model. A watchdog measures the silence
+  since the last event of ours; when it runs out, one ``/queue`` probe decides: still pending
+  (silence is expected, keep listening), finished (read the outcome), or running (the socket is
+  deaf or dead: the duplicate-clientId trap). Running means fallback.
+* **fallback**: the socket is closed and reopened fresh (jittered backoff when it cannot be), and
+  ``/queue`` then ``/history/{id}`` are polled at growing intervals. The first event of our prompt
+  on a socket (or a poll showing the prompt waiting with a socket open) returns to socket mode.
+
 A terminal event is only a hint: the outcome is what ``/history`` says (the history race).
+``apply_message`` is the one translation of socket messages into progress-model calls.
 """
 
 from __future__ import annotations
@@ -25,9 +32,9 @@ from .socket import PromptSocket, SocketSettings, open_socket
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TrackerSettings:
-    watchdog_s: float = 30.0  # socket silence (our prompt on the server) before falling back
-    poll_min_s: float = 1.0
-    poll_max_s: float = 5.0
+    watchdog_s: float = 30.0  # silence of our running prompt on the socket before falling back
+    poll_min_s: float = 1.0  # first polling interval of a fallback episode; doubles ...
+    poll_max_s: float = 5.0  # ... up to this
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 5.0
     history_wait_s: float = 10.0  # how long a terminal event may precede its history entry
@@ -40,12 +47,13 @@ class TrackerCounters:
     """What tracking cost, per backend; the worker adds these up and publishes them."""
 
     socket_connects: int = 0
-    socket_failures: int = 0
+    socket_failures: int = 0  # failed opens and sockets that closed under us
+    socket_renewals: int = 0  # silent sockets closed by the watchdog and opened afresh
     events_received: int = 0
     poll_requests: int = 0
     fallback_episodes: int = 0
     socket_returns: int = 0
-    history_requests: int = 0
+    history_requests: int = 0  # history confirmations (not polling)
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -53,7 +61,7 @@ class TrackerCounters:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    kind: str  # "success" | "error" | "interrupted" | "lost" | "unreachable"
+    kind: str  # "success" | "error" | "interrupted" | "lost" | "unreachable" | "expired"
     history: HistoryEntry | None = None
     message: str = ""
 
@@ -61,10 +69,41 @@ class Outcome:
 class TrackerListener(Protocol):
     async def on_started(self) -> None: ...
     async def on_progress(self, progress: Progress) -> None: ...
-    async def on_preview(self, content_type: str, data: bytes) -> None: ...
+    async def on_preview(self, content_type: str, data: bytes, node_id: str | None) -> None: ...
 
 
 SocketOpener = Callable[..., Awaitable[PromptSocket]]
+
+
+def apply_message(model: ProgressModel, message: m.Message) -> bool:
+    """Feed one message of our prompt to the model; True when it can change the progress."""
+    match message:
+        case m.ExecutionCached(nodes=nodes):
+            model.cached(list(nodes))
+        case m.Executing(node=None):
+            return False
+        case m.Executing(node=node, display_node=display):
+            model.node_started(node, display)
+        case m.ProgressMessage(node=node, value=value, max=maximum):
+            if node is None:
+                return False
+            model.node_progress(node, value, maximum)
+        case m.ProgressState(nodes=nodes):
+            model.progress_state(
+                {nid: (n.value, n.max, n.state, n.display_node_id) for nid, n in nodes.items()})
+        case m.Executed(node=node):
+            if node is None:
+                return False
+            model.node_executed(node)
+        case _:
+            return False
+    return True
+
+
+# Messages that show our prompt is executing (as opposed to waiting in the server's queue).
+_RUNNING_SIGNS = (m.ExecutionStart, m.ExecutionCached, m.Executing, m.ProgressMessage,
+                  m.ProgressState, m.Executed)
+_TERMINAL_HINTS = (m.ExecutionSuccess, m.ExecutionError, m.ExecutionInterrupted)
 
 
 class PromptTracker:
@@ -82,18 +121,22 @@ class PromptTracker:
         self._opener = opener
         self._rng = rng or random.Random()
         self._socket: PromptSocket | None = None
+        self._socket_opened_at = 0.0
         self._started = False
         self._last_progress: Progress | None = None
         self._reconnect_delay_s = settings.reconnect_min_s
         self._next_reconnect_at = 0.0
         self._unreachable_since: float | None = None
+        self.fallback = False  # the current mode (read by tests and diagnostics)
 
     # -- sockets -----------------------------------------------------------------------------
+    @property
+    def socket_open(self) -> bool:
+        return self._socket is not None
+
     async def connect(self) -> bool:
         """Open a fresh socket under our client_id; False (and backoff) when it cannot."""
-        if self._socket is not None:
-            await self._socket.close()
-            self._socket = None
+        await self.close()
         try:
             self._socket = await self._opener(self._client.ws_url(self.client_id),
                                               client_id=self.client_id, backend=self._client.name,
@@ -105,63 +148,106 @@ class PromptTracker:
             self._reconnect_delay_s = min(self._reconnect_delay_s * 2, self._settings.reconnect_max_s)
             return False
         self.counters.socket_connects += 1
+        self._socket_opened_at = _now()
         self._reconnect_delay_s = self._settings.reconnect_min_s
         return True
 
     async def close(self) -> None:
         if self._socket is not None:
-            await self._socket.close()
-            self._socket = None
+            socket, self._socket = self._socket, None
+            await socket.close()
 
     # -- the loop ----------------------------------------------------------------------------
     async def follow(self) -> Outcome:
         """Track until the outcome is known. The socket should be open (``connect``) before the
-        prompt is submitted, so no event is missed."""
+        prompt is submitted, so no event is missed; a reattaching worker calls ``connect`` with
+        the recorded client_id and the server replays the running node."""
         try:
             return await self._follow()
         finally:
             await self.close()
 
     async def _follow(self) -> Outcome:
-        fallback = self._socket is None
-        if fallback:
-            self.counters.fallback_episodes += 1
-        poll_interval = self._settings.poll_min_s
+        settings = self._settings
+        heard_at = _now()  # last event of our prompt (the watchdog's reference)
+        poll_interval = settings.poll_min_s
+        next_poll_at = _now()
+        if self._socket is None:
+            self._enter_fallback()
         while True:
             if self._socket is None and _now() >= self._next_reconnect_at:
                 await self.connect()
-            wait_s = poll_interval if fallback else self._settings.watchdog_s
-            message = await self._next_message(wait_s)
+            if self.fallback:
+                deadline = next_poll_at if self._socket is not None else \
+                    min(next_poll_at, self._next_reconnect_at)
+            else:
+                deadline = heard_at + settings.watchdog_s
+            message = await self._next_message(deadline)
             if message is _CLOSED:
                 self.counters.socket_failures += 1
                 self._socket = None
-                if not fallback:
-                    fallback, poll_interval = True, self._settings.poll_min_s
-                    self.counters.fallback_episodes += 1
-                message = None  # poll right away
-            elif message is not None:
+                if not self.fallback:
+                    self._enter_fallback()
+                    next_poll_at, poll_interval = _now(), settings.poll_min_s
+                continue
+            if message is not None:
                 if not self._is_ours(message):
                     continue
-                if fallback:
-                    fallback = False
-                    self.counters.socket_returns += 1
+                heard_at = _now()
+                if self.fallback:
+                    self._leave_fallback()
                 outcome = await self._handle(message)
                 if outcome is not None:
                     return outcome
                 continue
-            # silence (or a closed socket): poll the server
-            if not fallback:
-                fallback, poll_interval = True, self._settings.poll_min_s
-                self.counters.fallback_episodes += 1
-                await self.close()  # a silent socket may be deaf (duplicate-clientId trap): renew it
-                self._next_reconnect_at = 0.0
-            outcome = await self._poll()
-            if outcome is not None:
-                return outcome
-            poll_interval = min(poll_interval * 2, self._settings.poll_max_s)
+            if not self.fallback:
+                # Watchdog: silent for watchdog_s. Is our prompt running (then the socket is deaf)?
+                state = await self._probe()
+                if isinstance(state, Outcome):
+                    return state
+                if state == "pending" and self._socket is not None:
+                    heard_at = _now()  # waiting in the server's queue: silence is expected
+                    continue
+                self._enter_fallback()
+                await self._renew_socket()
+                poll_interval = settings.poll_min_s
+                next_poll_at = _now() + poll_interval
+                continue
+            if _now() < next_poll_at:
+                continue  # woke up to reconnect
+            state = await self._probe()
+            if isinstance(state, Outcome):
+                return state
+            if self._socket is not None:
+                if state == "pending":
+                    heard_at = _now()
+                    self._leave_fallback()
+                    continue
+                if state == "running" and \
+                        _now() - max(self._socket_opened_at, heard_at) >= settings.watchdog_s:
+                    await self._renew_socket()  # reopened, yet deaf too
+            poll_interval = min(poll_interval * 2, settings.poll_max_s)
+            next_poll_at = _now() + poll_interval
 
-    async def _next_message(self, wait_s: float) -> m.Message | object | None:
-        """A message, ``_CLOSED``, or None after ``wait_s`` of silence."""
+    def _enter_fallback(self) -> None:
+        self.fallback = True
+        self.counters.fallback_episodes += 1
+
+    def _leave_fallback(self) -> None:
+        self.fallback = False
+        self.counters.socket_returns += 1
+
+    async def _renew_socket(self) -> None:
+        """Close a silent socket and reopen at once under the same client_id (trace 06b)."""
+        self.counters.socket_renewals += 1
+        await self.close()
+        self._next_reconnect_at = 0.0
+
+    async def _next_message(self, deadline: float) -> m.Message | object | None:
+        """A message, ``_CLOSED``, or None when ``deadline`` (loop time) passes first."""
+        wait_s = deadline - _now()
+        if wait_s <= 0:
+            return None
         if self._socket is None:
             await asyncio.sleep(wait_s)
             return None
@@ -184,43 +270,28 @@ class PromptTracker:
         if prompt_id is not None:
             return prompt_id == self.prompt_id
         # Frames without a prompt id on our own socket: the reconnect replay ``executing`` and
-        # type-1 previews, which ComfyUI sends to our client_id only while our prompt runs.
-        return isinstance(message, (m.Executing, m.PreviewImage)) and self._started
+        # type-1 previews. ComfyUI sends the replay to our client_id only while our prompt runs;
+        # a type-1 preview can also be another client's broadcast, so only after our start.
+        if isinstance(message, m.Executing):
+            return message.node is not None
+        return isinstance(message, m.PreviewImage) and self._started
 
     async def _handle(self, message: m.Message) -> Outcome | None:
-        model = self._model
-        match message:
-            case m.ExecutionStart():
-                await self._mark_started()
-            case m.ExecutionCached(nodes=nodes):
-                await self._mark_started()
-                model.cached(list(nodes))
-            case m.Executing(node=None):
-                return await self._confirm(history_ready=True)
-            case m.Executing(node=node, display_node=display):
-                await self._mark_started()
-                model.node_started(node, display)
-            case m.ProgressMessage(node=node, value=value, max=maximum):
-                await self._mark_started()
-                if node is not None:
-                    model.node_progress(node, value, maximum)
-            case m.ProgressState(nodes=nodes):
-                await self._mark_started()
-                model.progress_state(
-                    {nid: (n.value, n.max, n.state, n.display_node_id) for nid, n in nodes.items()})
-            case m.Executed(node=node):
-                if node is not None:
-                    model.node_executed(node)
-            case m.PreviewImage(content_type=content_type, image=image):
-                await self._listener.on_preview(content_type, image)
-                return None
-            case m.ExecutionError(blocked=True):
-                return None
-            case m.ExecutionSuccess() | m.ExecutionError() | m.ExecutionInterrupted():
-                return await self._confirm(history_ready=False)
-            case _:
-                return None
-        await self._publish_progress()
+        if isinstance(message, m.PreviewImage):
+            if self._started:
+                await self._listener.on_preview(message.content_type, message.image,
+                                                message.node_id or self._model.current_node)
+            return None
+        if isinstance(message, m.ExecutionError) and message.blocked:
+            return None
+        if isinstance(message, _TERMINAL_HINTS):
+            return await self._confirm(history_ready=False)
+        if isinstance(message, m.Executing) and message.node is None:
+            return await self._confirm(history_ready=True)
+        if isinstance(message, _RUNNING_SIGNS):
+            await self._mark_started()
+        if apply_message(self._model, message):
+            await self._publish_progress()
         return None
 
     async def _mark_started(self) -> None:
@@ -235,9 +306,9 @@ class PromptTracker:
             await self._listener.on_progress(snapshot)
 
     # -- confirmation and polling ------------------------------------------------------------
-    async def _confirm(self, *, history_ready: bool) -> Outcome | None:
+    async def _confirm(self, *, history_ready: bool) -> Outcome:
         """A terminal hint arrived: wait for ``executing{node:null}`` briefly, then read history
-        until it has the entry (or the wait runs out)."""
+        until it has the entry (or the wait runs out and ``/queue`` decides)."""
         deadline = _now() + self._settings.history_wait_s
         if not history_ready and self._socket is not None:
             history_ready = await self._await_finish_marker(deadline)
@@ -248,11 +319,14 @@ class PromptTracker:
             except BackendError:
                 entry = None
             if entry is not None:
-                return self._outcome(entry)
+                return await self._outcome(entry)
             if _now() >= deadline:
-                return await self._poll()  # still unknown: let /queue decide (running, or lost)
+                state = await self._probe()
+                if isinstance(state, Outcome):
+                    return state
+                deadline = _now() + self._settings.history_wait_s  # still queued or running
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            delay = min(delay * 2, self._settings.poll_max_s)
 
     async def _await_finish_marker(self, deadline: float) -> bool:
         assert self._socket is not None
@@ -274,8 +348,9 @@ class PromptTracker:
         self.counters.history_requests += 1
         return await self._client.history(self.prompt_id)
 
-    async def _poll(self) -> Outcome | None:
-        """``/queue`` first, then ``/history`` (the order that cannot miss a finishing prompt)."""
+    async def _probe(self) -> str | Outcome | None:
+        """``/queue`` first, then ``/history`` (the order that cannot miss a finishing prompt).
+        Returns "running", "pending", an Outcome, or None while the server cannot be reached."""
         try:
             self.counters.poll_requests += 1
             queue = await self._client.queue()
@@ -284,7 +359,8 @@ class PromptTracker:
                 self._unreachable_since = None
                 if found[0] == "running":
                     await self._mark_started()
-                return None
+                    return "running"
+                return "pending"
             self.counters.poll_requests += 1
             entry = await self._client.history(self.prompt_id)
         except BackendError as exc:
@@ -294,12 +370,13 @@ class PromptTracker:
             return None
         self._unreachable_since = None
         if entry is not None:
-            return self._outcome(entry)
+            return await self._outcome(entry)
         return Outcome("lost", message=f"{self._client.name} no longer knows prompt {self.prompt_id}")
 
-    def _outcome(self, entry: HistoryEntry) -> Outcome:
+    async def _outcome(self, entry: HistoryEntry) -> Outcome:
         if entry.outcome == "success":
             self._model.succeeded()
+            await self._publish_progress()
         return Outcome(entry.outcome, entry)
 
 

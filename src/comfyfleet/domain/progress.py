@@ -26,6 +26,13 @@ CEILING = 0.999  # the highest value before success
 VALUE_DIGITS = 4
 FINISHED = "finished"
 
+# A sampler step is worth more than a VAE decode: the default weights of every job type.
+SAMPLER_WEIGHT = 10.0
+DEFAULT_NODE_WEIGHTS: Mapping[str, float] = {
+    "KSampler": SAMPLER_WEIGHT, "KSamplerAdvanced": SAMPLER_WEIGHT,
+    "SamplerCustom": SAMPLER_WEIGHT, "SamplerCustomAdvanced": SAMPLER_WEIGHT,
+}
+
 # ``progress_state`` entry: (value, max, state, display_node_id) or any object with those attributes.
 NodeEntry = Any
 
@@ -56,6 +63,10 @@ class ProgressModel:
     @property
     def nodes_total(self) -> int:
         return len(self._order)
+
+    @property
+    def current_node(self) -> str | None:
+        return self._current
 
     # -- events ---------------------------------------------------------------------------
     def cached(self, node_ids: Iterable[str]) -> None:
@@ -160,6 +171,12 @@ class ProgressModel:
         self._fraction.pop(target, None)
         if target == self._current:
             self._current, self._step = None, None
+
+
+def node_weights_for(job_type: str, *, every_type: Mapping[str, float] | None = None,
+                     by_type: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, float]:
+    """Node-class weights of a job type: the defaults, then ``every_type``, then that type's table."""
+    return {**DEFAULT_NODE_WEIGHTS, **(every_type or {}), **((by_type or {}).get(job_type) or {})}
 
 
 # -- graph helpers ----------------------------------------------------------------------------

@@ -1,14 +1,16 @@
 """Persist and publish one job's live progress, at most once per ``throttle_s``.
 
-Phase changes go through at once; progress snapshots are coalesced: the newest one is written
-when the throttle window closes, so the last value before a pause is never lost.
+Progress snapshots are coalesced: the first one of a window is written at once, later ones wait
+for the window to close and only the newest is written, so the last value before a pause is
+never lost. Phase changes (``on_started``) go through at once; the runner's status changes,
+errors and completion do not pass through here at all (``close`` first writes what is pending).
+Previews are kept (latest only, with a TTL) and published at most once per ``throttle_s`` too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from ..domain import transitions as t
 from ..domain.job import JobStatus, Phase, Progress
@@ -18,17 +20,20 @@ from ..ports import JobStore
 
 class ProgressSink:
     def __init__(self, store: JobStore, events, job_id: str, *, throttle_s: float,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float],
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self._store = store
         self._events = events
         self._job_id = job_id
         self._throttle_s = throttle_s
         self._clock = clock
+        self._sleep = sleep
         self._pending: Progress | None = None
         self._last_write = float("-inf")
         self._last_preview = float("-inf")
         self._flush_task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
+        self.writes = 0  # progress records written (for diagnostics and tests)
 
     async def on_started(self) -> None:
         job = await self._store.get(self._job_id)
@@ -43,14 +48,12 @@ class ProgressSink:
         elif self._flush_task is None or self._flush_task.done():
             self._flush_task = asyncio.create_task(self._flush_later(wait_s))
 
-    async def on_preview(self, content_type: str, data: bytes) -> None:
+    async def on_preview(self, content_type: str, data: bytes, node_id: str | None = None) -> None:
         now = self._clock()
         if now - self._last_preview < self._throttle_s:
             return
         self._last_preview = now
-        await self._events.set_preview(self._job_id, content_type, data)
-        await self._events.publish(self._job_id, "preview", {
-            "content_type": content_type, "data_base64": base64.b64encode(data).decode()})
+        await self._events.set_preview(self._job_id, content_type, data, node_id=node_id)
 
     async def flush(self) -> None:
         async with self._lock:
@@ -58,19 +61,23 @@ class ProgressSink:
             if progress is None:
                 return
             self._last_write = self._clock()
+            self.writes += 1
             await self._apply(t.ProgressMade(progress))
 
     async def close(self) -> None:
+        """Write what is pending now (the attempt is over)."""
         if self._flush_task is not None:
             self._flush_task.cancel()
             try:
                 await self._flush_task
             except asyncio.CancelledError:
-                pass
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
         await self.flush()
 
     async def _flush_later(self, wait_s: float) -> None:
-        await asyncio.sleep(wait_s)
+        await self._sleep(wait_s)
         await self.flush()
 
     async def _apply(self, event: t.Event) -> None:

@@ -20,13 +20,15 @@ from ..domain import transitions as t
 from ..domain.failures import Failure, FailureKind, classify, error_code
 from ..domain.job import Attempt, Job, JobError, JobStatus, Phase
 from ..domain.policy import RetryPolicy
-from ..domain.progress import ProgressModel
+from ..domain.progress import ProgressModel, node_weights_for
 from ..errors import (BackendError, BackendProtocolError, BackendTimeout, BackendUnavailable,
-                      InvalidTransition, PromptRejected)
+                      InvalidTransition, PromptRejected, StoreError)
 from ..ports import BlobStore, JobStore
+from ..store.stats import TrackingStats
 from .dispatcher import Backend, Dispatcher
 from .outputs import collect_outputs
 from .progress_sink import ProgressSink
+from .tracking_stats import CounterFlusher
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -37,7 +39,8 @@ class RunnerSettings:
     cancel_grace_s: float = 5.0
     tracker: TrackerSettings = field(default_factory=TrackerSettings)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    node_weights: Mapping[str, float] = field(default_factory=dict)
+    node_weights: Mapping[str, float] = field(default_factory=dict)  # every job type
+    node_weights_by_type: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +60,8 @@ DONE = Verdict()
 class Runner:
     def __init__(self, *, store: JobStore, events, blobs: BlobStore, dispatcher: Dispatcher,
                  worker_id: str, settings: RunnerSettings = RunnerSettings(),
-                 clock: Callable[[], float] = time.time, rng: random.Random | None = None) -> None:
+                 clock: Callable[[], float] = time.time, rng: random.Random | None = None,
+                 stats: TrackingStats | None = None) -> None:
         self._store = store
         self._events = events
         self._blobs = blobs
@@ -67,6 +71,7 @@ class Runner:
         self._clock = clock
         self._rng = rng or random.Random()
         self.counters: dict[str, TrackerCounters] = defaultdict(TrackerCounters)
+        self._flusher = CounterFlusher(stats, self.counters) if stats is not None else None
 
     async def run(self, job_id: str) -> Verdict:
         job = await self._store.get(job_id)
@@ -120,7 +125,9 @@ class Runner:
                             throttle_s=self._settings.progress_throttle_s, clock=self._clock)
         tracker = PromptTracker(backend.client, prompt_id=current.prompt_id,
                                 client_id=current.client_id,
-                                model=ProgressModel(workflow, weights=self._settings.node_weights),
+                                model=ProgressModel(workflow, weights=node_weights_for(
+                                    job.type, every_type=self._settings.node_weights,
+                                    by_type=self._settings.node_weights_by_type)),
                                 listener=sink, settings=self._settings.tracker,
                                 counters=self.counters[backend.name], rng=self._rng)
         heartbeat = asyncio.create_task(self._heartbeat(job.id))
@@ -136,6 +143,7 @@ class Runner:
             heartbeat.cancel()
             await tracker.close()
             await sink.close()
+            await self.flush_counters()
         if outcome is None:
             return await self._cancel(await self._store.get(job.id))
         return await self._conclude(job.id, backend, outcome)
@@ -270,6 +278,15 @@ class Runner:
                 await self._apply(job_id, t.Heartbeat(self._worker_id))
             except Exception:  # noqa: BLE001 - a missed heartbeat is retried at the next beat
                 pass
+            await self.flush_counters()
+
+    async def flush_counters(self) -> None:
+        """Add the tracking counters counted since the last flush to the shared totals."""
+        if self._flusher is not None:
+            try:
+                await self._flusher.flush()
+            except StoreError:
+                pass  # kept for the next flush
 
     async def _apply(self, job_id: str, event: t.Event) -> Job | None:
         try:

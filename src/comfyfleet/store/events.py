@@ -23,7 +23,7 @@ import logging
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -36,8 +36,15 @@ from .keys import Keys
 
 log = logging.getLogger(__name__)
 
-PREVIEW_TTL_S = 3600
+PREVIEW_TTL_S = 3600  # the latest preview of a job outlives it by at most this
+MAX_PREVIEW_BYTES = 2 * 1024 * 1024  # previews are small JPEGs; anything bigger is not kept
 NEVER_DROPPED = frozenset({"status", "resync"})
+
+
+class Preview(NamedTuple):
+    content_type: str
+    data: bytes
+    node_id: str | None = None
 
 
 class _Mailbox:
@@ -118,25 +125,31 @@ class EventBus:
         with translated(self._redis, "publish of a job event"):
             await self._redis.publish(self._keys.events_channel, message)
 
-    async def set_preview(self, job_id: str, content_type: str, data: bytes) -> None:
-        """Keep the latest preview for an hour and publish it as a ``preview`` event."""
+    async def set_preview(self, job_id: str, content_type: str, data: bytes, *,
+                          node_id: str | None = None) -> bool:
+        """Keep the latest preview (``PREVIEW_TTL_S``) and publish it as a ``preview`` event.
+        A preview larger than ``MAX_PREVIEW_BYTES`` is neither kept nor published (False)."""
+        if len(data) > MAX_PREVIEW_BYTES:
+            return False
         encoded = base64.b64encode(data).decode("ascii")
-        stored = json.dumps({"content_type": content_type, "data": encoded})
+        stored = json.dumps({"content_type": content_type, "data": encoded, "node_id": node_id})
         event = json.dumps({"job_id": job_id, "kind": "preview", "content_type": content_type,
-                            "size_bytes": len(data), "data": encoded})
+                            "node_id": node_id, "size_bytes": len(data), "data": encoded})
         with translated(self._redis, "store of a preview"):
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.set(self._keys.preview(job_id), stored, ex=PREVIEW_TTL_S)
                 pipe.publish(self._keys.events_channel, event)
                 await pipe.execute()
+        return True
 
-    async def get_preview(self, job_id: str) -> tuple[str, bytes] | None:
+    async def get_preview(self, job_id: str) -> Preview | None:
         with translated(self._redis, "read of a preview"):
             stored = await self._redis.get(self._keys.preview(job_id))
         if stored is None:
             return None
         preview = json.loads(stored)
-        return preview["content_type"], base64.b64decode(preview["data"])
+        return Preview(preview["content_type"], base64.b64decode(preview["data"]),
+                       preview.get("node_id"))
 
     # -- subscribing ---------------------------------------------------------------------------
     @asynccontextmanager

@@ -17,6 +17,7 @@
     bull_prefix                {p}:bull                         prefix   BullMQ queues live below this
     worker(id)                 {p}:worker:{id}                  string   worker liveness, with a TTL
     meta                       {p}:meta                         hash     schema version and the like
+    tracking_stats             {p}:stats:tracking               hash     "{backend}:{counter}" -> total
 
 Indexes have no TTL: records expire (active 2 h sliding, terminal 7 days) and
 ``RedisJobStore.repair_indexes`` drops index entries whose record is gone.
@@ -105,3 +106,7 @@ class Keys:
     @property
     def meta(self) -> str:
         return f"{self.prefix}:meta"
+
+    @property
+    def tracking_stats(self) -> str:
+        return f"{self.prefix}:stats:tracking"
