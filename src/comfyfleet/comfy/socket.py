@@ -28,6 +28,8 @@ class SocketSettings:
     ping_timeout_s: float = 10.0
     close_timeout_s: float = 2.0
     max_frame_bytes: int = 64 * 1024 * 1024
+    # Ask for type-4 previews (with prompt and node ids) instead of anonymous type-1 ones.
+    preview_metadata: bool = True
 
 
 class PromptSocket:
@@ -93,6 +95,13 @@ async def open_socket(ws_url: str, *, client_id: str, backend: str,
                 await socket.close()
                 raise BackendProtocolError(f"{backend}: first socket frame was {type(first).__name__}",
                                            backend=backend)
+            if settings.preview_metadata:
+                try:
+                    await socket.send_json({"type": "feature_flags",
+                                            "data": {"supports_preview_metadata": True}})
+                except BaseException:
+                    await socket.close()
+                    raise
             return socket
     except TimeoutError as exc:
         raise BackendUnavailable(f"{backend}: socket handshake timed out", backend=backend) from exc

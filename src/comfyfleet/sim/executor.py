@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 
 from .config import PromptRecord, RecordLog, SimConfig
 from .faults import Faults
@@ -32,12 +33,14 @@ class PromptRun:
         self.progress: dict[str, dict] = {}
         self.steps_node: str | None = None
         self.socket_dropped = False
+        self.socket_deafened = False
 
-    def node_state(self, node_id: str, value: float, max_: float, state: str) -> None:
+    def node_state(self, node_id: str, value: float, max_: float, state: str,
+                   parent: str | None = None) -> None:
         self.progress[node_id] = {
             "value": value, "max": max_, "state": state, "node_id": node_id,
-            "prompt_id": self.prompt_id, "display_node_id": node_id,
-            "parent_node_id": None, "real_node_id": node_id}
+            "prompt_id": self.prompt_id, "display_node_id": parent or node_id,
+            "parent_node_id": parent, "real_node_id": node_id}
 
     def history_entry(self, success: bool) -> dict:
         item = self.item
@@ -66,6 +69,8 @@ class Executor:
         self.last_node_id: str | None = None
         self.interrupt_requested = False
         self.current: PromptRecord | None = None
+        # (prompt_id, node, value, max, time.time() just before sending) of every progress frame
+        self.progress_sends: deque[tuple[str, str, int, int, float]] = deque(maxlen=200_000)
 
     def reset(self) -> None:
         """Forget the cache and the current prompt (a process restart)."""
@@ -144,8 +149,18 @@ class Executor:
         if run.client_id is not None or broadcast:
             await self.hub.send(kind, data, run.client_id)
 
+    def _script(self, run: PromptRun, name: str, default: object = None) -> object:
+        """A live-progress fault for this prompt: an input of that name on any of its nodes,
+        else the server's fault, else `default`."""
+        value = next((node["inputs"][name] for node in run.item.prompt.values()
+                      if isinstance(node.get("inputs"), dict) and node["inputs"].get(name) is not None),
+                     None)
+        if value is None:
+            value = getattr(self.faults, name)
+        return default if value is None else value
+
     async def _progress_state(self, run: PromptRun) -> None:
-        if not self.config.legacy_events:
+        if not self._script(run, "legacy_events", self.config.legacy_events):
             nodes = {nid: dict(state) for nid, state in run.progress.items()}
             await self.hub.send("progress_state", {"prompt_id": run.prompt_id, "nodes": nodes}, run.client_id)
 
@@ -181,29 +196,61 @@ class Executor:
     async def _run_steps(self, run: PromptRun, node_id: str, node: dict, steps: int) -> None:
         run.steps_node = run.steps_node or node_id
         delay_s = step_seconds(node, self.config.step_s)
-        previews = self.config.send_previews or node.get("inputs", {}).get("send_preview") is True
-        for value in range(1, steps + 1):
-            await asyncio.sleep(delay_s)
-            self._check_interrupt(node_id)
-            run.node_state(node_id, value, steps, "running")
+        previews = bool(node.get("inputs", {}).get("send_preview") is True
+                        or self._script(run, "send_previews", self.config.send_previews))
+        expand = int(self._script(run, "expand", 0) or 0)
+        if expand <= 0:
+            await self._emit_steps(run, node_id, None, range(1, steps + 1), steps, delay_s, previews)
+            return
+        # Node expansion: the steps run in ephemeral nodes the client never submitted.
+        per_child = max(1, steps // expand)
+        for k in range(expand):
+            child = f"{node_id}.0.{k}"
+            first, last = k * per_child + 1, (steps if k == expand - 1 else (k + 1) * per_child)
+            run.node_state(child, 0.0, 1.0, "running", parent=node_id)
             await self._progress_state(run)
-            image = jpeg_bytes(f"{run.prompt_id}/{node_id}/{value}") if previews else b""
-            meta = {"node_id": node_id, "prompt_id": run.prompt_id, "display_node_id": node_id,
-                    "parent_node_id": None, "real_node_id": node_id, "image_type": "image/jpeg"}
+            await self.hub.send("executing", {"node": child, "display_node": node_id,
+                                              "prompt_id": run.prompt_id}, run.client_id)
+            await self._emit_steps(run, child, node_id, range(first, last + 1), steps, delay_s,
+                                   previews)
+            child_max = run.progress[child]["max"]
+            run.node_state(child, child_max, child_max, "finished", parent=node_id)
+            await self._progress_state(run)
+        run.node_state(node_id, steps, steps, "running")
+
+    async def _emit_steps(self, run: PromptRun, emitter: str, parent: str | None, values: range,
+                          steps: int, delay_s: float, previews: bool) -> None:
+        """Progress frames of `emitter` (the node, or an expanded child of `parent`)."""
+        display = parent or emitter
+        offset = values.start - 1
+        for value in values:
+            await asyncio.sleep(delay_s)
+            self._check_interrupt(display)
+            local, local_max = (value - offset, len(values)) if parent else (value, steps)
+            run.node_state(emitter, local, local_max, "running", parent=parent)
+            await self._progress_state(run)
+            image = jpeg_bytes(f"{run.prompt_id}/{emitter}/{value}") if previews else b""
+            meta = {"node_id": emitter, "prompt_id": run.prompt_id, "display_node_id": display,
+                    "parent_node_id": parent, "real_node_id": emitter, "image_type": "image/jpeg"}
             if previews:
                 await self.hub.send_preview(image, meta, run.client_id, with_metadata=True)
-            await self.hub.send("progress", {"value": value, "max": steps, "prompt_id": run.prompt_id,
-                                             "node": node_id}, run.client_id)
+            self.progress_sends.append((run.prompt_id, emitter, local, local_max, time.time()))
+            await self.hub.send("progress", {"value": local, "max": local_max,
+                                             "prompt_id": run.prompt_id, "node": emitter},
+                                run.client_id)
             if previews:
                 await self.hub.send_preview(image, meta, run.client_id, with_metadata=False)
-            self._maybe_drop_socket(run, node_id, value)
+            self._maybe_drop_socket(run, display, value)
 
     def _maybe_drop_socket(self, run: PromptRun, node_id: str, value: int) -> None:
-        at_step = self.faults.drop_socket_at_step
-        if (at_step is not None and value == at_step and node_id == run.steps_node
-                and not run.socket_dropped and run.client_id is not None):
+        if run.client_id is None or node_id != run.steps_node:
+            return
+        if value == self._script(run, "drop_socket_at_step") and not run.socket_dropped:
             run.socket_dropped = True
             self.hub.drop(run.client_id)
+        if value == self._script(run, "deafen_socket_at_step") and not run.socket_deafened:
+            run.socket_deafened = True
+            self.hub.deafen(run.client_id)
 
     async def _executed(self, run: PromptRun, node_id: str, ui: dict | None) -> None:
         if ui is None:

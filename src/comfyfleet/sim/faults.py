@@ -9,6 +9,8 @@ FAULT_NAMES = (
     "refuse_connections", "http_error_status", "http_error_rate", "retry_after_s",
     "slow_response_s", "drop_socket_at_step", "silent", "oom_above_nodes",
     "fail_class_type", "history_delay_s",
+    # live-progress faults (a node input of the same name scripts one prompt instead)
+    "deafen_socket_at_step", "legacy_events", "send_previews", "expand",
 )
 
 
@@ -30,6 +32,11 @@ class Faults:
     oom_above_nodes: int | None = None
     fail_class_type: str | None = None
     history_delay_s: float = 0.0
+    # The prompt's socket stops receiving at this step but stays open (trace 06b's deaf socket).
+    deafen_socket_at_step: int | None = None
+    legacy_events: bool | None = None  # None: as SimConfig; True: no progress_state frames
+    send_previews: bool | None = None  # None: as SimConfig; True: preview frames with each step
+    expand: int | None = None  # steps nodes run their steps in this many expanded (ephemeral) nodes
     _rng: random.Random = field(default_factory=lambda: random.Random(1234), repr=False)
 
     def roll_http_error(self) -> bool:

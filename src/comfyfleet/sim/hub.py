@@ -75,6 +75,11 @@ class SocketHub:
                 frame = preview_frame_with_metadata(image, metadata) if with_metadata else preview_frame(image)
                 await _deliver(conn, frame)
 
+    def deafen(self, sid: str) -> bool:
+        """Forget `sid`'s socket but keep it open: it receives nothing more, not even broadcasts
+        (what the real server does to a newer socket when an older one of the sid closes)."""
+        return self.table.pop(sid, None) is not None
+
     def drop(self, sid: str | None = None) -> int:
         """Abort every connection of `sid` (all connections when None); returns how many."""
         victims = [c for c in self.connections if sid is None or c.sid == sid]

@@ -51,6 +51,7 @@ def build_app(sim: Simulator) -> web.Application:
     app.router.add_post("/sim/faults", routes.post_faults)
     app.router.add_post("/sim/restart", routes.post_restart)
     app.router.add_get("/sim/records", routes.get_records)
+    app.router.add_get("/sim/progress-sends", routes.get_progress_sends)
     return app
 
 
@@ -269,6 +270,10 @@ class ComfyRoutes:
             await self.sim.restart()
         self.sim.spawn(restart_soon())
         return web.json_response({"restarting": True})
+
+    async def get_progress_sends(self, request: web.Request) -> web.Response:
+        """[prompt_id, node, value, max, unix time just before sending] per progress frame."""
+        return web.json_response([list(entry) for entry in self.sim.executor.progress_sends])
 
     async def get_records(self, request: web.Request) -> web.Response:
         return web.json_response([asdict(r) for r in self.sim.records])
