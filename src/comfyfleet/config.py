@@ -36,7 +36,8 @@ class Settings(BaseSettings):
     tracker_poll_min_s: float = Field(1.0, gt=0)
     tracker_poll_max_s: float = Field(5.0, gt=0)
     retention_s: float = 7 * 86400.0
-    active_ttl_s: float = 2 * 3600.0
+    active_ttl_s: float = 2 * 3600.0  # a running job's record lives this long past its last heartbeat
+    lease_s: float = 6.0  # a job's claim outlives its worker's last heartbeat by this much
     concurrency: int = 64
 
     @field_validator("backends", mode="before")

@@ -23,10 +23,12 @@ from .config import Settings, check_redis_url
 from .domain.job import Job
 from .domain.spec import policy_for
 from .errors import ConfigError
+from .runtime.recovery import Recovery
 from .runtime.runner import Runner, RunnerSettings
 from .runtime.supervisor import WorkerSupervisor
 from .runtime.worker import Worker, WorkerSettings
 from .services import ServiceConfig, Services, open_services
+from .store.claims import Claims
 from .store.embedded import EmbeddedValkey
 from .store.stats import TrackingStats
 
@@ -91,7 +93,15 @@ def build_worker(services: Services, settings: Settings) -> Worker:
                     dispatcher=services.dispatcher, worker_id=worker_id,
                     settings=runner_settings(settings),
                     stats=TrackingStats(services.redis, services.keys))
+    claims = Claims(services.redis, services.keys, lease_s=settings.lease_s)
+    recovery = Recovery(store=services.store, claims=claims, dispatcher=services.dispatcher,
+                        clock=services.clock)
+
+    async def requeue(job_id: str, run_at: float) -> None:
+        await services.queue.enqueue(await services.store.get(job_id), not_before=run_at)
+
     return Worker(redis_url=services.config.redis_url, keys=services.keys, runner=runner,
+                  claims=claims, recovery=recovery, requeue=requeue,
                   settings=WorkerSettings(concurrency=settings.concurrency, worker_id=worker_id))
 
 

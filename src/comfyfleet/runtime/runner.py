@@ -12,7 +12,7 @@ import random
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from ..comfy.tracker import Outcome, PromptTracker, TrackerCounters, TrackerSettings
@@ -24,11 +24,15 @@ from ..domain.progress import ProgressModel, node_weights_for
 from ..errors import (BackendError, BackendProtocolError, BackendTimeout, BackendUnavailable,
                       InvalidTransition, PromptRejected, StoreError)
 from ..ports import BlobStore, JobStore
+from ..store.claims import ClaimLost
 from ..store.stats import TrackingStats
 from .dispatcher import Backend, Dispatcher
 from .outputs import collect_outputs
 from .progress_sink import ProgressSink
+from .reconcile import Action, BackendView, PromptState, Where, decide, lookup
 from .tracking_stats import CounterFlusher
+
+Fence = Callable[[], Awaitable[bool]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,17 +77,21 @@ class Runner:
         self.counters: dict[str, TrackerCounters] = defaultdict(TrackerCounters)
         self._flusher = CounterFlusher(stats, self.counters) if stats is not None else None
 
-    async def run(self, job_id: str) -> Verdict:
+    async def run(self, job_id: str, *, view: BackendView | None = None,
+                  fence: Fence | None = None) -> Verdict:
+        """Take the job one step further. ``fence`` answers whether this runner still owns the
+        job (its claim); it is asked right before ``POST /prompt``. ``view`` shares one ``/queue``
+        read per backend among many jobs reconciled at once."""
         job = await self._store.get(job_id)
         now = self._clock()
         if job.is_terminal:
             return DONE
+        if job.status in (JobStatus.RUNNING, JobStatus.CANCELING) and job.current is not None:
+            return await self._reconcile(job, view, fence)
         if job.deadline_at is not None and now >= job.deadline_at:
             return await self._expire(job)
         if job.status is JobStatus.CANCELING:
             return await self._cancel(job)
-        if job.status is JobStatus.RUNNING:
-            return await self._resume(job)
         if job.not_before is not None and now < job.not_before:
             return Verdict(run_at=job.not_before)
         backend = self._dispatcher.choose(job)
@@ -92,32 +100,39 @@ class Runner:
         attempt = Attempt(number=job.attempt + 1, backend=backend.name, prompt_id=str(uuid.uuid4()),
                           client_id=str(uuid.uuid4()), worker=self._worker_id, started_at=now)
         job = await self._store.apply(job.id, t.Dispatch(attempt), now)  # write ahead
-        return await self._attempt(job, backend, submit=True)
+        return await self._attempt(job, backend, submit=True, fence=fence)
 
     # -- reconcile ---------------------------------------------------------------------------
-    async def _resume(self, job: Job) -> Verdict:
+    async def _reconcile(self, job: Job, view: BackendView | None, fence: Fence | None) -> Verdict:
+        """A job with an attempt recorded: ask its backend first, then act (reconcile.decide)."""
         current = job.current
-        backend = self._dispatcher.by_name(current.backend) if current else None
-        if current is None or backend is None:
-            return await self._failed(job, Failure(FailureKind.PROMPT_LOST,
-                                                   f"backend {current and current.backend} is gone"))
-        submit = False
-        if job.phase is Phase.DISPATCHING:
-            # The worker died around POST /prompt: was it accepted? Look it up, never re-POST blindly.
-            try:
-                submit = not await self._known_to(backend, current.prompt_id)
-            except BackendError as exc:
-                return await self._failed(job, _failure_from(exc))
-        return await self._attempt(job, backend, submit=submit)
-
-    async def _known_to(self, backend: Backend, prompt_id: str) -> bool:
-        queue = await backend.client.queue()
-        if queue.find(prompt_id) is not None:
-            return True
-        return await backend.client.history(prompt_id) is not None
+        assert current is not None
+        backend = self._dispatcher.by_name(current.backend)
+        if backend is None:
+            state = PromptState(Where.NO_BACKEND, message=f"backend {current.backend} is gone")
+        elif view is not None:
+            state = await view.state(backend.name, current.prompt_id)
+        else:
+            state = await lookup(backend.client, current.prompt_id)
+        action = decide(job, state, self._clock())
+        match action:
+            case Action.EXPIRE:
+                return await self._expire(job)
+            case Action.CANCEL:
+                return await self._cancel(job)
+            case Action.COLLECT | Action.CLASSIFY:
+                assert backend is not None and state.entry is not None
+                return await self._conclude(job.id, backend, Outcome(state.entry.outcome, state.entry))
+            case Action.NEW_ATTEMPT:
+                return await self._failed(job, Failure(FailureKind.PROMPT_LOST,
+                                                       state.message or "the backend lost the prompt"))
+        assert backend is not None
+        job = await self._apply(job.id, t.Heartbeat(self._worker_id)) or job  # reattached: ours now
+        return await self._attempt(job, backend, submit=action is Action.SUBMIT, fence=fence)
 
     # -- one attempt -------------------------------------------------------------------------
-    async def _attempt(self, job: Job, backend: Backend, *, submit: bool) -> Verdict:
+    async def _attempt(self, job: Job, backend: Backend, *, submit: bool,
+                       fence: Fence | None = None) -> Verdict:
         current = job.current
         assert current is not None
         workflow = await self._store.workflow(job.id)
@@ -134,6 +149,8 @@ class Runner:
         try:
             await tracker.connect()  # before POST /prompt, so no event is missed
             if submit:
+                if fence is not None and not await fence():
+                    raise ClaimLost(f"job {job.id}: another runner owns it now; not submitting")
                 failure = await self._submit(job, backend, workflow)
                 if failure is not None:
                     await tracker.close()
@@ -161,11 +178,13 @@ class Runner:
         except (BackendTimeout, BackendUnavailable, BackendProtocolError) as exc:
             if exc.status_code is not None:
                 return _failure_from(exc)
-            try:  # the answer was lost, not refused: did ComfyUI accept the prompt?
-                if not await self._known_to(backend, current.prompt_id):
-                    return _failure_from(exc)
-            except BackendError:
+            # The answer was lost, not refused: did ComfyUI accept the prompt? Look it up; while
+            # that cannot be answered, track it (the tracker resolves present or lost).
+            state = await lookup(backend.client, current.prompt_id)
+            if state.where is Where.ABSENT:
                 return _failure_from(exc)
+            if state.where is Where.UNREACHABLE:
+                return None
         except BackendError as exc:
             return _failure_from(exc)
         await self._apply(job.id, t.Submitted())

@@ -2,16 +2,32 @@
 
 A job's exception never touches another: the processor catches everything a job raises, logs it
 and puts the job back in the queue after a short delay, so nothing is dropped on a bug or a
-Redis blip. Shutdown is two-phase: stop taking jobs, then hand running jobs back at once (their
-records keep the attempt, so the next worker reattaches to the same prompt).
+Redis blip.
+
+Ownership: a runner works on a job only while it holds the job's claim (store/claims.py), a
+Redis key with a lease that this worker renews every ``renew_s`` together with its liveness key.
+Two paths lead to a job:
+
+* bullmq delivers its queue entry: claim it and run it; if another runner holds the claim, the
+  entry goes back to the queue (delayed by one lease) and is looked at again later;
+* the orphan sweep (at start, then every ``sweep_s``): running jobs whose claim is gone (their
+  worker stopped or died) are claimed and reconciled at once, without waiting for bullmq's
+  stalled check. Their queue entries, wherever they are, find the claim taken and wait.
+
+Shutdown is two-phase: stop taking jobs, then hand running jobs back at once: their tasks are
+cancelled, their claims released and their queue entries put back, while the job records keep
+the attempt, so the next worker reattaches to the same prompt. Hour-long jobs are never waited out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from bullmq import Worker as BullWorker
@@ -19,10 +35,14 @@ from bullmq.custom_errors import DelayedError
 
 from ..errors import ComfyFleetError, JobNotFound, StoreError
 from ..queue import LANES, QueueSettings
+from ..store.claims import ClaimLost, Claims
 from ..store.keys import Keys
-from .runner import Runner
+from .recovery import Recovery
+from .runner import Runner, Verdict
 
 log = logging.getLogger(__name__)
+
+Requeue = Callable[[str, float], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -31,23 +51,38 @@ class WorkerSettings:
     queue: QueueSettings = field(default_factory=QueueSettings)
     error_retry_s: float = 2.0
     worker_id: str = field(default_factory=lambda: f"w-{uuid.uuid4().hex[:10]}")
+    renew_s: float = 1.5  # claims and liveness renewed this often (the lease is Claims.lease_s)
+    sweep_s: float = 2.0  # orphaned running jobs looked for this often (and at start)
 
 
 class Worker:
-    def __init__(self, *, redis_url: str, keys: Keys, runner: Runner,
+    def __init__(self, *, redis_url: str, keys: Keys, runner: Runner, claims: Claims,
+                 recovery: Recovery, requeue: Requeue,
                  settings: WorkerSettings = WorkerSettings()) -> None:
         self._redis_url = redis_url
         self._keys = keys
         self._runner = runner
+        self._claims = claims
+        self._recovery = recovery
+        self._requeue = requeue
         self._settings = settings
         self._consumers: list[BullWorker] = []
+        self._held: dict[str, str] = {}  # job id -> claim token
+        self._tasks: dict[str, asyncio.Task] = {}  # job id -> the task running it here
+        self._loops: list[asyncio.Task] = []
+        self._stopping = False
+        self._started_at = time.time()
         self.jobs_started = 0
+        self.reattached = 0
 
     @property
     def worker_id(self) -> str:
         return self._settings.worker_id
 
     async def start(self) -> None:
+        await self._beat()
+        self._loops = [asyncio.create_task(self._keep_claims(), name="claims"),
+                       asyncio.create_task(self._sweep_forever(), name="orphan-sweep")]
         q = self._settings.queue
         opts = {"connection": self._redis_url, "prefix": self._keys.bull_prefix,
                 "concurrency": self._settings.concurrency, "lockDuration": q.lock_duration_ms,
@@ -56,31 +91,161 @@ class Worker:
                 "name": self.worker_id}
         self._consumers = [BullWorker(lane, self._process, opts) for lane in LANES]
 
+    # -- the bullmq path ---------------------------------------------------------------------
     async def _process(self, bull_job, token: str) -> None:
         job_id = (bull_job.data or {}).get("job_id") or bull_job.id
         self.jobs_started += 1
+        busy_at = time.time() + self._claims.lease_s
+        claim = self._new_token()
+        task: asyncio.Task | None = None
         try:
-            verdict = await self._runner.run(job_id)
-        except JobNotFound:
-            return None  # removed by retention: nothing left to run
+            if job_id in self._tasks or not await self._claims.acquire(job_id, claim):
+                verdict_at = busy_at  # another runner owns it: look again later
+            else:
+                task = asyncio.create_task(self._drive(job_id, claim))
+                self._tasks[job_id] = task
+                verdict_at = await task
+                if verdict_at is None:
+                    return None
         except asyncio.CancelledError:
-            raise
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                if task is not None:
+                    task.cancel()
+                raise
+            # the job's task was cancelled: a hand-back (stop) or a lost claim
+            verdict_at = time.time() if self._stopping else busy_at
         except StoreError as exc:
             log.warning("job %s: store unavailable, retrying: %s", job_id, exc)
             verdict_at = time.time() + self._settings.error_retry_s
-        except (ComfyFleetError, Exception) as exc:  # noqa: BLE001 - one job never takes down others
-            log.exception("job %s: unexpected error, requeued: %s", job_id, exc)
-            verdict_at = time.time() + self._settings.error_retry_s
-        else:
-            if verdict.done:
-                return None
-            verdict_at = verdict.run_at
         await bull_job.moveToDelayed(int(verdict_at * 1000), token)
         raise DelayedError()
 
+    # -- the orphan sweep --------------------------------------------------------------------
+    async def sweep(self) -> int:
+        """Claim every orphaned running job and reconcile it in its own task; return how many."""
+        orphans = [job for job in await self._recovery.orphans() if job.id not in self._tasks]
+        if not orphans or self._stopping:
+            return 0
+        tokens = {job.id: self._new_token() for job in orphans}
+        won = await self._claims.acquire_many(tokens)
+        if not won:
+            return 0
+        view = self._recovery.view()
+        await view.load({job.current.backend for job in orphans if job.id in won})
+        for job_id in won:
+            if self._stopping:
+                await self._claims.release(job_id, tokens[job_id])
+                continue
+            task = asyncio.create_task(self._drive_orphan(job_id, tokens[job_id], view))
+            self._tasks[job_id] = task
+            self._held[job_id] = tokens[job_id]
+        self.reattached += len(won)
+        log.info("took over %d orphaned job(s)", len(won))
+        return len(won)
+
+    async def _sweep_forever(self) -> None:
+        while not self._stopping:
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the next sweep tries again
+                log.warning("orphan sweep failed: %s", exc)
+            await asyncio.sleep(self._settings.sweep_s)
+
+    async def _drive_orphan(self, job_id: str, claim: str, view) -> None:  # type: ignore[no-untyped-def]
+        try:
+            run_at = await self._drive(job_id, claim, view=view)
+        except asyncio.CancelledError:
+            return  # handed back or claim lost: the record keeps the attempt
+        except StoreError as exc:
+            log.warning("job %s: store unavailable: %s", job_id, exc)
+            run_at = time.time() + self._settings.error_retry_s
+        if run_at is not None:
+            try:  # a no-op when the job's queue entry still exists somewhere
+                await self._requeue(job_id, run_at)
+            except ComfyFleetError as exc:
+                log.warning("job %s: could not requeue: %s", job_id, exc)
+
+    # -- running one job under its claim -----------------------------------------------------
+    async def _drive(self, job_id: str, claim: str, *, view=None) -> float | None:  # type: ignore[no-untyped-def]
+        """Run the job once under ``claim`` (already acquired); None when it is done, else when
+        to look at it again. The claim is released however this ends."""
+        task = asyncio.current_task()
+        self._held[job_id] = claim
+        self._tasks.setdefault(job_id, task)
+        try:
+            verdict: Verdict = await self._runner.run(
+                job_id, view=view, fence=lambda: self._claims.holds(job_id, claim))
+            return verdict.run_at
+        except JobNotFound:
+            return None  # removed by retention: nothing left to run
+        except ClaimLost as exc:
+            log.warning("%s", exc)
+            return time.time() + self._claims.lease_s
+        except (asyncio.CancelledError, StoreError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - one job never takes down others
+            log.exception("job %s: unexpected error, requeued: %s", job_id, exc)
+            return time.time() + self._settings.error_retry_s
+        finally:
+            if self._tasks.get(job_id) is task:
+                del self._tasks[job_id]
+            if self._held.get(job_id) == claim:
+                del self._held[job_id]
+            try:
+                await self._claims.release(job_id, claim)
+            except StoreError:
+                pass  # it expires one lease from now
+
+    # -- claims and liveness -----------------------------------------------------------------
+    async def _keep_claims(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.renew_s)
+            try:
+                lost = await self._claims.renew(dict(self._held))
+                await self._beat()
+            except StoreError as exc:
+                log.warning("claims not renewed: %s", exc)
+                continue
+            for job_id in lost:
+                if job_id in self._held:
+                    log.warning("job %s: claim lost (lease ran out); letting it go", job_id)
+                    self._held.pop(job_id, None)
+                    task = self._tasks.get(job_id)
+                    if task is not None:
+                        task.cancel()
+
+    async def _beat(self) -> None:
+        await self._claims.beat(self.worker_id, {
+            "host": socket.gethostname(), "pid": os.getpid(), "started_at": self._started_at,
+            "jobs": len(self._held), "at": time.time()})
+
+    def _new_token(self) -> str:
+        return f"{self.worker_id}:{uuid.uuid4().hex[:12]}"
+
+    # -- shutdown ----------------------------------------------------------------------------
     async def stop(self) -> None:
-        """Stop taking jobs and hand running ones back now (their locks are released so the next
-        worker picks them up without waiting for the stall check)."""
-        for consumer in self._consumers:
-            await consumer.close(force=True)
+        """Stop taking jobs and hand running ones back now: cancel their tasks (records keep the
+        attempt), release their claims, put their queue entries back, leave."""
+        self._stopping = True
+        for loop in self._loops:
+            loop.cancel()
+        closing = [asyncio.create_task(c.close()) for c in self._consumers]
+        await asyncio.sleep(0)  # the consumers mark themselves closing: no new job is taken
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, *self._loops, return_exceptions=True)
+        try:
+            async with asyncio.timeout(5.0):
+                await asyncio.gather(*closing, return_exceptions=True)
+        except TimeoutError:
+            for consumer in self._consumers:
+                await consumer.close(force=True)
         self._consumers = []
+        try:
+            await self._claims.leave(self.worker_id)
+        except StoreError:
+            pass

@@ -6,6 +6,8 @@
                                                                          created_at priority data(JSON)
     workflow(id)               {p}:job:{id}:wf                  string   the workflow JSON
     preview(id)                {p}:job:{id}:preview             string   latest preview (JSON, base64), 1 h
+    claim(id)                  {p}:job:{id}:claim               string   token of the runner owning the job,
+                                                                         PX lease (store/claims.py)
     all_index                  {p}:idx:all                      zset     job ids scored by created_at
     status_index(status)       {p}:idx:status:{status}          zset     same, one per status
     owner_index(owner)         {p}:idx:owner:{owner}            zset     same, one per owner
@@ -52,6 +54,9 @@ class Keys:
 
     def preview(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}:preview"
+
+    def claim(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:claim"
 
     # -- indexes -------------------------------------------------------------------------------
     @property
@@ -102,6 +107,11 @@ class Keys:
 
     def worker(self, worker_id: str) -> str:
         return f"{self.prefix}:worker:{worker_id}"
+
+    @property
+    def worker_pattern(self) -> str:
+        """SCAN pattern matching every worker liveness key."""
+        return f"{_glob_escape(self.prefix)}:worker:*"
 
     @property
     def meta(self) -> str:

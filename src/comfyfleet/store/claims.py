@@ -1,0 +1,124 @@
+"""Job claims: which runner owns a running job right now, as a Redis key with a lease.
+
+A runner may touch a job (reconcile, submit, track, conclude) only while it holds the job's claim
+``{p}:job:{id}:claim``. The claim's value is a token unique to one run of one worker, and it
+expires ``lease_s`` after its last renewal, so a worker that dies (even by SIGKILL) loses its jobs
+one lease later and a worker that stops gracefully releases them at once. Acquire is ``SET NX``,
+renew and release compare the token first: two runners never both hold a job.
+
+The worker's liveness key ``{p}:worker:{id}`` is renewed in the same round trip and carries the
+worker's description (host, pid, start time, number of claims) for operators.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+import redis.asyncio as aioredis
+
+from ..errors import ComfyFleetError
+from .connection import translated
+from .keys import Keys
+
+# KEYS: claim keys; ARGV[1] lease ms, ARGV[2..] tokens in the same order. Returns lost indexes.
+_RENEW = """
+local lost = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[i + 1] then
+    redis.call('PEXPIRE', key, ARGV[1])
+  else
+    table.insert(lost, i)
+  end
+end
+return lost
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class Claims:
+    """Claims of one deployment (``keys``) with one lease length."""
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys, *, lease_s: float = 6.0) -> None:
+        self._redis = redis
+        self._keys = keys
+        self.lease_s = lease_s
+        self._lease_ms = max(1, int(lease_s * 1000))
+        self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
+
+    async def acquire(self, job_id: str, token: str) -> bool:
+        with translated(self._redis, f"claim of job {job_id}"):
+            return bool(await self._redis.set(self._keys.claim(job_id), token, nx=True,
+                                              px=self._lease_ms))
+
+    async def acquire_many(self, tokens: Mapping[str, str]) -> set[str]:
+        """Try to claim every job in ``tokens`` (job id -> token); the ids won, in one round trip."""
+        ids = list(tokens)
+        if not ids:
+            return set()
+        with translated(self._redis, "claim of jobs"):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.set(self._keys.claim(job_id), tokens[job_id], nx=True, px=self._lease_ms)
+                won = await pipe.execute()
+        return {job_id for job_id, ok in zip(ids, won) if ok}
+
+    async def renew(self, tokens: Mapping[str, str]) -> set[str]:
+        """Extend the lease of every held claim; return the ids whose claim was lost."""
+        ids = list(tokens)
+        lost: set[str] = set()
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start:start + 1000]
+            with translated(self._redis, "renewal of claims"):
+                reply = await self._renew(keys=[self._keys.claim(i) for i in chunk],
+                                          args=[self._lease_ms, *(tokens[i] for i in chunk)])
+            lost.update(chunk[int(index) - 1] for index in reply)
+        return lost
+
+    async def holds(self, job_id: str, token: str) -> bool:
+        """True when ``token`` still holds the claim; the lease is extended as a side effect."""
+        return not await self.renew({job_id: token})
+
+    async def release(self, job_id: str, token: str) -> None:
+        with translated(self._redis, f"release of the claim of job {job_id}"):
+            await self._release(keys=[self._keys.claim(job_id)], args=[token])
+
+    async def holders(self, job_ids: list[str]) -> list[str | None]:
+        """The token holding each job's claim (None: unclaimed), in the order asked."""
+        found: list[str | None] = []
+        for start in range(0, len(job_ids), 1000):
+            chunk = job_ids[start:start + 1000]
+            with translated(self._redis, "read of claims"):
+                found.extend(await self._redis.mget([self._keys.claim(i) for i in chunk]))
+        return found
+
+    async def beat(self, worker_id: str, description: Mapping[str, object]) -> None:
+        """Refresh the worker's liveness key (same lease as the claims)."""
+        with translated(self._redis, "worker liveness"):
+            await self._redis.set(self._keys.worker(worker_id), json.dumps(dict(description)),
+                                  px=self._lease_ms)
+
+    async def leave(self, worker_id: str) -> None:
+        with translated(self._redis, "worker liveness"):
+            await self._redis.delete(self._keys.worker(worker_id))
+
+    async def live_workers(self) -> dict[str, dict]:
+        """Every worker whose liveness key has not expired, with its description."""
+        found: dict[str, dict] = {}
+        with translated(self._redis, "read of worker liveness"):
+            names = [n async for n in self._redis.scan_iter(match=self._keys.worker_pattern,
+                                                           count=500)]
+            values = await self._redis.mget(names) if names else []
+        for name, value in zip(names, values):
+            if value is not None:
+                found[name.rsplit(":", 1)[-1]] = json.loads(value)
+        return found
+
+
+class ClaimLost(ComfyFleetError):
+    """This runner's claim on a job expired or was taken: it must stop touching the job."""
