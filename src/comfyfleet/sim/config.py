@@ -19,6 +19,7 @@ class SimConfig:
     history_delay_s: float = 0.0
     legacy_events: bool = False
     send_previews: bool = False
+    time_scale: float = 1.0  # every simulated duration is multiplied by this (0.01: minutes in seconds)
 
 
 @dataclass

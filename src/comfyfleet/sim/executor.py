@@ -195,7 +195,7 @@ class Executor:
 
     async def _run_steps(self, run: PromptRun, node_id: str, node: dict, steps: int) -> None:
         run.steps_node = run.steps_node or node_id
-        delay_s = step_seconds(node, self.config.step_s)
+        delay_s = step_seconds(node, self.config.step_s) * self.config.time_scale
         previews = bool(node.get("inputs", {}).get("send_preview") is True
                         or self._script(run, "send_previews", self.config.send_previews))
         expand = int(self._script(run, "expand", 0) or 0)

@@ -21,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--history-delay-s", type=float, default=0.0)
     parser.add_argument("--legacy-events", action="store_true", help="no progress_state messages")
     parser.add_argument("--send-previews", action="store_true")
+    parser.add_argument("--time-scale", type=float, default=1.0,
+                        help="multiply every simulated duration (0.01 runs a 10 min prompt in 6 s)")
     return parser
 
 
@@ -39,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = SimConfig(step_s=args.step_s, name=args.name, output_dir=args.output_dir,
                        record_file=args.record_file, history_delay_s=args.history_delay_s,
-                       legacy_events=args.legacy_events, send_previews=args.send_previews)
+                       legacy_events=args.legacy_events, send_previews=args.send_previews,
+                       time_scale=args.time_scale)
     asyncio.run(serve(config, args.host, args.port))
     return 0

