@@ -69,7 +69,7 @@ class Executor:
         self.last_node_id: str | None = None
         self.interrupt_requested = False
         self.current: PromptRecord | None = None
-        # (prompt_id, node, value, max, time.time() just before sending) of every progress frame
+        # (prompt_id, node, value, max, time.time() before its first frame) of every progress step
         self.progress_sends: deque[tuple[str, str, int, int, float]] = deque(maxlen=200_000)
 
     def reset(self) -> None:
@@ -227,6 +227,7 @@ class Executor:
             await asyncio.sleep(delay_s)
             self._check_interrupt(display)
             local, local_max = (value - offset, len(values)) if parent else (value, steps)
+            sent_at = time.time()  # before the first frame that carries this step
             run.node_state(emitter, local, local_max, "running", parent=parent)
             await self._progress_state(run)
             image = jpeg_bytes(f"{run.prompt_id}/{emitter}/{value}") if previews else b""
@@ -234,7 +235,7 @@ class Executor:
                     "parent_node_id": parent, "real_node_id": emitter, "image_type": "image/jpeg"}
             if previews:
                 await self.hub.send_preview(image, meta, run.client_id, with_metadata=True)
-            self.progress_sends.append((run.prompt_id, emitter, local, local_max, time.time()))
+            self.progress_sends.append((run.prompt_id, emitter, local, local_max, sent_at))
             await self.hub.send("progress", {"value": local, "max": local_max,
                                              "prompt_id": run.prompt_id, "node": emitter},
                                 run.client_id)

