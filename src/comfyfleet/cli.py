@@ -25,6 +25,8 @@ HOST = typer.Option(None, "--host", help="API host (default 127.0.0.1)")
 PORT = typer.Option(None, "--port", help="API port (default 8787)")
 PREFIX = typer.Option(None, "--key-prefix", help="Redis key prefix (default cf)")
 PUBLIC = typer.Option(None, "--public-url", help="Base URL put in links (default http://host:port)")
+BACKENDS_FILE = typer.Option(None, "--backends-file",
+                             help="TOML file of [[backends]] (name, url, capacity, tags, headers) and [job_types.*]")
 
 
 def settings_from(**options: Any) -> Settings:
@@ -53,14 +55,15 @@ def run(coro_factory) -> None:
 def serve(backend: Optional[list[str]] = BACKEND, workers: Optional[int] = typer.Option(None, help="worker processes (default 1)"),
           redis_url: Optional[str] = REDIS, data_dir: Optional[Path] = DATA, host: Optional[str] = HOST,
           port: Optional[int] = PORT, key_prefix: Optional[str] = PREFIX,
-          public_url: Optional[str] = PUBLIC) -> None:
+          public_url: Optional[str] = PUBLIC, backends_file: Optional[Path] = BACKENDS_FILE) -> None:
     """Run the API and supervised worker processes (embedded Valkey unless --redis-url)."""
     from .launch import run_serve
 
     def go():
         return run_serve(settings_from(backends=backend, workers=workers, redis_url=redis_url,
                                        data_dir=data_dir, host=host, port=port,
-                                       key_prefix=key_prefix, public_base_url=public_url))
+                                       key_prefix=key_prefix, public_base_url=public_url,
+                                       backends_file=backends_file))
     run(go)
 
 
@@ -78,12 +81,14 @@ def api(redis_url: Optional[str] = REDIS, data_dir: Optional[Path] = DATA, host:
 @app.command()
 def worker(backend: Optional[list[str]] = BACKEND, redis_url: Optional[str] = REDIS,
            data_dir: Optional[Path] = DATA, key_prefix: Optional[str] = PREFIX,
-           concurrency: Optional[int] = typer.Option(None, help="jobs tracked at once (default 64)")) -> None:
+           concurrency: Optional[int] = typer.Option(None, help="jobs tracked at once (default 64)"),
+           backends_file: Optional[Path] = BACKENDS_FILE) -> None:
     """Run one worker process against a shared Redis."""
     from .launch import run_worker
 
     run(lambda: run_worker(settings_from(backends=backend, redis_url=redis_url, data_dir=data_dir,
-                                         key_prefix=key_prefix, concurrency=concurrency)))
+                                         key_prefix=key_prefix, concurrency=concurrency,
+                                         backends_file=backends_file)))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -133,6 +138,24 @@ def cancel(job_id: str, server: str = typer.Option("http://127.0.0.1:8787", "--s
     from .client_cli import cancel_job
 
     run(lambda: cancel_job(job_id, server=server))
+
+
+@app.command()
+def backends(server: str = typer.Option("http://127.0.0.1:8787", "--server", envvar="COMFYFLEET_SERVER"),
+             add: Optional[list[str]] = typer.Option(None, "--add", help="URL or name=URL to add, repeatable"),
+             capacity: int = typer.Option(1, min=1, max=1000, help="capacity of backends added by --add"),
+             tag: Optional[list[str]] = typer.Option(None, "--tag", help="tag of backends added by --add"),
+             drain: Optional[list[str]] = typer.Option(None, "--drain", help="finish current work, take no new"),
+             disable: Optional[list[str]] = typer.Option(None, "--disable", help="take no work"),
+             enable: Optional[list[str]] = typer.Option(None, "--enable", help="take work again"),
+             remove: Optional[list[str]] = typer.Option(None, "--remove", help="remove; its work fails over"),
+             as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """List the fleet's backends with state, load and breaker; add, drain, disable or remove some."""
+    from .backends_cli import manage_backends
+
+    run(lambda: manage_backends(server=server, add=add or [], capacity=capacity, tags=tag or [],
+                                drain=drain or [], disable=disable or [], enable=enable or [],
+                                remove=remove or [], as_json=as_json))
 
 
 def main() -> None:

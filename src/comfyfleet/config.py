@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     active_ttl_s: float = 2 * 3600.0  # a running job's record lives this long past its last heartbeat
     lease_s: float = 6.0  # a job's claim outlives its worker's last heartbeat by this much
     concurrency: int = 64
+    backends_file: Path | None = None  # TOML: [[backends]] and [job_types.*] (see fleetfile.py)
+    health_interval_s: float = Field(5.0, gt=0)
+    breaker_failures: int = Field(5, ge=1)
+    breaker_cooldown_s: float = Field(30.0, ge=0)
+    lease_ttl_s: float = Field(30.0, gt=0)
 
     @field_validator("backends", mode="before")
     @classmethod
@@ -60,7 +65,16 @@ class Settings(BaseSettings):
         return f"http://{host}:{self.port}"
 
     def backend_configs(self) -> list[BackendConfig]:
-        return parse_backends(self.backends)
+        """``--backend`` entries plus the backends file's, names unique across both."""
+        configs = parse_backends(self.backends) + list(self.fleet_file().backends)
+        names = [c.name for c in configs]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"backend names must be unique, got {names}")
+        return configs
+
+    def fleet_file(self):
+        from .fleetfile import FleetFile, load_fleet_file
+        return load_fleet_file(self.backends_file) if self.backends_file else FleetFile()
 
 
 def parse_backends(urls: list[str]) -> list[BackendConfig]:

@@ -21,9 +21,13 @@ from .api.app import ApiServices, ApiSettings, create_app
 from .comfy.tracker import TrackerSettings
 from .config import Settings, check_redis_url
 from .domain.job import Job
+from .domain.policy import CircuitBreaker
 from .domain.spec import policy_for
 from .errors import ConfigError
 from .runtime.recovery import Recovery
+from .runtime.dispatcher import DispatchSettings
+from .runtime.fleet_admin import FleetAdmin
+from .runtime.health import HealthMonitor, HealthSettings
 from .runtime.runner import Runner, RunnerSettings
 from .runtime.supervisor import WorkerSupervisor
 from .runtime.worker import Worker, WorkerSettings
@@ -36,10 +40,14 @@ log = logging.getLogger(__name__)
 
 
 def service_config(settings: Settings, redis_url: str) -> ServiceConfig:
+    breaker = CircuitBreaker(failure_threshold=settings.breaker_failures,
+                             cooldown_s=settings.breaker_cooldown_s)
+    dispatch = DispatchSettings(backend_breaker=breaker, routing=settings.fleet_file().routing)
     return ServiceConfig(redis_url=redis_url, data_dir=settings.data_dir,
                          key_prefix=settings.key_prefix,
                          backends=tuple(settings.backend_configs()),
-                         active_ttl_s=settings.active_ttl_s, retention_s=settings.retention_s)
+                         active_ttl_s=settings.active_ttl_s, retention_s=settings.retention_s,
+                         lease_ttl_s=settings.lease_ttl_s, dispatch=dispatch)
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -72,14 +80,19 @@ def build_app(services: Services, settings: Settings):
         return {"backends": [{"name": b.name, "url": b.config.url}
                              for b in services.dispatcher.backends]}
 
+    retry_by_type = settings.fleet_file().retry
+
     def job_defaults(job_type: str) -> dict:
         policy = policy_for(job_type)
-        return {"max_attempts": policy.max_attempts, "deadline_s": policy.deadline_s}
+        retry = retry_by_type.get(job_type)
+        return {"max_attempts": retry.max_attempts if retry else policy.max_attempts,
+                "deadline_s": policy.deadline_s}
 
     api_services = ApiServices(store=services.store, events=services.events, blobs=services.blobs,
                                enqueue=enqueue, cancel_running=cancel_running, health=health,
                                job_defaults=job_defaults, clock=services.clock,
-                               tracking_stats=TrackingStats(services.redis, services.keys).totals)
+                               tracking_stats=TrackingStats(services.redis, services.keys).totals,
+                               fleet=FleetAdmin(services))
     api_settings = ApiSettings(public_base_url=settings.base_url,
                                max_workflow_bytes=settings.max_workflow_bytes,
                                max_workflow_nodes=settings.max_workflow_nodes,
@@ -89,6 +102,10 @@ def build_app(services: Services, settings: Settings):
 
 def build_worker(services: Services, settings: Settings) -> Worker:
     worker_id = _worker_id()
+    health = HealthMonitor(services.dispatcher, owner=worker_id,
+                           settings=HealthSettings(interval_s=settings.health_interval_s))
+    services.dispatcher.health = health
+    health.start()
     runner = Runner(store=services.store, events=services.events, blobs=services.blobs,
                     dispatcher=services.dispatcher, worker_id=worker_id,
                     settings=runner_settings(settings),
@@ -110,7 +127,8 @@ def runner_settings(settings: Settings) -> RunnerSettings:
                               poll_min_s=settings.tracker_poll_min_s,
                               poll_max_s=max(settings.tracker_poll_min_s, settings.tracker_poll_max_s))
     return RunnerSettings(progress_throttle_s=settings.progress_throttle_s, tracker=tracker,
-                          node_weights_by_type=settings.progress_node_weights)
+                          node_weights_by_type=settings.progress_node_weights,
+                          retry_by_type=settings.fleet_file().retry)
 
 
 def _worker_id() -> str:
@@ -200,6 +218,8 @@ def worker_argv(settings: Settings, redis_url: str) -> list[str]:
             "--key-prefix", settings.key_prefix]
     for backend in settings.backends:
         argv += ["--backend", backend]
+    if settings.backends_file:
+        argv += ["--backends-file", str(settings.backends_file)]
     return argv
 
 

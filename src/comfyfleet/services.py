@@ -14,9 +14,10 @@ from .blobs import LocalBlobStore
 from .comfy.client import ComfyClient, ClientTimeouts
 from .errors import StoreError
 from .queue import JobQueue
-from .runtime.dispatcher import Backend, BackendConfig, Dispatcher
+from .runtime.dispatcher import BackendConfig, Dispatcher, DispatchSettings, records_from
 from .store.connection import connect, translated
 from .store.events import EventBus
+from .store.fleet import FleetStore
 from .store.jobs import RedisJobStore
 from .store.keys import Keys
 
@@ -29,6 +30,8 @@ class ServiceConfig:
     backends: tuple[BackendConfig, ...] = ()
     active_ttl_s: float = 7200.0
     retention_s: float = 7 * 86400.0
+    lease_ttl_s: float = 30.0
+    dispatch: DispatchSettings = DispatchSettings()
 
 
 @dataclass(slots=True)
@@ -42,6 +45,7 @@ class Services:
     queue: JobQueue
     dispatcher: Dispatcher
     http: httpx.AsyncClient
+    fleet: FleetStore
 
     def clock(self) -> float:
         return time.time()
@@ -65,12 +69,16 @@ async def open_services(config: ServiceConfig) -> AsyncIterator[Services]:
         http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
                                  timeout=ClientTimeouts().httpx())
         stack.push_async_callback(http.aclose)
-        dispatcher = Dispatcher([
-            Backend(config=b, client=ComfyClient(b.url, http=http, name=b.name, headers=b.headers))
-            for b in config.backends])
+        fleet = FleetStore(redis, keys, lease_ttl_s=config.lease_ttl_s)
+        await fleet.seed(records_from(config.backends))  # configured backends join the registry
+        dispatcher = Dispatcher(fleet, http=http, settings=config.dispatch,
+                                client_factory=lambda r: ComfyClient(r.url, http=http, name=r.name,
+                                                                     headers=dict(r.headers)))
+        await dispatcher.start()
+        stack.push_async_callback(dispatcher.close)
         blobs = LocalBlobStore(config.data_dir / "blobs")
         yield Services(config=config, redis=redis, keys=keys, store=store, events=events,
-                       blobs=blobs, queue=queue, dispatcher=dispatcher, http=http)
+                       blobs=blobs, queue=queue, dispatcher=dispatcher, http=http, fleet=fleet)
 
 
 __all__ = ["ServiceConfig", "Services", "open_services", "StoreError"]

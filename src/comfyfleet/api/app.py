@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from . import assets, health, jobs, live, stats
+from . import assets, backends, health, jobs, live, stats
 from .context import ApiContext, ApiServices, ApiSettings
 from .errors import install_error_handlers
 from .schemas import API_PREFIX, Renderer
@@ -42,7 +42,7 @@ def create_app(services: ApiServices, settings: ApiSettings) -> FastAPI:
                   redoc_url=None)
     app.state.api = context
     install_error_handlers(app)
-    for module in (jobs, live, assets, health, stats):
+    for module in (jobs, live, assets, health, stats, backends):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(health.router, include_in_schema=False)  # also at /health for probes
     return app

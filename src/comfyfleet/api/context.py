@@ -72,6 +72,7 @@ class ApiServices:
     job_defaults: Callable[[str], dict[str, Any]] = default_job_defaults  # per job type
     clock: Callable[[], float] = time.time
     tracking_stats: Callable[[], Awaitable[dict[str, Any]]] = _no_stats  # per backend counters
+    fleet: Any = None  # a FleetAdmin: the /backends routes (absent: they answer 404)
 
 
 @dataclass

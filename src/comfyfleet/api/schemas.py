@@ -139,7 +139,8 @@ def attempt_json(attempt: Attempt) -> dict[str, Any]:
     return {"number": attempt.number, "backend": attempt.backend, "prompt_id": attempt.prompt_id,
             "started_at": iso(attempt.started_at), "submitted_at": iso(attempt.submitted_at),
             "ended_at": iso(attempt.ended_at), "outcome": attempt.outcome,
-            "failure_class": attempt.failure_class, "message": attempt.message}
+            "failure_class": attempt.failure_class, "message": attempt.message,
+            "retry_at": iso(attempt.retry_at)}
 
 
 def progress_json(progress: Progress) -> dict[str, Any] | None:

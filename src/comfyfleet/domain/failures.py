@@ -7,7 +7,8 @@ answers or from a translated exception) to a ``FailureClass``:
                  a prompt lost by a restarted backend          -> retry with backoff, prefer another backend
     recoverable  GPU out of memory, backend busy               -> retry on a different backend
     permanent    POST /prompt validation errors (node_errors), node exceptions,
-                 input that fails our validation               -> fail at once, never retried
+                 input that fails our validation, a workflow
+                 whose circuit breaker is open                 -> fail at once, never retried
     fatal        misconfiguration: no backend can ever match, auth refused
                                                                -> fail and alert
 """
@@ -44,6 +45,7 @@ class FailureKind(str, enum.Enum):
     PROTOCOL = "protocol"  # an answer we could not understand
     NO_BACKEND = "no_backend"  # no configured backend can ever take this job
     INVALID_INPUT = "invalid_input"
+    CIRCUIT_OPEN = "circuit_open"  # this workflow keeps failing: its breaker stopped further tries
 
 
 OOM_EXCEPTION_TYPES = frozenset({"torch.OutOfMemoryError", "torch.cuda.OutOfMemoryError",
@@ -92,7 +94,7 @@ def classify(failure: Failure) -> FailureClass:
             return FailureClass.TRANSIENT
         case FailureKind.NO_BACKEND:
             return FailureClass.FATAL
-        case FailureKind.PROMPT_REJECTED | FailureKind.INVALID_INPUT:
+        case FailureKind.PROMPT_REJECTED | FailureKind.INVALID_INPUT | FailureKind.CIRCUIT_OPEN:
             return FailureClass.PERMANENT
     return FailureClass.PERMANENT  # pragma: no cover - every kind is matched above
 
@@ -109,6 +111,7 @@ ERROR_CODES = {
     FailureKind.PROTOCOL: "upstream_error",
     FailureKind.NO_BACKEND: "no_backend",
     FailureKind.INVALID_INPUT: "invalid_request",
+    FailureKind.CIRCUIT_OPEN: "circuit_open",
 }
 
 

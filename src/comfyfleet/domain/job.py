@@ -132,6 +132,7 @@ class Attempt:
     outcome: str | None = None  # succeeded | failed | canceled | expired | retried
     failure_class: str | None = None
     message: str | None = None
+    retry_at: float | None = None  # a retried attempt: when the next one may start (its backoff)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__}

@@ -1,8 +1,10 @@
-"""Retry policy (pure). Time and randomness are passed in, so tests switch them off."""
+"""Retry policy and circuit breakers (pure). Time and randomness are passed in, so tests control them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import enum
+import hashlib
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,3 +55,98 @@ class RestartIntensity:
     def backoff_s(self, *, base_s: float = 0.5, cap_s: float = 10.0) -> float:
         recent = len(self._restarts or [])
         return min(cap_s, base_s * (2 ** max(0, recent - 1)))
+
+
+def jitter_unit(job_id: str, attempt: int) -> float:
+    """A uniform number in [0, 1) fixed by (job, attempt): full jitter that a test can recompute.
+
+    Spreads retries of different jobs as a random draw does, while the delay chosen for any
+    attempt stays reproducible from the job record alone.
+    """
+    digest = hashlib.blake2b(f"{job_id}:{attempt}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+class BreakerStatus(str, enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+MAX_TRANSITIONS_KEPT = 20
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerState:
+    """What a circuit breaker remembers; plain data so it can live in Redis as JSON."""
+
+    status: BreakerStatus = BreakerStatus.CLOSED
+    failures: tuple[float, ...] = ()  # times of consecutive failures still inside the window
+    opened_at: float | None = None
+    changed_at: float | None = None
+    transitions: tuple[tuple[float, str, str], ...] = ()  # (at, from, to), newest last
+
+    @property
+    def pristine(self) -> bool:
+        return self.status is BreakerStatus.CLOSED and not self.failures
+
+    def to_dict(self) -> dict:
+        return {"status": self.status.value, "failures": list(self.failures),
+                "opened_at": self.opened_at, "changed_at": self.changed_at,
+                "transitions": [list(t) for t in self.transitions]}
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "BreakerState":
+        if not data:
+            return cls()
+        return cls(status=BreakerStatus(data.get("status", "closed")),
+                   failures=tuple(float(x) for x in data.get("failures") or ()),
+                   opened_at=data.get("opened_at"), changed_at=data.get("changed_at"),
+                   transitions=tuple((float(a), str(b), str(c)) for a, b, c in data.get("transitions") or ()))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CircuitBreaker:
+    """closed -> open after ``failure_threshold`` consecutive failures within ``window_s``;
+    open -> half_open once ``cooldown_s`` has passed (a probe may go through);
+    half_open -> closed on a success, back to open on a failure. A success while closed clears
+    the failure count. Pure: every method takes the state and the time and returns a new state.
+    """
+
+    failure_threshold: int = 5
+    window_s: float = 60.0
+    cooldown_s: float = 30.0
+
+    def current(self, state: BreakerState, now: float) -> BreakerState:
+        """The state as of ``now`` (an open breaker whose cool-down ended is half-open)."""
+        if state.status is BreakerStatus.OPEN and state.opened_at is not None \
+                and now >= state.opened_at + self.cooldown_s:
+            return _moved(state, BreakerStatus.HALF_OPEN, now)
+        return state
+
+    def allows(self, state: BreakerState, now: float) -> bool:
+        return self.current(state, now).status is not BreakerStatus.OPEN
+
+    def record_success(self, state: BreakerState, now: float) -> BreakerState:
+        state = self.current(state, now)
+        if state.status is BreakerStatus.OPEN:
+            return state  # a late success of work started before the breaker opened proves little
+        if state.status is BreakerStatus.HALF_OPEN:
+            return replace(_moved(state, BreakerStatus.CLOSED, now), failures=(), opened_at=None)
+        return replace(state, failures=()) if state.failures else state
+
+    def record_failure(self, state: BreakerState, now: float) -> BreakerState:
+        state = self.current(state, now)
+        if state.status is BreakerStatus.OPEN:
+            return state
+        if state.status is BreakerStatus.HALF_OPEN:
+            return replace(_moved(state, BreakerStatus.OPEN, now), opened_at=now, failures=(now,))
+        failures = tuple(t for t in state.failures if now - t < self.window_s) + (now,)
+        if len(failures) >= self.failure_threshold:
+            return replace(_moved(state, BreakerStatus.OPEN, now), opened_at=now, failures=failures)
+        return replace(state, failures=failures)
+
+
+def _moved(state: BreakerState, to: BreakerStatus, now: float) -> BreakerState:
+    transitions = (state.transitions + ((now, state.status.value, to.value),))[-MAX_TRANSITIONS_KEPT:]
+    return replace(state, status=to, changed_at=now, transitions=transitions)

@@ -175,6 +175,8 @@ def _apply(job: Job, event: Event, now: float) -> Job:
             if job.cancel_requested:
                 raise InvalidTransition(f"job {job.id}: Retry after a cancel request")
             current, history = _end_current(job, now, "retried", failure_class, message)
+            if history and job.current is not None:
+                history = (*history[:-1], replace(history[-1], retry_at=not_before))
             return job.evolve(status=Q, phase=None, current=current, history=history,
                               not_before=not_before)
         case RequestCancel():

@@ -1,11 +1,41 @@
-"""Choose a backend for a job attempt."""
+"""Choose a backend for a job attempt and take a capacity slot on it.
+
+Selection: among the backends whose admin state is active, whose health is not down, whose
+breaker allows and whose tags include the job's required tags (``metadata.tags`` plus the job
+type's configured tags), prefer healthy over degraded, and backends this job has not failed on
+over those it has; inside a tier, the least loaded (load / capacity) wins and equals take turns
+(round-robin). A job type may name ordered fallback groups (tag sets): the next group is used
+when the first has no backend that can take the job, or when the job has already failed
+``fallback_after`` times in it. The slot itself is taken atomically in Redis (see
+``store/fleet.py``), so the choice is exact across all workers.
+
+When no slot is free the job waits here for a release (published by Redis, so it starts within
+milliseconds of a slot freeing) or a short re-check, up to ``slot_wait_s``; then the runner hands
+it back to the queue without spending an attempt.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ..comfy.client import ComfyClient
+from ..domain.failures import FailureClass
 from ..domain.job import Job
+from ..domain.policy import BreakerState, BreakerStatus, CircuitBreaker
+from ..errors import StoreError
+from ..store.fleet import (BackendHealth, BackendRecord, FleetSnapshot, FleetStore, backend_breaker,
+                           workflow_breaker)
+
+log = logging.getLogger(__name__)
+
+DISPATCHABLE_HEALTH = ("healthy", "unknown", "degraded")
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,6 +45,10 @@ class BackendConfig:
     capacity: int = 1
     tags: tuple[str, ...] = ()
     headers: dict[str, str] = field(default_factory=dict)
+
+    def record(self) -> BackendRecord:
+        return BackendRecord(name=self.name, url=self.url, capacity=self.capacity, tags=self.tags,
+                             headers=dict(self.headers), source="config")
 
 
 @dataclass(slots=True)
@@ -27,27 +61,310 @@ class Backend:
         return self.config.name
 
 
-class Dispatcher:
-    """Round-robin over the configured backends, preferring one other than the last that failed."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TypeRouting:
+    """Where jobs of one type may run: required tags and ordered fallback groups of tags."""
 
-    def __init__(self, backends: list[Backend]) -> None:
-        self._backends = list(backends)
-        self._next = 0
+    tags: tuple[str, ...] = ()
+    fallback: tuple[tuple[str, ...], ...] = ()
+    fallback_after: int = 2  # failures of a job inside a group before it moves to the next
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DispatchSettings:
+    slot_wait_s: float = 10.0  # wait in the worker for a slot, then back to the queue
+    recheck_s: float = 0.5  # re-check for a slot this often even without a release message
+    refresh_s: float = 1.0  # re-read the registry at least this often
+    backend_breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+    workflow_breaker: CircuitBreaker = field(default_factory=lambda: CircuitBreaker(
+        failure_threshold=5, window_s=300.0, cooldown_s=60.0))
+    routing: Mapping[str, TypeRouting] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    backend: Backend | None = None
+    fatal: str | None = None  # no backend can ever take this job
+    circuit_open: str | None = None  # this job's workflow breaker is open
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    candidates: tuple[tuple[str, int, int], ...]  # (name, slot limit, tier)
+    fatal: str | None = None
+
+
+def required_tags(job: Job, routing: TypeRouting) -> frozenset[str]:
+    from_metadata = (job.metadata or {}).get("tags") or ""
+    return frozenset(t.strip() for t in from_metadata.split(",") if t.strip()) | set(routing.tags)
+
+
+def plan_candidates(job: Job, snapshot: FleetSnapshot, *, routing: TypeRouting,
+                    breaker: CircuitBreaker, now: float, turn: int) -> Plan:
+    """The ordered candidates for one job (pure: the snapshot and the time are given)."""
+    need = required_tags(job, routing)
+    groups = [frozenset(g) for g in routing.fallback] or [frozenset()]
+    matching = [[r for r in snapshot.backends.values() if need | g <= set(r.tags)] for g in groups]
+    if not any(matching):
+        wanted = " or ".join(sorted(",".join(sorted(need | g)) or "(none)" for g in groups))
+        if not snapshot.backends:
+            return Plan((), fatal="no backend is configured")
+        return Plan((), fatal=f"no backend has the tags this job needs ({wanted})")
+    failed_on = [a.backend for a in job.history if a.outcome == "retried"]
+    # A backend that ran out of memory on this job is left out while any other could take it.
+    too_small = {a.backend for a in job.history if a.failure_class == "recoverable"}
+    if all(r.name in too_small for group in matching for r in group):
+        too_small = set()
+    order = list(range(len(groups)))
+    worn = [i for i in order[:-1]
+            if sum(1 for b in failed_on if any(r.name == b for r in matching[i])) >= routing.fallback_after]
+    order = [i for i in order if i not in worn] + worn
+    usable: list[tuple[int, str, int, int]] = []  # (rank, name, limit, health tier)
+    seen: set[str] = set()
+    for rank, index in enumerate(order):
+        for record in matching[index]:
+            if record.name in seen or record.name in too_small or record.state != "active":
+                continue
+            health = snapshot.health.get(record.name, BackendHealth())
+            if health.state not in DISPATCHABLE_HEALTH:
+                continue
+            state = breaker.current(snapshot.breakers.get(backend_breaker(record.name), BreakerState()), now)
+            if state.status is BreakerStatus.OPEN:
+                continue
+            limit = 1 if state.status is BreakerStatus.HALF_OPEN else record.capacity
+            usable.append((rank, record.name, limit, 1 if health.state == "degraded" else 0))
+            seen.add(record.name)
+    # A retry waits for a backend it has not failed on, while any such backend can take it.
+    untried = [u for u in usable if u[1] not in failed_on]
+    tiers: dict[int, list[tuple[str, int]]] = {}
+    for rank, name, limit, health_tier in (untried or usable):
+        tiers.setdefault(rank * 2 + health_tier, []).append((name, limit))
+    candidates: list[tuple[str, int, int]] = []
+    for tier in sorted(tiers):
+        members = tiers[tier]
+        shift = turn % len(members)
+        candidates += [(name, limit, tier) for name, limit in members[shift:] + members[:shift]]
+    return Plan(tuple(candidates))
+
+
+@dataclass(eq=False)
+class _Waiter:
+    eligible: frozenset[str]
+    priority: int
+    seq: int
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    woken_by: str | None = None
+
+
+class Dispatcher:
+    def __init__(self, fleet: FleetStore, *, http, settings: DispatchSettings = DispatchSettings(),
+                 clock: Callable[[], float] = time.time,
+                 client_factory: Callable[[BackendRecord], ComfyClient] | None = None) -> None:
+        self.fleet = fleet
+        self.settings = settings
+        self._http = http
+        self._clock = clock
+        self._client_factory = client_factory or (
+            lambda r: ComfyClient(r.url, http=http, name=r.name, headers=dict(r.headers)))
+        self._snapshot: FleetSnapshot | None = None
+        self._backends: dict[str, Backend] = {}
+        self._turn = itertools.count()
+        self._seq = itertools.count()
+        self._waiters: list[_Waiter] = []
+        self._held: dict[str, str] = {}  # holder (job id) -> backend name
+        self._tasks: list[asyncio.Task] = []
+        self._refreshed = asyncio.Event()
+        self.health = None  # a HealthMonitor once health checks run in this process
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.refresh()
+        self._tasks = [asyncio.create_task(self._listen(), name="fleet-listen"),
+                       asyncio.create_task(self._every(self.settings.refresh_s, self.refresh),
+                                           name="fleet-refresh"),
+                       asyncio.create_task(self._every(self.fleet.lease_ttl_s / 3, self._renew),
+                                           name="lease-renew")]
+
+    async def close(self) -> None:
+        if self.health is not None:
+            await self.health.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def refresh(self) -> FleetSnapshot:
+        snapshot = await self.fleet.snapshot()
+        for name, record in snapshot.backends.items():
+            known = self._backends.get(name)
+            if known is None or known.config.url != record.url or known.config.headers != record.headers \
+                    or known.config.capacity != record.capacity or known.config.tags != record.tags:
+                config = BackendConfig(name=name, url=record.url, capacity=record.capacity,
+                                       tags=record.tags, headers=dict(record.headers))
+                self._backends[name] = Backend(config=config, client=self._client_factory(record))
+        self._snapshot = snapshot
+        return snapshot
+
+    async def _every(self, period_s: float, action) -> None:
+        while True:
+            await asyncio.sleep(period_s)
+            try:
+                await action()
+            except StoreError as exc:
+                log.warning("fleet: %s", exc)
+
+    async def _listen(self) -> None:
+        keys = self.fleet.keys
+        while True:
+            pubsub = self.fleet.pubsub()
+            try:
+                await pubsub.subscribe(keys.fleet_channel, keys.slots_channel)
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is None:
+                        continue
+                    if message["channel"] == keys.slots_channel:
+                        self._wake_one(str(message["data"]))
+                    else:
+                        await self.refresh()
+                        self._wake_all()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a lost subscription is re-made; polling covers the gap
+                log.warning("fleet: subscription lost (%s); re-subscribing", exc)
+                await asyncio.sleep(0.5)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    # -- views -------------------------------------------------------------------------------
+    @property
+    def snapshot(self) -> FleetSnapshot | None:
+        return self._snapshot
 
     @property
     def backends(self) -> list[Backend]:
-        return list(self._backends)
+        names = self._snapshot.backends if self._snapshot else {}
+        return [self._backends[n] for n in names if n in self._backends]
 
     def by_name(self, name: str) -> Backend | None:
-        return next((b for b in self._backends if b.name == name), None)
+        """Any backend this process has known, including one removed since (to finish its work)."""
+        return self._backends.get(name)
 
-    def choose(self, job: Job) -> Backend | None:
-        if not self._backends:
-            return None
-        avoid = job.history[-1].backend if job.history else None
-        for _ in range(len(self._backends)):
-            backend = self._backends[self._next % len(self._backends)]
-            self._next += 1
-            if backend.name != avoid or len(self._backends) == 1:
-                return backend
-        return self._backends[0]
+    def routing_for(self, job_type: str) -> TypeRouting:
+        return self.settings.routing.get(job_type, TypeRouting())
+
+    def workflow_allows(self, job_type: str, fingerprint: str) -> bool:
+        state = self._breaker_state(workflow_breaker(job_type, fingerprint))
+        return self.settings.workflow_breaker.allows(state, self._clock())
+
+    def _breaker_state(self, scope: str) -> BreakerState:
+        return (self._snapshot.breakers if self._snapshot else {}).get(scope, BreakerState())
+
+    # -- slots ---------------------------------------------------------------------------------
+    async def acquire(self, job: Job, *, fingerprint: str | None = None,
+                      wait_s: float | None = None) -> Choice:
+        """A backend with a slot taken for ``job``, waiting up to ``wait_s`` for one."""
+        if self._snapshot is None:
+            await self.refresh()
+        if fingerprint is not None and not self.workflow_allows(job.type, fingerprint):
+            return Choice(circuit_open=f"the circuit breaker of this workflow ({job.type}, "
+                                       f"{fingerprint}) is open after repeated failures")
+        wait_s = self.settings.slot_wait_s if wait_s is None else wait_s
+        until = self._clock() + wait_s
+        routing = self.routing_for(job.type)
+        waiter = _Waiter(frozenset(), job.priority, next(self._seq))
+        self._waiters.append(waiter)
+        try:
+            while True:
+                now = self._clock()
+                plan = plan_candidates(job, self._snapshot, routing=routing,
+                                       breaker=self.settings.backend_breaker, now=now,
+                                       turn=next(self._turn))
+                if plan.fatal:
+                    return Choice(fatal=plan.fatal)
+                waiter.eligible = frozenset(name for name, _, _ in plan.candidates)
+                waiter.event.clear()
+                waiter.woken_by = None
+                name = await self.fleet.acquire(plan.candidates, job.id, now)
+                if name is not None:
+                    self._held[job.id] = name
+                    if waiter.woken_by is not None:  # a release meant for a waiter: pass it on
+                        self._wake_one(waiter.woken_by, skip=waiter)
+                    return Choice(backend=self._backends.get(name))
+                remaining = until - self._clock()
+                if remaining <= 0:
+                    return Choice()
+                recheck = self.settings.recheck_s * (0.5 + random.random())
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(remaining, recheck)):
+                        await waiter.event.wait()
+        finally:
+            self._waiters.remove(waiter)
+
+    async def release(self, name: str, holder: str) -> None:
+        self._held.pop(holder, None)
+        try:
+            await self.fleet.release(name, holder)
+        except StoreError as exc:  # the lease expires by itself
+            log.warning("fleet: could not release the slot of %s on %s: %s", holder, name, exc)
+
+    async def hold(self, name: str, holder: str) -> None:
+        """Make sure ``holder`` has a renewed slot on ``name`` (a reattached job)."""
+        if self._held.get(holder) == name:
+            return
+        self._held[holder] = name
+        await self.fleet.renew([(name, holder)], self._clock())
+
+    async def _renew(self) -> None:
+        await self.fleet.renew([(name, holder) for holder, name in list(self._held.items())],
+                               self._clock())
+
+    def _wake_one(self, name: str, *, skip: _Waiter | None = None) -> None:
+        ready = [w for w in self._waiters
+                 if w is not skip and not w.event.is_set() and name in w.eligible]
+        if ready:
+            waiter = min(ready, key=lambda w: (-w.priority, w.seq))
+            waiter.woken_by = name
+            waiter.event.set()
+
+    def _wake_all(self) -> None:
+        for waiter in self._waiters:
+            waiter.event.set()
+
+    # -- outcomes ------------------------------------------------------------------------------
+    async def record(self, backend: str | None, job_type: str, fingerprint: str | None,
+                     failure_class: FailureClass | None) -> None:
+        """Feed an attempt's outcome to the breakers of its backend and of its workflow."""
+        try:
+            if backend is not None:
+                if failure_class in (FailureClass.TRANSIENT, FailureClass.FATAL):
+                    await self.record_backend(backend, ok=False)
+                elif failure_class is None:
+                    await self.record_backend(backend, ok=True)
+            if fingerprint is not None:
+                scope = workflow_breaker(job_type, fingerprint)
+                if failure_class is FailureClass.PERMANENT:
+                    await self._record(scope, self.settings.workflow_breaker, ok=False)
+                elif failure_class is None:
+                    await self._record(scope, self.settings.workflow_breaker, ok=True)
+        except StoreError as exc:
+            log.warning("fleet: could not record an outcome on %s: %s", backend, exc)
+
+    async def record_backend(self, name: str, *, ok: bool) -> None:
+        await self._record(backend_breaker(name), self.settings.backend_breaker, ok=ok)
+
+    async def _record(self, scope: str, breaker: CircuitBreaker, *, ok: bool) -> None:
+        now = self._clock()
+        if ok and self._breaker_state(scope).pristine:
+            return  # nothing to clear: no write on the hot path
+        change = (lambda s: breaker.record_success(s, now)) if ok else (lambda s: breaker.record_failure(s, now))
+        old, new = await self.fleet.update_breaker(scope, change)
+        if new.status != old.status:
+            log.warning("circuit breaker %s: %s -> %s", scope, old.status.value, new.status.value)
+        if self._snapshot is not None:
+            self._snapshot.breakers[scope] = new
+
+
+def records_from(configs: Iterable[BackendConfig]) -> list[BackendRecord]:
+    return [c.record() for c in configs]

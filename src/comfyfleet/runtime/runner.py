@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from ..comfy.tracker import Outcome, PromptTracker, TrackerCounters, TrackerSettings
 from ..domain import transitions as t
 from ..domain.failures import Failure, FailureKind, classify, error_code
+from ..domain.fingerprint import workflow_fingerprint
 from ..domain.job import Attempt, Job, JobError, JobStatus, Phase
-from ..domain.policy import RetryPolicy
+from ..domain.policy import RetryPolicy, jitter_unit
 from ..domain.progress import ProgressModel, node_weights_for
 from ..errors import (BackendError, BackendProtocolError, BackendTimeout, BackendUnavailable,
                       InvalidTransition, PromptRejected, StoreError)
@@ -40,9 +41,11 @@ class RunnerSettings:
     progress_throttle_s: float = 1.0
     heartbeat_s: float = 5.0
     no_backend_delay_s: float = 1.0
+    no_slot_delay_s: float = 0.05  # no slot after waiting in the worker: back to the queue this soon
     cancel_grace_s: float = 5.0
     tracker: TrackerSettings = field(default_factory=TrackerSettings)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    retry_by_type: Mapping[str, RetryPolicy] = field(default_factory=dict)
     node_weights: Mapping[str, float] = field(default_factory=dict)  # every job type
     node_weights_by_type: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
@@ -76,6 +79,7 @@ class Runner:
         self._rng = rng or random.Random()
         self.counters: dict[str, TrackerCounters] = defaultdict(TrackerCounters)
         self._flusher = CounterFlusher(stats, self.counters) if stats is not None else None
+        self._fingerprints: dict[str, str] = {}  # job id -> workflow fingerprint, while it runs
 
     async def run(self, job_id: str, *, view: BackendView | None = None,
                   fence: Fence | None = None) -> Verdict:
@@ -94,13 +98,40 @@ class Runner:
             return await self._cancel(job)
         if job.not_before is not None and now < job.not_before:
             return Verdict(run_at=job.not_before)
-        backend = self._dispatcher.choose(job)
-        if backend is None:
-            return await self._failed(job, Failure(FailureKind.NO_BACKEND, "no backend is configured"))
+        workflow = await self._store.workflow(job.id)
+        backend = await self._take_slot(job, workflow)
+        if not isinstance(backend, Backend):
+            return backend
+        now = self._clock()
         attempt = Attempt(number=job.attempt + 1, backend=backend.name, prompt_id=str(uuid.uuid4()),
                           client_id=str(uuid.uuid4()), worker=self._worker_id, started_at=now)
-        job = await self._store.apply(job.id, t.Dispatch(attempt), now)  # write ahead
-        return await self._attempt(job, backend, submit=True, fence=fence)
+        try:
+            job = await self._store.apply(job.id, t.Dispatch(attempt), now)  # write ahead
+        except BaseException:
+            await self._dispatcher.release(backend.name, job.id)
+            raise
+        return await self._attempt(job, backend, submit=True, fence=fence, workflow=workflow)
+
+    async def _take_slot(self, job: Job, workflow: dict) -> Backend | Verdict:
+        """A slot on a backend for this job's next attempt, or what to do instead. No slot free
+        anywhere: back to the queue shortly, without spending an attempt."""
+        fingerprint = self._fingerprints[job.id] = workflow_fingerprint(workflow)
+        choice = await self._dispatcher.acquire(job, fingerprint=fingerprint)
+        if choice.fatal:
+            return await self._failed(job, Failure(FailureKind.NO_BACKEND, choice.fatal))
+        if choice.circuit_open:
+            return await self._failed(job, Failure(FailureKind.CIRCUIT_OPEN, choice.circuit_open))
+        if choice.backend is None:
+            self._fingerprints.pop(job.id, None)
+            return Verdict(run_at=self._clock() + self._settings.no_slot_delay_s)
+        last = job.history[-1] if job.history else None
+        health = self._dispatcher.health
+        if last is not None and last.backend == choice.backend.name and health is not None:
+            if (await health.check(choice.backend.name)).state == "down":  # check before retrying there
+                await self._dispatcher.release(choice.backend.name, job.id)
+                self._fingerprints.pop(job.id, None)
+                return Verdict(run_at=self._clock() + self._settings.no_backend_delay_s)
+        return choice.backend
 
     # -- reconcile ---------------------------------------------------------------------------
     async def _reconcile(self, job: Job, view: BackendView | None, fence: Fence | None) -> Verdict:
@@ -132,10 +163,13 @@ class Runner:
 
     # -- one attempt -------------------------------------------------------------------------
     async def _attempt(self, job: Job, backend: Backend, *, submit: bool,
-                       fence: Fence | None = None) -> Verdict:
+                       fence: Fence | None = None, workflow: dict | None = None) -> Verdict:
         current = job.current
         assert current is not None
-        workflow = await self._store.workflow(job.id)
+        if workflow is None:
+            workflow = await self._store.workflow(job.id)
+        self._fingerprints[job.id] = workflow_fingerprint(workflow)
+        await self._dispatcher.hold(backend.name, job.id)  # a reattached job keeps its slot
         sink = ProgressSink(self._store, self._events, job.id,
                             throttle_s=self._settings.progress_throttle_s, clock=self._clock)
         tracker = PromptTracker(backend.client, prompt_id=current.prompt_id,
@@ -146,6 +180,7 @@ class Runner:
                                 listener=sink, settings=self._settings.tracker,
                                 counters=self.counters[backend.name], rng=self._rng)
         heartbeat = asyncio.create_task(self._heartbeat(job.id))
+        handed_back = False
         try:
             await tracker.connect()  # before POST /prompt, so no event is missed
             if submit:
@@ -154,16 +189,25 @@ class Runner:
                 failure = await self._submit(job, backend, workflow)
                 if failure is not None:
                     await tracker.close()
+                    await self._dispatcher.release(backend.name, job.id)
                     return await self._failed(job, failure)
             outcome = await self._follow(job, backend, tracker)
+        except (asyncio.CancelledError, ClaimLost):
+            handed_back = True  # the prompt may still run there: its slot stays with the job
+            raise
         finally:
             heartbeat.cancel()
             await tracker.close()
             await sink.close()
             await self.flush_counters()
-        if outcome is None:
-            return await self._cancel(await self._store.get(job.id))
-        return await self._conclude(job.id, backend, outcome)
+            if not handed_back:  # the prompt is over on its backend: free the slot before collecting
+                await self._dispatcher.release(backend.name, job.id)
+        try:
+            if outcome is None:
+                return await self._cancel(await self._store.get(job.id))
+            return await self._conclude(job.id, backend, outcome)
+        finally:
+            self._fingerprints.pop(job.id, None)
 
     async def _submit(self, job: Job, backend: Backend, workflow: dict) -> Failure | None:
         current = job.current
@@ -236,6 +280,7 @@ class Runner:
             except BackendError as exc:
                 return await self._failed(await self._store.get(job_id), _failure_from(exc))
             await self._apply(job_id, t.Succeed(outputs))
+            await self._dispatcher.record(backend.name, job.type, self._fingerprints.pop(job_id, None), None)
             return DONE
         if outcome.kind == "expired":
             return await self._expire(job, interrupted=True)
@@ -247,17 +292,29 @@ class Runner:
     async def _failed(self, job: Job, failure: Failure) -> Verdict:
         failure_class = classify(failure)
         job = await self._store.get(job.id)
-        now = self._clock()
+        fingerprint = self._fingerprints.pop(job.id, None)
         if job.is_terminal:
             return DONE
         if job.status is JobStatus.CANCELING:
             await self._apply(job.id, t.Canceled())
             return DONE
-        retry = self._settings.retry
-        if failure_class.retryable and job.status is JobStatus.RUNNING and job.attempt < job.max_attempts:
-            delay_s = retry.delay_s(job.attempt, random_unit=self._rng.random(),
+        retryable = failure_class.retryable
+        if failure.kind not in (FailureKind.NO_BACKEND, FailureKind.CIRCUIT_OPEN):
+            backend = job.current.backend if job.current is not None else None
+            if backend is not None:
+                await self._dispatcher.release(backend, job.id)  # idempotent: the prompt is over
+            await self._dispatcher.record(backend, job.type, fingerprint, failure_class)
+            if retryable and fingerprint and not self._dispatcher.workflow_allows(job.type, fingerprint):
+                retryable = False  # this workflow keeps failing: stop burning retries on it
+        retry = self._settings.retry_by_type.get(job.type, self._settings.retry)
+        if retryable and job.status is JobStatus.RUNNING and job.attempt < job.max_attempts:
+            delay_s = retry.delay_s(job.attempt, random_unit=jitter_unit(job.id, job.attempt),
                                     retry_after_s=failure.retry_after_s)
-            await self._apply(job.id, t.Retry(now + delay_s, failure_class.value, failure.message))
+            now = self._clock()  # the attempt ends now; the next may start delay_s later
+            try:
+                await self._store.apply(job.id, t.Retry(now + delay_s, failure_class.value, failure.message), now)
+            except InvalidTransition:
+                pass
             return Verdict(run_at=now + delay_s)
         error = JobError(code=error_code(failure), message=failure.message,
                          failure_class=failure_class.value, node_id=failure.node_id,

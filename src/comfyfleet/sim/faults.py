@@ -11,6 +11,7 @@ FAULT_NAMES = (
     "fail_class_type", "history_delay_s",
     # live-progress faults (a node input of the same name scripts one prompt instead)
     "deafen_socket_at_step", "legacy_events", "send_previews", "expand", "refuse_websocket",
+    "http_error_paths",
 )
 
 
@@ -38,11 +39,17 @@ class Faults:
     send_previews: bool | None = None  # None: as SimConfig; True: preview frames with each step
     expand: int | None = None  # steps nodes run their steps in this many expanded (ephemeral) nodes
     refuse_websocket: bool = False  # /ws answers 503: clients can only poll
+    http_error_paths: list[str] | None = None  # e.g. ["POST /prompt"]: HTTP errors only there
     _rng: random.Random = field(default_factory=lambda: random.Random(1234), repr=False)
 
-    def roll_http_error(self) -> bool:
-        """True when this request should get `http_error_status` (deterministic sequence)."""
+    def roll_http_error(self, request_line: str | None = None) -> bool:
+        """True when this request should get `http_error_status` (deterministic sequence).
+
+        `request_line` ("POST /prompt") is checked against `http_error_paths` when that is set.
+        """
         if self.http_error_status is None:
+            return False
+        if self.http_error_paths is not None and request_line not in self.http_error_paths:
             return False
         return self._rng.random() < self.http_error_rate
 

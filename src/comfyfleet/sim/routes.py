@@ -80,7 +80,7 @@ class ComfyRoutes:
         if not path.startswith("/sim/"):
             if faults.slow_response_s > 0:
                 await asyncio.sleep(faults.slow_response_s)
-            if faults.roll_http_error():
+            if faults.roll_http_error(f"{request.method} {path}"):
                 headers = {} if faults.retry_after_s is None else {"Retry-After": f"{faults.retry_after_s:g}"}
                 return web.Response(status=faults.http_error_status, text="simulated failure", headers=headers)
         return await handler(request)

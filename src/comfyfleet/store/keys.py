@@ -20,6 +20,13 @@
     worker(id)                 {p}:worker:{id}                  string   worker liveness, with a TTL
     meta                       {p}:meta                         hash     schema version and the like
     tracking_stats             {p}:stats:tracking               hash     "{backend}:{counter}" -> total
+    fleet_backends             {p}:fleet:backends               hash     backend name -> record (JSON)
+    fleet_health               {p}:fleet:health                 hash     backend name -> last health (JSON)
+    fleet_breakers             {p}:fleet:breakers               hash     breaker scope -> state (JSON)
+    lease(backend)             {p}:fleet:lease:{backend}        zset     holder (job id) scored by expiry ms
+    health_claim(backend)      {p}:fleet:check:{backend}        string   who checks the backend now, PX
+    fleet_channel              {p}:fleet:changed                pubsub   registry/health/breaker changed
+    slots_channel              {p}:fleet:slots                  pubsub   a slot was released (backend name)
 
 Indexes have no TTL: records expire (active 2 h sliding, terminal 7 days) and
 ``RedisJobStore.repair_indexes`` drops index entries whose record is gone.
@@ -120,3 +127,29 @@ class Keys:
     @property
     def tracking_stats(self) -> str:
         return f"{self.prefix}:stats:tracking"
+    # -- fleet ---------------------------------------------------------------------------------
+    @property
+    def fleet_backends(self) -> str:
+        return f"{self.prefix}:fleet:backends"
+
+    @property
+    def fleet_health(self) -> str:
+        return f"{self.prefix}:fleet:health"
+
+    @property
+    def fleet_breakers(self) -> str:
+        return f"{self.prefix}:fleet:breakers"
+
+    def lease(self, backend: str) -> str:
+        return f"{self.prefix}:fleet:lease:{backend}"
+
+    def health_claim(self, backend: str) -> str:
+        return f"{self.prefix}:fleet:check:{backend}"
+
+    @property
+    def fleet_channel(self) -> str:
+        return f"{self.prefix}:fleet:changed"
+
+    @property
+    def slots_channel(self) -> str:
+        return f"{self.prefix}:fleet:slots"

@@ -1,0 +1,132 @@
+"""The fleet file (TOML): backends, and per job type routing and retry policy.
+
+    [[backends]]
+    name = "gpu-1"                      # unique; default: host:port of the URL
+    url = "http://10.0.0.5:8188"
+    capacity = 2                        # prompts at once (default 1)
+    tags = ["sdxl", "lora"]
+    headers = { Authorization = "Bearer ..." }
+
+    [job_types.lora_training]
+    tags = ["lora"]                     # a backend must have all of these
+    fallback = [["a100"], ["h100"]]     # ordered groups of tags; the next when one has none left
+    fallback_after = 2                  # failures of a job in a group before it moves on
+    max_attempts = 3
+    backoff_base_s = 1.0
+    backoff_cap_s = 16.0
+
+Every mistake is a ``ConfigError`` naming the file and the entry.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .domain.policy import RetryPolicy
+from .errors import ConfigError
+from .runtime.dispatcher import BackendConfig, TypeRouting
+
+
+@dataclass(frozen=True, slots=True)
+class FleetFile:
+    backends: tuple[BackendConfig, ...] = ()
+    routing: dict[str, TypeRouting] = field(default_factory=dict)
+    retry: dict[str, RetryPolicy] = field(default_factory=dict)
+
+
+def load_fleet_file(path: Path) -> FleetFile:
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read the backends file {path}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"the backends file {path} is not valid TOML: {exc}") from exc
+    return parse_fleet(data, where=str(path))
+
+
+def parse_fleet(data: dict[str, Any], *, where: str = "backends file") -> FleetFile:
+    unknown = sorted(set(data) - {"backends", "job_types"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown section(s) {', '.join(unknown)}")
+    backends = tuple(_backend(entry, f"{where}: backends[{i}]")
+                     for i, entry in enumerate(_list(data.get("backends", []), f"{where}: backends")))
+    names = [b.name for b in backends]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: backend names must be unique, got {names}")
+    routing: dict[str, TypeRouting] = {}
+    retry: dict[str, RetryPolicy] = {}
+    job_types = data.get("job_types", {})
+    if not isinstance(job_types, dict):
+        raise ConfigError(f"{where}: job_types must be a table")
+    for job_type, entry in job_types.items():
+        routing[job_type], retry[job_type] = _job_type(entry, f"{where}: job_types.{job_type}")
+    return FleetFile(backends=backends, routing=routing, retry=retry)
+
+
+def backend_from(entry: Any, where: str) -> BackendConfig:
+    return _backend(entry, where)
+
+
+def _backend(entry: Any, where: str) -> BackendConfig:
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where} must be a table")
+    unknown = sorted(set(entry) - {"name", "url", "capacity", "tags", "headers"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    url = entry.get("url")
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{where}: url {url!r} is not an http(s) URL such as http://127.0.0.1:8188")
+    name = entry.get("name", parts.netloc)
+    if not isinstance(name, str) or not name or len(name) > 100 or any(c in name for c in " /:{}\n"):
+        raise ConfigError(f"{where}: name {name!r} must be 1-100 characters without spaces, / : {{ }}")
+    capacity = entry.get("capacity", 1)
+    if not isinstance(capacity, int) or isinstance(capacity, bool) or not 1 <= capacity <= 1000:
+        raise ConfigError(f"{where}: capacity must be an integer from 1 to 1000, got {capacity!r}")
+    tags = entry.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) and t and "," not in t for t in tags):
+        raise ConfigError(f"{where}: tags must be a list of non-empty strings without commas")
+    headers = entry.get("headers", {})
+    if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                for k, v in headers.items()):
+        raise ConfigError(f"{where}: headers must be a table of strings")
+    return BackendConfig(name=name, url=url.rstrip("/"), capacity=capacity, tags=tuple(tags),
+                         headers=dict(headers))
+
+
+def _job_type(entry: Any, where: str) -> tuple[TypeRouting, RetryPolicy]:
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where} must be a table")
+    known = {"tags", "fallback", "fallback_after", "max_attempts", "backoff_base_s", "backoff_cap_s"}
+    unknown = sorted(set(entry) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    tags = entry.get("tags", [])
+    fallback = entry.get("fallback", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise ConfigError(f"{where}: tags must be a list of strings")
+    if not isinstance(fallback, list) or not all(
+            isinstance(g, list) and all(isinstance(t, str) for t in g) for g in fallback):
+        raise ConfigError(f"{where}: fallback must be a list of lists of tags, e.g. [[\"a100\"], [\"h100\"]]")
+    numbers = {}
+    for key, default, low in (("fallback_after", 2, 1), ("max_attempts", 3, 1),
+                              ("backoff_base_s", 1.0, 0.0), ("backoff_cap_s", 16.0, 0.0)):
+        value = entry.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
+            raise ConfigError(f"{where}: {key} must be a number >= {low}, got {value!r}")
+        numbers[key] = value
+    routing = TypeRouting(tags=tuple(tags), fallback=tuple(tuple(g) for g in fallback),
+                          fallback_after=int(numbers["fallback_after"]))
+    retry = RetryPolicy(max_attempts=int(numbers["max_attempts"]), base_s=float(numbers["backoff_base_s"]),
+                        cap_s=float(numbers["backoff_cap_s"]))
+    return routing, retry
+
+
+def _list(value: Any, where: str) -> list:
+    if not isinstance(value, list):
+        raise ConfigError(f"{where} must be an array of tables ([[backends]])")
+    return value

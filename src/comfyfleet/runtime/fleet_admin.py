@@ -1,0 +1,101 @@
+"""Run-time fleet administration: list, add, drain, disable, re-enable and remove backends.
+
+Draining (``state=draining``) and disabling take the backend out of selection at once (the slot
+script reads the state atomically); its running prompts finish. Removing also fails its work over:
+prompts of ours still pending or running there are deleted and interrupted, so their runners see
+them end and retry them on another backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+from typing import Any
+
+from ..domain.policy import BreakerState
+from ..errors import BackendError, ComfyFleetError, JobNotFound
+from ..store.fleet import BackendHealth, BackendRecord, backend_breaker
+from .dispatcher import BackendConfig
+
+log = logging.getLogger(__name__)
+
+EDITABLE = ("state", "capacity", "tags", "headers", "url")
+
+
+class FleetAdmin:
+    def __init__(self, services: Any) -> None:
+        self._services = services
+        self._fleet = services.fleet
+        self._dispatcher = services.dispatcher
+
+    async def list(self) -> list[dict[str, Any]]:
+        snapshot = await self._fleet.snapshot()
+        loads = await self._fleet.loads(snapshot.backends)
+        breaker = self._dispatcher.settings.backend_breaker
+        return [self._describe(record, snapshot.health.get(name, BackendHealth()),
+                               breaker.current(snapshot.breakers.get(backend_breaker(name), BreakerState()),
+                                               time.time()),
+                               loads.get(name, 0))
+                for name, record in snapshot.backends.items()]
+
+    async def get(self, name: str) -> dict[str, Any]:
+        for item in await self.list():
+            if item["name"] == name:
+                return item
+        await self._fleet.get(name)  # raises BackendNotFound
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def add(self, config: BackendConfig) -> dict[str, Any]:
+        record = BackendRecord(name=config.name, url=config.url, capacity=config.capacity,
+                               tags=config.tags, headers=dict(config.headers), source="api")
+        await self._fleet.add(record)
+        return await self.get(config.name)
+
+    async def update(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+        await self._fleet.update(name, **{k: v for k, v in changes.items() if k in EDITABLE})
+        return await self.get(name)
+
+    async def remove(self, name: str) -> dict[str, Any]:
+        described = await self.get(name)
+        record = await self._fleet.remove(name)
+        described["evacuated"] = await self._evacuate(record)
+        described["state"] = "removed"
+        return described
+
+    async def _evacuate(self, record: BackendRecord) -> int:
+        backend = self._dispatcher.by_name(record.name)
+        if backend is None:
+            return 0
+        moved = 0
+        for job_id in await self._fleet.holders(record.name):
+            try:
+                job = await self._services.store.get(job_id)
+            except JobNotFound:
+                continue
+            if job.current is None or job.current.backend != record.name:
+                continue
+            try:
+                await backend.client.delete_pending([job.current.prompt_id])
+                await backend.client.interrupt(job.current.prompt_id)
+                moved += 1
+            except BackendError as exc:  # unreachable: its runner finds the prompt lost anyway
+                log.warning("removing %s: could not stop prompt of job %s: %s", record.name, job_id, exc)
+        return moved
+
+    @staticmethod
+    def _describe(record: BackendRecord, health: BackendHealth, breaker: BreakerState,
+                  load: int) -> dict[str, Any]:
+        state = record.state if record.state != "active" else health.state
+        return {"name": record.name, "url": record.url, "capacity": record.capacity,
+                "tags": list(record.tags), "headers": sorted(record.headers),
+                "admin_state": record.state, "state": state, "load": load,
+                "source": record.source, "added_at": record.added_at, "changed_at": record.changed_at,
+                "health": asdict(health),
+                "breaker": {"status": breaker.status.value, "failures": len(breaker.failures),
+                            "opened_at": breaker.opened_at, "changed_at": breaker.changed_at,
+                            "transitions": [{"at": at, "from": a, "to": b}
+                                            for at, a, b in breaker.transitions]}}
+
+
+__all__ = ["FleetAdmin", "ComfyFleetError"]

@@ -1,0 +1,128 @@
+"""Backend health: periodic ``/system_stats`` and ``/queue`` checks with timeouts.
+
+States: healthy; degraded (slow to answer, or less free VRAM than configured); down (no answer,
+an error, or a timeout). Draining and disabled are admin states of the registry, shown next to
+health. Free VRAM and RAM are recorded. Each interval, one process fleet-wide checks a given
+backend (a short Redis claim), so a hundred workers do not probe a pod a hundred times. The
+outcome also feeds the backend's circuit breaker: failures count, and a success closes a
+half-open breaker. ``check(name)`` runs a check now (before retrying on the same backend).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..errors import BackendError, StoreError
+from ..store.fleet import BackendHealth
+from .dispatcher import Dispatcher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthSettings:
+    interval_s: float = 5.0
+    timeout_s: float = 3.0
+    degraded_latency_s: float = 2.0
+    min_free_vram_bytes: int | None = None
+
+
+class HealthMonitor:
+    def __init__(self, dispatcher: Dispatcher, *, settings: HealthSettings = HealthSettings(),
+                 clock: Callable[[], float] = time.time, owner: str | None = None) -> None:
+        self._dispatcher = dispatcher
+        self._fleet = dispatcher.fleet
+        self.settings = settings
+        self._clock = clock
+        self._owner = owner or uuid.uuid4().hex
+        self._task: asyncio.Task | None = None
+        self._first_round = asyncio.Event()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="health-checks")
+
+    async def first_round(self, timeout_s: float | None = None) -> None:
+        """Wait (bounded) until the first round of checks has been written."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s or self.settings.timeout_s + 1.0):
+                await self._first_round.wait()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.round()
+            except StoreError as exc:
+                log.warning("health checks: %s", exc)
+            self._first_round.set()
+            await asyncio.sleep(self.settings.interval_s)
+
+    async def round(self) -> None:
+        snapshot = self._dispatcher.snapshot or await self._dispatcher.refresh()
+        due = [name for name in snapshot.backends
+               if await self._fleet.claim_check(name, self._owner, self.settings.interval_s * 0.9)]
+        await asyncio.gather(*(self.check(name) for name in due))
+
+    async def check(self, name: str) -> BackendHealth:
+        """Probe ``name`` now, store the result, feed its breaker, and return it."""
+        backend = self._dispatcher.by_name(name)
+        if backend is None:
+            await self._dispatcher.refresh()
+            backend = self._dispatcher.by_name(name)
+        if backend is None:
+            return BackendHealth(state="down", checked_at=self._clock(), error="unknown backend")
+        previous = (self._dispatcher.snapshot.health.get(name) if self._dispatcher.snapshot else None) \
+            or BackendHealth()
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.settings.timeout_s):
+                stats = await backend.client.system_stats()
+                queue = await backend.client.queue()
+        except (BackendError, TimeoutError) as exc:
+            health = BackendHealth(state="down", checked_at=self._clock(),
+                                   consecutive_failures=previous.consecutive_failures + 1,
+                                   error=str(exc) or type(exc).__name__)
+        else:
+            health = self._judge(stats, queue, (time.monotonic() - started) * 1000)
+        changed = health.state != previous.state
+        if self._dispatcher.snapshot is not None:
+            self._dispatcher.snapshot.health[name] = health
+        await self._fleet.set_health(name, health, publish=changed)
+        if changed:
+            log.info("backend %s: %s -> %s", name, previous.state, health.state)
+        await self._dispatcher.record_backend(name, ok=health.state != "down")
+        return health
+
+    def _judge(self, stats: dict, queue, latency_ms: float) -> BackendHealth:
+        system = stats.get("system") if isinstance(stats.get("system"), dict) else {}
+        devices = [d for d in stats.get("devices") or () if isinstance(d, dict)]
+        vram_total = sum(int(d.get("vram_total") or 0) for d in devices) if devices else None
+        vram_free = sum(int(d.get("vram_free") or 0) for d in devices) if devices else None
+        state = "healthy"
+        if latency_ms > self.settings.degraded_latency_s * 1000:
+            state = "degraded"
+        minimum = self.settings.min_free_vram_bytes
+        if minimum is not None and vram_free is not None and vram_free < minimum:
+            state = "degraded"
+        return BackendHealth(state=state, checked_at=self._clock(), latency_ms=round(latency_ms, 2),
+                             vram_total=vram_total, vram_free=vram_free,
+                             ram_total=_int(system.get("ram_total")), ram_free=_int(system.get("ram_free")),
+                             queue_running=len(queue.running), queue_pending=len(queue.pending))
+
+
+def _int(value: object) -> int | None:
+    try:
+        return None if value is None else int(value)
+    except (TypeError, ValueError):
+        return None

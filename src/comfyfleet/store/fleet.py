@@ -1,0 +1,311 @@
+"""The fleet in Redis: backend registry, health, circuit breaker state and capacity slot leases.
+
+Shared by every API and worker process. A slot is a member of the backend's lease sorted set,
+scored by its expiry; the worker that holds it renews it while the prompt runs, so the slots of a
+worker that dies come back by themselves. Taking and giving back a slot are Lua scripts (atomic
+over all workers); a release is published on the slots channel so a waiting job starts at once.
+Registry, health and breaker changes are published on the fleet channel so every process sees
+them within milliseconds (and re-reads at least once a second anyway).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from importlib import resources
+from typing import Any
+
+from redis import exceptions as rex
+
+from ..domain.policy import BreakerState
+from ..errors import ComfyFleetError
+from .connection import translated
+from .keys import Keys
+
+BACKEND_STATES = ("active", "draining", "disabled")
+HEALTH_STATES = ("unknown", "healthy", "degraded", "down")
+
+
+class BackendNotFound(ComfyFleetError):
+    pass
+
+
+class BackendExists(ComfyFleetError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class BackendRecord:
+    """One ComfyUI server as the registry knows it. ``state``: active | draining | disabled."""
+
+    name: str
+    url: str
+    capacity: int = 1
+    tags: tuple[str, ...] = ()
+    headers: dict[str, str] = field(default_factory=dict)
+    state: str = "active"
+    source: str = "config"  # config | api
+    added_at: float = 0.0
+    changed_at: float = 0.0
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["tags"] = list(self.tags)
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str) -> "BackendRecord":
+        data = json.loads(raw)
+        data["tags"] = tuple(data.get("tags") or ())
+        return cls(**{k: data[k] for k in cls.__slots__ if k in data})
+
+
+@dataclass(frozen=True, slots=True)
+class BackendHealth:
+    """The last health check of a backend (``state``: unknown | healthy | degraded | down)."""
+
+    state: str = "unknown"
+    checked_at: float | None = None
+    latency_ms: float | None = None
+    vram_total: int | None = None
+    vram_free: int | None = None
+    ram_total: int | None = None
+    ram_free: int | None = None
+    queue_running: int | None = None
+    queue_pending: int | None = None
+    consecutive_failures: int = 0
+    error: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | None) -> "BackendHealth":
+        if not raw:
+            return cls()
+        data = json.loads(raw)
+        return cls(**{k: data[k] for k in cls.__slots__ if k in data})
+
+
+def backend_breaker(name: str) -> str:
+    return f"backend:{name}"
+
+
+def workflow_breaker(job_type: str, fingerprint: str) -> str:
+    return f"workflow:{job_type}:{fingerprint}"
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSnapshot:
+    """Everything a dispatcher needs, read in one round trip."""
+
+    backends: dict[str, BackendRecord]
+    health: dict[str, BackendHealth]
+    breakers: dict[str, BreakerState]
+    read_at: float
+
+
+def _script(name: str) -> str:
+    return resources.files(__package__).joinpath("scripts", name).read_text(encoding="utf-8")
+
+
+class FleetStore:
+    def __init__(self, redis: Any, keys: Keys, *, lease_ttl_s: float = 30.0) -> None:
+        self._redis = redis
+        self._keys = keys
+        self.lease_ttl_s = lease_ttl_s
+        self._acquire = redis.register_script(_script("lease_acquire.lua"))
+        self._release = redis.register_script(_script("lease_release.lua"))
+
+    @property
+    def keys(self) -> Keys:
+        return self._keys
+
+    def pubsub(self) -> Any:
+        """A subscription client for the fleet and slots channels."""
+        return self._redis.pubsub()
+
+    # -- registry ------------------------------------------------------------------------------
+    async def seed(self, records: Iterable[BackendRecord], now: float | None = None) -> None:
+        """Add configured backends that are missing; refresh url/capacity/tags/headers of known
+        ones, keeping their run-time state (a drained backend stays drained across restarts)."""
+        now = time.time() if now is None else now
+        records = list(records)
+        if not records:
+            return
+        with translated(self._redis, "seeding backends"):
+            existing = await self._redis.hmget(self._keys.fleet_backends, [r.name for r in records])
+            updates = {}
+            for record, raw in zip(records, existing):
+                if raw is None:
+                    updates[record.name] = replace(record, added_at=now, changed_at=now).to_json()
+                    continue
+                known = BackendRecord.from_json(raw)
+                fresh = replace(known, url=record.url, capacity=record.capacity, tags=record.tags,
+                                headers=record.headers)
+                if fresh != known:
+                    updates[record.name] = replace(fresh, changed_at=now).to_json()
+            if updates:
+                await self._redis.hset(self._keys.fleet_backends, mapping=updates)
+                await self.notify_changed()
+
+    async def add(self, record: BackendRecord, now: float | None = None) -> BackendRecord:
+        now = time.time() if now is None else now
+        record = replace(record, added_at=now, changed_at=now)
+        with translated(self._redis, "adding a backend"):
+            added = await self._redis.hsetnx(self._keys.fleet_backends, record.name, record.to_json())
+        if not added:
+            raise BackendExists(f"backend {record.name!r} already exists")
+        await self.notify_changed()
+        return record
+
+    async def update(self, name: str, now: float | None = None, **changes: Any) -> BackendRecord:
+        now = time.time() if now is None else now
+        key = self._keys.fleet_backends
+        with translated(self._redis, "updating a backend"):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                while True:
+                    try:
+                        await pipe.watch(key)
+                        raw = await pipe.hget(key, name)
+                        if raw is None:
+                            raise BackendNotFound(f"no backend named {name!r}")
+                        record = replace(BackendRecord.from_json(raw), **changes, changed_at=now)
+                        pipe.multi()
+                        pipe.hset(key, name, record.to_json())
+                        await pipe.execute()
+                        break
+                    except rex.WatchError:
+                        continue
+        await self.notify_changed()
+        return record
+
+    async def remove(self, name: str) -> BackendRecord:
+        with translated(self._redis, "removing a backend"):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hget(self._keys.fleet_backends, name)
+                pipe.hdel(self._keys.fleet_backends, name)
+                pipe.hdel(self._keys.fleet_health, name)
+                pipe.hdel(self._keys.fleet_breakers, backend_breaker(name))
+                raw, *_ = await pipe.execute()
+        if raw is None:
+            raise BackendNotFound(f"no backend named {name!r}")
+        await self.notify_changed()
+        return BackendRecord.from_json(raw)
+
+    async def get(self, name: str) -> BackendRecord:
+        with translated(self._redis, "reading a backend"):
+            raw = await self._redis.hget(self._keys.fleet_backends, name)
+        if raw is None:
+            raise BackendNotFound(f"no backend named {name!r}")
+        return BackendRecord.from_json(raw)
+
+    async def snapshot(self) -> FleetSnapshot:
+        with translated(self._redis, "reading the fleet"):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(self._keys.fleet_backends)
+                pipe.hgetall(self._keys.fleet_health)
+                pipe.hgetall(self._keys.fleet_breakers)
+                backends, health, breakers = await pipe.execute()
+        return FleetSnapshot(
+            backends={n: BackendRecord.from_json(r) for n, r in sorted(backends.items())},
+            health={n: BackendHealth.from_json(r) for n, r in health.items()},
+            breakers={n: BreakerState.from_dict(json.loads(r)) for n, r in breakers.items()},
+            read_at=time.time())
+
+    async def notify_changed(self) -> None:
+        with translated(self._redis, "publishing a fleet change"):
+            await self._redis.publish(self._keys.fleet_channel, "changed")
+
+    # -- health --------------------------------------------------------------------------------
+    async def set_health(self, name: str, health: BackendHealth, *, publish: bool) -> None:
+        with translated(self._redis, "writing backend health"):
+            await self._redis.hset(self._keys.fleet_health, name, health.to_json())
+        if publish:
+            await self.notify_changed()
+
+    async def get_health(self, name: str) -> BackendHealth:
+        with translated(self._redis, "reading backend health"):
+            return BackendHealth.from_json(await self._redis.hget(self._keys.fleet_health, name))
+
+    async def claim_check(self, name: str, owner: str, interval_s: float) -> bool:
+        """True for the one process that should check ``name`` in this interval."""
+        with translated(self._redis, "claiming a health check"):
+            return bool(await self._redis.set(self._keys.health_claim(name), owner, nx=True,
+                                              px=max(1, int(interval_s * 1000))))
+
+    # -- breakers ------------------------------------------------------------------------------
+    async def update_breaker(self, scope: str,
+                             change: Callable[[BreakerState], BreakerState]) -> tuple[BreakerState, BreakerState]:
+        """Apply ``change`` to the stored state atomically (optimistic, retried on a race)."""
+        key = self._keys.fleet_breakers
+        with translated(self._redis, "updating a circuit breaker"):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                while True:
+                    try:
+                        await pipe.watch(key)
+                        raw = await pipe.hget(key, scope)
+                        old = BreakerState.from_dict(json.loads(raw) if raw else None)
+                        new = change(old)
+                        if new == old:
+                            await pipe.reset()
+                            return old, new
+                        pipe.multi()
+                        pipe.hset(key, scope, json.dumps(new.to_dict(), separators=(",", ":")))
+                        await pipe.execute()
+                        break
+                    except rex.WatchError:
+                        continue
+        if new.status != old.status:
+            await self.notify_changed()
+        return old, new
+
+    # -- capacity leases -----------------------------------------------------------------------
+    async def acquire(self, candidates: Sequence[tuple[str, int, int]], holder: str,
+                      now: float | None = None) -> str | None:
+        """Take a slot on one of ``candidates`` ((name, slot limit, tier), preference order)."""
+        if not candidates:
+            return None
+        now_ms = int((time.time() if now is None else now) * 1000)
+        keys = [self._keys.fleet_backends, *(self._keys.lease(name) for name, _, _ in candidates)]
+        args: list[Any] = [now_ms, now_ms + int(self.lease_ttl_s * 1000), holder]
+        for name, limit, tier in candidates:
+            args += [name, limit, tier]
+        with translated(self._redis, "taking a capacity slot"):
+            chosen = await self._acquire(keys=keys, args=args)
+        return chosen or None
+
+    async def release(self, name: str, holder: str) -> bool:
+        with translated(self._redis, "releasing a capacity slot"):
+            return bool(await self._release(keys=[self._keys.lease(name), self._keys.slots_channel],
+                                            args=[holder, name]))
+
+    async def renew(self, leases: Iterable[tuple[str, str]], now: float | None = None) -> None:
+        """Push the expiry of every (backend, holder) lease out by the TTL (re-adding it if it
+        had expired: the prompt it stands for is still running there)."""
+        leases = list(leases)
+        if not leases:
+            return
+        expiry = int(((time.time() if now is None else now) + self.lease_ttl_s) * 1000)
+        with translated(self._redis, "renewing capacity slots"):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for name, holder in leases:
+                    pipe.zadd(self._keys.lease(name), {holder: expiry})
+                await pipe.execute()
+
+    async def loads(self, names: Iterable[str], now: float | None = None) -> dict[str, int]:
+        names = list(names)
+        now_ms = int((time.time() if now is None else now) * 1000)
+        with translated(self._redis, "reading backend loads"):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.zcount(self._keys.lease(name), now_ms, "+inf")
+                counts = await pipe.execute()
+        return dict(zip(names, (int(c) for c in counts)))
+
+    async def holders(self, name: str, now: float | None = None) -> list[str]:
+        now_ms = int((time.time() if now is None else now) * 1000)
+        with translated(self._redis, "reading slot holders"):
+            return list(await self._redis.zrangebyscore(self._keys.lease(name), now_ms, "+inf"))

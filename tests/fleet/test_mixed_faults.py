@@ -1,0 +1,88 @@
+"""Four backends, three of them in trouble: every job succeeds, permanent failures are never
+retried, the refusing backend's breaker opens and closes again, and every retry waited exactly
+what the retry policy says."""
+
+from __future__ import annotations
+
+import asyncio
+
+from comfyfleet.domain.policy import RetryPolicy, jitter_unit
+from comfyfleet.sim import SimConfig
+from helpers.fleet import image_workflow, running_fleet
+
+RETRY_AFTER_S = 0.3
+FAILING = {"2": {"class_type": "SimFailingNode", "inputs": {"image": ["1", 0], "message": "bad model"}}}
+
+
+def large_workflow(seed: int) -> dict:
+    return image_workflow(3, seed=seed, extra_node={"4": {"class_type": "PreviewImage",
+                                                          "inputs": {"images": ["2", 0]}}})
+
+
+async def breaker_of(fleet, name: str) -> dict:
+    response = await fleet.http.get(f"/api/v2/backends/{name}")
+    assert response.status_code == 200, response.text
+    return response.json()["breaker"]
+
+
+async def wait_breaker(fleet, name: str, status: str, timeout_s: float = 20.0) -> dict:
+    async with asyncio.timeout(timeout_s):
+        while (breaker := await breaker_of(fleet, name))["status"] != status:
+            await asyncio.sleep(0.05)
+    return breaker
+
+
+async def test_mixed_faults_all_jobs_succeed_and_breakers_cycle(valkey_url, tmp_path):
+    async with running_fleet(valkey_url, tmp_path, sims=4, sim_config=SimConfig(step_s=0.005),
+                             health_interval_s=0.2, breaker_failures=3,
+                             breaker_cooldown_s=1.0) as fleet:
+        refusing, flaky, small_gpu, good = fleet.sims
+        await refusing.set_refusing(True)
+        flaky.faults.update({"http_error_status": 503, "http_error_rate": 0.5,
+                             "retry_after_s": RETRY_AFTER_S, "http_error_paths": ["POST /prompt"]})
+        small_gpu.faults.update({"oom_above_nodes": 3})
+        await wait_breaker(fleet, "sim-0", "open")  # health checks count against the breaker
+
+        first = [await fleet.submit(large_workflow(i) if i % 4 == 0 else image_workflow(3, seed=i))
+                 for i in range(100)]
+        doomed = [await fleet.submit(image_workflow(2, seed=500 + i, extra_node=FAILING)) for i in range(5)]
+        await refusing.set_refusing(False)  # it recovers: half-open after the cool-down, then closed
+        closed = await wait_breaker(fleet, "sim-0", "closed")
+        second = [await fleet.submit(large_workflow(i) if i % 4 == 0 else image_workflow(3, seed=i))
+                  for i in range(100, 200)]
+
+        finals = [await fleet.wait(j["id"], timeout_s=120) for j in first + second + doomed]
+        bad = [(j["status"], j.get("error"), j.get("attempts")) for j in finals[:200] if j["status"] != "succeeded"]
+        assert not bad, [(s, [(a["backend"], a["failure_class"], a["outcome"], (a["message"] or "")[:40]) for a in at]) for s, e, at in bad]
+        assert [j["status"] for j in finals[200:]] == ["failed"] * 5
+
+        moves = [(t["from"], t["to"]) for t in closed["transitions"]]
+        assert moves[0] == ("closed", "open") and moves[-1] == ("half_open", "closed")
+        assert ("open", "half_open") in moves
+        recovered_at = closed["changed_at"]
+        assert any(r.started_at >= recovered_at for r in refusing.records), \
+            "the recovered backend takes work again"
+
+        policy = RetryPolicy()
+        store = fleet.services.store
+        retried = 0
+        for summary in finals:
+            job = await store.get(summary["id"])
+            attempts = job.history
+            for earlier, later in zip(attempts, attempts[1:]):
+                assert earlier.failure_class != "permanent", "a permanent failure was retried"
+                retry_after = RETRY_AFTER_S if "HTTP 503" in (earlier.message or "") else None
+                expected = policy.delay_s(earlier.number, random_unit=jitter_unit(job.id, earlier.number),
+                                          retry_after_s=retry_after)
+                assert abs((earlier.retry_at - earlier.ended_at) - expected) < 1e-6
+                assert later.started_at >= earlier.retry_at
+                assert later.number == earlier.number + 1
+                retried += 1
+            assert len(attempts) <= 3
+        for summary in finals[200:]:
+            job = await store.get(summary["id"])
+            assert len(job.history) == 1 and job.history[0].failure_class == "permanent"
+        causes = {a.failure_class for s in finals for a in (await store.get(s["id"])).history
+                  if a.outcome == "retried"}
+        assert retried > 0 and {"transient", "recoverable"} <= causes
+        print(f"\n200 jobs succeeded after {retried} retries ({sorted(causes)})")
