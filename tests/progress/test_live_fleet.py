@@ -10,7 +10,7 @@ import pytest
 from comfyfleet.sim import SimConfig
 from helpers.fleet import running_fleet
 
-from conftest import workflow
+from progress_helpers import workflow
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from comfyfleet.domain.job import Attempt, Job, JobStatus
 from comfyfleet.sim import SimConfig
 from helpers.fleet import running_fleet
 
-from conftest import workflow
+from progress_helpers import workflow
 
 
 async def test_reattached_job_gets_live_progress_under_the_recorded_client_id(valkey_url, tmp_path):

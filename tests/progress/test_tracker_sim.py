@@ -7,7 +7,7 @@ import uuid
 
 from comfyfleet.comfy.socket import SocketSettings, open_socket
 
-from conftest import RecordingListener, polls, workflow
+from progress_helpers import RecordingListener, polls, workflow
 
 
 def assert_monotonic(listener: RecordingListener) -> None:
@@ -151,7 +151,7 @@ async def test_legacy_events_only(rig):
 
 async def test_expanded_nodes_count_toward_their_display_node(rig):
     """Node expansion: ids the graph lacks move their display node, never past it."""
-    graph, client_id, listener = workflow(12, expand=3), str(uuid.uuid4()), RecordingListener()
+    graph, client_id, listener = workflow(12, expand_nodes=3), str(uuid.uuid4()), RecordingListener()
     tracker = rig.tracker("", client_id, graph, listener)
     await tracker.connect()
     tracker.prompt_id = await rig.submit(graph, client_id)

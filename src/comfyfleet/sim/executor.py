@@ -198,7 +198,7 @@ class Executor:
         delay_s = step_seconds(node, self.config.step_s) * self.config.time_scale
         previews = bool(node.get("inputs", {}).get("send_preview") is True
                         or self._script(run, "send_previews", self.config.send_previews))
-        expand = int(self._script(run, "expand", 0) or 0)
+        expand = int(self._script(run, "expand_nodes", 0) or 0)
         if expand <= 0:
             await self._emit_steps(run, node_id, None, range(1, steps + 1), steps, delay_s, previews)
             return

@@ -10,7 +10,7 @@ FAULT_NAMES = (
     "slow_response_s", "drop_socket_at_step", "silent", "oom_above_nodes",
     "fail_class_type", "history_delay_s",
     # live-progress faults (a node input of the same name scripts one prompt instead)
-    "deafen_socket_at_step", "legacy_events", "send_previews", "expand", "refuse_websocket",
+    "deafen_socket_at_step", "legacy_events", "send_previews", "expand_nodes", "refuse_websocket",
     "http_error_paths",
 )
 
@@ -37,7 +37,7 @@ class Faults:
     deafen_socket_at_step: int | None = None
     legacy_events: bool | None = None  # None: as SimConfig; True: no progress_state frames
     send_previews: bool | None = None  # None: as SimConfig; True: preview frames with each step
-    expand: int | None = None  # steps nodes run their steps in this many expanded (ephemeral) nodes
+    expand_nodes: int | None = None  # steps nodes run their steps in this many expanded (ephemeral) nodes
     refuse_websocket: bool = False  # /ws answers 503: clients can only poll
     http_error_paths: list[str] | None = None  # e.g. ["POST /prompt"]: HTTP errors only there
     _rng: random.Random = field(default_factory=lambda: random.Random(1234), repr=False)
