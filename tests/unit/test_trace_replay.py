@@ -436,3 +436,38 @@ def test_progress_replay_with_weights():
     assert distinct(snapshots) == [(0.0, 0), (0.0833, 1), (0.25, 1), (0.4167, 1), (0.5833, 1),
                                    (0.75, 1), (0.9167, 1), (0.9167, 2), (0.999, 3), (1.0, 3)]
 
+
+
+# -- full snapshots: (value, nodes_done, current_node, step, steps), consecutive repeats dropped --
+FULL = {
+    ("01_success_progress.jsonl", 0): [
+        (0.0, 0, None, None, None), (0.0, 0, "1", 0, 1), (0.3333, 1, None, None, None),
+        (0.3333, 1, "2", 0, 1), (0.4, 1, "2", 1, 5), (0.4667, 1, "2", 2, 5), (0.5333, 1, "2", 3, 5),
+        (0.6, 1, "2", 4, 5), (0.6667, 1, "2", 5, 5), (0.6667, 2, None, None, None),
+        (0.6667, 2, "3", 0, 1), (0.999, 3, None, None, None), (1.0, 3, None, None, None)],
+    # steps 3-5 were sent while no socket was open; the replay ``executing`` has no prompt id
+    ("06_reconnect_same_clientid.jsonl", 0): [
+        (0.0, 0, None, None, None), (0.3333, 1, None, None, None), (0.3333, 1, "2", 0, 1),
+        (0.3611, 1, "2", 1, 12), (0.3889, 1, "2", 2, 12), (0.5, 1, "2", 6, 12),
+        (0.5278, 1, "2", 7, 12), (0.5556, 1, "2", 8, 12), (0.5833, 1, "2", 9, 12),
+        (0.6111, 1, "2", 10, 12), (0.6389, 1, "2", 11, 12), (0.6667, 1, "2", 12, 12),
+        (0.6667, 2, None, None, None), (0.6667, 2, "3", 0, 1), (0.999, 3, None, None, None),
+        (1.0, 3, None, None, None)],
+    # fully cached: no ``executing``, straight to "all done", 1.0 once confirmed
+    ("04_cached_resubmit.jsonl", 1): [
+        (0.0, 0, None, None, None), (0.999, 3, None, None, None), (1.0, 3, None, None, None)],
+    ("04_cached_resubmit.jsonl", 2): [
+        (0.0, 0, None, None, None), (0.6667, 2, None, None, None), (0.6667, 2, "3", 0, 1),
+        (0.999, 3, None, None, None), (1.0, 3, None, None, None)],
+}
+
+
+@pytest.mark.parametrize("name, index", sorted(FULL))
+def test_progress_replay_full_snapshots(name: str, index: int):
+    _, snapshots = replay(runs(name)[index])
+    sequence: list[tuple] = []
+    for s in snapshots:
+        entry = (s.value, s.nodes_done, s.current_node, s.step, s.steps)
+        if not sequence or sequence[-1] != entry:
+            sequence.append(entry)
+    assert sequence == FULL[(name, index)]
