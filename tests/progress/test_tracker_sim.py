@@ -126,8 +126,7 @@ async def test_waiting_in_the_servers_queue_is_not_a_fallback(rig):
 
 async def test_slow_history_write_is_confirmed_once(rig):
     """The history race: the terminal event precedes the history entry; wait for the marker."""
-    rig.sim.faults.history_delay_s = 0.4
-    graph, client_id, listener = workflow(3), str(uuid.uuid4()), RecordingListener()
+    graph, client_id, listener = workflow(3, history_delay_s=0.4), str(uuid.uuid4()), RecordingListener()
     tracker = rig.tracker("", client_id, graph, listener)
     await tracker.connect()
     tracker.prompt_id = await rig.submit(graph, client_id)

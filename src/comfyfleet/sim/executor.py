@@ -131,7 +131,7 @@ class Executor:
         await self._finish(run, record, outcome)
 
     async def _finish(self, run: PromptRun, record: PromptRecord, outcome: str) -> None:
-        delay_s = max(self.config.history_delay_s, self.faults.history_delay_s or 0.0)
+        delay_s = max(self.config.history_delay_s, float(self._script(run, "history_delay_s", 0.0)))
         if delay_s > 0:
             await asyncio.sleep(delay_s)
         self.last_node_id = None
