@@ -349,7 +349,9 @@ class Runner:
 
     async def _heartbeat(self, job_id: str) -> None:
         while True:
-            await asyncio.sleep(self._settings.heartbeat_s)
+            # Jittered (never longer than heartbeat_s), so jobs started together do not beat
+            # together: a burst of writes would hold up every job's live progress.
+            await asyncio.sleep(self._settings.heartbeat_s * (0.5 + self._rng.random() / 2))
             try:
                 await self._apply(job_id, t.Heartbeat(self._worker_id))
             except Exception:  # noqa: BLE001 - a missed heartbeat is retried at the next beat
