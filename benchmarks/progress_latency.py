@@ -288,6 +288,8 @@ async def prompts_from_redis(redis_url: str, fleet: Fleet, job_ids: list[str]) -
 
 async def requests_phase(tmp: Path, redis_url: str, jobs: int, steps: int, step_s: float,
                          socket: bool) -> dict:
+    """ComfyUI requests per job. Backend health checks (``/system_stats`` + ``/queue`` per
+    backend, not per job) are counted apart: every ``/system_stats`` comes with one ``/queue``."""
     env = {"REDIS_URL": redis_url}
     async with Fleet(tmp, jobs, env) as fleet:
         async with httpx.AsyncClient(timeout=10) as http:
@@ -301,12 +303,23 @@ async def requests_phase(tmp: Path, redis_url: str, jobs: int, steps: int, step_
                     if not key.startswith(("GET /sim", "POST /sim")):
                         key = "GET /history/{id}" if key.startswith("GET /history/") else key
                         counts[key] = counts.get(key, 0) + n
+            tracker = (await http.get(f"{fleet.base_url}/api/v2/stats")).json()["tracking"]
+    health_checks = counts.pop("GET /system_stats", 0)
+    counts["GET /queue"] = counts.get("GET /queue", 0) - health_checks
     http_requests = sum(n for k, n in counts.items() if k != "WS connect")
     tracking = sum(n for k, n in counts.items() if k == "GET /queue" or k.startswith("GET /history"))
-    return {"jobs": jobs, "job_s": round(steps * step_s, 2), "http_requests_per_job": http_requests / jobs,
-            "tracking_requests_per_job": tracking / jobs,
-            "socket_connects_per_job": counts.get("WS connect", 0) / jobs,
-            "by_route": dict(sorted(counts.items())), "wall_s": round(elapsed, 2)}
+    totals = {name: sum(c.get(name, 0) for c in tracker.values())
+              for name in ("poll_requests", "history_requests", "fallback_episodes", "socket_connects",
+                           "socket_failures", "events_received")}
+    return {"jobs": jobs, "job_s": round(steps * step_s, 2),
+            "http_requests_per_job": round(http_requests / jobs, 2),
+            "tracking_requests_per_job": round(tracking / jobs, 2),
+            "socket_connects_per_job": round(counts.get("WS connect", 0) / jobs, 2),
+            "by_route": dict(sorted(counts.items())),
+            "tracker_counters": totals,
+            "health_checks_not_counted": {"per_backend_per_minute": round(
+                health_checks / len(fleet.sim_urls) / (elapsed / 60), 1)},
+            "wall_s": round(elapsed, 2)}
 
 
 async def main(args: argparse.Namespace) -> dict:
