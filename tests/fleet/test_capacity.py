@@ -1,0 +1,62 @@
+"""Capacity across worker processes: three backends of capacity 1, four worker processes.
+
+No backend ever holds two of our prompts: on each backend, every attempt is written (before its
+POST /prompt) only after the previous prompt there ended, as recorded by the simulator. And no
+backend idles while jobs wait: every gap between a prompt's end and the next start on the same
+backend, while some job had still not started anywhere, is short against the job's length
+(measured and printed; the bound is a generous safety net, not a timing target).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+from chaos.chaos_helpers import api_only, start_worker
+from comfyfleet.domain.job import JobStatus
+from comfyfleet.sim import SimConfig, Simulator
+from helpers.fleet import image_workflow
+
+JOBS, STEPS, STEP_S = 24, 10, 0.05
+JOB_S = STEPS * STEP_S
+
+
+async def test_four_workers_never_overfill_three_backends_and_keep_them_busy(valkey_url, tmp_path):
+    sims = [Simulator(SimConfig(step_s=STEP_S, name=f"sim-{i}"), port=0) for i in range(3)]
+    for sim in sims:
+        await sim.start()
+    workers = []
+    try:
+        backends = [f"sim-{i}={s.url}" for i, s in enumerate(sims)]
+        async with api_only(valkey_url, tmp_path / "data", backends) as api:
+            workers = await asyncio.gather(*(start_worker(api.settings, tmp_path / f"w{i}.log")
+                                             for i in range(4)))
+            ids = [await api.submit(image_workflow(STEPS, seed=n)) for n in range(JOBS)]
+            jobs = await api.wait_all(ids, timeout_s=120)
+    finally:
+        for worker in workers:
+            worker.kill()
+        for sim in sims:
+            await sim.stop()
+
+    assert [j.status for j in jobs] == [JobStatus.SUCCEEDED] * JOBS
+    ended = {r.prompt_id: r for sim in sims for r in sim.records}
+    by_backend: dict[str, list] = defaultdict(list)
+    for job in jobs:
+        for attempt in job.history:
+            by_backend[attempt.backend].append(attempt)
+    assert len(by_backend) == 3, "every backend took work"
+    last_start = max(r.started_at for r in ended.values())  # until then some job was waiting
+    gaps = []
+    for name, attempts in by_backend.items():
+        attempts.sort(key=lambda a: a.started_at)
+        for earlier, later in zip(attempts, attempts[1:]):
+            finished = ended[earlier.prompt_id].ended_at
+            assert later.started_at >= finished, f"{name} was given a prompt while one was running"
+            gaps.append(ended[later.prompt_id].started_at - finished)
+        tail = ended[attempts[-1].prompt_id].ended_at
+        if tail < last_start:  # idle at the end while a job still waited to start elsewhere
+            gaps.append(last_start - tail)
+    print(f"\n{len(gaps)} gaps while jobs waited: max {max(gaps) * 1000:.1f} ms, "
+          f"mean {sum(gaps) / len(gaps) * 1000:.1f} ms (job length {JOB_S * 1000:.0f} ms)")
+    assert max(gaps) < JOB_S / 2, gaps
