@@ -39,19 +39,26 @@ class Faults:
     send_previews: bool | None = None  # None: as SimConfig; True: preview frames with each step
     expand_nodes: int | None = None  # steps nodes run their steps in this many expanded (ephemeral) nodes
     refuse_websocket: bool = False  # /ws answers 503: clients can only poll
-    http_error_paths: list[str] | None = None  # e.g. ["POST /prompt"]: HTTP errors only there
+    http_error_paths: list[str] | None = None  # e.g. ["POST /prompt", "GET /history/*"]: only there
+    injected: int = field(default=0, repr=False)  # HTTP errors answered so far (not a fault)
     _rng: random.Random = field(default_factory=lambda: random.Random(1234), repr=False)
 
     def roll_http_error(self, request_line: str | None = None) -> bool:
         """True when this request should get `http_error_status` (deterministic sequence).
 
-        `request_line` ("POST /prompt") is checked against `http_error_paths` when that is set.
+        `request_line` ("POST /prompt") is checked against `http_error_paths` when that is set;
+        an entry ending in ``*`` matches by prefix.
         """
         if self.http_error_status is None:
             return False
-        if self.http_error_paths is not None and request_line not in self.http_error_paths:
+        if self.http_error_paths is not None and not any(
+                request_line == p or (p.endswith("*") and (request_line or "").startswith(p[:-1]))
+                for p in self.http_error_paths):
             return False
-        return self._rng.random() < self.http_error_rate
+        if self._rng.random() < self.http_error_rate:
+            self.injected += 1
+            return True
+        return False
 
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name in FAULT_NAMES}

@@ -24,20 +24,26 @@ from ..errors import StoreError
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 10.0
 HEALTH_CHECK_INTERVAL_S = 30
+MAX_CONNECTIONS = 200
 
 
 def connect(url: str, *, connect_timeout_s: float = CONNECT_TIMEOUT_S,
             read_timeout_s: float = READ_TIMEOUT_S) -> aioredis.Redis:
     """Return a client for ``url`` (redis://, rediss://, unix://); no I/O happens here."""
     try:
-        return aioredis.Redis.from_url(
+        # A blocking pool: a burst of concurrent commands waits for a connection (bounded by
+        # read_timeout_s) instead of failing with "Too many connections".
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=read_timeout_s,
             decode_responses=True,
             socket_connect_timeout=connect_timeout_s,
             socket_timeout=read_timeout_s,
             health_check_interval=HEALTH_CHECK_INTERVAL_S,
             retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2),
         )
+        return aioredis.Redis(connection_pool=pool)
     except ValueError as exc:
         raise StoreError(f"invalid Redis URL {url!r}: {exc}") from exc
 

