@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     health_interval_s: float = Field(5.0, gt=0)
     breaker_failures: int = Field(5, ge=1)
     breaker_cooldown_s: float = Field(30.0, ge=0)
+    workflow_breaker_failures: int = Field(5, ge=1)  # per (job type, workflow shape)
+    workflow_breaker_cooldown_s: float = Field(60.0, ge=0)
     lease_ttl_s: float = Field(30.0, gt=0)
 
     @field_validator("backends", mode="before")

@@ -82,8 +82,8 @@ def _backend(entry: Any, where: str) -> BackendConfig:
     if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"{where}: url {url!r} is not an http(s) URL such as http://127.0.0.1:8188")
     name = entry.get("name", parts.netloc)
-    if not isinstance(name, str) or not name or len(name) > 100 or any(c in name for c in " /:{}\n"):
-        raise ConfigError(f"{where}: name {name!r} must be 1-100 characters without spaces, / : {{ }}")
+    if not isinstance(name, str) or not name or len(name) > 100 or any(c in name for c in " /{}\n\t"):
+        raise ConfigError(f"{where}: name {name!r} must be 1-100 characters without spaces, / {{ }}")
     capacity = entry.get("capacity", 1)
     if not isinstance(capacity, int) or isinstance(capacity, bool) or not 1 <= capacity <= 1000:
         raise ConfigError(f"{where}: capacity must be an integer from 1 to 1000, got {capacity!r}")

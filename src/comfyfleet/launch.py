@@ -42,7 +42,10 @@ log = logging.getLogger(__name__)
 def service_config(settings: Settings, redis_url: str) -> ServiceConfig:
     breaker = CircuitBreaker(failure_threshold=settings.breaker_failures,
                              cooldown_s=settings.breaker_cooldown_s)
-    dispatch = DispatchSettings(backend_breaker=breaker, routing=settings.fleet_file().routing)
+    workflow = CircuitBreaker(failure_threshold=settings.workflow_breaker_failures, window_s=300.0,
+                              cooldown_s=settings.workflow_breaker_cooldown_s)
+    dispatch = DispatchSettings(backend_breaker=breaker, workflow_breaker=workflow,
+                                routing=settings.fleet_file().routing)
     return ServiceConfig(redis_url=redis_url, data_dir=settings.data_dir,
                          key_prefix=settings.key_prefix,
                          backends=tuple(settings.backend_configs()),

@@ -1,6 +1,7 @@
 """``/api/v2/backends``: the fleet at run time (list, add, drain/disable/enable, remove).
 
-    GET    /backends              every backend: state, load, health, breaker and its transitions
+    GET    /backends              every backend: state, load, health, breaker and its transitions;
+                                  and the breakers of (job type, workflow) that saw failures
     GET    /backends/{name}
     POST   /backends              {name, url, capacity?, tags?, headers?}            -> 201
     PATCH  /backends/{name}       {state?: active|draining|disabled, capacity?, tags?, headers?, url?}
@@ -50,7 +51,9 @@ async def _guard(call):
 
 @router.get("/backends")
 async def list_backends(ctx: ApiContext = Depends(get_context)) -> dict[str, Any]:
-    return {"backends": await _guard(_admin(ctx).list())}
+    admin = _admin(ctx)
+    return {"backends": await _guard(admin.list()),
+            "workflow_breakers": await _guard(admin.workflow_breakers())}
 
 
 @router.get("/backends/{name}")

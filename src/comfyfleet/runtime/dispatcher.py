@@ -173,7 +173,7 @@ class Dispatcher:
         self._waiters: list[_Waiter] = []
         self._held: dict[str, str] = {}  # holder (job id) -> backend name
         self._tasks: list[asyncio.Task] = []
-        self._refreshed = asyncio.Event()
+        self._subscribed = asyncio.Event()
         self.health = None  # a HealthMonitor once health checks run in this process
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -184,6 +184,9 @@ class Dispatcher:
                                            name="fleet-refresh"),
                        asyncio.create_task(self._every(self.fleet.lease_ttl_s / 3, self._renew),
                                            name="lease-renew")]
+        with contextlib.suppress(TimeoutError):  # listening before the first job is taken
+            async with asyncio.timeout(5.0):
+                await self._subscribed.wait()
 
     async def close(self) -> None:
         if self.health is not None:
@@ -219,9 +222,15 @@ class Dispatcher:
             pubsub = self.fleet.pubsub()
             try:
                 await pubsub.subscribe(keys.fleet_channel, keys.slots_channel)
+                if self._subscribed.is_set():  # re-subscribed: catch up on what was missed
+                    await self.refresh()
+                    self._wake_all()
                 while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    message = await pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
                     if message is None:
+                        continue
+                    if message["type"] != "message":
+                        self._subscribed.set()
                         continue
                     if message["channel"] == keys.slots_channel:
                         self._wake_one(str(message["data"]))

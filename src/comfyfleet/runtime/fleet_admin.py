@@ -39,6 +39,19 @@ class FleetAdmin:
                                loads.get(name, 0))
                 for name, record in snapshot.backends.items()]
 
+    async def workflow_breakers(self) -> list[dict[str, Any]]:
+        """Breakers of (job type, workflow shape) that have seen failures."""
+        snapshot = await self._fleet.snapshot()
+        breaker = self._dispatcher.settings.workflow_breaker
+        found = []
+        for scope, state in sorted(snapshot.breakers.items()):
+            if not scope.startswith("workflow:") or state.pristine:
+                continue
+            _, job_type, fingerprint = scope.split(":", 2)
+            state = breaker.current(state, time.time())
+            found.append({"job_type": job_type, "workflow": fingerprint, **_breaker_json(state)})
+        return found
+
     async def get(self, name: str) -> dict[str, Any]:
         for item in await self.list():
             if item["name"] == name:
@@ -92,10 +105,13 @@ class FleetAdmin:
                 "admin_state": record.state, "state": state, "load": load,
                 "source": record.source, "added_at": record.added_at, "changed_at": record.changed_at,
                 "health": asdict(health),
-                "breaker": {"status": breaker.status.value, "failures": len(breaker.failures),
-                            "opened_at": breaker.opened_at, "changed_at": breaker.changed_at,
-                            "transitions": [{"at": at, "from": a, "to": b}
-                                            for at, a, b in breaker.transitions]}}
+                "breaker": _breaker_json(breaker)}
+
+
+def _breaker_json(breaker: BreakerState) -> dict[str, Any]:
+    return {"status": breaker.status.value, "failures": len(breaker.failures),
+            "opened_at": breaker.opened_at, "changed_at": breaker.changed_at,
+            "transitions": [{"at": at, "from": a, "to": b} for at, a, b in breaker.transitions]}
 
 
 __all__ = ["FleetAdmin", "ComfyFleetError"]

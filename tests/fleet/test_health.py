@@ -1,0 +1,101 @@
+"""Health checks against real simulators, and the breakers they and the runner feed."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from comfyfleet.errors import ConfigError
+from comfyfleet.fleetfile import parse_fleet
+from comfyfleet.runtime.dispatcher import Dispatcher, DispatchSettings
+from comfyfleet.runtime.health import HealthMonitor, HealthSettings
+from comfyfleet.sim import SimConfig, Simulator
+from comfyfleet.store.fleet import BackendRecord, FleetStore
+from helpers.fleet import image_workflow, running_fleet
+
+
+async def test_states_free_memory_timeouts_and_one_check_per_interval_fleet_wide(redis, keys):
+    async with Simulator(SimConfig(name="ok")) as ok, Simulator(SimConfig(name="slow")) as slow, \
+            Simulator(SimConfig(name="hung")) as hung, Simulator(SimConfig(name="gone")) as gone, \
+            httpx.AsyncClient() as http:
+        slow.faults.update({"slow_response_s": 0.3})
+        hung.faults.update({"slow_response_s": 5.0})
+        await gone.set_refusing(True)
+        fleet = FleetStore(redis, keys)
+        await fleet.seed([BackendRecord(name=s.config.name, url=s.url) for s in (ok, slow, hung, gone)])
+        dispatcher = Dispatcher(fleet, http=http, settings=DispatchSettings(refresh_s=60.0))
+        await dispatcher.start()
+        settings = HealthSettings(interval_s=60.0, timeout_s=1.0, degraded_latency_s=0.2)
+        monitors = [HealthMonitor(dispatcher, settings=settings, owner=f"w{i}") for i in range(2)]
+        try:
+            await asyncio.gather(*(m.round() for m in monitors))
+            health = (await fleet.snapshot()).health
+        finally:
+            await dispatcher.close()
+        assert {n: h.state for n, h in health.items()} == \
+            {"ok": "healthy", "slow": "degraded", "hung": "down", "gone": "down"}
+        assert health["ok"].vram_free == health["ok"].vram_total // 2 > 0
+        assert health["ok"].ram_free == 16 * 1024**3 and health["ok"].queue_pending == 0
+        assert health["gone"].consecutive_failures == 1 and health["gone"].error
+        assert ok.requests["GET /system_stats"] == 1 and ok.requests["GET /queue"] == 1  # one check
+        breakers = (await fleet.snapshot()).breakers
+        assert len(breakers["backend:gone"].failures) == 1 and "backend:ok" not in breakers
+
+
+async def test_a_retry_on_the_same_backend_is_preceded_by_a_health_check(valkey_url, tmp_path):
+    async with running_fleet(valkey_url, tmp_path, sims=1, health_interval_s=600.0) as fleet:
+        sim = fleet.sims[0]
+        await fleet.services.dispatcher.health.first_round()
+        checks_before = sim.requests["GET /system_stats"]
+        sim.faults.update({"http_error_status": 502, "http_error_rate": 1.0, "http_error_paths": ["POST /prompt"]})
+        job = await fleet.submit(image_workflow(2))
+        async with asyncio.timeout(30):
+            while (await fleet.job(job["id"]))["attempt"] < 2:
+                await asyncio.sleep(0.02)
+        sim.faults.update({"http_error_status": None})
+        done = await fleet.wait(job["id"])
+        assert done["status"] == "succeeded"
+        same_backend_retries = len(done["attempts"]) - 1
+        assert same_backend_retries >= 1
+        assert sim.requests["GET /system_stats"] - checks_before == same_backend_retries
+
+
+async def test_a_workflow_that_keeps_failing_trips_its_breaker_and_stops_running(valkey_url, tmp_path):
+    broken = image_workflow(2, extra_node={"2": {"class_type": "SimFailingNode",
+                                                  "inputs": {"image": ["1", 0], "message": "no model"}}})
+    async with running_fleet(valkey_url, tmp_path, sims=1, workflow_breaker_failures=2) as fleet:
+        first = [await fleet.wait((await fleet.submit(broken))["id"]) for _ in range(2)]
+        assert [j["error"]["code"] for j in first] == ["node_execution_error"] * 2
+        blocked = await fleet.wait((await fleet.submit(broken))["id"])
+        assert blocked["status"] == "failed" and blocked["error"]["code"] == "circuit_open"
+        assert blocked["attempts"] == [] and len(fleet.sims[0].records) == 2
+        fine = await fleet.wait((await fleet.submit(image_workflow(2)))["id"])
+        assert fine["status"] == "succeeded"  # another workflow is not affected
+        listed = (await fleet.http.get("/api/v2/backends")).json()["workflow_breakers"]
+        assert [(b["job_type"], b["status"]) for b in listed] == [("image", "open")]
+        assert [(t["from"], t["to"]) for t in listed[0]["transitions"]] == [("closed", "open")]
+
+
+def test_backends_file_parses_and_rejects_mistakes_plainly():
+    parsed = parse_fleet({"backends": [{"name": "gpu-1", "url": "http://10.0.0.5:8188/", "capacity": 2,
+                                        "tags": ["lora"], "headers": {"Authorization": "Bearer x"}},
+                                       {"url": "http://10.0.0.6:8188"}],
+                          "job_types": {"lora_training": {"tags": ["lora"], "fallback": [["a100"], ["h100"]],
+                                                          "max_attempts": 4, "backoff_cap_s": 30}}})
+    gpu1, gpu2 = parsed.backends
+    assert (gpu1.name, gpu1.url, gpu1.capacity, gpu1.tags) == ("gpu-1", "http://10.0.0.5:8188", 2, ("lora",))
+    assert gpu2.name == "10.0.0.6:8188" and gpu2.capacity == 1
+    assert parsed.routing["lora_training"].fallback == (("a100",), ("h100",))
+    assert parsed.retry["lora_training"].max_attempts == 4 and parsed.retry["lora_training"].cap_s == 30
+    for bad, words in [({"backends": [{"url": "gpu:8188"}]}, r"not an http\(s\) URL"),
+                       ({"backends": [{"url": "http://a", "capacity": 0}]}, "capacity"),
+                       ({"backends": [{"url": "http://a", "tags": "lora"}]}, "tags"),
+                       ({"backends": [{"url": "http://a"}, {"url": "http://a"}]}, "unique"),
+                       ({"backends": [{"url": "http://a", "colour": 1}]}, "unknown key"),
+                       ({"job_types": {"x": {"max_attempts": 0}}}, "max_attempts"),
+                       ({"job_types": {"x": {"fallback": ["a100"]}}}, "fallback"),
+                       ({"workers": 3}, "unknown section")]:
+        with pytest.raises(ConfigError, match=words):
+            parse_fleet(bad)

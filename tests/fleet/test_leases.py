@@ -1,0 +1,106 @@
+"""Capacity slot leases and the registry in Redis, and what a dispatcher sees of them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+
+from comfyfleet.domain.job import Job, JobStatus
+from comfyfleet.runtime.dispatcher import Dispatcher, DispatchSettings
+from comfyfleet.store.fleet import BackendRecord, FleetStore
+
+
+def record(name: str, capacity: int = 1, **extra) -> BackendRecord:
+    return BackendRecord(name=name, url=f"http://{name}.invalid", capacity=capacity, **extra)
+
+
+def job(job_id: str) -> Job:
+    return Job(id=job_id, status=JobStatus.QUEUED, created_at=0.0)
+
+
+async def test_concurrent_acquires_never_exceed_capacity_and_spread_by_load(redis, keys):
+    fleet = FleetStore(redis, keys)
+    await fleet.seed([record("a", 2), record("b", 2), record("c", 2)])
+    candidates = [("a", 2, 0), ("b", 2, 0), ("c", 2, 0)]
+    taken = await asyncio.gather(*(fleet.acquire(candidates, f"job-{i}") for i in range(50)))
+    assert sorted(t for t in taken if t) == ["a", "a", "b", "b", "c", "c"]
+    assert await fleet.loads(["a", "b", "c"]) == {"a": 2, "b": 2, "c": 2}
+    assert await fleet.release("b", "job-x") is False
+    holder = next(f"job-{i}" for i, t in enumerate(taken) if t == "b")
+    assert await fleet.release("b", holder) is True
+    assert await fleet.acquire(candidates, "late") == "b"  # the least loaded is the only free one
+
+
+async def test_tiers_prefer_earlier_ones_and_least_loaded_inside_a_tier(redis, keys):
+    fleet = FleetStore(redis, keys)
+    await fleet.seed([record("a", 2), record("b", 2), record("c", 2)])
+    assert await fleet.acquire([("a", 2, 0)], "first") == "a"
+    assert await fleet.acquire([("a", 2, 0), ("b", 2, 0), ("c", 2, 1)], "second") == "b"
+    assert await fleet.acquire([("a", 2, 0), ("c", 2, 1)], "third") == "a"
+    assert await fleet.acquire([("a", 2, 0), ("c", 2, 1)], "fourth") == "c"  # tier 0 is full
+    assert await fleet.acquire([("b", 1, 0)], "probe") is None  # a half-open limit of 1
+
+
+async def test_leases_of_a_dead_worker_expire_and_renewal_keeps_them(redis, keys):
+    fleet = FleetStore(redis, keys, lease_ttl_s=10.0)
+    await fleet.seed([record("a")])
+    assert await fleet.acquire([("a", 1, 0)], "dead", now=1000.0) == "a"
+    assert await fleet.acquire([("a", 1, 0)], "other", now=1009.0) is None
+    await fleet.renew([("a", "dead")], now=1009.0)
+    assert await fleet.acquire([("a", 1, 0)], "other", now=1015.0) is None
+    assert await fleet.acquire([("a", 1, 0)], "other", now=1019.5) == "a"  # expired: reclaimed
+    assert await fleet.holders("a", now=1019.5) == ["other"]
+
+
+async def test_draining_and_removed_backends_give_no_slot_even_to_a_stale_candidate_list(redis, keys):
+    fleet = FleetStore(redis, keys)
+    await fleet.seed([record("a"), record("b")])
+    await fleet.update("a", state="draining")
+    assert await fleet.acquire([("a", 1, 0)], "j1") is None
+    await fleet.remove("b")
+    assert await fleet.acquire([("b", 1, 0)], "j2") is None
+    seeded_again = FleetStore(redis, keys)
+    await seeded_again.seed([record("a", capacity=3)])  # configuration refreshes, keeps the state
+    assert (await fleet.get("a")).state == "draining" and (await fleet.get("a")).capacity == 3
+
+
+async def test_a_waiting_job_starts_on_the_release_message_not_a_recheck(redis, keys):
+    fleet = FleetStore(redis, keys)
+    await fleet.seed([record("a")])
+    async with httpx.AsyncClient() as http:
+        # re-checks every 60 s and re-reads the registry every 60 s: only pub/sub can be in time
+        settings = DispatchSettings(slot_wait_s=120.0, recheck_s=60.0, refresh_s=60.0)
+        dispatcher = Dispatcher(fleet, http=http, settings=settings)
+        await dispatcher.start()
+        try:
+            first = await dispatcher.acquire(job("j1"), wait_s=0)
+            assert first.backend is not None and first.backend.name == "a"
+            waiting = asyncio.create_task(dispatcher.acquire(job("j2")))
+            await asyncio.sleep(0.2)
+            assert not waiting.done()
+            await dispatcher.release("a", "j1")
+            second = await asyncio.wait_for(waiting, timeout=10)  # a safety net, far below 60 s
+            assert second.backend is not None and second.backend.name == "a"
+            assert (await dispatcher.acquire(job("j3"), wait_s=0)).backend is None  # no attempt spent
+        finally:
+            await dispatcher.close()
+
+
+async def test_every_dispatcher_sees_registry_changes_by_pubsub(redis, keys):
+    fleet = FleetStore(redis, keys)
+    await fleet.seed([record("a")])
+    async with httpx.AsyncClient() as http:
+        watcher = Dispatcher(FleetStore(redis, keys), http=http, settings=DispatchSettings(refresh_s=60.0))
+        await watcher.start()
+        try:
+            await fleet.update("a", state="draining")
+            await fleet.add(record("b", tags=("lora",)))
+            async with asyncio.timeout(10):  # refresh_s is 60 s: the message did it
+                while watcher.snapshot.backends["a"].state != "draining" or "b" not in watcher.snapshot.backends:
+                    await asyncio.sleep(0.01)
+            assert watcher.by_name("b").config.tags == ("lora",)
+        finally:
+            await watcher.close()
+    assert json.loads(await redis.hget(keys.fleet_backends, "b"))["tags"] == ["lora"]
