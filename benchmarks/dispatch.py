@@ -126,7 +126,7 @@ async def measure(args: argparse.Namespace, work: Path) -> dict:
             for i in range(20):
                 job = (await http.post("/api/v2/jobs", json={"workflow": workflow(i)})).json()
                 await wait_for_job(http, job["id"])
-            latencies = []
+            latencies, phases = [], {"api": [], "queue_to_dispatch": [], "dispatch_to_prompt": []}
             for i in range(args.idle_jobs):
                 sent = time.time()
                 job = (await http.post("/api/v2/jobs", json={"workflow": workflow(1000 + i)})).json()
@@ -134,6 +134,10 @@ async def measure(args: argparse.Namespace, work: Path) -> dict:
                 prompt_id = done["attempts"][-1]["prompt_id"]
                 started = await wait_until(lambda: asyncio.sleep(0, starts(record_file).get(prompt_id)), 10)
                 latencies.append((started - sent) * 1000)
+                created, dispatched = epoch(done["created_at"]), epoch(done["attempts"][-1]["started_at"])
+                phases["api"].append((created - sent) * 1000)
+                phases["queue_to_dispatch"].append((dispatched - created) * 1000)
+                phases["dispatch_to_prompt"].append((started - dispatched) * 1000)
                 await asyncio.sleep(0.02)
 
             await set_all(http, names, "disabled")
@@ -169,7 +173,8 @@ async def measure(args: argparse.Namespace, work: Path) -> dict:
                       "simulated_work_s": 0.0},
             "idle_latency_ms": {"jobs": len(latencies), "median": round(statistics.median(latencies), 2),
                                 "p99": round(percentile(latencies, 0.99), 2),
-                                "max": round(max(latencies), 2)},
+                                "max": round(max(latencies), 2),
+                                "median_parts": {k: round(statistics.median(v), 2) for k, v in phases.items()}},
             "throughput": {"jobs": args.jobs, "succeeded": len(succeeded),
                            "submitted_per_s": round(args.jobs / submit_s, 1),
                            "dispatched_per_s": round(len(new_starts) / (last_start - enabled_at), 1),

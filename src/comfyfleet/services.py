@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from .blobs import LocalBlobStore
-from .comfy.client import ComfyClient, ClientTimeouts
+from .comfy.client import ClientTimeouts
 from .errors import StoreError
 from .queue import JobQueue
 from .runtime.dispatcher import BackendConfig, Dispatcher, DispatchSettings, records_from
@@ -71,9 +71,7 @@ async def open_services(config: ServiceConfig) -> AsyncIterator[Services]:
         stack.push_async_callback(http.aclose)
         fleet = FleetStore(redis, keys, lease_ttl_s=config.lease_ttl_s)
         await fleet.seed(records_from(config.backends))  # configured backends join the registry
-        dispatcher = Dispatcher(fleet, http=http, settings=config.dispatch,
-                                client_factory=lambda r: ComfyClient(r.url, http=http, name=r.name,
-                                                                     headers=dict(r.headers)))
+        dispatcher = Dispatcher(fleet, settings=config.dispatch)  # an HTTP pool per backend
         await dispatcher.start()
         stack.push_async_callback(dispatcher.close)
         blobs = LocalBlobStore(config.data_dir / "blobs")

@@ -25,7 +25,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ..comfy.client import ComfyClient
+import httpx
+
+from ..comfy.client import ClientTimeouts, ComfyClient
 from ..domain.failures import FailureClass
 from ..domain.job import Job
 from ..domain.policy import BreakerState, BreakerStatus, CircuitBreaker
@@ -157,15 +159,20 @@ class _Waiter:
 
 
 class Dispatcher:
-    def __init__(self, fleet: FleetStore, *, http, settings: DispatchSettings = DispatchSettings(),
+    def __init__(self, fleet: FleetStore, *, http=None, settings: DispatchSettings = DispatchSettings(),
                  clock: Callable[[], float] = time.time,
                  client_factory: Callable[[BackendRecord], ComfyClient] | None = None) -> None:
+        """Backend clients come from ``client_factory``, else share ``http``, else each backend
+        gets an HTTP connection pool of its own (the default for a fleet: one pool shared by many
+        backends scans all its connections on every request)."""
         self.fleet = fleet
         self.settings = settings
-        self._http = http
         self._clock = clock
-        self._client_factory = client_factory or (
-            lambda r: ComfyClient(r.url, http=http, name=r.name, headers=dict(r.headers)))
+        self._pools: list[httpx.AsyncClient] = []
+        if client_factory is None and http is not None:
+            client_factory = lambda r: ComfyClient(r.url, http=http, name=r.name,  # noqa: E731
+                                                   headers=dict(r.headers))
+        self._client_factory = client_factory or self._own_client
         self._snapshot: FleetSnapshot | None = None
         self._backends: dict[str, Backend] = {}
         self._turn = itertools.count()
@@ -195,6 +202,14 @@ class Dispatcher:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        pools, self._pools = self._pools, []
+        await asyncio.gather(*(pool.aclose() for pool in pools), return_exceptions=True)
+
+    def _own_client(self, record: BackendRecord) -> ComfyClient:
+        pool = httpx.AsyncClient(limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+                                 timeout=ClientTimeouts().httpx())
+        self._pools.append(pool)
+        return ComfyClient(record.url, http=pool, name=record.name, headers=dict(record.headers))
 
     async def refresh(self) -> FleetSnapshot:
         snapshot = await self.fleet.snapshot()
@@ -317,6 +332,11 @@ class Dispatcher:
             await self.fleet.release(name, holder)
         except StoreError as exc:  # the lease expires by itself
             log.warning("fleet: could not release the slot of %s on %s: %s", holder, name, exc)
+
+    def forget(self, holder: str) -> None:
+        """Stop renewing ``holder``'s slot here without releasing it (a job handed back while
+        its prompt runs: the runner that takes it over holds the slot on, else it expires)."""
+        self._held.pop(holder, None)
 
     async def hold(self, name: str, holder: str) -> None:
         """Make sure ``holder`` has a renewed slot on ``name`` (a reattached job)."""

@@ -127,7 +127,12 @@ class Runner:
         last = job.history[-1] if job.history else None
         health = self._dispatcher.health
         if last is not None and last.backend == choice.backend.name and health is not None:
-            if (await health.check(choice.backend.name)).state == "down":  # check before retrying there
+            try:
+                down = (await health.check(choice.backend.name)).state == "down"  # before retrying there
+            except BaseException:
+                await self._dispatcher.release(choice.backend.name, job.id)
+                raise
+            if down:
                 await self._dispatcher.release(choice.backend.name, job.id)
                 self._fingerprints.pop(job.id, None)
                 return Verdict(run_at=self._clock() + self._settings.no_backend_delay_s)
@@ -200,7 +205,9 @@ class Runner:
             await tracker.close()
             await sink.close()
             await self.flush_counters()
-            if not handed_back:  # the prompt is over on its backend: free the slot before collecting
+            if handed_back:  # the next runner holds the slot on; unheld, it expires
+                self._dispatcher.forget(job.id)
+            else:  # the prompt is over on its backend: free the slot before collecting
                 await self._dispatcher.release(backend.name, job.id)
         try:
             if outcome is None:
