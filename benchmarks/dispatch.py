@@ -168,7 +168,8 @@ async def measure(args: argparse.Namespace, work: Path) -> dict:
         last_start = max(new_starts.values())
         last_done = max(epoch(j["completed_at"]) for j in succeeded)
         return {
-            "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+            "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+                        "load_average_1m_at_end": round(os.getloadavg()[0], 2)},
             "setup": {"simulators": args.sims, "capacity_each": 1, "worker_processes": args.workers,
                       "simulated_work_s": 0.0},
             "idle_latency_ms": {"jobs": len(latencies), "median": round(statistics.median(latencies), 2),

@@ -215,11 +215,12 @@ class Dispatcher:
         snapshot = await self.fleet.snapshot()
         for name, record in snapshot.backends.items():
             known = self._backends.get(name)
-            if known is None or known.config.url != record.url or known.config.headers != record.headers \
-                    or known.config.capacity != record.capacity or known.config.tags != record.tags:
-                config = BackendConfig(name=name, url=record.url, capacity=record.capacity,
-                                       tags=record.tags, headers=dict(record.headers))
+            config = BackendConfig(name=name, url=record.url, capacity=record.capacity,
+                                   tags=record.tags, headers=dict(record.headers))
+            if known is None or known.config.url != record.url or known.config.headers != record.headers:
                 self._backends[name] = Backend(config=config, client=self._client_factory(record))
+            elif known.config != config:
+                known.config = config  # same server: keep its client and connections
         self._snapshot = snapshot
         return snapshot
 
