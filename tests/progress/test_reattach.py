@@ -22,7 +22,7 @@ async def test_reattached_job_gets_live_progress_under_the_recorded_client_id(va
     async with running_fleet(valkey_url, tmp_path, sims=1,
                              sim_config=SimConfig(step_s=0.05, name="sim-0")) as fleet:
         store, sim = fleet.services.store, fleet.sims[0]
-        graph = workflow(40)
+        graph = workflow(80)
         now = time.time()
         job = Job(id=str(uuid.uuid4()), status=JobStatus.QUEUED, created_at=now, updated_at=now,
                   deadline_at=now + 600)

@@ -113,9 +113,9 @@ async def test_reattach_opens_the_recorded_client_id_and_progress_resumes(rig):
 async def test_waiting_in_the_servers_queue_is_not_a_fallback(rig):
     """Silence while our prompt is pending behind another one is expected: probe, keep the socket."""
     blocker_client = str(uuid.uuid4())
-    await rig.submit(workflow(25), blocker_client)
+    await rig.submit(workflow(80), blocker_client)  # 2.4 s: the watchdog runs out while we wait
     graph, client_id, listener = workflow(3), str(uuid.uuid4()), RecordingListener()
-    tracker = rig.tracker("", client_id, graph, listener, watchdog_s=0.2)
+    tracker = rig.tracker("", client_id, graph, listener, watchdog_s=0.8)
     await tracker.connect()
     tracker.prompt_id = await rig.submit(graph, client_id)
     outcome = await tracker.follow()
