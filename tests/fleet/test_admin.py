@@ -118,3 +118,27 @@ async def test_cli_lists_backends_with_state_load_and_breaker(fleet):
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     _, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 1 and "no backend named 'ghost'" in err.decode()
+
+
+async def test_a_job_type_falls_back_to_its_next_group_when_the_first_has_no_healthy_backend(
+        valkey_url, tmp_path):
+    fleet_file = tmp_path / "fleet.toml"
+    fleet_file.write_text('[job_types.image]\nfallback = [["primary"], ["spare"]]\n')
+    async with running_fleet(valkey_url, tmp_path, sims=2, sim_config=SimConfig(step_s=0.01),
+                             backends_file=fleet_file, health_interval_s=0.2) as fleet:
+        first, second = fleet.sims
+        for name, sim, tag in (("p", first, "primary"), ("s", second, "spare")):
+            created = await fleet.http.post("/api/v2/backends", json={"name": name, "url": sim.url,
+                                                                      "tags": [tag]})
+            assert created.status_code == 201
+        for name in ("sim-0", "sim-1"):  # the untagged entries of the same servers
+            await fleet.http.delete(f"/api/v2/backends/{name}")
+        used = [(await fleet.wait((await fleet.submit(image_workflow(2, seed=i)))["id"]))["attempts"][-1]["backend"]
+                for i in range(3)]
+        assert used == ["p", "p", "p"]  # the first group while it can take work
+        await first.set_refusing(True)
+        async with asyncio.timeout(20):
+            while (await fleet.http.get("/api/v2/backends/p")).json()["state"] != "down":
+                await asyncio.sleep(0.05)
+        done = await fleet.wait((await fleet.submit(image_workflow(2, seed=9)))["id"])
+        assert done["status"] == "succeeded" and [a["backend"] for a in done["attempts"]] == ["s"]

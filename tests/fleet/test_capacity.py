@@ -4,7 +4,7 @@ No backend ever holds two of our prompts: on each backend, every attempt is writ
 POST /prompt) only after the previous prompt there ended, as recorded by the simulator. And no
 backend idles while jobs wait: every gap between a prompt's end and the next start on the same
 backend, while some job had still not started anywhere, is short against the job's length
-(measured and printed; the bound is a generous safety net, not a timing target).
+(measured and printed; the bounds are generous safety nets, not timing targets).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from comfyfleet.domain.job import JobStatus
 from comfyfleet.sim import SimConfig, Simulator
 from helpers.fleet import image_workflow
 
-JOBS, STEPS, STEP_S = 24, 10, 0.05
+JOBS, STEPS, STEP_S = 24, 10, 0.08
 JOB_S = STEPS * STEP_S
 
 
@@ -47,16 +47,21 @@ async def test_four_workers_never_overfill_three_backends_and_keep_them_busy(val
             by_backend[attempt.backend].append(attempt)
     assert len(by_backend) == 3, "every backend took work"
     last_start = max(r.started_at for r in ended.values())  # until then some job was waiting
-    gaps = []
+    gaps, to_dispatch = [], []
     for name, attempts in by_backend.items():
         attempts.sort(key=lambda a: a.started_at)
         for earlier, later in zip(attempts, attempts[1:]):
             finished = ended[earlier.prompt_id].ended_at
             assert later.started_at >= finished, f"{name} was given a prompt while one was running"
             gaps.append(ended[later.prompt_id].started_at - finished)
+            to_dispatch.append(later.started_at - finished)  # end -> next write-ahead on it
         tail = ended[attempts[-1].prompt_id].ended_at
         if tail < last_start:  # idle at the end while a job still waited to start elsewhere
             gaps.append(last_start - tail)
     print(f"\n{len(gaps)} gaps while jobs waited: max {max(gaps) * 1000:.1f} ms, "
-          f"mean {sum(gaps) / len(gaps) * 1000:.1f} ms (job length {JOB_S * 1000:.0f} ms)")
-    assert max(gaps) < JOB_S / 2, gaps
+          f"mean {sum(gaps) / len(gaps) * 1000:.1f} ms (job length {JOB_S * 1000:.0f} ms); "
+          f"prompt end -> next dispatch there: max {max(to_dispatch) * 1000:.1f} ms, "
+          f"mean {sum(to_dispatch) / len(to_dispatch) * 1000:.1f} ms")
+    # Waking on the release message keeps these to tens of milliseconds on a quiet machine; a
+    # worker that only re-checked (0.25-0.75 s) would average a third of a job or more.
+    assert sum(gaps) / len(gaps) < JOB_S / 4 and max(gaps) < JOB_S, (gaps, to_dispatch)
