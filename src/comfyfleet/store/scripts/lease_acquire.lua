@@ -28,6 +28,9 @@ for i = 2, #KEYS do
         local ratio = load / capacity
         if best == nil or ratio < best_ratio then
           best, best_key, best_tier, best_ratio = name, KEYS[i], tier, ratio
+          if ratio == 0 then
+            break  -- an idle backend: nothing later can be less loaded
+          end
         end
       end
     end
