@@ -99,3 +99,24 @@ def test_backends_file_parses_and_rejects_mistakes_plainly():
                        ({"workers": 3}, "unknown section")]:
         with pytest.raises(ConfigError, match=words):
             parse_fleet(bad)
+
+
+async def test_a_spread_round_spaces_its_checks_instead_of_one_burst(redis, keys):
+    async with Simulator(SimConfig(name="a")) as a, Simulator(SimConfig(name="b")) as b, \
+            Simulator(SimConfig(name="c")) as c, Simulator(SimConfig(name="d")) as d, \
+            httpx.AsyncClient() as http:
+        sims = (a, b, c, d)
+        fleet = FleetStore(redis, keys)
+        await fleet.seed([BackendRecord(name=s.config.name, url=s.url) for s in sims])
+        dispatcher = Dispatcher(fleet, http=http, settings=DispatchSettings(refresh_s=60.0))
+        await dispatcher.start()
+        monitor = HealthMonitor(dispatcher, settings=HealthSettings(interval_s=60.0, timeout_s=2.0))
+        try:
+            started = asyncio.get_running_loop().time()
+            await monitor.round(spread_s=0.6)
+            took_s = asyncio.get_running_loop().time() - started
+        finally:
+            await dispatcher.close()
+        assert all(s.requests["GET /system_stats"] == 1 for s in sims)
+        # four checks 0.15 s apart: the last cannot start before 0.45 s (a lower bound only)
+        assert took_s >= 0.45

@@ -181,6 +181,7 @@ class Dispatcher:
         self._held: dict[str, str] = {}  # holder (job id) -> backend name
         self._tasks: list[asyncio.Task] = []
         self._subscribed = asyncio.Event()
+        self._closing = False
         self.health = None  # a HealthMonitor once health checks run in this process
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -196,6 +197,7 @@ class Dispatcher:
                 await self._subscribed.wait()
 
     async def close(self) -> None:
+        self._closing = True  # redis-py's get_message can swallow a cancel: the loop checks this too
         if self.health is not None:
             await self.health.close()
         for task in self._tasks:
@@ -234,14 +236,14 @@ class Dispatcher:
 
     async def _listen(self) -> None:
         keys = self.fleet.keys
-        while True:
+        while not self._closing:
             pubsub = self.fleet.pubsub()
             try:
                 await pubsub.subscribe(keys.fleet_channel, keys.slots_channel)
                 if self._subscribed.is_set():  # re-subscribed: catch up on what was missed
                     await self.refresh()
                     self._wake_all()
-                while True:
+                while not self._closing:
                     message = await pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
                     if message is None:
                         continue
@@ -260,7 +262,8 @@ class Dispatcher:
                 await asyncio.sleep(0.5)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    async with asyncio.timeout(2.0):  # never let a stuck connection hold up shutdown
+                        await pubsub.aclose()
 
     # -- views -------------------------------------------------------------------------------
     @property

@@ -60,19 +60,32 @@ class HealthMonitor:
             self._task = None
 
     async def _run(self) -> None:
+        spread_s = 0.0  # the first round checks everything at once; later ones spread out
         while True:
+            started = time.monotonic()
             try:
-                await self.round()
+                await self.round(spread_s=spread_s)
             except StoreError as exc:
                 log.warning("health checks: %s", exc)
             self._first_round.set()
-            await asyncio.sleep(self.settings.interval_s)
+            spread_s = self.settings.interval_s
+            await asyncio.sleep(max(0.0, self.settings.interval_s - (time.monotonic() - started)))
 
-    async def round(self) -> None:
+    async def round(self, *, spread_s: float = 0.0) -> None:
+        """Check every backend this process holds the check claim for. With ``spread_s``, the
+        checks are spaced evenly over that time instead of all at once, so a large fleet never
+        makes one burst of requests and work on this process's event loop stays smooth."""
         snapshot = self._dispatcher.snapshot or await self._dispatcher.refresh()
-        due = [name for name in snapshot.backends
-               if await self._fleet.claim_check(name, self._owner, self.settings.interval_s * 0.9)]
-        await asyncio.gather(*(self.check(name) for name in due))
+        names = list(snapshot.backends)
+        spacing_s = spread_s / len(names) if names else 0.0
+
+        async def check_in_turn(index: int, name: str) -> None:
+            if spacing_s:
+                await asyncio.sleep(index * spacing_s)
+            if await self._fleet.claim_check(name, self._owner, self.settings.interval_s * 0.9):
+                await self.check(name)
+
+        await asyncio.gather(*(check_in_turn(i, name) for i, name in enumerate(names)))
 
     async def check(self, name: str) -> BackendHealth:
         """Probe ``name`` now, store the result, feed its breaker, and return it."""
