@@ -91,6 +91,35 @@ def worker(backend: Optional[list[str]] = BACKEND, redis_url: Optional[str] = RE
                                          backends_file=backends_file)))
 
 
+@app.command()
+def cleanup(redis_url: Optional[str] = REDIS, data_dir: Optional[Path] = DATA,
+            key_prefix: Optional[str] = PREFIX,
+            retention_s: Optional[float] = typer.Option(None, "--retention-s", help="keep finished jobs this long (default 7 days)"),
+            dry_run: bool = typer.Option(False, "--dry-run", help="report only, delete nothing"),
+            as_json: bool = typer.Option(False, "--json", help="print the report as JSON")) -> None:
+    """Delete finished jobs past retention with their blobs; repair indexes; requeue lost entries."""
+    from .operations import run_cleanup
+
+    run(lambda: run_cleanup(settings_from(redis_url=redis_url, data_dir=data_dir, key_prefix=key_prefix,
+                                          retention_s=retention_s), dry_run=dry_run, as_json=as_json))
+
+
+@app.command()
+def recover(backend: Optional[list[str]] = BACKEND, redis_url: Optional[str] = REDIS,
+            data_dir: Optional[Path] = DATA, key_prefix: Optional[str] = PREFIX,
+            dry_run: bool = typer.Option(False, "--dry-run", help="show what a reconcile would do"),
+            as_json: bool = typer.Option(False, "--json", help="print the plan as JSON")) -> None:
+    """Show what reconciling the active jobs with their backends would do (--dry-run)."""
+    from .operations import run_recover_plan
+
+    if not dry_run:
+        typer.echo("comfyfleet: workers reconcile active jobs themselves (at start and every few "
+                   "seconds); use --dry-run to see what they would do", err=True)
+        raise typer.Exit(2)
+    run(lambda: run_recover_plan(settings_from(backends=backend, redis_url=redis_url, data_dir=data_dir,
+                                               key_prefix=key_prefix), as_json=as_json))
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def sim(ctx: typer.Context) -> None:
     """Run a ComfyUI simulator (see --help of the simulator for options)."""

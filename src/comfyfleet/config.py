@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     retention_s: float = 7 * 86400.0
     active_ttl_s: float = 2 * 3600.0  # a running job's record lives this long past its last heartbeat
     lease_s: float = 6.0  # a job's claim outlives its worker's last heartbeat by this much
+    blob_grace_s: float = 3600.0  # an unreferenced blob younger than this is kept
+    maintenance_interval_s: float = 600.0  # retention, index and blob cleanup this often
     concurrency: int = 64
     backends_file: Path | None = None  # TOML: [[backends]] and [job_types.*] (see fleetfile.py)
     health_interval_s: float = Field(5.0, gt=0)

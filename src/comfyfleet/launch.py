@@ -24,6 +24,7 @@ from .domain.job import Job
 from .domain.policy import CircuitBreaker
 from .domain.spec import policy_for
 from .errors import ConfigError
+from .runtime.maintenance import Maintenance, MaintenanceSettings
 from .runtime.recovery import Recovery
 from .runtime.dispatcher import DispatchSettings
 from .runtime.fleet_admin import FleetAdmin
@@ -33,6 +34,7 @@ from .runtime.supervisor import WorkerSupervisor
 from .runtime.worker import Worker, WorkerSettings
 from .services import ServiceConfig, Services, open_services
 from .store.claims import Claims
+from .store.connection import connect
 from .store.embedded import EmbeddedValkey
 from .store.stats import TrackingStats
 
@@ -113,12 +115,13 @@ def build_worker(services: Services, settings: Settings) -> Worker:
                     dispatcher=services.dispatcher, worker_id=worker_id,
                     settings=runner_settings(settings),
                     stats=TrackingStats(services.redis, services.keys))
-    claims = Claims(services.redis, services.keys, lease_s=settings.lease_s)
+    claims = Claims(connect(services.config.redis_url, max_connections=4), services.keys,
+                    lease_s=settings.lease_s, owns_client=True)
     recovery = Recovery(store=services.store, claims=claims, dispatcher=services.dispatcher,
                         clock=services.clock)
 
     async def requeue(job_id: str, run_at: float) -> None:
-        await services.queue.enqueue(await services.store.get(job_id), not_before=run_at)
+        await services.queue.wake(await services.store.get(job_id))
 
     return Worker(redis_url=services.config.redis_url, keys=services.keys, runner=runner,
                   claims=claims, recovery=recovery, requeue=requeue,
@@ -132,6 +135,18 @@ def runner_settings(settings: Settings) -> RunnerSettings:
     return RunnerSettings(progress_throttle_s=settings.progress_throttle_s, tracker=tracker,
                           node_weights_by_type=settings.progress_node_weights,
                           retry_by_type=settings.fleet_file().retry)
+
+
+def maintenance_for(services: Services, settings: Settings) -> Maintenance:
+    recovery = Recovery(store=services.store, claims=Claims(services.redis, services.keys,
+                                                            lease_s=settings.lease_s),
+                        dispatcher=services.dispatcher, clock=services.clock)
+    return Maintenance(redis=services.redis, keys=services.keys, store=services.store,
+                       blobs=services.blobs, queue=services.queue, recovery=recovery,
+                       settings=MaintenanceSettings(retention_s=settings.retention_s,
+                                                    blob_grace_s=settings.blob_grace_s,
+                                                    interval_s=settings.maintenance_interval_s),
+                       clock=services.clock)
 
 
 def _worker_id() -> str:
@@ -209,10 +224,12 @@ async def run_worker(settings: Settings) -> None:
     async with open_services(service_config(settings, settings.redis_url)) as services:
         worker = build_worker(services, settings)
         await worker.start()
+        housekeeping = asyncio.create_task(maintenance_for(services, settings).loop())
         print(f"comfyfleet worker {worker.worker_id} running", flush=True)
         try:
             await until_signalled()
         finally:
+            housekeeping.cancel()
             await worker.stop()
 
 
@@ -233,11 +250,13 @@ async def run_serve(settings: Settings) -> None:
         await supervisor.start()
         try:
             api = await start_api(build_app(services, settings), settings.host, settings.port)
+            housekeeping = asyncio.create_task(maintenance_for(services, settings).loop())
             print(f"comfyfleet serving on {settings.base_url} "
                   f"({settings.workers} worker(s), Redis {url})", flush=True)
             try:
                 await until_signalled()
             finally:
+                housekeeping.cancel()
                 await api.stop()
         finally:
             await supervisor.stop()

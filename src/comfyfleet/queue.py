@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from bullmq import Job as BullJob
 from bullmq import Queue
 
 from .domain.job import Job
@@ -53,6 +54,17 @@ class JobQueue:
         if at is not None:
             opts["delay"] = max(0, int((at - time.time()) * 1000))
         await self._queues[lane_of(job)].add("run", {"job_id": job.id}, opts)
+
+    async def wake(self, job: Job) -> None:
+        """Make the job's entry due now: promote a delayed one, add one when it is missing."""
+        queue = self._queues[lane_of(job)]
+        state = await queue.getJobState(job.id)
+        if state == "unknown":
+            await self.enqueue(job)
+        elif state == "delayed":
+            entry = await BullJob.fromId(queue, job.id)
+            if entry is not None:
+                await entry.promote()
 
     async def state_of(self, job: Job) -> str:
         """bullmq's state of the job's entry ("unknown" when there is none)."""

@@ -61,6 +61,8 @@ async def test_serve_restart_reattaches_running_jobs_without_resubmitting(tmp_pa
         stop_started = time.time()
         assert await first.stop() == 0, first.output()
         stop_s = time.time() - stop_started
+        assert all(r.ended_at is None for s in sims for r in s.records), \
+            "serve waited for the running jobs instead of handing them back"
         launched = time.time()
         second = Child(argv, tmp_path / "serve2.log")
         await second.wait_for("comfyfleet serving on", timeout_s=60)
@@ -100,7 +102,6 @@ async def test_serve_restart_reattaches_running_jobs_without_resubmitting(tmp_pa
             assert job.history[0].prompt_id == before[job.id].current.prompt_id
         assert sum(s.requests["POST /prompt"] for s in sims) == 3, "a prompt was submitted again"
         assert sorted(len(s.records) for s in sims) == [1, 1, 1]
-        assert stop_s < STEPS * STEP_S / 2, "serve waited for the running jobs instead of handing back"
     finally:
         for child in (first, second):
             if child is not None:

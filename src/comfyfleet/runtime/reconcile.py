@@ -120,6 +120,11 @@ class BackendView:
             else:
                 self._queues[name] = None
 
+    def seen(self, backend: str, prompt_id: str) -> PromptState | None:
+        """Running or pending in the snapshot, else None (then ask ``state``); no I/O."""
+        where = self._index.get(backend, {}).get(prompt_id)
+        return PromptState(Where(where)) if where is not None else None
+
     async def state(self, backend: str, prompt_id: str) -> PromptState:
         client = self._clients.get(backend)
         if client is None:

@@ -14,10 +14,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..domain import transitions
 from ..domain.job import Job, JobStatus
 from ..store.claims import Claims
 from .dispatcher import Dispatcher
-from .reconcile import BackendView, Where, decide
+from .reconcile import Action, BackendView, Where, decide
 
 RECONCILED = (JobStatus.RUNNING, JobStatus.CANCELING)
 
@@ -65,6 +66,19 @@ class Recovery:
         return [job for job, holder in await self.active()
                 if holder is None and job.status in RECONCILED and job.current is not None]
 
+    async def mark_reattached(self, jobs: list[Job], view: BackendView, worker_id: str) -> dict[str, Job]:
+        """Record ``worker_id`` on every job whose prompt the snapshot shows running or pending
+        (a heartbeat, all in pipelined writes); return those records by id. The rest need a
+        closer look by the runner (history, loss, deadline, cancel)."""
+        now = self._clock()
+        changes = []
+        for job in jobs:
+            state = view.seen(job.current.backend, job.current.prompt_id) if job.current else None
+            if state is not None and decide(job, state, now) is Action.REATTACH:
+                changes.append((job, transitions.apply(job, transitions.Heartbeat(worker_id), now)))
+        landed = await self._store.save_many(changes)
+        return {after.id: after for (_, after), ok in zip(changes, landed) if ok}
+
     async def plan(self) -> list[PlannedStep]:
         """What a reconcile would do to every active job now (read-only)."""
         now = self._clock()
@@ -95,8 +109,13 @@ class Recovery:
                 claimed_by=holder, backend_says=says, action=action))
         return steps
 
+    async def missing_from_queue(self, queue) -> list[str]:  # type: ignore[no-untyped-def]
+        """Queued jobs without a queue entry (lost with an unsynced Redis write)."""
+        return [job.id for job, _holder in await self.active()
+                if job.status is JobStatus.QUEUED and await queue.state_of(job) == "unknown"]
+
     async def requeue_missing(self, queue) -> list[str]:  # type: ignore[no-untyped-def]
-        """Queued jobs without a queue entry (lost with an unsynced Redis write): enqueue again."""
+        """Enqueue again every queued job that has no queue entry; return their ids."""
         requeued = []
         for job, _holder in await self.active():
             if job.status is JobStatus.QUEUED and await queue.state_of(job) == "unknown":

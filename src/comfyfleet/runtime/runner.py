@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
+from ..comfy.client import HistoryEntry
 from ..comfy.tracker import Outcome, PromptTracker, TrackerCounters, TrackerSettings
 from ..domain import transitions as t
 from ..domain.failures import Failure, FailureKind, classify, error_code
@@ -39,7 +40,8 @@ Fence = Callable[[], Awaitable[bool]]
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunnerSettings:
     progress_throttle_s: float = 1.0
-    heartbeat_s: float = 5.0
+    heartbeat_s: float = 5.0  # record heartbeat (slides the active TTL); the claim lease is renewed by the worker
+    attach_concurrency: int = 32  # reattaching jobs opening their socket at once
     no_backend_delay_s: float = 1.0
     no_slot_delay_s: float = 0.05  # no slot after waiting in the worker: back to the queue this soon
     cancel_grace_s: float = 5.0
@@ -78,14 +80,20 @@ class Runner:
         self._clock = clock
         self._rng = rng or random.Random()
         self.counters: dict[str, TrackerCounters] = defaultdict(TrackerCounters)
+        self._attach_gate = asyncio.Semaphore(settings.attach_concurrency)
         self._flusher = CounterFlusher(stats, self.counters) if stats is not None else None
         self._fingerprints: dict[str, str] = {}  # job id -> workflow fingerprint, while it runs
 
     async def run(self, job_id: str, *, view: BackendView | None = None,
-                  fence: Fence | None = None) -> Verdict:
+                  fence: Fence | None = None, reattached: Job | None = None) -> Verdict:
         """Take the job one step further. ``fence`` answers whether this runner still owns the
         job (its claim); it is asked right before ``POST /prompt``. ``view`` shares one ``/queue``
-        read per backend among many jobs reconciled at once."""
+        read per backend among many jobs reconciled at once; ``reattached`` is the record of a
+        job already reconciled and marked ours by that sweep (track it straight away)."""
+        if reattached is not None and reattached.current is not None:
+            backend = self._dispatcher.by_name(reattached.current.backend)
+            if backend is not None:
+                return await self._attempt(reattached, backend, submit=False, fence=fence)
         job = await self._store.get(job_id)
         now = self._clock()
         if job.is_terminal:
@@ -172,7 +180,11 @@ class Runner:
         current = job.current
         assert current is not None
         if workflow is None:
-            workflow = await self._store.workflow(job.id)
+            if submit:
+                workflow = await self._store.workflow(job.id)
+            else:
+                async with self._attach_gate:
+                    workflow = await self._store.workflow(job.id)
         self._fingerprints[job.id] = workflow_fingerprint(workflow)
         await self._dispatcher.hold(backend.name, job.id)  # a reattached job keeps its slot
         sink = ProgressSink(self._store, self._events, job.id,
@@ -187,8 +199,8 @@ class Runner:
         heartbeat = asyncio.create_task(self._heartbeat(job.id))
         handed_back = False
         try:
-            await tracker.connect()  # before POST /prompt, so no event is missed
             if submit:
+                await tracker.connect()  # before POST /prompt, so no event is missed
                 if fence is not None and not await fence():
                     raise ClaimLost(f"job {job.id}: another runner owns it now; not submitting")
                 failure = await self._submit(job, backend, workflow)
@@ -196,7 +208,14 @@ class Runner:
                     await tracker.close()
                     await self._dispatcher.release(backend.name, job.id)
                     return await self._failed(job, failure)
-            outcome = await self._follow(job, backend, tracker)
+                outcome = await self._follow(job, backend, tracker)
+            else:
+                # Reattach. Sockets open a few at a time (a start-up sweep may bring thousands);
+                # a prompt that ended before ours opened sent its events to nobody: ask history.
+                async with self._attach_gate:
+                    await tracker.connect()
+                    entry = await self._history_now(backend, job.current.prompt_id)
+                outcome = Outcome(entry.outcome, entry) if entry else await self._follow(job, backend, tracker)
         except (asyncio.CancelledError, ClaimLost):
             handed_back = True  # the prompt may still run there: its slot stays with the job
             raise
@@ -215,6 +234,12 @@ class Runner:
             return await self._conclude(job.id, backend, outcome)
         finally:
             self._fingerprints.pop(job.id, None)
+
+    async def _history_now(self, backend: Backend, prompt_id: str) -> HistoryEntry | None:
+        try:
+            return await backend.client.history(prompt_id)
+        except BackendError:
+            return None  # the tracker finds out
 
     async def _submit(self, job: Job, backend: Backend, workflow: dict) -> Failure | None:
         current = job.current

@@ -9,7 +9,8 @@ Redis key with a lease that this worker renews every ``renew_s`` together with i
 Two paths lead to a job:
 
 * bullmq delivers its queue entry: claim it and run it; if another runner holds the claim, the
-  entry goes back to the queue (delayed by one lease) and is looked at again later;
+  entry goes back to the queue, delayed by ``busy_recheck_s``; the holder wakes it when it
+  hands the job back to the queue (a retry), and a holder that dies is replaced by the sweep;
 * the orphan sweep (at start, then every ``sweep_s``): running jobs whose claim is gone (their
   worker stopped or died) are claimed and reconciled at once, without waiting for bullmq's
   stalled check. Their queue entries, wherever they are, find the claim taken and wait.
@@ -53,6 +54,7 @@ class WorkerSettings:
     worker_id: str = field(default_factory=lambda: f"w-{uuid.uuid4().hex[:10]}")
     renew_s: float = 1.5  # claims and liveness renewed this often (the lease is Claims.lease_s)
     sweep_s: float = 2.0  # orphaned running jobs looked for this often (and at start)
+    busy_recheck_s: float = 60.0  # a queue entry whose job another runner holds waits this long
 
 
 class Worker:
@@ -95,7 +97,7 @@ class Worker:
     async def _process(self, bull_job, token: str) -> None:
         job_id = (bull_job.data or {}).get("job_id") or bull_job.id
         self.jobs_started += 1
-        busy_at = time.time() + self._claims.lease_s
+        busy_at = time.time() + self._settings.busy_recheck_s
         claim = self._new_token()
         task: asyncio.Task | None = None
         try:
@@ -131,15 +133,24 @@ class Worker:
         won = await self._claims.acquire_many(tokens)
         if not won:
             return 0
-        view = self._recovery.view()
-        await view.load({job.current.backend for job in orphans if job.id in won})
         for job_id in won:
-            if self._stopping:
-                await self._claims.release(job_id, tokens[job_id])
-                continue
-            task = asyncio.create_task(self._drive_orphan(job_id, tokens[job_id], view))
-            self._tasks[job_id] = task
             self._held[job_id] = tokens[job_id]
+        taken = [job for job in orphans if job.id in won]
+        view = self._recovery.view()
+        await view.load({job.current.backend for job in taken})
+        try:
+            ready = await self._recovery.mark_reattached(taken, view, self.worker_id)
+        except StoreError as exc:
+            log.warning("could not mark reattached jobs at once: %s", exc)
+            ready = {}
+        for job in taken:
+            if self._stopping:
+                self._held.pop(job.id, None)
+                await self._claims.release(job.id, tokens[job.id])
+                continue
+            task = asyncio.create_task(self._drive_orphan(job.id, tokens[job.id], view,
+                                                          ready.get(job.id)))
+            self._tasks[job.id] = task
         self.reattached += len(won)
         log.info("took over %d orphaned job(s)", len(won))
         return len(won)
@@ -154,9 +165,9 @@ class Worker:
                 log.warning("orphan sweep failed: %s", exc)
             await asyncio.sleep(self._settings.sweep_s)
 
-    async def _drive_orphan(self, job_id: str, claim: str, view) -> None:  # type: ignore[no-untyped-def]
+    async def _drive_orphan(self, job_id: str, claim: str, view, reattached) -> None:  # type: ignore[no-untyped-def]
         try:
-            run_at = await self._drive(job_id, claim, view=view)
+            run_at = await self._drive(job_id, claim, view=view, reattached=reattached)
         except asyncio.CancelledError:
             return  # handed back or claim lost: the record keeps the attempt
         except StoreError as exc:
@@ -169,7 +180,8 @@ class Worker:
                 log.warning("job %s: could not requeue: %s", job_id, exc)
 
     # -- running one job under its claim -----------------------------------------------------
-    async def _drive(self, job_id: str, claim: str, *, view=None) -> float | None:  # type: ignore[no-untyped-def]
+    async def _drive(self, job_id: str, claim: str, *, view=None,  # type: ignore[no-untyped-def]
+                     reattached=None) -> float | None:
         """Run the job once under ``claim`` (already acquired); None when it is done, else when
         to look at it again. The claim is released however this ends."""
         task = asyncio.current_task()
@@ -177,13 +189,14 @@ class Worker:
         self._tasks.setdefault(job_id, task)
         try:
             verdict: Verdict = await self._runner.run(
-                job_id, view=view, fence=lambda: self._claims.holds(job_id, claim))
+                job_id, view=view, reattached=reattached,
+                fence=lambda: self._claims.holds(job_id, claim))
             return verdict.run_at
         except JobNotFound:
             return None  # removed by retention: nothing left to run
         except ClaimLost as exc:
             log.warning("%s", exc)
-            return time.time() + self._claims.lease_s
+            return time.time() + self._settings.busy_recheck_s
         except (asyncio.CancelledError, StoreError):
             raise
         except Exception as exc:  # noqa: BLE001 - one job never takes down others
@@ -249,3 +262,4 @@ class Worker:
             await self._claims.leave(self.worker_id)
         except StoreError:
             pass
+        await self._claims.close()

@@ -43,13 +43,21 @@ return 0
 class Claims:
     """Claims of one deployment (``keys``) with one lease length."""
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, *, lease_s: float = 6.0) -> None:
+    def __init__(self, redis: aioredis.Redis, keys: Keys, *, lease_s: float = 6.0,
+                 owns_client: bool = False) -> None:
+        """``owns_client``: ``close`` closes ``redis`` (a worker gives its claims a client of
+        their own, so renewals never queue behind job traffic in a busy pool)."""
         self._redis = redis
+        self._owns_client = owns_client
         self._keys = keys
         self.lease_s = lease_s
         self._lease_ms = max(1, int(lease_s * 1000))
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
+
+    async def close(self) -> None:
+        if self._owns_client:
+            await self._redis.aclose()
 
     async def acquire(self, job_id: str, token: str) -> bool:
         with translated(self._redis, f"claim of job {job_id}"):

@@ -28,14 +28,17 @@ MAX_CONNECTIONS = 200
 
 
 def connect(url: str, *, connect_timeout_s: float = CONNECT_TIMEOUT_S,
-            read_timeout_s: float = READ_TIMEOUT_S) -> aioredis.Redis:
-    """Return a client for ``url`` (redis://, rediss://, unix://); no I/O happens here."""
+            read_timeout_s: float = READ_TIMEOUT_S,
+            max_connections: int = MAX_CONNECTIONS) -> aioredis.Redis:
+    """Return a client for ``url`` (redis://, rediss://, unix://); no I/O happens here.
+
+    A blocking pool of at most ``max_connections``: a burst of concurrent commands waits for a
+    connection (bounded by ``read_timeout_s``) instead of failing with "Too many connections",
+    so thousands of concurrent jobs cannot exhaust the server's client limit."""
     try:
-        # A blocking pool: a burst of concurrent commands waits for a connection (bounded by
-        # read_timeout_s) instead of failing with "Too many connections".
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
-            max_connections=MAX_CONNECTIONS,
+            max_connections=max_connections,
             timeout=read_timeout_s,
             decode_responses=True,
             socket_connect_timeout=connect_timeout_s,
@@ -43,7 +46,7 @@ def connect(url: str, *, connect_timeout_s: float = CONNECT_TIMEOUT_S,
             health_check_interval=HEALTH_CHECK_INTERVAL_S,
             retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2),
         )
-        return aioredis.Redis(connection_pool=pool)
+        return aioredis.Redis.from_pool(pool)
     except ValueError as exc:
         raise StoreError(f"invalid Redis URL {url!r}: {exc}") from exc
 

@@ -78,15 +78,7 @@ class RedisJobStore:
 
     async def save(self, before: Job, after: Job) -> Job:
         """Compare-and-set ``before`` -> ``after``; raises ``ConcurrentUpdate`` if it moved."""
-        k = self._keys
-        terminal = after.status in TERMINAL_STATUSES
-        keys = [k.job(after.id), k.workflow(after.id), k.status_index(before.status.value),
-                k.status_index(after.status.value), k.active_index, k.events_stream]
-        args = [after.id, before.status.value, before.version, after.status.value, after.version,
-                after.owner or "", after.type, repr(after.created_at), after.priority,
-                json.dumps(after.to_dict()), "1" if terminal else "0",
-                self._retention_ms if terminal else self._active_ttl_ms,
-                self._event(before, after), k.events_channel, STREAM_MAXLEN]
+        keys, args = self._save_call(before, after)
         with translated(self._redis, f"save of job {after.id}"):
             reply = await self._save(keys=keys, args=args)
         match reply[0]:
@@ -104,6 +96,34 @@ class RedisJobStore:
             case _:
                 raise InvalidTransition(f"job {after.id}: {before.status.value} -> "
                                         f"{after.status.value} is not allowed")
+
+    async def save_many(self, changes: builtins.list[tuple[Job, Job]], *,
+                        chunk: int = 1000) -> builtins.list[bool]:
+        """Many ``save`` calls pipelined (one round trip per ``chunk``); True where the
+        compare-and-set landed, False where the record moved or is gone."""
+        landed: builtins.list[bool] = []
+        for start in range(0, len(changes), chunk):
+            part = changes[start:start + chunk]
+            with translated(self._redis, "save of jobs"):
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for before, after in part:
+                        keys, args = self._save_call(before, after)
+                        await self._save(keys=keys, args=args, client=pipe)
+                    replies = await pipe.execute(raise_on_error=False)
+            landed.extend(isinstance(r, list) and r[:1] == ["ok"] for r in replies)
+        return landed
+
+    def _save_call(self, before: Job, after: Job) -> tuple[builtins.list[str], builtins.list[Any]]:
+        k = self._keys
+        terminal = after.status in TERMINAL_STATUSES
+        keys = [k.job(after.id), k.workflow(after.id), k.status_index(before.status.value),
+                k.status_index(after.status.value), k.active_index, k.events_stream]
+        args = [after.id, before.status.value, before.version, after.status.value, after.version,
+                after.owner or "", after.type, repr(after.created_at), after.priority,
+                json.dumps(after.to_dict()), "1" if terminal else "0",
+                self._retention_ms if terminal else self._active_ttl_ms,
+                self._event(before, after), k.events_channel, STREAM_MAXLEN]
+        return keys, args
 
     async def apply(self, job_id: str, event: transitions.Event, now: float, *,
                     max_retries: int = 5) -> Job:

@@ -18,6 +18,8 @@
     events_stream              {p}:events:stream                stream   the same events, capped ~10000
     bull_prefix                {p}:bull                         prefix   BullMQ queues live below this
     worker(id)                 {p}:worker:{id}                  string   worker liveness, with a TTL
+    maintenance_lock           {p}:maintenance:lock             string   held by the process running a
+                                                                         maintenance pass, PX interval
     meta                       {p}:meta                         hash     schema version and the like
     tracking_stats             {p}:stats:tracking               hash     "{backend}:{counter}" -> total
     fleet_backends             {p}:fleet:backends               hash     backend name -> record (JSON)
@@ -119,6 +121,10 @@ class Keys:
     def worker_pattern(self) -> str:
         """SCAN pattern matching every worker liveness key."""
         return f"{_glob_escape(self.prefix)}:worker:*"
+
+    @property
+    def maintenance_lock(self) -> str:
+        return f"{self.prefix}:maintenance:lock"
 
     @property
     def meta(self) -> str:

@@ -1,0 +1,146 @@
+"""Retention and repair: finished jobs past retention go with their indexes and blobs; index
+entries of vanished records and blobs nobody refers to are removed; queued jobs that lost their
+queue entry are enqueued again. Also the ``cleanup`` and ``recover --dry-run`` commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from comfyfleet.domain import transitions as t
+from comfyfleet.domain.job import Job, JobError, JobStatus, Output
+from comfyfleet.runtime.maintenance import Maintenance, MaintenanceSettings
+from comfyfleet.runtime.recovery import Recovery
+from comfyfleet.services import ServiceConfig, open_services
+from comfyfleet.store.claims import Claims
+
+DAY = 86400.0
+
+
+@pytest.fixture
+async def services(valkey_url, tmp_path):
+    config = ServiceConfig(redis_url=valkey_url, data_dir=tmp_path, key_prefix=f"m{uuid.uuid4().hex[:8]}")
+    async with open_services(config) as services:
+        yield services
+
+
+def maintenance(services, *, now: float) -> Maintenance:  # type: ignore[no-untyped-def]
+    recovery = Recovery(store=services.store, claims=Claims(services.redis, services.keys),
+                        dispatcher=services.dispatcher)
+    return Maintenance(redis=services.redis, keys=services.keys, store=services.store,
+                       blobs=services.blobs, queue=services.queue, recovery=recovery,
+                       settings=MaintenanceSettings(retention_s=7 * DAY, blob_grace_s=3600),
+                       clock=lambda: now)
+
+
+async def finished(services, *, at: float, outputs: tuple[Output, ...] = ()) -> Job:  # type: ignore[no-untyped-def]
+    job = Job(id=str(uuid.uuid4()), status=JobStatus.QUEUED, created_at=at, updated_at=at)
+    await services.store.create(job, {"1": {"class_type": "X", "inputs": {}}})
+    if outputs:
+        job = await services.store.apply(job.id, t.Dispatch(_attempt(at)), at)
+        return await services.store.apply(job.id, t.Succeed(outputs), at)
+    return await services.store.apply(job.id, t.Fail(JobError(code="x", message="x")), at)
+
+
+def _attempt(at: float):  # type: ignore[no-untyped-def]
+    from comfyfleet.domain.job import Attempt
+    return Attempt(number=1, backend="b", prompt_id="p", client_id="c", worker="w", started_at=at)
+
+
+async def blob(services, data: bytes, *, age_s: float) -> Output:  # type: ignore[no-untyped-def]
+    digest = await services.blobs.put(data, content_type="image/png")
+    then = time.time() - age_s
+    os.utime(services.blobs.path(digest), (then, then))
+    return Output(id=str(uuid.uuid4()), node_id="9", name="x.png", type="image",
+                  content_type="image/png", size_bytes=len(data), hash=digest)
+
+
+async def test_old_jobs_go_with_their_blobs_and_indexes_shared_and_young_blobs_stay(services):
+    """Retention removes old finished jobs, their index entries and the blobs only they used."""
+    now = time.time()
+    old_only, shared, young_orphan, old_orphan = (
+        await blob(services, b"old-only", age_s=9 * DAY), await blob(services, b"shared", age_s=9 * DAY),
+        await blob(services, b"young-orphan", age_s=60), await blob(services, b"old-orphan", age_s=2 * 3600))
+    old = await finished(services, at=now - 8 * DAY, outputs=(old_only, shared))
+    old_failed = await finished(services, at=now - 8 * DAY)
+    recent = await finished(services, at=now - 1 * DAY, outputs=(shared,))
+    k = services.keys
+    await services.redis.zadd(k.all_index, {"vanished-job": now})  # its record expired by TTL
+
+    report = await maintenance(services, now=now).run_once()
+
+    assert sorted(report.jobs_deleted) == sorted([old.id, old_failed.id])
+    assert report.index_entries_repaired == ["vanished-job"]
+    assert sorted(report.blobs_deleted) == sorted([old_only.hash, old_orphan.hash])
+    assert report.bytes_freed == len(b"old-only") + len(b"old-orphan")
+    for job_id in (old.id, old_failed.id):
+        assert not await services.redis.exists(k.job(job_id), k.workflow(job_id))
+        for index in (k.all_index, k.status_index("succeeded"), k.status_index("failed"),
+                      k.type_index("image"), k.owner_index("")):
+            assert await services.redis.zscore(index, job_id) is None
+    assert (await services.store.get(recent.id)).status is JobStatus.SUCCEEDED
+    for kept in (shared, young_orphan):
+        assert await services.blobs.exists(kept.hash)
+    assert not await services.blobs.exists(old_only.hash)
+
+
+async def test_dry_run_reports_and_deletes_nothing(services):
+    now = time.time()
+    old = await finished(services, at=now - 8 * DAY)
+    report = await maintenance(services, now=now).run_once(dry_run=True)
+    assert report.jobs_deleted == [old.id] and report.dry_run
+    assert (await services.store.get(old.id)).status is JobStatus.FAILED
+
+
+async def test_queued_job_without_queue_entry_is_enqueued_again(services):
+    """A job record that survived while its queue entry did not (a lost write) is requeued."""
+    now = time.time()
+    job = Job(id=str(uuid.uuid4()), status=JobStatus.QUEUED, created_at=now, updated_at=now)
+    await services.store.create(job, {"1": {"class_type": "X", "inputs": {}}})
+    assert await services.queue.state_of(job) == "unknown"
+    report = await maintenance(services, now=now).run_once()
+    assert report.requeued == [job.id]
+    assert await services.queue.state_of(job) in ("waiting", "prioritized", "wait")
+    assert (await maintenance(services, now=now).run_once()).requeued == []
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "comfyfleet", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+async def test_cleanup_command_prints_what_it_removed(services, valkey_url, tmp_path):
+    old = await finished(services, at=time.time() - 8 * DAY)
+    args = ["--redis-url", valkey_url, "--key-prefix", services.keys.prefix, "--data-dir", str(tmp_path)]
+    dry = cli("cleanup", *args, "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout)["jobs_deleted"] == [old.id]
+    done = cli("cleanup", *args)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("deleted 1 finished job(s) past retention")
+    assert not await services.redis.exists(services.keys.job(old.id))
+
+
+async def test_recover_dry_run_shows_the_reconcile_plan(services, valkey_url, tmp_path):
+    """An orphaned running job whose backend is unreachable: the plan says so and changes nothing."""
+    now = time.time()
+    job = Job(id=str(uuid.uuid4()), status=JobStatus.QUEUED, created_at=now, updated_at=now)
+    await services.store.create(job, {"1": {"class_type": "X", "inputs": {}}})
+    running = await services.store.apply(job.id, t.Dispatch(_attempt(now)), now)
+    args = ["--redis-url", valkey_url, "--key-prefix", services.keys.prefix, "--data-dir", str(tmp_path),
+            "--backend", "b=http://127.0.0.1:9"]
+    plan = cli("recover", *args, "--dry-run", "--json")
+    assert plan.returncode == 0, plan.stderr
+    [step] = json.loads(plan.stdout)
+    assert (step["job_id"], step["backend_says"], step["action"]) == (job.id, "unreachable", "wait_backend")
+    table = cli("recover", *args, "--dry-run")
+    assert job.id in table.stdout and "wait_backend" in table.stdout
+    assert (await services.store.get(job.id)).version == running.version
+    refused = cli("recover", *args)
+    assert refused.returncode == 2 and "--dry-run" in refused.stderr

@@ -1,0 +1,169 @@
+"""Who runs a job: claims with a lease, the orphan sweep of starting workers, liveness, hand-back.
+Two workers never run the same job; a stopping worker gives its jobs back at once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from comfyfleet.domain import transitions as t
+from comfyfleet.domain.job import JobStatus
+from comfyfleet.runtime.recovery import Recovery
+from comfyfleet.runtime.runner import Runner, RunnerSettings
+from comfyfleet.runtime.worker import Worker, WorkerSettings
+from comfyfleet.sim import SimConfig, Simulator
+from comfyfleet.store.claims import Claims
+from helpers.fleet import image_workflow
+from recovery_helpers import rig
+
+LEASE_S = 3.0
+
+
+@pytest.fixture
+async def sims():
+    async with Simulator(SimConfig(step_s=0.02, name="sim-0")) as a, \
+            Simulator(SimConfig(step_s=0.02, name="sim-1")) as b:
+        yield [a, b]
+
+
+@pytest.fixture
+async def r(valkey_url, tmp_path, sims):
+    async with rig(valkey_url, tmp_path, sims) as r:
+        yield r
+
+
+def make_worker(r, name: str) -> Worker:  # type: ignore[no-untyped-def]
+    s = r.services
+    claims = Claims(s.redis, s.keys, lease_s=LEASE_S)
+    runner = Runner(store=s.store, events=s.events, blobs=s.blobs, dispatcher=s.dispatcher,
+                    worker_id=name, settings=RunnerSettings(progress_throttle_s=0.05))
+
+    async def requeue(job_id: str, run_at: float) -> None:
+        await s.queue.wake(await s.store.get(job_id))
+
+    return Worker(redis_url=s.config.redis_url, keys=s.keys, runner=runner, claims=claims,
+                  recovery=Recovery(store=s.store, claims=claims, dispatcher=s.dispatcher),
+                  requeue=requeue,
+                  settings=WorkerSettings(worker_id=name, renew_s=0.2, sweep_s=0.2))
+
+
+async def wait_for(predicate, timeout_s: float = 120.0) -> None:  # type: ignore[no-untyped-def]
+    async with asyncio.timeout(timeout_s):
+        while not await predicate():
+            await asyncio.sleep(0.05)
+
+
+async def test_a_claim_has_one_holder_and_only_it_renews_or_releases(r):
+    """Acquire is exclusive; renew and release compare the token; the lease runs out."""
+    claims = Claims(r.services.redis, r.services.keys, lease_s=0.3)
+    assert await claims.acquire("j1", "a") and not await claims.acquire("j1", "b")
+    assert await claims.renew({"j1": "b"}) == {"j1"} and await claims.holds("j1", "a")
+    await claims.release("j1", "b")
+    assert await claims.holders(["j1", "j2"]) == ["a", None]
+    assert await claims.acquire_many({"j1": "c", "j2": "c"}) == {"j2"}
+    await asyncio.sleep(0.4)
+    assert await claims.holders(["j1", "j2"]) == [None, None]
+
+
+async def test_two_starting_workers_split_orphans_and_run_each_once(r, sims):
+    """Both workers sweep the same orphans at once: every job is taken by exactly one of them,
+    every prompt is tracked to success and none is posted again."""
+    orphans = [await r.orphan(image_workflow(5, seed=n), backend=n % 2) for n in range(12)]
+    a, b = make_worker(r, "w-a"), make_worker(r, "w-b")
+    await asyncio.gather(a.start(), b.start())
+    try:
+        async def all_done() -> bool:
+            jobs = await r.store.get_many([j.id for j in orphans])
+            return all(j.is_terminal for j in jobs)
+        try:
+            await wait_for(all_done)
+        except TimeoutError:
+            for j in await r.store.get_many([j.id for j in orphans]):
+                if not j.is_terminal:
+                    print("STUCK", j.current)
+                    for sim in sims:
+                        print(sim.config.name, [(x.prompt_id[:8], x.started_at, x.ended_at, x.outcome) for x in sim.records])
+                        print("hist", j.current.prompt_id in sim.queue.history)
+            print("counters", dict(a._runner.counters), dict(b._runner.counters))
+            raise
+    finally:
+        await asyncio.gather(a.stop(), b.stop())
+    jobs = await r.store.get_many([j.id for j in orphans])
+    assert [j.status for j in jobs] == [JobStatus.SUCCEEDED] * 12
+    assert a.reattached + b.reattached == 12, (a.reattached, b.reattached)
+    # a prompt that finished while nobody watched is collected without a reattach heartbeat
+    assert {j.history[-1].worker for j in jobs} <= {"w-a", "w-b", "dead-worker"}
+    assert sum(s.requests["POST /prompt"] for s in sims) == 12
+    assert sorted(len(s.records) for s in sims) == [6, 6]
+
+
+async def test_stop_hands_running_jobs_back_at_once(r, sims):
+    """A stopping worker does not wait for a long job: its claim is released, the record keeps
+    the attempt, and the next worker reattaches to the same prompt."""
+    job = await r.orphan(image_workflow(400, seed=1))  # 8 s of work
+    first = make_worker(r, "w-first")
+    await first.start()
+    claims = Claims(r.services.redis, r.services.keys, lease_s=LEASE_S)
+
+    async def taken() -> bool:
+        return (await claims.holders([job.id]))[0] is not None
+    await wait_for(taken)
+    assert await r.services.redis.exists(r.services.keys.worker("w-first"))
+    await first.stop()
+    assert sims[0].records[0].ended_at is None, "stop waited for the job to finish"
+    assert await claims.holders([job.id]) == [None]
+    assert not await r.services.redis.exists(r.services.keys.worker("w-first"))
+    handed_back = await r.store.get(job.id)
+    assert handed_back.status is JobStatus.RUNNING
+    assert handed_back.current.prompt_id == job.current.prompt_id
+
+    second = make_worker(r, "w-second")
+    await second.start()
+    try:
+        async def done() -> bool:
+            return (await r.store.get(job.id)).is_terminal
+        await wait_for(done)
+    finally:
+        await second.stop()
+    final = await r.store.get(job.id)
+    assert final.status is JobStatus.SUCCEEDED and final.attempt == 1
+    assert final.history[0].worker == "w-second"
+    assert sims[0].requests["POST /prompt"] == 1 and len(sims[0].records) == 1
+
+
+async def test_a_worker_that_loses_its_claim_stops_touching_the_job(r, sims):
+    """If the lease ran out and another runner took the job, the old runner lets go at its next
+    renewal: no more heartbeats or progress writes from it."""
+    job = await r.orphan(image_workflow(400, seed=2))
+    worker = make_worker(r, "w-slow")
+    await worker.start()
+    try:
+        claims = Claims(r.services.redis, r.services.keys, lease_s=60)
+
+        async def taken() -> bool:
+            return (await claims.holders([job.id]))[0] is not None
+        await wait_for(taken)
+        await r.services.redis.set(r.services.keys.claim(job.id), "someone-else", px=60_000)
+
+        async def let_go() -> bool:
+            return job.id not in worker._held and job.id not in worker._tasks
+        await wait_for(let_go, timeout_s=10)
+        version = (await r.store.get(job.id)).version
+        await asyncio.sleep(1.0)
+        assert (await r.store.get(job.id)).version == version
+        assert (await claims.holders([job.id])) == ["someone-else"]
+    finally:
+        await worker.stop()
+
+
+async def test_heartbeat_slides_the_active_ttl(r):
+    """Each heartbeat pushes a running record's expiry to active_ttl past it."""
+    job = await r.orphan(image_workflow(1, seed=3), post=False)
+    key = r.services.keys.job(job.id)
+    await r.services.redis.pexpire(key, 5_000)
+    await r.store.apply(job.id, t.Heartbeat("w-x"), time.time())
+    ttl_ms = await r.services.redis.pttl(key)
+    assert ttl_ms > 7000 * 1000 - 60_000  # 2 h default
+    assert (await r.store.get(job.id)).current.heartbeat_at is not None
