@@ -9,7 +9,8 @@ backend confirmed the prompt), and until every job's socket to the backend is op
 
     reattached_s        worker start (its liveness record) -> every record reattached
     reattached_from_spawn_s  process spawn -> every record reattached (adds Python start-up)
-    sockets_open_s      worker start -> one live socket per job on the backend (tracking resumed)
+    sockets_open_s      worker start -> one live socket per job on the backend (tracking resumed;
+                        null when not all were open within SOCKETS_CAP_S, see sockets_open_at_end)
 
 Target: 10,000 jobs reattached in under 5 s. Writes benchmarks/results/recovery.json.
 
@@ -40,6 +41,7 @@ from comfyfleet.store import Keys, RedisJobStore, connect
 
 HERE = Path(__file__).resolve().parent
 TARGET_10K_S = 5.0
+SOCKETS_CAP_S = 120.0  # stop waiting for sockets here (sockets_open_s is then null)
 
 
 def free_port() -> int:
@@ -115,15 +117,16 @@ async def measure(valkey_url: str, n: int, workdir: Path) -> dict:
                     print(f"{time.time() - started_at:.1f}s: {count} reattached", file=sys.stderr)
                 await asyncio.sleep(0.1)
             reattached_at = time.time()
-        async with asyncio.timeout(900), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
-                                                           timeout=30) as http:
-            while (await http.get("/bench/stats")).json().get("open_sockets", 0) < n:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            while (stats := (await http.get("/bench/stats")).json()).get("open_sockets", 0) < n \
+                    and time.time() - started_at < SOCKETS_CAP_S:
                 await asyncio.sleep(0.2)
-            stats = (await http.get("/bench/stats")).json()
             sockets_at = time.time()
         result.update(reattached_s=round(reattached_at - started_at, 3),
                       reattached_from_spawn_s=round(reattached_at - spawned, 3),
-                      sockets_open_s=round(sockets_at - started_at, 3),
+                      sockets_open_s=round(sockets_at - started_at, 3)
+                      if stats.get("open_sockets", 0) >= n else None,
+                      sockets_open_at_end=stats.get("open_sockets", 0),
                       backend_requests={k: v for k, v in stats.items() if k != "open_sockets"})
     except BaseException:
         log.flush()
