@@ -4,12 +4,13 @@ queue entry are enqueued again. Also the ``cleanup`` and ``recover --dry-run`` c
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
-import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 
 import pytest
 
@@ -110,18 +111,30 @@ async def test_queued_job_without_queue_entry_is_enqueued_again(services):
     assert (await maintenance(services, now=now).run_once()).requeued == []
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "comfyfleet", *args], capture_output=True,
-                          text=True, timeout=60)
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def cli(*args: str) -> Ran:
+    """Run the command without blocking this test's event loop (its services stay live)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "comfyfleet", *args, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(60):
+        out, err = await process.communicate()
+    return Ran(process.returncode, out.decode(), err.decode())
 
 
 async def test_cleanup_command_prints_what_it_removed(services, valkey_url, tmp_path):
     old = await finished(services, at=time.time() - 8 * DAY)
     args = ["--redis-url", valkey_url, "--key-prefix", services.keys.prefix, "--data-dir", str(tmp_path)]
-    dry = cli("cleanup", *args, "--dry-run", "--json")
+    dry = await cli("cleanup", *args, "--dry-run", "--json")
     assert dry.returncode == 0, dry.stderr
     assert json.loads(dry.stdout)["jobs_deleted"] == [old.id]
-    done = cli("cleanup", *args)
+    done = await cli("cleanup", *args)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("deleted 1 finished job(s) past retention")
     assert not await services.redis.exists(services.keys.job(old.id))
@@ -135,12 +148,12 @@ async def test_recover_dry_run_shows_the_reconcile_plan(services, valkey_url, tm
     running = await services.store.apply(job.id, t.Dispatch(_attempt(now)), now)
     args = ["--redis-url", valkey_url, "--key-prefix", services.keys.prefix, "--data-dir", str(tmp_path),
             "--backend", "b=http://127.0.0.1:9"]
-    plan = cli("recover", *args, "--dry-run", "--json")
+    plan = await cli("recover", *args, "--dry-run", "--json")
     assert plan.returncode == 0, plan.stderr
     [step] = json.loads(plan.stdout)
     assert (step["job_id"], step["backend_says"], step["action"]) == (job.id, "unreachable", "wait_backend")
-    table = cli("recover", *args, "--dry-run")
+    table = await cli("recover", *args, "--dry-run")
     assert job.id in table.stdout and "wait_backend" in table.stdout
     assert (await services.store.get(job.id)).version == running.version
-    refused = cli("recover", *args)
+    refused = await cli("recover", *args)
     assert refused.returncode == 2 and "--dry-run" in refused.stderr
