@@ -8,6 +8,7 @@ prompt the backend lost), so a worker that dies at any instant costs no job and 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 import uuid
@@ -33,6 +34,8 @@ from .outputs import collect_outputs
 from .progress_sink import ProgressSink
 from .reconcile import Action, BackendView, PromptState, Where, decide, lookup
 from .tracking_stats import CounterFlusher
+
+log = logging.getLogger(__name__)
 
 Fence = Callable[[], Awaitable[bool]]
 
@@ -290,7 +293,14 @@ class Runner:
         finally:
             for task in (follow, canceled):
                 task.cancel()
-            await asyncio.gather(follow, canceled, return_exceptions=True)
+            # Bounded: a helper task that swallowed its cancellation (seen, rarely, in the cancel
+            # watch) must not hold the job's outcome forever.
+            finished, stuck = await asyncio.wait({follow, canceled}, timeout=self._settings.cancel_grace_s)
+            for task in finished:
+                if not task.cancelled():
+                    task.exception()  # retrieved: an error here does not change the outcome
+            for task in stuck:
+                log.warning("job %s: a tracking task did not stop when cancelled: %r", job.id, task)
 
     async def _wait_for_cancel(self, job_id: str) -> None:
         async with self._events.subscription(job_id) as stream:
