@@ -182,14 +182,15 @@ class Runner:
                        fence: Fence | None = None, workflow: dict | None = None) -> Verdict:
         current = job.current
         assert current is not None
-        if workflow is None:
-            if submit:
+        if submit:
+            if workflow is None:
                 workflow = await self._store.workflow(job.id)
-            else:
-                async with self._attach_gate:
-                    workflow = await self._store.workflow(job.id)
+            await self._dispatcher.hold(backend.name, job.id)
+        else:  # a start-up sweep may reattach thousands: a few at a time
+            async with self._attach_gate:
+                workflow = workflow or await self._store.workflow(job.id)
+                await self._dispatcher.hold(backend.name, job.id)  # a reattached job keeps its slot
         self._fingerprints[job.id] = workflow_fingerprint(workflow)
-        await self._dispatcher.hold(backend.name, job.id)  # a reattached job keeps its slot
         sink = ProgressSink(self._store, self._events, job.id,
                             throttle_s=self._settings.progress_throttle_s, clock=self._clock)
         tracker = PromptTracker(backend.client, prompt_id=current.prompt_id,
@@ -303,13 +304,20 @@ class Runner:
                 log.warning("job %s: a tracking task did not stop when cancelled: %r", job.id, task)
 
     async def _wait_for_cancel(self, job_id: str) -> None:
-        async with self._events.subscription(job_id) as stream:
-            job = await self._store.get(job_id)
-            if job.status is JobStatus.CANCELING:
-                return
-            async for event in stream:
-                if (event.get("job") or {}).get("status") == JobStatus.CANCELING.value:
-                    return
+        """Return only once the job is really ``canceling``: a store error or an event stream
+        that ends is retried, never taken for a cancel (that would interrupt a healthy prompt)."""
+        while True:
+            try:
+                async with self._events.subscription(job_id) as stream:
+                    job = await self._store.get(job_id)
+                    if job.status is JobStatus.CANCELING:
+                        return
+                    async for event in stream:
+                        if (event.get("job") or {}).get("status") == JobStatus.CANCELING.value:
+                            return
+            except StoreError as exc:
+                log.warning("job %s: cancel watch interrupted, watching again: %s", job_id, exc)
+            await asyncio.sleep(1.0)
 
     # -- endings -----------------------------------------------------------------------------
     async def _conclude(self, job_id: str, backend: Backend, outcome: Outcome) -> Verdict:
