@@ -6,32 +6,16 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
 
 from comfyfleet.domain import transitions as t
 from comfyfleet.domain.job import JobStatus
 from comfyfleet.runtime.recovery import Recovery
 from comfyfleet.runtime.runner import Runner, RunnerSettings
 from comfyfleet.runtime.worker import Worker, WorkerSettings
-from comfyfleet.sim import SimConfig, Simulator
 from comfyfleet.store.claims import Claims
 from helpers.fleet import image_workflow
-from recovery_helpers import rig
 
 LEASE_S = 3.0
-
-
-@pytest.fixture
-async def sims():
-    async with Simulator(SimConfig(step_s=0.02, name="sim-0")) as a, \
-            Simulator(SimConfig(step_s=0.02, name="sim-1")) as b:
-        yield [a, b]
-
-
-@pytest.fixture
-async def r(valkey_url, tmp_path, sims):
-    async with rig(valkey_url, tmp_path, sims) as r:
-        yield r
 
 
 def make_worker(r, name: str) -> Worker:  # type: ignore[no-untyped-def]

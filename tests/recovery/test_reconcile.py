@@ -6,26 +6,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
 
 from comfyfleet.domain.job import JobStatus
 from comfyfleet.runtime.reconcile import Action, Where, decide, lookup
-from comfyfleet.sim import SimConfig, Simulator
 from helpers.fleet import image_workflow
-from recovery_helpers import rig
-
-
-@pytest.fixture
-async def sims():
-    async with Simulator(SimConfig(step_s=0.02, name="sim-0")) as a, \
-            Simulator(SimConfig(step_s=0.02, name="sim-1")) as b:
-        yield [a, b]
-
-
-@pytest.fixture
-async def r(valkey_url, tmp_path, sims):
-    async with rig(valkey_url, tmp_path, sims) as r:
-        yield r
 
 
 def posts(sims) -> int:  # type: ignore[no-untyped-def]
