@@ -1,9 +1,8 @@
 """Both worker processes SIGKILLed twice mid-run: every job still succeeds, no prompt runs twice.
 
-Shape of the acceptance run, scaled to the suite's budget: 40 jobs on 3 simulators with 2 worker
-processes, each job about 1 s of simulated work (10 steps of 0.1 s) instead of 5 s, so the 40
-jobs take ~14 s of simulator time instead of ~70 s. Kills land at random moments while jobs are
-in flight; workers are started again at once. The test prints the recovery time of each kill
+40 jobs of about 5 s (10 steps of 0.5 s) on 3 simulators with 2 worker processes: about 70 s of
+simulator time. Kills land at random moments while jobs are in flight; workers are started again
+at once. The test prints the recovery time of each kill
 (kill -> every in-flight job owned by a live worker again).
 """
 
@@ -19,7 +18,7 @@ from comfyfleet.domain.job import JobStatus
 from comfyfleet.sim import SimConfig, Simulator
 from helpers.fleet import image_workflow
 
-JOBS, STEPS, STEP_S = 40, 10, 0.1
+JOBS, STEPS, STEP_S = 40, 10, 0.5
 
 
 async def test_sigkill_both_workers_twice_loses_and_duplicates_nothing(valkey_url, tmp_path):
@@ -37,9 +36,12 @@ async def test_sigkill_both_workers_twice_loses_and_duplicates_nothing(valkey_ur
             ids = [await api.submit(image_workflow(STEPS, seed=n)) for n in range(JOBS)]
             recoveries = []
             for round_ in (1, 2):
-                await asyncio.sleep(rng.uniform(1.0, 3.0))
+                await asyncio.sleep(rng.uniform(2.0, 8.0))
+                async with asyncio.timeout(60):  # a moment with jobs in flight, so the kill matters
+                    while not (in_flight := [j.id for j in await api.jobs(ids)
+                                             if j.status is JobStatus.RUNNING]):
+                        await asyncio.sleep(0.05)
                 dead = {worker_id_of(w) for w in workers}
-                in_flight = [j.id for j in await api.jobs(ids) if j.status is JobStatus.RUNNING]
                 killed_at = time.time()
                 for worker in workers:
                     worker.process.send_signal(signal.SIGKILL)
@@ -51,7 +53,7 @@ async def test_sigkill_both_workers_twice_loses_and_duplicates_nothing(valkey_ur
                 recoveries.append((len(in_flight), seconds))
                 print(f"kill {round_}: {len(in_flight)} job(s) in flight, all reattached "
                       f"{seconds:.2f} s after the SIGKILL")
-            jobs = await api.wait_all(ids, timeout_s=120)
+            jobs = await api.wait_all(ids, timeout_s=400)
     finally:
         for worker in workers:
             worker.kill()
@@ -60,7 +62,7 @@ async def test_sigkill_both_workers_twice_loses_and_duplicates_nothing(valkey_ur
 
     assert [j.status for j in jobs] == [JobStatus.SUCCEEDED] * JOBS, \
         [(j.id, j.status, j.error) for j in jobs if j.status is not JobStatus.SUCCEEDED]
-    assert any(n for n, _ in recoveries), "no kill landed while jobs were in flight"
+    assert all(n for n, _ in recoveries), "a kill landed while no job was in flight"
     starts = prompt_starts(records)
     twice = {p: n for p, n in starts.items() if n > 1}
     assert not twice, f"prompts ran more than once: {twice}"

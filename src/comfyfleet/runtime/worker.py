@@ -43,6 +43,8 @@ from .runner import Runner, Verdict
 
 log = logging.getLogger(__name__)
 
+STOP_WAIT_S = 5.0  # how long stop() waits for cancelled job tasks to end
+
 Requeue = Callable[[str, float], Awaitable[None]]
 
 
@@ -104,6 +106,7 @@ class Worker:
             if job_id in self._tasks or not await self._claims.acquire(job_id, claim):
                 verdict_at = busy_at  # another runner owns it: look again later
             else:
+                self._held[job_id] = claim  # released by _drive, or by stop() if it never ran
                 task = asyncio.create_task(self._drive(job_id, claim))
                 self._tasks[job_id] = task
                 verdict_at = await task
@@ -250,7 +253,12 @@ class Worker:
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, *self._loops, return_exceptions=True)
+        try:  # bounded: a task stuck in a library call that swallows its cancel must not hold us
+            async with asyncio.timeout(STOP_WAIT_S):
+                await asyncio.gather(*tasks, *self._loops, return_exceptions=True)
+        except TimeoutError:
+            stuck = [t.get_name() for t in (*tasks, *self._loops) if not t.done()]
+            log.warning("%d task(s) did not stop within %.0f s: %s", len(stuck), STOP_WAIT_S, stuck)
         try:
             async with asyncio.timeout(5.0):
                 await asyncio.gather(*closing, return_exceptions=True)
@@ -258,6 +266,14 @@ class Worker:
             for consumer in self._consumers:
                 await consumer.close(force=True)
         self._consumers = []
+        # Claims whose task never started (cancelled before its first step) or whose sweep was
+        # cut short are still held: give them back now, not one lease from now.
+        for job_id, claim in list(self._held.items()):
+            try:
+                await self._claims.release(job_id, claim)
+            except StoreError:
+                pass  # it expires one lease from now
+        self._held.clear()
         try:
             await self._claims.leave(self.worker_id)
         except StoreError:
