@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -253,6 +254,10 @@ async def run_serve(settings: Settings) -> None:
             housekeeping = asyncio.create_task(maintenance_for(services, settings).loop())
             print(f"comfyfleet serving on {settings.base_url} "
                   f"({settings.workers} worker(s), Redis {url})", flush=True)
+            if not (await services.dispatcher.refresh()).backends:
+                print("comfyfleet: no ComfyUI backend is registered; jobs fail until one is added "
+                      "(--backend URL, --backends-file, or POST /api/v2/backends)",
+                      file=sys.stderr, flush=True)
             try:
                 await until_signalled()
             finally:

@@ -89,3 +89,16 @@ def test_serve_with_a_backend_list_in_the_environment_that_is_not_json(tmp_path)
                              "--port", str(free_port())], capture_output=True, text=True, timeout=60,
                             env={**os.environ, "COMFYFLEET_BACKENDS": "[not json"})
     assert_plain_error(result, "backends")
+
+
+async def test_serve_without_any_backend_says_how_to_add_one(tmp_path):
+    from helpers.processes import Child
+
+    serve = Child(["comfyfleet", "serve", "--data-dir", str(tmp_path), "--port", str(free_port())],
+                  tmp_path / "serve.log")
+    try:
+        await serve.wait_for("no ComfyUI backend is registered", timeout_s=60)
+        assert "POST /api/v2/backends" in serve.output()
+    finally:
+        await serve.stop()
+        serve.kill()
