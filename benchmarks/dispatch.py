@@ -32,6 +32,7 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+from redis.asyncio import Redis
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "dispatch.json"
@@ -67,6 +68,28 @@ def starts(record_file: Path) -> dict[str, float]:
             if row["event"] == "start":
                 found.setdefault(row["prompt_id"], row["started_at"])
     return found
+
+
+def cpu_seconds_by_role() -> dict[str, float]:
+    """CPU time (user + system) used so far by each kind of process of this benchmark."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[str, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        role = next((name for marker, name in ROLES if marker in cmdline), None)
+        if role is not None:
+            found[role] = found.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return found
+
+
+ROLES = (("--sim-host", "simulators"), ("comfyfleet worker", "workers"),
+         ("comfyfleet.cli serve", "api"), ("valkey-server", "valkey"))
 
 
 def epoch(iso: str) -> float:
@@ -114,6 +137,7 @@ async def measure(args: argparse.Namespace, work: Path) -> dict:
                                   "--backends-file", str(fleet_file)],
                                  env=env, stdout=subprocess.DEVNULL, stderr=open(work / "serve.log", "wb"))
         children.append(serve)
+        redis = Redis.from_url(valkey.connection_url, socket_timeout=10)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
             async def up() -> bool:
                 try:
@@ -153,12 +177,16 @@ async def measure(args: argparse.Namespace, work: Path) -> dict:
             submit_s = time.time() - submitted_at
             before = set(starts(record_file))
             enabled_at = time.time()
+            cpu_before = cpu_seconds_by_role()
+            await redis.config_resetstat()
             await set_all(http, names, "active")
 
             async def all_done() -> bool:
                 page = (await http.get("/api/v2/jobs", params={"status": "queued,running", "limit": 1})).json()
                 return not page.get("jobs")
             await wait_until(all_done, 600, 0.1)
+            cpu_after = cpu_seconds_by_role()
+            commands = await redis.info("commandstats")
             finals = []
             for chunk in range(0, len(ids), 50):
                 finals += await asyncio.gather(*(http.get(f"/api/v2/jobs/{i}") for i in ids[chunk:chunk + 50]))
@@ -179,7 +207,14 @@ async def measure(args: argparse.Namespace, work: Path) -> dict:
             "throughput": {"jobs": args.jobs, "succeeded": len(succeeded),
                            "submitted_per_s": round(args.jobs / submit_s, 1),
                            "dispatched_per_s": round(len(new_starts) / (last_start - enabled_at), 1),
-                           "completed_per_s": round(len(succeeded) / (last_done - enabled_at), 1)},
+                           "completed_per_s": round(len(succeeded) / (last_done - enabled_at), 1),
+                           "cpu_ms_per_job": {role: round(1000 * (cpu_after[role] - cpu_before.get(role, 0.0))
+                                                          / args.jobs, 2) for role in cpu_after},
+                           "redis_calls_per_job": round(sum(c["calls"] for c in commands.values()) / args.jobs, 1),
+                           "redis_busiest_commands": {
+                               name.removeprefix("cmdstat_"): {"calls_per_job": round(c["calls"] / args.jobs, 2),
+                                                              "usec_per_job": round(c["usec"] / args.jobs, 1)}
+                               for name, c in sorted(commands.items(), key=lambda kv: -kv[1]["usec"])[:8]}},
             "measured_at": datetime.now().astimezone().isoformat(timespec="seconds"),
         }
     finally:
