@@ -71,9 +71,9 @@ def starts(record_file: Path) -> dict[str, float]:
 
 
 def cpu_seconds_by_role() -> dict[str, float]:
-    """CPU time (user + system) used so far by each kind of process of this benchmark."""
+    """CPU time (user + system) used so far by each kind of process this benchmark started."""
     tick = os.sysconf("SC_CLK_TCK")
-    found: dict[str, float] = {}
+    processes: dict[int, tuple[int, str, float]] = {}  # pid -> (parent, command line, cpu s)
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -82,9 +82,21 @@ def cpu_seconds_by_role() -> dict[str, float]:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
+        processes[int(entry.name)] = (int(fields[1]), cmdline,
+                                      (int(fields[11]) + int(fields[12])) / tick)
+
+    def ours(pid: int) -> bool:
+        while pid > 1 and pid in processes:
+            if pid == os.getpid():
+                return True
+            pid = processes[pid][0]
+        return False
+
+    found: dict[str, float] = {}
+    for pid, (_parent, cmdline, cpu_s) in processes.items():
         role = next((name for marker, name in ROLES if marker in cmdline), None)
-        if role is not None:
-            found[role] = found.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        if role is not None and ours(pid):
+            found[role] = found.get(role, 0.0) + cpu_s
     return found
 
 

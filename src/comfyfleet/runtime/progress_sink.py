@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from ..domain import transitions as t
-from ..domain.job import JobStatus, Phase, Progress
+from ..domain.job import Progress
 from ..errors import InvalidTransition
 from ..ports import JobStore
 
@@ -21,8 +22,15 @@ from ..ports import JobStore
 class ProgressSink:
     def __init__(self, store: JobStore, events, job_id: str, *, throttle_s: float,
                  clock: Callable[[], float],
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 apply: Callable[[t.Event], Awaitable[Any]] | None = None,
+                 executing: bool = False) -> None:
+        """``apply``: how a change reaches the record (the runner passes its own, which
+        starts from the newest record it holds); by default ``store.apply``. ``executing``:
+        the record already says so (a reattached job), so a replayed start writes nothing."""
+        self._executing = executing
         self._store = store
+        self._apply_change = apply
         self._events = events
         self._job_id = job_id
         self._throttle_s = throttle_s
@@ -36,9 +44,9 @@ class ProgressSink:
         self.writes = 0  # progress records written (for diagnostics and tests)
 
     async def on_started(self) -> None:
-        job = await self._store.get(self._job_id)
-        if job.status is JobStatus.RUNNING and job.phase is not Phase.EXECUTING:
-            await self._apply(t.Executing())
+        if not self._executing:
+            self._executing = True
+            await self._apply(t.Executing())  # refused (and skipped) unless the job is running
 
     async def on_progress(self, progress: Progress) -> None:
         self._pending = progress
@@ -82,6 +90,9 @@ class ProgressSink:
 
     async def _apply(self, event: t.Event) -> None:
         try:
-            await self._store.apply(self._job_id, event, self._clock())
+            if self._apply_change is not None:
+                await self._apply_change(event)
+            else:
+                await self._store.apply(self._job_id, event, self._clock())
         except InvalidTransition:
             pass  # the job ended or was canceled meanwhile: its progress no longer matters

@@ -62,9 +62,16 @@ class Recovery:
         return [(job, holders.get(job.id)) for job in jobs]
 
     async def orphans(self) -> list[Job]:
-        """Running or canceling jobs whose claim is gone (expired or released)."""
-        return [job for job, holder in await self.active()
-                if holder is None and job.status in RECONCILED and job.current is not None]
+        """Running or canceling jobs whose claim is gone (expired or released). Cheap when
+        every runner is alive: only the ids and claims of running jobs are read, and only the
+        unclaimed ones are loaded (a worker looks every few seconds, with thousands queued)."""
+        ids = await self._store.ids_with_status(*RECONCILED)
+        unclaimed = [job_id for job_id, holder in zip(ids, await self._claims.holders(ids))
+                     if holder is None]
+        jobs: list[Job] = []
+        for start in range(0, len(unclaimed), 1000):
+            jobs.extend(await self._store.get_many(unclaimed[start:start + 1000]))
+        return [job for job in jobs if job.status in RECONCILED and job.current is not None]
 
     async def mark_reattached(self, jobs: list[Job], view: BackendView, worker_id: str) -> dict[str, Job]:
         """Record ``worker_id`` on every job whose prompt the snapshot shows running or pending

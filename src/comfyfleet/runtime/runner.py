@@ -86,6 +86,7 @@ class Runner:
         self._attach_gate = asyncio.Semaphore(settings.attach_concurrency)
         self._flusher = CounterFlusher(stats, self.counters) if stats is not None else None
         self._fingerprints: dict[str, str] = {}  # job id -> workflow fingerprint, while it runs
+        self._latest: dict[str, Job] = {}  # job id -> newest record read or written, while it runs
 
     async def run(self, job_id: str, *, view: BackendView | None = None,
                   fence: Fence | None = None, reattached: Job | None = None) -> Verdict:
@@ -93,11 +94,19 @@ class Runner:
         job (its claim); it is asked right before ``POST /prompt``. ``view`` shares one ``/queue``
         read per backend among many jobs reconciled at once; ``reattached`` is the record of a
         job already reconciled and marked ours by that sweep (track it straight away)."""
+        try:
+            return await self._run(job_id, view=view, fence=fence, reattached=reattached)
+        finally:
+            self._latest.pop(job_id, None)
+
+    async def _run(self, job_id: str, *, view: BackendView | None, fence: Fence | None,
+                   reattached: Job | None) -> Verdict:
         if reattached is not None and reattached.current is not None:
             backend = self._dispatcher.by_name(reattached.current.backend)
             if backend is not None:
+                self._latest[job_id] = reattached
                 return await self._attempt(reattached, backend, submit=False, fence=fence)
-        job = await self._store.get(job_id)
+        job = self._latest[job_id] = await self._store.get(job_id)
         now = self._clock()
         if job.is_terminal:
             return DONE
@@ -117,7 +126,8 @@ class Runner:
         attempt = Attempt(number=job.attempt + 1, backend=backend.name, prompt_id=str(uuid.uuid4()),
                           client_id=str(uuid.uuid4()), worker=self._worker_id, started_at=now)
         try:
-            job = await self._store.apply(job.id, t.Dispatch(attempt), now)  # write ahead
+            job = await self._store.apply(job.id, t.Dispatch(attempt), now, known=job)  # write ahead
+            self._latest[job.id] = job
         except BaseException:
             await self._dispatcher.release(backend.name, job.id)
             raise
@@ -191,7 +201,8 @@ class Runner:
                 workflow = workflow or await self._store.workflow(job.id)
                 await self._dispatcher.hold(backend.name, job.id)  # a reattached job keeps its slot
         self._fingerprints[job.id] = workflow_fingerprint(workflow)
-        sink = ProgressSink(self._store, self._events, job.id,
+        sink = ProgressSink(self._store, self._events, job.id, apply=lambda e: self._apply(job.id, e),
+                            executing=job.phase is Phase.EXECUTING,
                             throttle_s=self._settings.progress_throttle_s, clock=self._clock)
         tracker = PromptTracker(backend.client, prompt_id=current.prompt_id,
                                 client_id=current.client_id,
@@ -321,8 +332,8 @@ class Runner:
 
     # -- endings -----------------------------------------------------------------------------
     async def _conclude(self, job_id: str, backend: Backend, outcome: Outcome) -> Verdict:
-        job = await self._store.get(job_id)
-        if outcome.kind == "success":
+        if outcome.kind == "success":  # whatever moved meanwhile (a cancel), success stands
+            job = self._latest.get(job_id) or await self._store.get(job_id)
             await self._apply(job_id, t.Collecting())
             try:
                 outputs = await collect_outputs(backend.client, self._blobs, job_id=job_id,
@@ -332,6 +343,7 @@ class Runner:
             await self._apply(job_id, t.Succeed(outputs))
             await self._dispatcher.record(backend.name, job.type, self._fingerprints.pop(job_id, None), None)
             return DONE
+        job = await self._store.get(job_id)
         if outcome.kind == "expired":
             return await self._expire(job, interrupted=True)
         if job.status is JobStatus.CANCELING:
@@ -417,10 +429,15 @@ class Runner:
                 pass  # kept for the next flush
 
     async def _apply(self, job_id: str, event: t.Event) -> Job | None:
+        """Apply ``event`` to the newest record this runner has of the job (one round trip
+        unless someone else moved it); None when the transition is refused."""
         try:
-            return await self._store.apply(job_id, event, self._clock())
+            job = await self._store.apply(job_id, event, self._clock(), known=self._latest.get(job_id))
         except InvalidTransition:
             return None
+        if job_id in self._latest:
+            self._latest[job_id] = job
+        return job
 
 
 def _failure_from(exc: BackendError) -> Failure:

@@ -31,11 +31,10 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from bullmq import Worker as BullWorker
 from bullmq.custom_errors import DelayedError
 
 from ..errors import ComfyFleetError, JobNotFound, StoreError
-from ..queue import LANES, QueueSettings
+from ..queue import LANES, LaneConsumer, QueueSettings
 from ..store.claims import ClaimLost, Claims
 from ..store.keys import Keys
 from .recovery import Recovery
@@ -70,7 +69,7 @@ class Worker:
         self._recovery = recovery
         self._requeue = requeue
         self._settings = settings
-        self._consumers: list[BullWorker] = []
+        self._consumers: list[LaneConsumer] = []
         self._held: dict[str, str] = {}  # job id -> claim token
         self._tasks: dict[str, asyncio.Task] = {}  # job id -> the task running it here
         self._loops: list[asyncio.Task] = []
@@ -93,7 +92,7 @@ class Worker:
                 "stalledInterval": q.stalled_interval_ms, "maxStalledCount": q.max_stalled_count,
                 "drainDelay": q.drain_delay_s, "removeOnComplete": True, "removeOnFail": True,
                 "name": self.worker_id}
-        self._consumers = [BullWorker(lane, self._process, opts) for lane in LANES]
+        self._consumers = [LaneConsumer(lane, self._process, opts) for lane in LANES]
 
     # -- the bullmq path ---------------------------------------------------------------------
     async def _process(self, bull_job, token: str) -> None:

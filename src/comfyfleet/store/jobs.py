@@ -126,8 +126,17 @@ class RedisJobStore:
         return keys, args
 
     async def apply(self, job_id: str, event: transitions.Event, now: float, *,
-                    max_retries: int = 5) -> Job:
-        """Load, ``transitions.apply``, save; reload and retry when another writer won."""
+                    known: Job | None = None, max_retries: int = 5) -> Job:
+        """Load, ``transitions.apply``, save; reload and retry when another writer won.
+
+        ``known``: the newest record the caller has (it wrote it or read it). The change is
+        tried on it first, saving the read; when the stored record has moved since (a cancel
+        request, another runner), the save is refused and the record is read afresh."""
+        if known is not None:
+            try:
+                return await self.save(known, transitions.apply(known, event, now))
+            except (ConcurrentUpdate, InvalidTransition):
+                pass  # stale: decide on the stored record below
         for attempt in range(max_retries + 1):
             job = await self.get(job_id)
             try:
@@ -215,6 +224,15 @@ class RedisJobStore:
         with translated(self._redis, "read of the active index"):
             return await self._redis.zrange(self._keys.active_index, 0, -1)
 
+    async def ids_with_status(self, *statuses: JobStatus) -> builtins.list[str]:
+        """Every id in the status indexes of ``statuses`` (one round trip)."""
+        with translated(self._redis, "read of the status indexes"):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for status in statuses:
+                    pipe.zrange(self._keys.status_index(status.value), 0, -1)
+                found = await pipe.execute()
+        return [job_id for ids in found for job_id in ids]
+
     async def queue_position(self, job: Job) -> int | None:
         """0-based place among queued jobs by ``created_at`` (priority is not weighed yet)."""
         if job.status is not JobStatus.QUEUED:
@@ -253,7 +271,7 @@ class RedisJobStore:
                     keep: Any) -> builtins.list[Job]:
         """Walk ``index`` newest first from ``before`` until ``limit`` jobs pass ``keep``."""
         top = f"({before!r}" if before is not None else "+inf"
-        page = max(limit, 50)
+        page = min(max(2 * limit, 10), 500)  # a little over the limit: most ids pass ``keep``
         offset, found = 0, []
         while len(found) < limit:
             with translated(self._redis, "read of an index"):
