@@ -141,3 +141,21 @@ async def test_heartbeat_slides_the_active_ttl(r):
     ttl_ms = await r.services.redis.pttl(key)
     assert ttl_ms > 7000 * 1000 - 60_000  # 2 h default
     assert (await r.store.get(job.id)).current.heartbeat_at is not None
+
+
+async def test_the_orphan_sweep_loads_only_unclaimed_running_jobs(r):
+    """A sweep runs every few seconds in every worker, with thousands of jobs queued: it reads
+    the running jobs' claims and loads only the records of the orphaned ones."""
+    s = r.services
+    claims = Claims(s.redis, s.keys, lease_s=LEASE_S)
+    recovery = Recovery(store=s.store, claims=claims, dispatcher=s.dispatcher)
+    for n in range(30):
+        await r.new_job(image_workflow(1, seed=n))  # queued: not the sweep's business
+    owned = await r.orphan(image_workflow(1, seed=100), post=False)
+    assert await claims.acquire(owned.id, "w-alive:1")  # running under a live claim
+    orphan = await r.orphan(image_workflow(1, seed=101), post=False)
+    await s.redis.config_resetstat()
+    found = await recovery.orphans()
+    assert [job.id for job in found] == [orphan.id]
+    stats = await s.redis.info("commandstats")
+    assert stats["cmdstat_hget"]["calls"] == 1  # the orphan's record, nothing else

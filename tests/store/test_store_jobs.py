@@ -243,3 +243,31 @@ async def test_unreachable_server_raises_store_error(keys, make_job, unused_tcp_
             await store.create(make_job(), WF)
     finally:
         await client.aclose()
+
+
+async def _reads_of_records(redis) -> int:  # type: ignore[no-untyped-def]
+    return (await redis.info("commandstats")).get("cmdstat_hget", {}).get("calls", 0)
+
+
+async def test_apply_from_a_known_record_saves_without_reading_it(store, make_job, redis):
+    job = await store.create(make_job(), WF)
+    running = await store.apply(job.id, t.Dispatch(attempt()), 1000.0)
+    await redis.config_resetstat()
+    submitted = await store.apply(job.id, t.Submitted(), 1001.0, known=running)
+    assert await _reads_of_records(redis) == 0
+    assert submitted.version == running.version + 1 and submitted.current.submitted_at == 1001.0
+    assert await store.get(job.id) == submitted
+
+
+async def test_apply_from_a_stale_record_decides_on_the_stored_one(store, make_job):
+    job = await store.create(make_job(), WF)
+    running = await store.apply(job.id, t.Dispatch(attempt()), 1000.0)
+    canceling = await store.apply(job.id, t.RequestCancel(), 1001.0)  # another writer moved it
+    assert canceling.status is C
+    # From the stale record the move is allowed but the save is refused; the stored record
+    # (canceling) then takes the change.
+    after = await store.apply(job.id, t.Collecting(), 1002.0, known=running)
+    assert after.status is C and after.version == canceling.version + 1
+    # A change the stored record refuses is refused, even though the stale one allowed it.
+    with pytest.raises(InvalidTransition):
+        await store.apply(job.id, t.Submitted(), 1003.0, known=running)
