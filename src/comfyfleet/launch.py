@@ -115,7 +115,7 @@ def build_worker(services: Services, settings: Settings) -> Worker:
     runner = Runner(store=services.store, events=services.events, blobs=services.blobs,
                     dispatcher=services.dispatcher, worker_id=worker_id,
                     settings=runner_settings(settings),
-                    stats=TrackingStats(services.redis, services.keys))
+                    stats=TrackingStats(services.redis, services.keys), cancels=services.cancels)
     claims = Claims(connect(services.config.redis_url, max_connections=4), services.keys,
                     lease_s=settings.lease_s, owns_client=True)
     recovery = Recovery(store=services.store, claims=claims, dispatcher=services.dispatcher,

@@ -41,6 +41,7 @@ class Services:
     keys: Keys
     store: RedisJobStore
     events: EventBus
+    cancels: EventBus  # cancel requests only: what a runner watches
     blobs: LocalBlobStore
     queue: JobQueue
     dispatcher: Dispatcher
@@ -64,6 +65,8 @@ async def open_services(config: ServiceConfig) -> AsyncIterator[Services]:
                               retention_s=config.retention_s)
         events = EventBus(redis, keys)
         stack.push_async_callback(events.close)
+        cancels = EventBus(redis, keys, channel=keys.cancel_channel)
+        stack.push_async_callback(cancels.close)
         queue = JobQueue(config.redis_url, keys)
         stack.push_async_callback(queue.close)
         http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
@@ -76,7 +79,7 @@ async def open_services(config: ServiceConfig) -> AsyncIterator[Services]:
         stack.push_async_callback(dispatcher.close)
         blobs = LocalBlobStore(config.data_dir / "blobs")
         yield Services(config=config, redis=redis, keys=keys, store=store, events=events,
-                       blobs=blobs, queue=queue, dispatcher=dispatcher, http=http, fleet=fleet)
+                       cancels=cancels, blobs=blobs, queue=queue, dispatcher=dispatcher, http=http, fleet=fleet)
 
 
 __all__ = ["ServiceConfig", "Services", "open_services", "StoreError"]

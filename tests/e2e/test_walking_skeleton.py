@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,24 @@ async def test_rejected_prompt_fails_with_node_errors_and_is_not_retried(fleet):
     assert job["attempt"] == 1
     assert sum(sim.requests["POST /prompt"] for sim in fleet.sims) == 1
     assert sum(len(sim.records) for sim in fleet.sims) == 0
+
+
+async def test_cancel_of_a_running_job_interrupts_its_prompt(fleet):
+    job = await fleet.submit(image_workflow(steps=2000, seed=3))  # 20 s at 10 ms a step
+
+    async def progressing() -> dict:
+        async with asyncio.timeout(30):
+            while True:
+                seen = await fleet.job(job["id"])
+                if seen["status"] == "running" and (seen["progress"] or {}).get("value", 0) > 0:
+                    return seen
+                await asyncio.sleep(0.05)
+
+    running = await progressing()
+    response = await fleet.http.post(f"/api/v2/jobs/{job['id']}/cancel")
+    assert response.status_code == 200 and response.json()["status"] in ("canceling", "canceled")
+    final = await fleet.wait(job["id"], timeout_s=15)
+    assert final["status"] == "canceled"
+    prompt_id = running["attempts"][-1]["prompt_id"]
+    [record] = [r for sim in fleet.sims for r in sim.records if r.prompt_id == prompt_id]
+    assert record.outcome == "interrupted"  # the runner stopped the prompt, not just the record

@@ -130,3 +130,24 @@ async def test_subscription_to_unreachable_server_raises_store_error(keys, unuse
     finally:
         await bus.close()
         await client.aclose()
+
+
+async def test_the_cancel_channel_carries_only_cancel_requests_of_running_jobs(store, make_job, redis, keys):
+    """A worker listens to cancel requests, not to every event of every job."""
+    cancels = EventBus(redis, keys, channel=keys.cancel_channel)
+    running, queued = make_job(), make_job()
+    try:
+        async with cancels.subscription(None) as heard:
+            for job in (running, queued):
+                await store.create(job, WF)
+            await store.apply(running.id, t.Dispatch(attempt()), 2.0)
+            await store.apply(running.id, t.Executing(), 3.0)
+            await store.apply(queued.id, t.RequestCancel(), 4.0)  # queued: canceled at once
+            await store.apply(running.id, t.RequestCancel(), 5.0)  # running: the runner is told
+            await store.apply(running.id, t.Canceled(), 6.0)
+            assert await next_events(heard, 1) == [{"job_id": running.id, "kind": "cancel"}]
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.3):
+                    await anext(heard)
+    finally:
+        await cancels.close()

@@ -73,9 +73,12 @@ class Runner:
     def __init__(self, *, store: JobStore, events, blobs: BlobStore, dispatcher: Dispatcher,
                  worker_id: str, settings: RunnerSettings = RunnerSettings(),
                  clock: Callable[[], float] = time.time, rng: random.Random | None = None,
-                 stats: TrackingStats | None = None) -> None:
+                 stats: TrackingStats | None = None, cancels=None) -> None:
+        """``cancels``: the bus a running job's cancel request arrives on (the cancel channel);
+        by default ``events``, where it arrives as the job's status event."""
         self._store = store
         self._events = events
+        self._cancels = cancels or events
         self._blobs = blobs
         self._dispatcher = dispatcher
         self._worker_id = worker_id
@@ -106,7 +109,8 @@ class Runner:
             if backend is not None:
                 self._latest[job_id] = reattached
                 return await self._attempt(reattached, backend, submit=False, fence=fence)
-        job = self._latest[job_id] = await self._store.get(job_id)
+        job, workflow = await self._store.get_with_workflow(job_id)
+        self._latest[job_id] = job
         now = self._clock()
         if job.is_terminal:
             return DONE
@@ -118,7 +122,6 @@ class Runner:
             return await self._cancel(job)
         if job.not_before is not None and now < job.not_before:
             return Verdict(run_at=job.not_before)
-        workflow = await self._store.workflow(job.id)
         backend = await self._take_slot(job, workflow)
         if not isinstance(backend, Backend):
             return backend
@@ -319,13 +322,17 @@ class Runner:
         that ends is retried, never taken for a cancel (that would interrupt a healthy prompt)."""
         while True:
             try:
-                async with self._events.subscription(job_id) as stream:
+                async with self._cancels.subscription(job_id) as stream:
                     job = await self._store.get(job_id)
                     if job.status is JobStatus.CANCELING:
                         return
                     async for event in stream:
-                        if (event.get("job") or {}).get("status") == JobStatus.CANCELING.value:
+                        if event.get("kind") == "cancel" or \
+                                (event.get("job") or {}).get("status") == JobStatus.CANCELING.value:
                             return
+                        if event.get("kind") == "resync" and \
+                                (await self._store.get(job_id)).status is JobStatus.CANCELING:
+                            return  # asked while the subscription was down
             except StoreError as exc:
                 log.warning("job %s: cancel watch interrupted, watching again: %s", job_id, exc)
             await asyncio.sleep(1.0)

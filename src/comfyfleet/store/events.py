@@ -106,9 +106,13 @@ class EventBus:
     """Implements ``ports.EventBus``; close it with ``await bus.close()``."""
 
     def __init__(self, redis: aioredis.Redis, keys: Keys, *, queue_size: int = 256,
-                 ready_timeout_s: float = 10.0, max_reconnect_delay_s: float = 5.0) -> None:
+                 ready_timeout_s: float = 10.0, max_reconnect_delay_s: float = 5.0,
+                 channel: str | None = None) -> None:
+        """``channel``: listen there instead of ``keys.events_channel`` (a worker listens to
+        ``keys.cancel_channel`` only, not to every event of every job)."""
         self._redis = redis
         self._keys = keys
+        self._channel = channel or keys.events_channel
         self._queue_size = queue_size
         self._ready_timeout_s = ready_timeout_s
         self._max_delay_s = max_reconnect_delay_s
@@ -249,7 +253,7 @@ class EventBus:
     async def _subscribe(self, pubsub: Any) -> None:
         """SUBSCRIBE and wait (bounded) for the server's confirmation."""
         async with asyncio.timeout(self._ready_timeout_s):
-            await pubsub.subscribe(self._keys.events_channel)
+            await pubsub.subscribe(self._channel)
             while True:
                 message = await pubsub.get_message(timeout=1.0)
                 if message is not None and message.get("type") == "subscribe":

@@ -122,7 +122,7 @@ class RedisJobStore:
                 after.owner or "", after.type, repr(after.created_at), after.priority,
                 json.dumps(after.to_dict()), "1" if terminal else "0",
                 self._retention_ms if terminal else self._active_ttl_ms,
-                self._event(before, after), k.events_channel, STREAM_MAXLEN]
+                self._event(before, after), k.events_channel, STREAM_MAXLEN, k.cancel_channel]
         return keys, args
 
     async def apply(self, job_id: str, event: transitions.Event, now: float, *,
@@ -181,6 +181,17 @@ class RedisJobStore:
                     pipe.hget(self._keys.job(job_id), "data")
                 rows = await pipe.execute()
         return [Job.from_dict(json.loads(row)) for row in rows if row is not None]
+
+    async def get_with_workflow(self, job_id: str) -> tuple[Job, dict[str, Any]]:
+        """The record and its workflow in one round trip."""
+        with translated(self._redis, f"read of job {job_id}"):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hget(self._keys.job(job_id), "data")
+                pipe.get(self._keys.workflow(job_id))
+                data, text = await pipe.execute()
+        if data is None or text is None:
+            raise JobNotFound(f"job {job_id} not found")
+        return Job.from_dict(json.loads(data)), json.loads(text)
 
     async def workflow(self, job_id: str) -> dict[str, Any]:
         with translated(self._redis, f"read of the workflow of job {job_id}"):

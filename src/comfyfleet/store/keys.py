@@ -16,6 +16,8 @@
     idempotency(owner, key)    {p}:idem:{owner}:{key}           string   job id, TTL idempotency_ttl_s
     events_channel             {p}:events                       pubsub   every job event (one channel)
     events_stream              {p}:events:stream                stream   the same events, capped ~10000
+    cancel_channel             {p}:events:cancel                pubsub   {"job_id", "kind": "cancel"} when
+                                                                         a running job is asked to cancel
     bull_prefix                {p}:bull                         prefix   BullMQ queues live below this
     worker(id)                 {p}:worker:{id}                  string   worker liveness, with a TTL
     maintenance_lock           {p}:maintenance:lock             string   held by the process running a
@@ -108,6 +110,10 @@ class Keys:
     @property
     def events_stream(self) -> str:
         return f"{self.prefix}:events:stream"
+
+    @property
+    def cancel_channel(self) -> str:
+        return f"{self.prefix}:events:cancel"
 
     # -- queue, workers, meta ------------------------------------------------------------------
     @property

@@ -16,7 +16,7 @@
 -- ARGV[7]  type                ARGV[8]  created_at      ARGV[9]  priority
 -- ARGV[10] data (JSON)         ARGV[11] '1' if the new status is terminal, else '0'
 -- ARGV[12] TTL (ms)            ARGV[13] event (JSON)    ARGV[14] events channel
--- ARGV[15] stream max length
+-- ARGV[15] stream max length   ARGV[16] cancel channel: told the job id when it turns canceling
 --
 -- Returns {'ok'}, {'missing'}, {'conflict', stored status, stored version},
 -- {'bad_version'} or {'forbidden'} (a status move the table refuses).
@@ -59,5 +59,8 @@ redis.call('PEXPIRE', KEYS[1], ARGV[12])
 redis.call('PEXPIRE', KEYS[2], ARGV[12])
 
 redis.call('PUBLISH', ARGV[14], ARGV[13])
+if ARGV[4] == 'canceling' and ARGV[2] ~= 'canceling' then
+  redis.call('PUBLISH', ARGV[16], cjson.encode({job_id = ARGV[1], kind = 'cancel'}))
+end
 redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[15], '*', 'event', ARGV[13])
 return {'ok'}
