@@ -20,7 +20,6 @@ import aiohttp
 from ..errors import (
     BackendError,
     BackendProtocolError,
-    BackendTimeout,
     BackendUnavailable,
     PromptRejected,
 )
