@@ -116,7 +116,6 @@ class ComfyClient:
         self.name = name or self.base_url
         self._http = http
         self._headers = dict(headers or {}) or None
-        self._timeouts = timeouts
         self._read_timeout = timeouts.call(timeouts.read_s)
         self._submit_timeout = timeouts.call(timeouts.submit_s)
         self._upload_timeout = timeouts.call(timeouts.download_s)
