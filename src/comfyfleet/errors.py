@@ -13,8 +13,8 @@
     ├── JobNotFound                 no job with that id (or not visible to the caller)
     └── ValidationFailed            client input that fails our validation
 
-Foreign errors (redis, httpx, websockets) are translated into these at the edge: nothing above
-``store/`` sees a redis error, nothing above ``comfy/`` sees an httpx or websocket error.
+Foreign errors (redis, aiohttp, websockets) are translated into these at the edge: nothing above
+``store/`` sees a redis error, nothing above ``comfy/`` sees an aiohttp or websocket error.
 """
 
 from __future__ import annotations

@@ -8,10 +8,10 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import aiohttp
 
 from .blobs import LocalBlobStore
-from .comfy.client import ClientTimeouts
+from .comfy.transport import open_session
 from .errors import StoreError
 from .queue import JobQueue
 from .runtime.dispatcher import BackendConfig, Dispatcher, DispatchSettings, records_from
@@ -45,7 +45,7 @@ class Services:
     blobs: LocalBlobStore
     queue: JobQueue
     dispatcher: Dispatcher
-    http: httpx.AsyncClient
+    http: aiohttp.ClientSession
     fleet: FleetStore
 
     def clock(self) -> float:
@@ -69,9 +69,8 @@ async def open_services(config: ServiceConfig) -> AsyncIterator[Services]:
         stack.push_async_callback(cancels.close)
         queue = JobQueue(config.redis_url, keys)
         stack.push_async_callback(queue.close)
-        http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-                                 timeout=ClientTimeouts().httpx())
-        stack.push_async_callback(http.aclose)
+        http = open_session(limit=200)
+        stack.push_async_callback(http.close)
         fleet = FleetStore(redis, keys, lease_ttl_s=config.lease_ttl_s)
         await fleet.seed(records_from(config.backends))  # configured backends join the registry
         dispatcher = Dispatcher(fleet, settings=config.dispatch)  # an HTTP pool per backend

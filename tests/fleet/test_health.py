@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 import pytest
 
+from comfyfleet.comfy.transport import open_session
 from comfyfleet.errors import ConfigError
 from comfyfleet.fleetfile import parse_fleet
 from comfyfleet.runtime.dispatcher import Dispatcher, DispatchSettings
@@ -19,7 +19,7 @@ from helpers.fleet import image_workflow, running_fleet
 async def test_states_free_memory_timeouts_and_one_check_per_interval_fleet_wide(redis, keys):
     async with Simulator(SimConfig(name="ok")) as ok, Simulator(SimConfig(name="slow")) as slow, \
             Simulator(SimConfig(name="hung")) as hung, Simulator(SimConfig(name="gone")) as gone, \
-            httpx.AsyncClient() as http:
+            open_session() as http:
         slow.faults.update({"slow_response_s": 0.3})
         hung.faults.update({"slow_response_s": 5.0})
         await gone.set_refusing(True)
@@ -104,7 +104,7 @@ def test_backends_file_parses_and_rejects_mistakes_plainly():
 async def test_a_spread_round_spaces_its_checks_instead_of_one_burst(redis, keys):
     async with Simulator(SimConfig(name="a")) as a, Simulator(SimConfig(name="b")) as b, \
             Simulator(SimConfig(name="c")) as c, Simulator(SimConfig(name="d")) as d, \
-            httpx.AsyncClient() as http:
+            open_session() as http:
         sims = (a, b, c, d)
         fleet = FleetStore(redis, keys)
         await fleet.seed([BackendRecord(name=s.config.name, url=s.url) for s in sims])

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-import httpx
-
+from comfyfleet.comfy.transport import open_session
 from comfyfleet.domain.job import Job, JobStatus
 from comfyfleet.runtime.dispatcher import Dispatcher, DispatchSettings
 from comfyfleet.store.fleet import BackendRecord, FleetStore
@@ -69,7 +68,7 @@ async def test_draining_and_removed_backends_give_no_slot_even_to_a_stale_candid
 async def test_a_waiting_job_starts_on_the_release_message_not_a_recheck(redis, keys):
     fleet = FleetStore(redis, keys)
     await fleet.seed([record("a")])
-    async with httpx.AsyncClient() as http:
+    async with open_session() as http:
         # re-checks every 60 s and re-reads the registry every 60 s: only pub/sub can be in time
         settings = DispatchSettings(slot_wait_s=120.0, recheck_s=60.0, refresh_s=60.0)
         dispatcher = Dispatcher(fleet, http=http, settings=settings)
@@ -91,7 +90,7 @@ async def test_a_waiting_job_starts_on_the_release_message_not_a_recheck(redis, 
 async def test_every_dispatcher_sees_registry_changes_by_pubsub(redis, keys):
     fleet = FleetStore(redis, keys)
     await fleet.seed([record("a")])
-    async with httpx.AsyncClient() as http:
+    async with open_session() as http:
         watcher = Dispatcher(FleetStore(redis, keys), http=http, settings=DispatchSettings(refresh_s=60.0))
         await watcher.start()
         try:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import httpx
 import pytest
 
 from comfyfleet.comfy.client import ComfyClient
+from comfyfleet.comfy.transport import open_session
 from comfyfleet.sim import SimConfig, Simulator
 from progress_helpers import Rig
 
@@ -15,5 +15,5 @@ from progress_helpers import Rig
 @pytest.fixture
 async def rig() -> AsyncIterator[Rig]:
     async with Simulator(SimConfig(step_s=0.03, name="sim-p")) as sim, \
-            httpx.AsyncClient(timeout=10.0) as http:
+            open_session() as http:
         yield Rig(sim, ComfyClient(sim.url, http=http, name="sim-p"))

@@ -7,9 +7,8 @@ import asyncio
 import time
 import uuid
 
-import httpx
-
 from comfyfleet.comfy.client import ComfyClient
+from comfyfleet.comfy.transport import open_session
 from comfyfleet.domain import transitions as t
 from comfyfleet.domain.job import Attempt, Job, JobStatus
 from comfyfleet.sim import SimConfig
@@ -31,7 +30,7 @@ async def test_reattached_job_gets_live_progress_under_the_recorded_client_id(va
                           client_id=str(uuid.uuid4()), worker="dead-worker", started_at=now)
         job = await store.apply(job.id, t.Dispatch(attempt), now)
         job = await store.apply(job.id, t.Submitted(), now)
-        async with httpx.AsyncClient(timeout=10) as http:  # what the worker that died had sent
+        async with open_session() as http:  # what the worker that died had sent
             await ComfyClient(sim.url, http=http).submit(graph, prompt_id=attempt.prompt_id,
                                                          client_id=attempt.client_id)
         async with asyncio.timeout(20):

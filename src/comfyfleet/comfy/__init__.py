@@ -1,4 +1,4 @@
-"""The ComfyUI edge: HTTP client, WebSocket messages and socket, prompt tracking.
+"""The ComfyUI edge: HTTP transport and client, WebSocket messages and socket, prompt tracking.
 
-Every httpx/websockets error is translated here into the ``BackendError`` tree.
+Every aiohttp/websockets/OS/timeout error is translated here into the ``BackendError`` tree.
 """

@@ -1,8 +1,9 @@
 """HTTP client for one ComfyUI server.
 
-Every httpx error and every non-2xx answer is translated here into the ``BackendError`` tree;
-nothing above ``comfy/`` sees an httpx exception. The ``httpx.AsyncClient`` is injected (the
-I/O seam), its timeouts come from ``ClientTimeouts``.
+Every aiohttp, OS or timeout error and every non-2xx answer is translated here into the
+``BackendError`` tree; nothing above ``comfy/`` sees an aiohttp exception. The
+``aiohttp.ClientSession`` is injected (the I/O seam, see ``transport.open_session``); every request
+carries a timeout from ``ClientTimeouts``.
 """
 
 from __future__ import annotations
@@ -14,28 +15,28 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-import httpx
+import aiohttp
 
 from ..errors import (
     BackendError,
     BackendProtocolError,
-    BackendTimeout,
     BackendUnavailable,
     PromptRejected,
 )
+from .transport import TRANSPORT_ERRORS, ClientTimeouts, translate
 
 UNAVAILABLE_STATUSES = frozenset({429, 502, 503, 504})
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ClientTimeouts:
-    connect_s: float = 5.0
-    read_s: float = 30.0
-    submit_s: float = 60.0  # POST /prompt validates the graph inside the request
-    download_s: float = 300.0
+CHUNK_BYTES = 64 * 1024
 
-    def httpx(self) -> httpx.Timeout:
-        return httpx.Timeout(self.read_s, connect=self.connect_s)
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A complete HTTP answer: status and body."""
+
+    status: int
+    body: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,24 +109,27 @@ class HistoryEntry:
 class ComfyClient:
     """One ComfyUI server's HTTP API. ``name`` labels errors and counters."""
 
-    def __init__(self, base_url: str, *, http: httpx.AsyncClient, name: str | None = None,
+    def __init__(self, base_url: str, *, http: aiohttp.ClientSession, name: str | None = None,
                  headers: Mapping[str, str] | None = None,
                  timeouts: ClientTimeouts = ClientTimeouts()) -> None:
         self.base_url = base_url.rstrip("/")
         self.name = name or self.base_url
         self._http = http
-        self._headers = dict(headers or {})
-        self._timeouts = timeouts
+        self._headers = dict(headers or {}) or None
+        self._read_timeout = timeouts.call(timeouts.read_s)
+        self._submit_timeout = timeouts.call(timeouts.submit_s)
+        self._upload_timeout = timeouts.call(timeouts.download_s)
+        self._download_timeout = timeouts.stream()
 
     # -- prompts -------------------------------------------------------------------------
     async def submit(self, prompt: Mapping[str, Any], *, prompt_id: str, client_id: str,
                      extra_data: Mapping[str, Any] | None = None) -> SubmitResult:
         body = {"prompt": prompt, "prompt_id": prompt_id, "client_id": client_id,
                 "extra_data": dict(extra_data or {})}
-        response = await self._request("POST", "/prompt", json=body,
-                                       timeout=self._timeouts.submit_s, accept_statuses={400})
-        data = self._json(response)
-        if response.status_code == 400:
+        answer = await self._request("POST", "/prompt", json=body, timeout=self._submit_timeout,
+                                     accept_statuses={400})
+        data = self._json(answer)
+        if answer.status == 400:
             error = data.get("error") if isinstance(data, dict) else None
             error = error if isinstance(error, dict) else {"type": "invalid_prompt", "message": str(error)}
             raise PromptRejected(
@@ -166,33 +170,29 @@ class ComfyClient:
                        folder_type: str = "output") -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
         """Stream one file from ``/view``: yields (content_type, chunks)."""
         query = urlencode({"filename": filename, "subfolder": subfolder, "type": folder_type})
-        request = self._http.build_request("GET", f"{self.base_url}/view?{query}",
-                                           headers=self._headers,
-                                           timeout=httpx.Timeout(self._timeouts.download_s,
-                                                                 connect=self._timeouts.connect_s))
         try:
-            response = await self._http.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise self._translate(exc) from exc
-        try:
-            self._check_status(response, "GET /view")
+            response = await self._http.get(f"{self.base_url}/view?{query}", headers=self._headers,
+                                            timeout=self._download_timeout)
+        except TRANSPORT_ERRORS as exc:
+            raise translate(exc, self.name) from exc
+        async with response:
+            self._check_status(response.status, response.headers, "GET /view")
             content_type = response.headers.get("content-type", "application/octet-stream")
             yield content_type.split(";")[0].strip(), self._chunks(response)
-        finally:
-            await response.aclose()
 
-    async def _chunks(self, response: httpx.Response) -> AsyncIterator[bytes]:
+    async def _chunks(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         try:
-            async for chunk in response.aiter_bytes():
+            async for chunk in response.content.iter_chunked(CHUNK_BYTES):
                 yield chunk
-        except httpx.HTTPError as exc:
-            raise self._translate(exc) from exc
+        except TRANSPORT_ERRORS as exc:
+            raise translate(exc, self.name) from exc
 
     async def upload_image(self, data: bytes, filename: str, *, folder_type: str = "input") -> dict[str, Any]:
-        files = {"image": (filename, data, "application/octet-stream")}
-        response = await self._request("POST", "/upload/image", files=files,
-                                       data={"type": folder_type}, timeout=self._timeouts.download_s)
-        return self._json(response)
+        form = aiohttp.FormData()
+        form.add_field("image", data, filename=filename, content_type="application/octet-stream")
+        form.add_field("type", folder_type)
+        return self._json(await self._request("POST", "/upload/image", data=form,
+                                              timeout=self._upload_timeout))
 
     async def system_stats(self) -> dict[str, Any]:
         data = self._json(await self._request("GET", "/system_stats"))
@@ -207,42 +207,36 @@ class ComfyClient:
         return urlunsplit((scheme, parts.netloc, path, urlencode({"clientId": client_id}), ""))
 
     # -- plumbing --------------------------------------------------------------------------
-    async def _request(self, method: str, path: str, *, timeout: float | None = None,
-                       accept_statuses: frozenset[int] | set[int] = frozenset(), **kwargs: Any) -> httpx.Response:
-        t = self._timeouts.httpx() if timeout is None else httpx.Timeout(timeout, connect=self._timeouts.connect_s)
+    async def _request(self, method: str, path: str, *, timeout: aiohttp.ClientTimeout | None = None,
+                       accept_statuses: frozenset[int] | set[int] = frozenset(), **kwargs: Any) -> Answer:
+        """Send one request and read its whole answer; non-2xx raise unless in ``accept_statuses``."""
         try:
-            response = await self._http.request(method, self.base_url + path, headers=self._headers,
-                                                timeout=t, **kwargs)
-        except httpx.HTTPError as exc:
-            raise self._translate(exc) from exc
-        if response.status_code not in accept_statuses:
-            self._check_status(response, f"{method} {path}")
-        return response
+            async with self._http.request(method, self.base_url + path, headers=self._headers,
+                                          timeout=timeout or self._read_timeout, **kwargs) as response:
+                answer = Answer(response.status, await response.read())
+                headers = response.headers
+        except TRANSPORT_ERRORS as exc:
+            raise translate(exc, self.name) from exc
+        if answer.status not in accept_statuses:
+            self._check_status(answer.status, headers, f"{method} {path}")
+        return answer
 
-    def _check_status(self, response: httpx.Response, what: str) -> None:
-        code = response.status_code
+    def _check_status(self, code: int, headers: Mapping[str, str], what: str) -> None:
         if code < 400:
             return
         message = f"{self.name}: {what} answered HTTP {code}"
         if code in UNAVAILABLE_STATUSES:
             raise BackendUnavailable(message, backend=self.name, status_code=code,
-                                     retry_after_s=_retry_after(response.headers.get("retry-after")))
+                                     retry_after_s=_retry_after(headers.get("retry-after")))
         raise BackendError(message, backend=self.name, status_code=code)
 
-    def _json(self, response: httpx.Response) -> Any:
+    def _json(self, answer: Answer) -> Any:
         try:
-            return response.json()
+            return json.loads(answer.body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BackendProtocolError(f"{self.name}: answer is not JSON: {response.text[:200]!r}",
-                                       backend=self.name, status_code=response.status_code) from exc
-
-    def _translate(self, exc: httpx.HTTPError) -> BackendError:
-        if isinstance(exc, httpx.TimeoutException):
-            return BackendTimeout(f"{self.name}: timed out ({type(exc).__name__})", backend=self.name)
-        if isinstance(exc, (httpx.TransportError,)):
-            return BackendUnavailable(f"{self.name}: cannot reach the server ({type(exc).__name__}: {exc})",
-                                      backend=self.name)
-        return BackendError(f"{self.name}: {type(exc).__name__}: {exc}", backend=self.name)
+            preview = answer.body[:200].decode("utf-8", "replace")
+            raise BackendProtocolError(f"{self.name}: answer is not JSON: {preview!r}",
+                                       backend=self.name, status_code=answer.status) from exc
 
 
 def _queue_item(raw: list[Any]) -> QueueItem:

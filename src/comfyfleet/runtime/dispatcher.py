@@ -25,9 +25,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-import httpx
+import aiohttp
 
-from ..comfy.client import ClientTimeouts, ComfyClient
+from ..comfy.client import ComfyClient
+from ..comfy.transport import open_session
 from ..domain.failures import FailureClass
 from ..domain.job import Job
 from ..domain.policy import BreakerState, BreakerStatus, CircuitBreaker
@@ -168,7 +169,7 @@ class Dispatcher:
         self.fleet = fleet
         self.settings = settings
         self._clock = clock
-        self._pools: list[httpx.AsyncClient] = []
+        self._pools: list[aiohttp.ClientSession] = []
         if client_factory is None and http is not None:
             client_factory = lambda r: ComfyClient(r.url, http=http, name=r.name,  # noqa: E731
                                                    headers=dict(r.headers))
@@ -205,11 +206,10 @@ class Dispatcher:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         pools, self._pools = self._pools, []
-        await asyncio.gather(*(pool.aclose() for pool in pools), return_exceptions=True)
+        await asyncio.gather(*(pool.close() for pool in pools), return_exceptions=True)
 
     def _own_client(self, record: BackendRecord) -> ComfyClient:
-        pool = httpx.AsyncClient(limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
-                                 timeout=ClientTimeouts().httpx())
+        pool = open_session(limit=64)
         self._pools.append(pool)
         return ComfyClient(record.url, http=pool, name=record.name, headers=dict(record.headers))
 
