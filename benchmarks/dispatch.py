@@ -70,6 +70,13 @@ def starts(record_file: Path) -> dict[str, float]:
     return found
 
 
+def ends(record_file: Path) -> set[str]:
+    if not record_file.exists():
+        return set()
+    return {row["prompt_id"] for row in map(json.loads, record_file.read_text().splitlines())
+            if row["event"] == "end"}
+
+
 def cpu_seconds_by_role() -> dict[str, float]:
     """CPU time (user + system) used so far by each kind of process this benchmark started."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -196,7 +203,11 @@ async def measure(args: argparse.Namespace, work: Path) -> dict:
             async def all_done() -> bool:
                 page = (await http.get("/api/v2/jobs", params={"status": "queued,running", "limit": 1})).json()
                 return not page.get("jobs")
-            await wait_until(all_done, 600, 0.1)
+
+            async def all_prompts_ended() -> bool:  # read off the record file: no load on the API
+                return len(ends(record_file)) >= len(before) + args.jobs
+            await wait_until(all_prompts_ended, 600, 0.1)
+            await wait_until(all_done, 60, 0.1)
             cpu_after = cpu_seconds_by_role()
             commands = await redis.info("commandstats")
             finals = []
