@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,20 @@ async def test_cancel_of_a_running_job_interrupts_its_prompt(fleet):
     prompt_id = running["attempts"][-1]["prompt_id"]
     [record] = [r for sim in fleet.sims for r in sim.records if r.prompt_id == prompt_id]
     assert record.outcome == "interrupted"  # the runner stopped the prompt, not just the record
+
+
+async def test_the_collecting_phase_is_written_only_when_outputs_take_time(fleet):
+    async def phases(job_id: str) -> list[str]:
+        rows = await fleet.services.redis.xrange(fleet.services.keys.events_stream)
+        events = [json.loads(fields["event"]) for _, fields in rows]
+        return [e["job"]["phase"] for e in events if e["job_id"] == job_id and e["job"]["phase"]]
+
+    quick = await fleet.wait((await fleet.submit(image_workflow(steps=2, seed=5)))["id"])
+    assert quick["status"] == "succeeded"
+    assert "collecting" not in await phases(quick["id"])  # outputs in hand at once: one write less
+
+    for sim in fleet.sims:
+        sim.faults.slow_response_s = 0.5  # /history and /view answer slowly
+    slow = await fleet.wait((await fleet.submit(image_workflow(steps=2, seed=6)))["id"], timeout_s=60)
+    assert slow["status"] == "succeeded"
+    assert (await phases(slow["id"]))[-1] == "collecting"

@@ -43,8 +43,8 @@ async def test_reattached_job_gets_live_progress_under_the_recorded_client_id(va
             async with asyncio.timeout(30):
                 async for event in events:
                     record = event.get("job") or {}
-                    if event.get("kind") == "progress":
-                        progress.append(record["progress"])
+                    if event.get("kind") == "progress" or record.get("status") == "succeeded":
+                        progress.append(record["progress"])  # success carries the final 1.0
                     if record.get("status") in ("succeeded", "failed", "canceled", "expired"):
                         break
         final = await fleet.job(job.id)

@@ -72,8 +72,11 @@ class ProgressSink:
             self.writes += 1
             await self._apply(t.ProgressMade(progress))
 
-    async def close(self) -> None:
-        """Write what is pending now (the attempt is over)."""
+    async def close(self, *, superseded: bool = False) -> None:
+        """Write what is pending now (the attempt is over). ``superseded``: drop it instead,
+        the next write (a success, which sets the progress to 1) makes it moot."""
+        if superseded:
+            self._pending = None
         if self._flush_task is not None:
             self._flush_task.cancel()
             try:

@@ -48,6 +48,7 @@ class RunnerSettings:
     no_backend_delay_s: float = 1.0
     no_slot_delay_s: float = 0.05  # no slot after waiting in the worker: back to the queue this soon
     cancel_grace_s: float = 5.0
+    collecting_shown_after_s: float = 0.25  # outputs still downloading after this: phase collecting
     tracker: TrackerSettings = field(default_factory=TrackerSettings)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     retry_by_type: Mapping[str, RetryPolicy] = field(default_factory=dict)
@@ -216,6 +217,7 @@ class Runner:
                                 counters=self.counters[backend.name], rng=self._rng)
         heartbeat = asyncio.create_task(self._heartbeat(job.id))
         handed_back = False
+        outcome: Outcome | None = None
         try:
             if submit:
                 await tracker.connect()  # before POST /prompt, so no event is missed
@@ -240,7 +242,7 @@ class Runner:
         finally:
             heartbeat.cancel()
             await tracker.close()
-            await sink.close()
+            await sink.close(superseded=outcome is not None and outcome.kind == "success")
             await self.flush_counters()
             if handed_back:  # the next runner holds the slot on; unheld, it expires
                 self._dispatcher.forget(job.id)
@@ -341,12 +343,19 @@ class Runner:
     async def _conclude(self, job_id: str, backend: Backend, outcome: Outcome) -> Verdict:
         if outcome.kind == "success":  # whatever moved meanwhile (a cancel), success stands
             job = self._latest.get(job_id) or await self._store.get(job_id)
-            await self._apply(job_id, t.Collecting())
+            collecting = asyncio.create_task(collect_outputs(
+                backend.client, self._blobs, job_id=job_id, outputs=outcome.history.outputs))
             try:
-                outputs = await collect_outputs(backend.client, self._blobs, job_id=job_id,
-                                                outputs=outcome.history.outputs)
+                # The collecting phase is written only when it lasts: most outputs are in hand
+                # sooner, and the success write follows at once.
+                await asyncio.wait({collecting}, timeout=self._settings.collecting_shown_after_s)
+                if not collecting.done():
+                    await self._apply(job_id, t.Collecting())
+                outputs = await collecting
             except BackendError as exc:
                 return await self._failed(await self._store.get(job_id), _failure_from(exc))
+            finally:
+                collecting.cancel()
             await self._apply(job_id, t.Succeed(outputs))
             await self._dispatcher.record(backend.name, job.type, self._fingerprints.pop(job_id, None), None)
             return DONE
