@@ -118,11 +118,12 @@ class RedisJobStore:
         terminal = after.status in TERMINAL_STATUSES
         keys = [k.job(after.id), k.workflow(after.id), k.status_index(before.status.value),
                 k.status_index(after.status.value), k.active_index, k.events_stream]
+        data = json.dumps(after.to_dict())
         args = [after.id, before.status.value, before.version, after.status.value, after.version,
                 after.owner or "", after.type, repr(after.created_at), after.priority,
-                json.dumps(after.to_dict()), "1" if terminal else "0",
+                data, "1" if terminal else "0",
                 self._retention_ms if terminal else self._active_ttl_ms,
-                self._event(before, after), k.events_channel, STREAM_MAXLEN, k.cancel_channel]
+                self._event(before, after, data), k.events_channel, STREAM_MAXLEN, k.cancel_channel]
         return keys, args
 
     async def apply(self, job_id: str, event: transitions.Event, now: float, *,
@@ -262,9 +263,11 @@ class RedisJobStore:
         return await self._sweep(remove=True)
 
     # -- helpers -------------------------------------------------------------------------------
-    def _event(self, before: Job | None, after: Job) -> str:
-        return json.dumps({"job_id": after.id, "kind": event_kind(before, after),
-                           "job": after.to_dict()})
+    def _event(self, before: Job | None, after: Job, data: str | None = None) -> str:
+        """The event of a save; ``data`` is the record already encoded (spliced in, not
+        encoded twice)."""
+        head = json.dumps({"job_id": after.id, "kind": event_kind(before, after)})
+        return f'{head[:-1]}, "job": {data or json.dumps(after.to_dict())}}}'
 
     async def _narrowest(self, candidates: builtins.list[builtins.list[str]]) -> builtins.list[str]:
         if len(candidates) == 1:
