@@ -14,7 +14,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import ConfigError
-from .runtime.dispatcher import BackendConfig
+from .store.fleet import BackendRecord
 
 
 class Settings(BaseSettings):
@@ -68,7 +68,7 @@ class Settings(BaseSettings):
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
         return f"http://{host}:{self.port}"
 
-    def backend_configs(self) -> list[BackendConfig]:
+    def backend_configs(self) -> list[BackendRecord]:
         """``--backend`` entries plus the backends file's, names unique across both."""
         configs = parse_backends(self.backends) + list(self.fleet_file().backends)
         names = [c.name for c in configs]
@@ -81,13 +81,13 @@ class Settings(BaseSettings):
         return load_fleet_file(self.backends_file) if self.backends_file else FleetFile()
 
 
-def parse_backends(urls: list[str]) -> list[BackendConfig]:
-    """``http://gpu-1:8188`` or ``name=http://gpu-1:8188`` -> BackendConfig; plain errors otherwise."""
-    configs: list[BackendConfig] = []
+def parse_backends(urls: list[str]) -> list[BackendRecord]:
+    """``http://gpu-1:8188`` or ``name=http://gpu-1:8188`` -> BackendRecord; plain errors otherwise."""
+    configs: list[BackendRecord] = []
     for index, raw in enumerate(urls, start=1):
         name, _, url = raw.partition("=") if "=" in raw.split("://")[0] else ("", "", raw)
         check_http_url(url, what="backend URL")
-        configs.append(BackendConfig(name=name or urlsplit(url).netloc or f"backend-{index}",
+        configs.append(BackendRecord(name=name or urlsplit(url).netloc or f"backend-{index}",
                                      url=url.rstrip("/")))
     names = [c.name for c in configs]
     if len(set(names)) != len(names):

@@ -28,12 +28,13 @@ from urllib.parse import urlsplit
 
 from .domain.policy import RetryPolicy
 from .errors import ConfigError
-from .runtime.dispatcher import BackendConfig, TypeRouting
+from .runtime.dispatcher import TypeRouting
+from .store.fleet import BackendRecord
 
 
 @dataclass(frozen=True, slots=True)
 class FleetFile:
-    backends: tuple[BackendConfig, ...] = ()
+    backends: tuple[BackendRecord, ...] = ()
     routing: dict[str, TypeRouting] = field(default_factory=dict)
     retry: dict[str, RetryPolicy] = field(default_factory=dict)
 
@@ -67,11 +68,11 @@ def parse_fleet(data: dict[str, Any], *, where: str = "backends file") -> FleetF
     return FleetFile(backends=backends, routing=routing, retry=retry)
 
 
-def backend_from(entry: Any, where: str) -> BackendConfig:
+def backend_from(entry: Any, where: str) -> BackendRecord:
     return _backend(entry, where)
 
 
-def _backend(entry: Any, where: str) -> BackendConfig:
+def _backend(entry: Any, where: str) -> BackendRecord:
     if not isinstance(entry, dict):
         raise ConfigError(f"{where} must be a table")
     unknown = sorted(set(entry) - {"name", "url", "capacity", "tags", "headers"})
@@ -94,7 +95,7 @@ def _backend(entry: Any, where: str) -> BackendConfig:
     if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                 for k, v in headers.items()):
         raise ConfigError(f"{where}: headers must be a table of strings")
-    return BackendConfig(name=name, url=url.rstrip("/"), capacity=capacity, tags=tuple(tags),
+    return BackendRecord(name=name, url=url.rstrip("/"), capacity=capacity, tags=tuple(tags),
                          headers=dict(headers))
 
 

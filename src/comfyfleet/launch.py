@@ -83,7 +83,7 @@ def build_app(services: Services, settings: Settings):
         return None  # the owning runner watches the job's events and interrupts its prompt
 
     async def health() -> dict:
-        return {"backends": [{"name": b.name, "url": b.config.url}
+        return {"backends": [{"name": b.name, "url": b.record.url}
                              for b in services.dispatcher.backends]}
 
     retry_by_type = settings.fleet_file().retry

@@ -14,10 +14,10 @@ from .blobs import LocalBlobStore
 from .comfy.transport import open_session
 from .errors import StoreError
 from .queue import JobQueue
-from .runtime.dispatcher import BackendConfig, Dispatcher, DispatchSettings, records_from
+from .runtime.dispatcher import Dispatcher, DispatchSettings
 from .store.connection import connect, translated
 from .store.events import EventBus
-from .store.fleet import FleetStore
+from .store.fleet import BackendRecord, FleetStore
 from .store.jobs import RedisJobStore
 from .store.keys import Keys
 
@@ -27,7 +27,7 @@ class ServiceConfig:
     redis_url: str
     data_dir: Path
     key_prefix: str = "cf"
-    backends: tuple[BackendConfig, ...] = ()
+    backends: tuple[BackendRecord, ...] = ()
     active_ttl_s: float = 7200.0
     retention_s: float = 7 * 86400.0
     lease_ttl_s: float = 30.0
@@ -72,7 +72,7 @@ async def open_services(config: ServiceConfig) -> AsyncIterator[Services]:
         http = open_session(limit=200)
         stack.push_async_callback(http.close)
         fleet = FleetStore(redis, keys, lease_ttl_s=config.lease_ttl_s)
-        await fleet.seed(records_from(config.backends))  # configured backends join the registry
+        await fleet.seed(config.backends)  # configured backends join the registry
         dispatcher = Dispatcher(fleet, settings=config.dispatch)  # an HTTP pool per backend
         await dispatcher.start()
         stack.push_async_callback(dispatcher.close)

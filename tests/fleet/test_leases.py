@@ -99,7 +99,7 @@ async def test_every_dispatcher_sees_registry_changes_by_pubsub(redis, keys):
             async with asyncio.timeout(10):  # refresh_s is 60 s: the message did it
                 while watcher.snapshot.backends["a"].state != "draining" or "b" not in watcher.snapshot.backends:
                     await asyncio.sleep(0.01)
-            assert watcher.by_name("b").config.tags == ("lora",)
+            assert watcher.by_name("b").record.tags == ("lora",)
         finally:
             await watcher.close()
     assert json.loads(await redis.hget(keys.fleet_backends, "b"))["tags"] == ["lora"]

@@ -15,7 +15,7 @@ import httpx
 from comfyfleet.comfy.tracker import TrackerSettings
 from comfyfleet.domain import transitions as t
 from comfyfleet.domain.job import Attempt, Job, JobStatus
-from comfyfleet.runtime.dispatcher import BackendConfig
+from comfyfleet.store.fleet import BackendRecord
 from comfyfleet.runtime.runner import Runner, RunnerSettings
 from comfyfleet.services import ServiceConfig, Services, open_services
 from comfyfleet.sim import Simulator
@@ -62,7 +62,7 @@ class Rig:
 async def rig(valkey_url: str, data_dir: Path, sims: list[Simulator], *,
               worker_id: str = "w-test") -> AsyncIterator[Rig]:
     config = ServiceConfig(redis_url=valkey_url, data_dir=data_dir, key_prefix=f"r{uuid.uuid4().hex[:8]}",
-                           backends=tuple(BackendConfig(name=f"sim-{i}", url=s.url) for i, s in enumerate(sims)))
+                           backends=tuple(BackendRecord(name=f"sim-{i}", url=s.url) for i, s in enumerate(sims)))
     async with open_services(config) as services:
         runner = Runner(store=services.store, events=services.events, blobs=services.blobs,
                         dispatcher=services.dispatcher, worker_id=worker_id,

@@ -66,10 +66,10 @@ async def add_backend(request: Request, ctx: ApiContext = Depends(get_context)) 
     admin = _admin(ctx)
     body = await _body(request)
     try:
-        config = backend_from(body, "backend")
+        record = backend_from(body, "backend")
     except ConfigError as exc:
         raise ValidationFailed(str(exc), code="invalid_request", status_code=422) from None
-    return JSONResponse(await _guard(admin.add(config)), status_code=201)
+    return JSONResponse(await _guard(admin.add(record)), status_code=201)
 
 
 @router.patch("/backends/{name}")

@@ -22,7 +22,7 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -41,27 +41,16 @@ log = logging.getLogger(__name__)
 DISPATCHABLE_HEALTH = ("healthy", "unknown", "degraded")
 
 
-@dataclass(frozen=True, slots=True)
-class BackendConfig:
-    name: str
-    url: str
-    capacity: int = 1
-    tags: tuple[str, ...] = ()
-    headers: dict[str, str] = field(default_factory=dict)
-
-    def record(self) -> BackendRecord:
-        return BackendRecord(name=self.name, url=self.url, capacity=self.capacity, tags=self.tags,
-                             headers=dict(self.headers), source="config")
-
-
 @dataclass(slots=True)
 class Backend:
-    config: BackendConfig
+    """A registered backend as this process uses it: its registry record and its client."""
+
+    record: BackendRecord
     client: ComfyClient
 
     @property
     def name(self) -> str:
-        return self.config.name
+        return self.record.name
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -217,12 +206,10 @@ class Dispatcher:
         snapshot = await self.fleet.snapshot()
         for name, record in snapshot.backends.items():
             known = self._backends.get(name)
-            config = BackendConfig(name=name, url=record.url, capacity=record.capacity,
-                                   tags=record.tags, headers=dict(record.headers))
-            if known is None or known.config.url != record.url or known.config.headers != record.headers:
-                self._backends[name] = Backend(config=config, client=self._client_factory(record))
-            elif known.config != config:
-                known.config = config  # same server: keep its client and connections
+            if known is None or known.record.url != record.url or known.record.headers != record.headers:
+                self._backends[name] = Backend(record=record, client=self._client_factory(record))
+            else:
+                known.record = record  # same server: keep its client and connections
         self._snapshot = snapshot
         return snapshot
 
@@ -398,6 +385,3 @@ class Dispatcher:
         if self._snapshot is not None:
             self._snapshot.breakers[scope] = new
 
-
-def records_from(configs: Iterable[BackendConfig]) -> list[BackendRecord]:
-    return [c.record() for c in configs]

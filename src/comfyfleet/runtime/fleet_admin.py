@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from ..domain.policy import BreakerState
 from ..errors import BackendError, ComfyFleetError, JobNotFound
 from ..store.fleet import BackendHealth, BackendRecord, backend_breaker
-from .dispatcher import BackendConfig
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +58,9 @@ class FleetAdmin:
         await self._fleet.get(name)  # raises BackendNotFound
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def add(self, config: BackendConfig) -> dict[str, Any]:
-        record = BackendRecord(name=config.name, url=config.url, capacity=config.capacity,
-                               tags=config.tags, headers=dict(config.headers), source="api")
-        await self._fleet.add(record)
-        return await self.get(config.name)
+    async def add(self, record: BackendRecord) -> dict[str, Any]:
+        await self._fleet.add(replace(record, source="api"))
+        return await self.get(record.name)
 
     async def update(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
         await self._fleet.update(name, **{k: v for k, v in changes.items() if k in EDITABLE})
