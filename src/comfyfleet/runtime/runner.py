@@ -20,7 +20,6 @@ from ..comfy.client import HistoryEntry
 from ..comfy.tracker import Outcome, PromptTracker, TrackerCounters, TrackerSettings
 from ..domain import transitions as t
 from ..domain.failures import Failure, FailureKind, classify, error_code
-from ..domain.fingerprint import workflow_fingerprint
 from ..domain.job import Attempt, Job, JobError, JobStatus, Phase
 from ..domain.policy import RetryPolicy, jitter_unit
 from ..domain.progress import ProgressModel, node_weights_for
@@ -30,7 +29,9 @@ from ..ports import BlobStore, JobStore
 from ..store.claims import ClaimLost
 from ..store.stats import TrackingStats
 from .dispatcher import Backend, Dispatcher
+from .failure_of import failure_of_error, failure_of_outcome
 from .outputs import collect_outputs
+from .placement import NoPlace, Placement
 from .progress_sink import ProgressSink
 from .reconcile import Action, BackendView, PromptState, Where, decide, lookup
 from .tracking_stats import CounterFlusher
@@ -89,7 +90,8 @@ class Runner:
         self.counters: dict[str, TrackerCounters] = defaultdict(TrackerCounters)
         self._attach_gate = asyncio.Semaphore(settings.attach_concurrency)
         self._flusher = CounterFlusher(stats, self.counters) if stats is not None else None
-        self._fingerprints: dict[str, str] = {}  # job id -> workflow fingerprint, while it runs
+        self._placement = Placement(dispatcher, no_slot_delay_s=settings.no_slot_delay_s,
+                                    no_backend_delay_s=settings.no_backend_delay_s, clock=clock)
         self._latest: dict[str, Job] = {}  # job id -> newest record read or written, while it runs
 
     async def run(self, job_id: str, *, view: BackendView | None = None,
@@ -123,9 +125,11 @@ class Runner:
             return await self._cancel(job)
         if job.not_before is not None and now < job.not_before:
             return Verdict(run_at=job.not_before)
-        backend = await self._take_slot(job, workflow)
-        if not isinstance(backend, Backend):
-            return backend
+        backend = await self._placement.take(job, workflow)
+        if isinstance(backend, NoPlace):
+            if backend.failure is not None:
+                return await self._failed(job, backend.failure)
+            return Verdict(run_at=backend.run_at)
         now = self._clock()
         attempt = Attempt(number=job.attempt + 1, backend=backend.name, prompt_id=str(uuid.uuid4()),
                           client_id=str(uuid.uuid4()), worker=self._worker_id, started_at=now)
@@ -133,35 +137,9 @@ class Runner:
             job = await self._store.apply(job.id, t.Dispatch(attempt), now, known=job)  # write ahead
             self._latest[job.id] = job
         except BaseException:
-            await self._dispatcher.release(backend.name, job.id)
+            await self._placement.release(backend.name, job.id)
             raise
         return await self._attempt(job, backend, submit=True, fence=fence, workflow=workflow)
-
-    async def _take_slot(self, job: Job, workflow: dict) -> Backend | Verdict:
-        """A slot on a backend for this job's next attempt, or what to do instead. No slot free
-        anywhere: back to the queue shortly, without spending an attempt."""
-        fingerprint = self._fingerprints[job.id] = workflow_fingerprint(workflow)
-        choice = await self._dispatcher.acquire(job, fingerprint=fingerprint)
-        if choice.fatal:
-            return await self._failed(job, Failure(FailureKind.NO_BACKEND, choice.fatal))
-        if choice.circuit_open:
-            return await self._failed(job, Failure(FailureKind.CIRCUIT_OPEN, choice.circuit_open))
-        if choice.backend is None:
-            self._fingerprints.pop(job.id, None)
-            return Verdict(run_at=self._clock() + self._settings.no_slot_delay_s)
-        last = job.history[-1] if job.history else None
-        health = self._dispatcher.health
-        if last is not None and last.backend == choice.backend.name and health is not None:
-            try:
-                down = (await health.check(choice.backend.name)).state == "down"  # before retrying there
-            except BaseException:
-                await self._dispatcher.release(choice.backend.name, job.id)
-                raise
-            if down:
-                await self._dispatcher.release(choice.backend.name, job.id)
-                self._fingerprints.pop(job.id, None)
-                return Verdict(run_at=self._clock() + self._settings.no_backend_delay_s)
-        return choice.backend
 
     # -- reconcile ---------------------------------------------------------------------------
     async def _reconcile(self, job: Job, view: BackendView | None, fence: Fence | None) -> Verdict:
@@ -199,12 +177,11 @@ class Runner:
         if submit:
             if workflow is None:
                 workflow = await self._store.workflow(job.id)
-            await self._dispatcher.hold(backend.name, job.id)
+            await self._placement.keep(backend, job.id, workflow)
         else:  # a start-up sweep may reattach thousands: a few at a time
             async with self._attach_gate:
                 workflow = workflow or await self._store.workflow(job.id)
-                await self._dispatcher.hold(backend.name, job.id)  # a reattached job keeps its slot
-        self._fingerprints[job.id] = workflow_fingerprint(workflow)
+                await self._placement.keep(backend, job.id, workflow)  # a reattached job keeps its slot
         sink = ProgressSink(self._store, self._events, job.id, apply=lambda e: self._apply(job.id, e),
                             executing=job.phase is Phase.EXECUTING,
                             throttle_s=self._settings.progress_throttle_s, clock=self._clock)
@@ -226,7 +203,7 @@ class Runner:
                 failure = await self._submit(job, backend, workflow)
                 if failure is not None:
                     await tracker.close()
-                    await self._dispatcher.release(backend.name, job.id)
+                    await self._placement.release(backend.name, job.id)
                     return await self._failed(job, failure)
                 outcome = await self._follow(job, backend, tracker)
             else:
@@ -245,15 +222,15 @@ class Runner:
             await sink.close(superseded=outcome is not None and outcome.kind == "success")
             await self.flush_counters()
             if handed_back:  # the next runner holds the slot on; unheld, it expires
-                self._dispatcher.forget(job.id)
+                self._placement.forget(job.id)
             else:  # the prompt is over on its backend: free the slot before collecting
-                await self._dispatcher.release(backend.name, job.id)
+                await self._placement.release(backend.name, job.id)
         try:
             if outcome is None:
                 return await self._cancel(await self._store.get(job.id))
             return await self._conclude(job.id, backend, outcome)
         finally:
-            self._fingerprints.pop(job.id, None)
+            self._placement.done(job.id)
 
     async def _history_now(self, backend: Backend, prompt_id: str) -> HistoryEntry | None:
         try:
@@ -273,16 +250,16 @@ class Runner:
                            exception_type=exc.error_type, node_errors=exc.node_errors)
         except (BackendTimeout, BackendUnavailable, BackendProtocolError) as exc:
             if exc.status_code is not None:
-                return _failure_from(exc)
+                return failure_of_error(exc)
             # The answer was lost, not refused: did ComfyUI accept the prompt? Look it up; while
             # that cannot be answered, track it (the tracker resolves present or lost).
             state = await lookup(backend.client, current.prompt_id)
             if state.where is Where.ABSENT:
-                return _failure_from(exc)
+                return failure_of_error(exc)
             if state.where is Where.UNREACHABLE:
                 return None
         except BackendError as exc:
-            return _failure_from(exc)
+            return failure_of_error(exc)
         await self._apply(job.id, t.Submitted())
         return None
 
@@ -353,11 +330,11 @@ class Runner:
                     await self._apply(job_id, t.Collecting())
                 outputs = await collecting
             except BackendError as exc:
-                return await self._failed(await self._store.get(job_id), _failure_from(exc))
+                return await self._failed(await self._store.get(job_id), failure_of_error(exc))
             finally:
                 collecting.cancel()
             await self._apply(job_id, t.Succeed(outputs))
-            await self._dispatcher.record(backend.name, job.type, self._fingerprints.pop(job_id, None), None)
+            await self._placement.succeeded(backend.name, job)
             return DONE
         job = await self._store.get(job_id)
         if outcome.kind == "expired":
@@ -365,25 +342,18 @@ class Runner:
         if job.status is JobStatus.CANCELING:
             await self._apply(job_id, t.Canceled())
             return DONE
-        return await self._failed(job, _failure_from_outcome(outcome))
+        return await self._failed(job, failure_of_outcome(outcome))
 
     async def _failed(self, job: Job, failure: Failure) -> Verdict:
         failure_class = classify(failure)
         job = await self._store.get(job.id)
-        fingerprint = self._fingerprints.pop(job.id, None)
-        if job.is_terminal:
+        if job.is_terminal or job.status is JobStatus.CANCELING:
+            self._placement.done(job.id)
+            if not job.is_terminal:
+                await self._apply(job.id, t.Canceled())
             return DONE
-        if job.status is JobStatus.CANCELING:
-            await self._apply(job.id, t.Canceled())
-            return DONE
-        retryable = failure_class.retryable
-        if failure.kind not in (FailureKind.NO_BACKEND, FailureKind.CIRCUIT_OPEN):
-            backend = job.current.backend if job.current is not None else None
-            if backend is not None:
-                await self._dispatcher.release(backend, job.id)  # idempotent: the prompt is over
-            await self._dispatcher.record(backend, job.type, fingerprint, failure_class)
-            if retryable and fingerprint and not self._dispatcher.workflow_allows(job.type, fingerprint):
-                retryable = False  # this workflow keeps failing: stop burning retries on it
+        workflow_allows = await self._placement.failed(job, failure, failure_class)
+        retryable = failure_class.retryable and workflow_allows
         retry = self._settings.retry_by_type.get(job.type, self._settings.retry)
         if retryable and job.status is JobStatus.RUNNING and job.attempt < job.max_attempts:
             delay_s = retry.delay_s(job.attempt, random_unit=jitter_unit(job.id, job.attempt),
@@ -455,33 +425,3 @@ class Runner:
             self._latest[job_id] = job
         return job
 
-
-def _failure_from(exc: BackendError) -> Failure:
-    if isinstance(exc, BackendTimeout):
-        kind = FailureKind.TIMEOUT
-    elif isinstance(exc, BackendProtocolError):
-        kind = FailureKind.PROTOCOL
-    elif exc.status_code is not None:
-        kind = FailureKind.HTTP_STATUS
-    else:
-        kind = FailureKind.UNREACHABLE
-    return Failure(kind, str(exc), status_code=exc.status_code, retry_after_s=exc.retry_after_s)
-
-
-def _failure_from_outcome(outcome: Outcome) -> Failure:
-    if outcome.kind == "error" and outcome.history is not None:
-        error = outcome.history.error or {}
-        return Failure(FailureKind.NODE_ERROR,
-                       str(error.get("exception_message") or "node execution failed").strip(),
-                       exception_type=error.get("exception_type"), node_id=_str(error.get("node_id")),
-                       node_type=error.get("node_type"),
-                       traceback=tuple(str(x) for x in error.get("traceback") or ()))
-    if outcome.kind == "interrupted":
-        return Failure(FailureKind.INTERRUPTED, "the prompt was interrupted on its backend")
-    if outcome.kind == "unreachable":
-        return Failure(FailureKind.UNREACHABLE, outcome.message)
-    return Failure(FailureKind.PROMPT_LOST, outcome.message or "the backend lost the prompt")
-
-
-def _str(value: object) -> str | None:
-    return None if value is None else str(value)

@@ -1,0 +1,97 @@
+"""Where a job's attempt runs, and what its outcome teaches the breakers.
+
+The runner asks ``take`` for a capacity slot before each new attempt and hands the slot back
+(``release``) once the prompt is over, or lets it go unreleased (``forget``) when the job is handed
+to another runner while its prompt still runs. Outcomes go to ``succeeded`` and ``failed``, which
+feed the backend's breaker and the breaker of the job's workflow shape (type + fingerprint). The
+fingerprint of each job's workflow is kept here while the job runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..domain.failures import Failure, FailureClass, FailureKind
+from ..domain.fingerprint import workflow_fingerprint
+from ..domain.job import Job
+from .dispatcher import Backend, Dispatcher
+
+
+@dataclass(frozen=True, slots=True)
+class NoPlace:
+    """No slot for this attempt: ``failure`` ends the attempt (no backend can ever take the job,
+    or its workflow's breaker is open); otherwise look again at ``run_at``."""
+
+    failure: Failure | None = None
+    run_at: float | None = None
+
+
+class Placement:
+    def __init__(self, dispatcher: Dispatcher, *, no_slot_delay_s: float, no_backend_delay_s: float,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._dispatcher = dispatcher
+        self._no_slot_delay_s = no_slot_delay_s
+        self._no_backend_delay_s = no_backend_delay_s
+        self._clock = clock
+        self._fingerprints: dict[str, str] = {}  # job id -> workflow fingerprint, while it runs
+
+    async def take(self, job: Job, workflow: dict) -> Backend | NoPlace:
+        """A slot on a backend for the job's next attempt. None free anywhere: look again
+        shortly, without spending an attempt. A retry landing on the backend that just failed
+        it checks that backend's health first."""
+        fingerprint = self._fingerprints[job.id] = workflow_fingerprint(workflow)
+        choice = await self._dispatcher.acquire(job, fingerprint=fingerprint)
+        if choice.fatal:
+            return NoPlace(failure=Failure(FailureKind.NO_BACKEND, choice.fatal))
+        if choice.circuit_open:
+            return NoPlace(failure=Failure(FailureKind.CIRCUIT_OPEN, choice.circuit_open))
+        if choice.backend is None:
+            self._fingerprints.pop(job.id, None)
+            return NoPlace(run_at=self._clock() + self._no_slot_delay_s)
+        name = choice.backend.name
+        last = job.history[-1] if job.history else None
+        health = self._dispatcher.health
+        if last is not None and last.backend == name and health is not None:
+            try:
+                down = (await health.check(name)).state == "down"
+            except BaseException:
+                await self.release(name, job.id)
+                raise
+            if down:
+                await self.release(name, job.id)
+                self._fingerprints.pop(job.id, None)
+                return NoPlace(run_at=self._clock() + self._no_backend_delay_s)
+        return choice.backend
+
+    async def keep(self, backend: Backend, job_id: str, workflow: dict) -> None:
+        """The job runs on ``backend`` (a new attempt or a reattached one): its slot is held."""
+        self._fingerprints[job_id] = workflow_fingerprint(workflow)
+        await self._dispatcher.hold(backend.name, job_id)
+
+    async def release(self, backend: str, job_id: str) -> None:
+        """The prompt is over there: free the slot (idempotent)."""
+        await self._dispatcher.release(backend, job_id)
+
+    def forget(self, job_id: str) -> None:
+        """Handed back while the prompt runs: the next runner holds the slot on."""
+        self._dispatcher.forget(job_id)
+
+    def done(self, job_id: str) -> None:
+        self._fingerprints.pop(job_id, None)
+
+    async def succeeded(self, backend: str, job: Job) -> None:
+        await self._dispatcher.record(backend, job.type, self._fingerprints.pop(job.id, None), None)
+
+    async def failed(self, job: Job, failure: Failure, failure_class: FailureClass) -> bool:
+        """Free the slot, feed the breakers; False when the workflow's breaker has opened, so
+        this workflow stops burning retries."""
+        fingerprint = self._fingerprints.pop(job.id, None)
+        if failure.kind in (FailureKind.NO_BACKEND, FailureKind.CIRCUIT_OPEN):
+            return True  # no attempt ran: nothing to free and nothing learned
+        backend = job.current.backend if job.current is not None else None
+        if backend is not None:
+            await self.release(backend, job.id)
+        await self._dispatcher.record(backend, job.type, fingerprint, failure_class)
+        return not fingerprint or self._dispatcher.workflow_allows(job.type, fingerprint)
