@@ -261,6 +261,7 @@ async def run_serve(settings: Settings) -> None:
             try:
                 await until_signalled()
             finally:
+                supervisor.stopping()
                 housekeeping.cancel()
                 await api.stop()
         finally:

@@ -48,3 +48,17 @@ async def test_a_worker_that_keeps_dying_is_given_up_and_reported():
     finally:
         await supervisor.stop()
 
+
+
+async def test_a_worker_that_exits_once_shutdown_has_begun_is_not_restarted():
+    """A Ctrl-C reaches every worker of the process group before the supervisor stops them."""
+    supervisor = WorkerSupervisor(LONG_RUNNING, count=1, backoff_base_s=0.01)
+    await supervisor.start()
+    try:
+        supervisor.stopping()
+        supervisor.slots[0].process.send_signal(signal.SIGINT)
+        await wait_until(lambda: supervisor.slots[0].process.returncode is not None)
+        await asyncio.sleep(0.3)  # a restart would have happened by now
+        assert supervisor.slots[0].restarts == 0
+    finally:
+        await supervisor.stop()

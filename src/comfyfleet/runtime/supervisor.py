@@ -75,6 +75,11 @@ class WorkerSupervisor:
             slot.restarts += 1
             await self._spawn(slot)
 
+    def stopping(self) -> None:
+        """Shutdown has begun: a worker that exits from now on is not restarted (a Ctrl-C in a
+        terminal reaches every worker of the process group at once, before ``stop``)."""
+        self._stopping = True
+
     async def stop(self) -> None:
         """SIGTERM every worker (they hand their jobs back), wait the grace period, then SIGKILL."""
         self._stopping = True
