@@ -87,6 +87,36 @@ async def test_a_waiting_job_starts_on_the_release_message_not_a_recheck(redis, 
             await dispatcher.close()
 
 
+async def test_only_the_first_waiting_job_rechecks_and_a_missed_release_still_lands(redis, keys):
+    """Many jobs wait on a full fleet: one re-checks (not each of them, twice a second), and a
+    slot freed without its release message is still found by that re-check."""
+    fleet = FleetStore(redis, keys)
+    await fleet.seed([record("a")])
+    async with open_session() as http:
+        settings = DispatchSettings(slot_wait_s=120.0, recheck_s=0.05, refresh_s=60.0)
+        dispatcher = Dispatcher(fleet, http=http, settings=settings)
+        await dispatcher.start()
+        waiting = []
+        try:
+            assert (await dispatcher.acquire(job("holder"), wait_s=0)).backend is not None
+            waiting = [asyncio.create_task(dispatcher.acquire(job(f"w{i}"))) for i in range(20)]
+            await asyncio.sleep(0.2)  # every waiter has looked once
+            await redis.config_resetstat()
+            await asyncio.sleep(1.0)  # about 20 re-checks of one waiter; 400 if each re-checked
+            stats = await redis.info("commandstats")
+            assert stats.get("cmdstat_evalsha", {}).get("calls", 0) <= 60
+            await redis.zrem(keys.lease("a"), "holder")  # freed with no message: a lost release
+            async with asyncio.timeout(10):
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            [winner] = done
+            assert winner.result().backend.name == "a"
+        finally:
+            for task in waiting:
+                task.cancel()
+            await asyncio.gather(*waiting, return_exceptions=True)
+            await dispatcher.close()
+
+
 async def test_every_dispatcher_sees_registry_changes_by_pubsub(redis, keys):
     fleet = FleetStore(redis, keys)
     await fleet.seed([record("a")])

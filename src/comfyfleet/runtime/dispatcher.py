@@ -10,8 +10,9 @@ when the first has no backend that can take the job, or when the job has already
 ``store/fleet.py``), so the choice is exact across all workers.
 
 When no slot is free the job waits here for a release (published by Redis, so it starts within
-milliseconds of a slot freeing) or a short re-check, up to ``slot_wait_s``; then the runner hands
-it back to the queue without spending an attempt.
+milliseconds of a slot freeing; each release wakes one waiting job) up to ``slot_wait_s``; then the
+runner hands it back to the queue without spending an attempt. The first waiting job also looks
+again every ``recheck_s``, in case a release message was missed.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class TypeRouting:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DispatchSettings:
     slot_wait_s: float = 10.0  # wait in the worker for a slot, then back to the queue
-    recheck_s: float = 0.5  # re-check for a slot this often even without a release message
+    recheck_s: float = 0.5  # the first waiting job re-checks this often even without a release
     refresh_s: float = 1.0  # re-read the registry at least this often
     backend_breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     workflow_breaker: CircuitBreaker = field(default_factory=lambda: CircuitBreaker(
@@ -139,6 +140,9 @@ def plan_candidates(job: Job, snapshot: FleetSnapshot, *, routing: TypeRouting,
     return Plan(tuple(candidates))
 
 
+_RECHECK = "\0recheck"  # woken_by of a waiter woken to look again, not by a release
+
+
 @dataclass(eq=False)
 class _Waiter:
     eligible: frozenset[str]
@@ -180,6 +184,7 @@ class Dispatcher:
         self._tasks = [asyncio.create_task(self._listen(), name="fleet-listen"),
                        asyncio.create_task(self._every(self.settings.refresh_s, self.refresh),
                                            name="fleet-refresh"),
+                       asyncio.create_task(self._recheck_forever(), name="slot-recheck"),
                        asyncio.create_task(self._every(self.fleet.lease_ttl_s / 3, self._renew),
                                            name="lease-renew")]
         with contextlib.suppress(TimeoutError):  # listening before the first job is taken
@@ -304,15 +309,16 @@ class Dispatcher:
                 name = await self.fleet.acquire(plan.candidates, job.id, now)
                 if name is not None:
                     self._held[job.id] = name
-                    if waiter.woken_by is not None:  # a release meant for a waiter: pass it on
+                    if waiter.woken_by == _RECHECK:  # a release was missed: maybe more than one
+                        self._wake_first(skip=waiter)
+                    elif waiter.woken_by is not None:  # a release meant for a waiter: pass it on
                         self._wake_one(waiter.woken_by, skip=waiter)
                     return Choice(backend=self._backends.get(name))
                 remaining = until - self._clock()
                 if remaining <= 0:
                     return Choice()
-                recheck = self.settings.recheck_s * (0.5 + random.random())
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(remaining, recheck)):
+                    async with asyncio.timeout(remaining):
                         await waiter.event.wait()
         finally:
             self._waiters.remove(waiter)
@@ -347,6 +353,22 @@ class Dispatcher:
             waiter = min(ready, key=lambda w: (-w.priority, w.seq))
             waiter.woken_by = name
             waiter.event.set()
+
+    def _wake_first(self, *, skip: _Waiter | None = None) -> None:
+        ready = [w for w in self._waiters if w is not skip and not w.event.is_set()]
+        if ready:
+            waiter = min(ready, key=lambda w: (-w.priority, w.seq))
+            waiter.woken_by = _RECHECK
+            waiter.event.set()
+
+    async def _recheck_forever(self) -> None:
+        """Release messages wake waiting jobs one by one; should one be missed (a dropped
+        subscription), the first waiting job looks again every ``recheck_s``, and a slot found
+        that way wakes the next. Only one job re-checks: a few hundred waiting jobs each walking
+        every candidate twice a second cost more than the dispatching itself."""
+        while True:
+            await asyncio.sleep(self.settings.recheck_s * (0.5 + random.random()))
+            self._wake_first()
 
     def _wake_all(self) -> None:
         for waiter in self._waiters:
