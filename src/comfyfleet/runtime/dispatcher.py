@@ -296,6 +296,7 @@ class Dispatcher:
         waiter = _Waiter(frozenset(), job.priority, next(self._seq))
         self._waiters.append(waiter)
         try:
+            cause: str | None = None  # why this look: None (first, or the fleet changed) walks all
             while True:
                 now = self._clock()
                 plan = plan_candidates(job, self._snapshot, routing=routing,
@@ -306,10 +307,25 @@ class Dispatcher:
                 waiter.eligible = frozenset(name for name, _, _ in plan.candidates)
                 waiter.event.clear()
                 waiter.woken_by = None
-                name = await self.fleet.acquire(plan.candidates, job.id, now)
+                candidates = plan.candidates
+                if cause is None and self._queue_ahead(waiter):
+                    candidates = ()  # jobs already wait for these backends: none has room
+                elif cause not in (None, _RECHECK):
+                    # Woken by one backend's release: no other had room when this job last
+                    # looked, so only that one is worth asking (not a walk of the whole fleet).
+                    candidates = tuple(c for c in candidates if c[0] == cause)
+                name = await self.fleet.acquire(candidates, job.id, now)
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    # Cancelled while Redis answered, and the client swallowed it: honour it.
+                    if name is not None:
+                        await self.fleet.release(name, job.id)
+                    raise asyncio.CancelledError
                 if name is not None:
                     self._held[job.id] = name
-                    if waiter.woken_by == _RECHECK:  # a release was missed: maybe more than one
+                    if cause == _RECHECK:  # a release was missed: maybe more than one
+                        self._wake_first(skip=waiter)
+                    if waiter.woken_by == _RECHECK:
                         self._wake_first(skip=waiter)
                     elif waiter.woken_by is not None:  # a release meant for a waiter: pass it on
                         self._wake_one(waiter.woken_by, skip=waiter)
@@ -320,6 +336,7 @@ class Dispatcher:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(remaining):
                         await waiter.event.wait()
+                cause = waiter.woken_by
         finally:
             self._waiters.remove(waiter)
 
@@ -353,6 +370,13 @@ class Dispatcher:
             waiter = min(ready, key=lambda w: (-w.priority, w.seq))
             waiter.woken_by = name
             waiter.event.set()
+
+    def _queue_ahead(self, waiter: _Waiter) -> bool:
+        """Another job of this process already waits for every backend ``waiter`` could use.
+        Slots free up only by a release (which wakes a waiting job), a registry change (which
+        wakes them all) or a lost message (the re-check), so none of them has room now."""
+        return bool(waiter.eligible) and any(
+            other is not waiter and waiter.eligible <= other.eligible for other in self._waiters)
 
     def _wake_first(self, *, skip: _Waiter | None = None) -> None:
         ready = [w for w in self._waiters if w is not skip and not w.event.is_set()]
