@@ -209,6 +209,9 @@ class Dispatcher:
 
     async def refresh(self) -> FleetSnapshot:
         snapshot = await self.fleet.snapshot()
+        if self._closing:  # closed (or closing): no new connection pool may be opened
+            self._snapshot = snapshot
+            return snapshot
         for name, record in snapshot.backends.items():
             known = self._backends.get(name)
             if known is None or known.record.url != record.url or known.record.headers != record.headers:
