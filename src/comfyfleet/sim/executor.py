@@ -6,13 +6,14 @@ import asyncio
 import time
 from collections import deque
 
-from .config import PromptRecord, RecordLog, SimConfig
+from .config import PromptRecord, SimConfig
 from .faults import Faults
 from .hub import SocketHub
 from .images import jpeg_bytes
 from .nodes import (Interrupted, NodeFailure, current_inputs, execution_order, failure_for,
                     produce_output, signatures, step_seconds, steps_of)
 from .queue import PromptQueue, QueueItem, history_extra_data
+from .record_log import RecordLog
 from .validation import is_output_class
 
 
