@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
 
+from .files import file_response
 from .hub import Connection
 from .queue import QueueItem
 from .validation import PromptInvalid, validate_prompt
@@ -175,7 +176,7 @@ class ComfyRoutes:
         if not os.path.isfile(path):
             return web.Response(status=404)
         content_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
-        return web.FileResponse(path, headers={"Content-Type": content_type})
+        return file_response(request, path, content_type)
 
     async def post_upload(self, request: web.Request) -> web.Response:
         post = await request.post()
