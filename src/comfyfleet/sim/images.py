@@ -20,10 +20,10 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def png_bytes(seed: str, size: int = 8) -> bytes:
     """A valid `size`x`size` RGB PNG whose pixels are derived from `seed`."""
     digest = hashlib.sha256(seed.encode()).digest()
-    rows = b""
-    for y in range(size):
-        row = bytes(digest[(y * size * 3 + i) % len(digest)] for i in range(size * 3))
-        rows += b"\x00" + row
+    row_len = size * 3
+    # pixel byte k is digest[k % len(digest)]: the digest repeated, cut into filtered rows
+    pixels = digest * (size * row_len // len(digest) + 1)
+    rows = b"".join(b"\x00" + pixels[y * row_len:(y + 1) * row_len] for y in range(size))
     header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header)
             + _chunk(b"IDAT", zlib.compress(rows)) + _chunk(b"IEND", b""))
