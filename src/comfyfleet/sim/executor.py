@@ -8,6 +8,7 @@ from collections import deque
 
 from .config import PromptRecord, SimConfig
 from .faults import Faults
+from .filenames import SaveNames
 from .hub import SocketHub
 from .images import jpeg_bytes
 from .nodes import (Interrupted, NodeFailure, current_inputs, execution_order, failure_for,
@@ -65,6 +66,7 @@ class Executor:
         self.dirs = dirs
         self.records = records
         self.record_log = RecordLog(config.record_file, config.name)
+        self.save_names = SaveNames()
         self.cache: dict[str, dict | None] = {}
         self.client_id: str | None = None
         self.last_node_id: str | None = None
@@ -186,7 +188,7 @@ class Executor:
         steps = steps_of(node)
         if steps > 0:
             await self._run_steps(run, node_id, node, steps)
-        ui = produce_output(node_id, node, run.prompt_id, self.dirs)
+        ui = produce_output(node_id, node, run.prompt_id, self.dirs, self.save_names)
         run.executed.append(node_id)
         self.cache[sig] = ui
         await self._executed(run, node_id, ui)
