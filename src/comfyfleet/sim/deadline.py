@@ -2,7 +2,8 @@
 
 A WebSocket send almost always completes without suspending (the frame fits the socket
 buffer), and `asyncio.timeout` would still schedule and cancel a timer for each one. Here the
-deadline is armed at the first suspension, so the common case costs no timer at all.
+operation runs up to its first suspension first; only then is the timeout entered, and the
+operation resumed under it.
 """
 
 from __future__ import annotations
@@ -16,35 +17,34 @@ T = TypeVar("T")
 
 async def wait_bounded(awaitable: Awaitable[T], seconds: float) -> T:
     """`await awaitable`, raising TimeoutError once it has waited `seconds` without finishing."""
-    async with asyncio.timeout(None) as timeout:
-        return await _ArmOnSuspend(awaitable, timeout, seconds)
+    steps = awaitable.__await__()
+    try:
+        first_wait = steps.send(None)
+    except StopIteration as done:
+        return done.value
+    async with asyncio.timeout(seconds):
+        return await _Resumed(steps, first_wait)
 
 
-class _ArmOnSuspend:
-    """Awaits `awaitable` step by step (as `yield from` would) and sets `timeout`'s deadline
-    when it first suspends."""
+class _Resumed:
+    """The rest of an operation already run up to its first suspension (`first_wait` is what it
+    yielded there); awaiting this continues it exactly as `yield from` would."""
 
-    __slots__ = ("_awaitable", "_timeout", "_seconds")
+    __slots__ = ("_steps", "_first_wait")
 
-    def __init__(self, awaitable: Awaitable[Any], timeout: asyncio.Timeout, seconds: float) -> None:
-        self._awaitable = awaitable
-        self._timeout = timeout
-        self._seconds = seconds
+    def __init__(self, steps: Generator[Any, Any, Any], first_wait: Any) -> None:
+        self._steps = steps
+        self._first_wait = first_wait
 
     def __await__(self) -> Generator[Any, Any, Any]:
-        steps = self._awaitable.__await__()
-        try:
-            yielded = steps.send(None)
-        except StopIteration as done:
-            return done.value
-        self._timeout.reschedule(asyncio.get_running_loop().time() + self._seconds)
+        steps, yielded = self._steps, self._first_wait
         while True:
             try:
                 received = yield yielded
             except GeneratorExit:
                 steps.close()
                 raise
-            except BaseException as exc:  # cancellation included: the awaited operation sees it
+            except BaseException as exc:  # cancellation included: the operation sees it
                 try:
                     yielded = steps.throw(exc)
                 except StopIteration as done:

@@ -62,8 +62,11 @@ class SocketHub:
         """Text event to the socket of `sid`, or to every listed socket when `sid` is None."""
         if self._is_silent():
             return
+        recipients = self.recipients(sid)
+        if not recipients:
+            return
         text = json.dumps({"type": kind, "data": data})
-        for conn in self.recipients(sid):
+        for conn in recipients:
             await _deliver(conn, text)
 
     async def send_preview(self, image: bytes, metadata: dict, sid: str | None, *, with_metadata: bool) -> None:
