@@ -8,7 +8,7 @@ import zlib
 
 import pytest
 
-from comfyfleet.sim.images import png_bytes
+from comfyfleet.sim.images import png_bytes, zlib_stored
 
 
 def _chunks(png: bytes) -> list[tuple[bytes, bytes]]:
@@ -37,3 +37,12 @@ def test_png_pixels_are_the_seed_digest_byte_by_byte(seed, size):
 
 def test_png_depends_on_the_seed():
     assert png_bytes("a") != png_bytes("b") and png_bytes("a") == png_bytes("a")
+
+
+@pytest.mark.parametrize("size", [0, 1, 200, 0xFFFF, 0xFFFF + 1, 3 * 0xFFFF + 7])
+def test_stored_zlib_stream_inflates_to_the_data(size):
+    data = bytes(i % 251 for i in range(size))
+    stream = zlib_stored(data)
+    assert zlib.decompress(stream) == data
+    inflater = zlib.decompressobj()
+    assert inflater.decompress(stream) == data and inflater.eof and inflater.unused_data == b""
