@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import fields
 
 from .config import PromptRecord
 
 _APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+_RECORD_FIELDS = tuple(f.name for f in fields(PromptRecord))
 
 
 class RecordLog:
@@ -28,8 +30,9 @@ class RecordLog:
     def write(self, event: str, record: PromptRecord) -> None:
         if self._path is None:
             return
-        line = {"event": event, "server": self._server_name, "pid": os.getpid(), "t": time.time(),
-                **vars(record)}
+        line = {"event": event, "server": self._server_name, "pid": os.getpid(), "t": time.time()}
+        for name in _RECORD_FIELDS:  # not vars(record): that would give every kept record a dict
+            line[name] = getattr(record, name)
         data = (json.dumps(line) + "\n").encode()
         fd = self._open_fd()
         os.write(fd, data)
