@@ -62,3 +62,18 @@ def test_no_path_writes_nothing(tmp_path):
     log.write("start", _record())
     log.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_moved_or_replaced_file_is_let_go(tmp_path):
+    path = tmp_path / "records.jsonl"
+    log = RecordLog(str(path), "sim-1")
+    log.write("start", _record("first"))
+    path.rename(tmp_path / "rotated.jsonl")
+    log.write("start", _record("second"))  # a new file at the path
+    replaced = path.with_suffix(".new")
+    replaced.write_text('{"event": "start", "prompt_id": "other"}\n')
+    replaced.replace(path)
+    log.write("start", _record("third"))
+    assert [line["prompt_id"] for line in _lines(tmp_path / "rotated.jsonl")] == ["first"]
+    assert [line["prompt_id"] for line in _lines(path)] == ["other", "third"]
+    log.close()

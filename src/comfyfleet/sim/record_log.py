@@ -18,14 +18,15 @@ class RecordLog:
 
     A line is in the file, visible to readers, as soon as `write` returns, and it survives
     SIGKILL: nothing is buffered in the process. O_APPEND keeps whole lines from several
-    servers or processes writing the same file. If the file is deleted while open, the next
-    line recreates it at the same path.
+    servers or processes writing the same file. Like opening the path for each line, a line
+    always goes to the file now at the path: one deleted, moved or replaced is let go.
     """
 
     def __init__(self, path: str | None, server_name: str) -> None:
         self._path = path
         self._server_name = server_name
         self._fd: int | None = None
+        self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
 
     def write(self, event: str, record: PromptRecord) -> None:
         if self._path is None:
@@ -40,11 +41,21 @@ class RecordLog:
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
-            self._fd = None
+            self._fd = self._file_id = None
 
     def _open_fd(self) -> int:
-        if self._fd is not None and os.fstat(self._fd).st_nlink == 0:
-            self.close()  # deleted under us: append to a new file at the path, as before
+        if self._fd is not None and _file_id_at(self._path) != self._file_id:
+            self.close()
         if self._fd is None:
             self._fd = os.open(self._path, _APPEND_FLAGS, 0o666)
+            st = os.fstat(self._fd)
+            self._file_id = (st.st_dev, st.st_ino)
         return self._fd
+
+
+def _file_id_at(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino)
