@@ -135,4 +135,3 @@ def produce_output(node_id: str, node: dict, prompt_id: str, dirs: dict[str, str
     source = next(iter(inputs.values()), None)
     text = f"output of node {source[0]}" if is_link(source) else str(source)
     return {"text": [text]}
-
