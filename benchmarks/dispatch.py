@@ -267,8 +267,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--idle-jobs", type=int, default=200)
-    parser.add_argument("--keep", default=None, help="work in this directory and keep it (logs)")
+    parser.add_argument("--keep", default=None,
+                        help="work in this new or empty directory and keep it (logs)")
     args = parser.parse_args()
+    if args.keep and Path(args.keep).is_dir() and any(Path(args.keep).iterdir()):
+        # a previous run's ports.json would be read before the new simulators write theirs
+        parser.error(f"--keep {args.keep}: the directory is not empty")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.keep) if args.keep else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 import zlib
 
@@ -96,3 +97,18 @@ async def test_system_stats_features_object_info(sim, http):
     assert (await http.get("/api/features")).json() == {"supports_preview_metadata": True, "max_upload_size": 104857600}
     assert "SaveImage" in (await http.get("/object_info")).json()
     assert (await http.get("/object_info/Nope")).json() == {}
+
+
+async def test_history_bodies_are_formatted_like_json_response(sim, http):
+    """`/history` answers byte for byte what aiohttp's json_response(json.dumps) would send."""
+    first = await submit(http, workflow(steps=1), "c1", extra_data={"note": "ünïcode"})
+    second = await submit(http, workflow(steps=1))
+    await sim.wait_idle(5)
+    for path in (f"/history/{first}", "/history", "/history?max_items=1", "/history/unknown"):
+        r = await http.get(path)
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json; charset=utf-8"
+        assert r.text == json.dumps(r.json())
+    assert list((await http.get("/history")).json()) == [first, second]
+    entry = (await http.get(f"/history/{first}")).json()[first]
+    assert entry["prompt"][3] == {"note": "ünïcode", "client_id": "c1"}
+    assert entry["status"]["status_str"] == "success" and list(entry) == ["prompt", "outputs", "status", "meta"]

@@ -6,6 +6,8 @@ import asyncio
 
 from sim_helpers import submit, workflow
 
+from comfyfleet.sim import hub as hub_module
+
 
 async def test_duplicate_client_id_leaves_new_socket_deaf(sim, http, connect):
     """Trace 06b: a 2nd socket with the same clientId replaces the 1st; closing the 1st deafens the 2nd."""
@@ -87,3 +89,26 @@ async def test_restart_forgets_everything(sim, http, connect):
     assert [r.outcome for r in sim.records[:2]] == ["success", None] and sim.records[1].ended_at is not None
     await sim.wait_idle(5)
     assert sim.records[-1].outcome == "success"
+
+
+
+async def test_send_to_a_socket_that_never_reads_gives_up(sim, http, monkeypatch, caplog):
+    """A client that stops reading fills every buffer; each send then waits SEND_TIMEOUT_S at
+    most, and prompts still run."""
+    monkeypatch.setattr(hub_module, "SEND_TIMEOUT_S", 0.2)
+    caplog.set_level("DEBUG", logger=hub_module.__name__)
+    reader, writer = await asyncio.open_connection(sim.host, sim.port)
+    writer.write(b"GET /ws?clientId=stuck HTTP/1.1\r\nHost: sim\r\nUpgrade: websocket\r\n"
+                 b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 b"Sec-WebSocket-Version: 13\r\n\r\n")
+    try:
+        async with asyncio.timeout(5):
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+        big = "x" * 100_000
+        async with asyncio.timeout(60):
+            while not any("TimeoutError" in r.getMessage() for r in caplog.records):
+                await sim.hub.send("filler", big, "stuck")  # never read: the buffers fill up
+        await submit(http, workflow(steps=1))
+        await sim.wait_idle(10)
+    finally:
+        writer.close()

@@ -7,6 +7,8 @@
 Layers: `validation` and `nodes` are pure; `queue` holds ComfyUI's in-memory state;
 `hub` is the sid -> socket table; `executor` runs prompts and emits events; `routes` is
 the aiohttp surface; `server` owns the port and lifecycle; `run` is the CLI entry.
+Helpers: `record_log` (the record file), `filenames` (save names), `files` (`/view` answers),
+`images` (PNG and preview bytes), `deadline` (the send timeout).
 """
 
 from .config import PromptRecord, SimConfig

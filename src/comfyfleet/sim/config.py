@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -32,20 +29,3 @@ class PromptRecord:
     started_at: float
     ended_at: float | None = None
     outcome: str | None = None
-
-
-class RecordLog:
-    """Appends one JSON line per prompt start and end, flushed at once (survives SIGKILL)."""
-
-    def __init__(self, path: str | None, server_name: str) -> None:
-        self._path = path
-        self._server_name = server_name
-
-    def write(self, event: str, record: PromptRecord) -> None:
-        if self._path is None:
-            return
-        line = {"event": event, "server": self._server_name, "pid": os.getpid(),
-                "t": time.time(), **asdict(record)}
-        with open(self._path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(line) + "\n")
-            fh.flush()

@@ -6,18 +6,32 @@ import asyncio
 import time
 from collections import deque
 
-from .config import PromptRecord, RecordLog, SimConfig
+from .config import PromptRecord, SimConfig
 from .faults import Faults
+from .filenames import SaveNames
 from .hub import SocketHub
 from .images import jpeg_bytes
 from .nodes import (Interrupted, NodeFailure, current_inputs, execution_order, failure_for,
                     produce_output, signatures, step_seconds, steps_of)
 from .queue import PromptQueue, QueueItem, history_extra_data
+from .record_log import RecordLog
 from .validation import is_output_class
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def scripted_inputs(prompt: dict) -> dict[str, object]:
+    """Each input name's first non-None value in node order: what `Executor._script` looks up."""
+    found: dict[str, object] = {}
+    for node in prompt.values():
+        inputs = node.get("inputs")
+        if isinstance(inputs, dict):
+            for name, value in inputs.items():
+                if value is not None and name not in found:
+                    found[name] = value
+    return found
 
 
 class PromptRun:
@@ -34,9 +48,11 @@ class PromptRun:
         self.steps_node: str | None = None
         self.socket_dropped = False
         self.socket_deafened = False
+        self.scripted = scripted_inputs(item.prompt)
 
     def node_state(self, node_id: str, value: float, max_: float, state: str,
                    parent: str | None = None) -> None:
+        """Replace (never mutate) the node's entry: sent entries can be shared, not copied."""
         self.progress[node_id] = {
             "value": value, "max": max_, "state": state, "node_id": node_id,
             "prompt_id": self.prompt_id, "display_node_id": parent or node_id,
@@ -64,6 +80,7 @@ class Executor:
         self.dirs = dirs
         self.records = records
         self.record_log = RecordLog(config.record_file, config.name)
+        self.save_names = SaveNames()
         self.cache: dict[str, dict | None] = {}
         self.client_id: str | None = None
         self.last_node_id: str | None = None
@@ -152,16 +169,14 @@ class Executor:
     def _script(self, run: PromptRun, name: str, default: object = None) -> object:
         """A live-progress fault for this prompt: an input of that name on any of its nodes,
         else the server's fault, else `default`."""
-        value = next((node["inputs"][name] for node in run.item.prompt.values()
-                      if isinstance(node.get("inputs"), dict) and node["inputs"].get(name) is not None),
-                     None)
+        value = run.scripted.get(name)
         if value is None:
             value = getattr(self.faults, name)
         return default if value is None else value
 
     async def _progress_state(self, run: PromptRun) -> None:
         if not self._script(run, "legacy_events", self.config.legacy_events):
-            nodes = {nid: dict(state) for nid, state in run.progress.items()}
+            nodes = dict(run.progress)
             await self.hub.send("progress_state", {"prompt_id": run.prompt_id, "nodes": nodes}, run.client_id)
 
     async def _execute_node(self, run: PromptRun, node_id: str, sig: str, oom_target: str | None) -> None:
@@ -185,7 +200,7 @@ class Executor:
         steps = steps_of(node)
         if steps > 0:
             await self._run_steps(run, node_id, node, steps)
-        ui = produce_output(node_id, node, run.prompt_id, self.dirs)
+        ui = produce_output(node_id, node, run.prompt_id, self.dirs, self.save_names)
         run.executed.append(node_id)
         self.cache[sig] = ui
         await self._executed(run, node_id, ui)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Callable
@@ -10,6 +9,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from .deadline import wait_bounded
 from .images import preview_frame, preview_frame_with_metadata
 
 SEND_TIMEOUT_S = 5.0
@@ -62,8 +62,11 @@ class SocketHub:
         """Text event to the socket of `sid`, or to every listed socket when `sid` is None."""
         if self._is_silent():
             return
+        recipients = self.recipients(sid)
+        if not recipients:
+            return
         text = json.dumps({"type": kind, "data": data})
-        for conn in self.recipients(sid):
+        for conn in recipients:
             await _deliver(conn, text)
 
     async def send_preview(self, image: bytes, metadata: dict, sid: str | None, *, with_metadata: bool) -> None:
@@ -92,10 +95,7 @@ async def _deliver(conn: Connection, payload: str | bytes) -> None:
     if conn.ws.closed:
         return
     try:
-        async with asyncio.timeout(SEND_TIMEOUT_S):
-            if isinstance(payload, bytes):
-                await conn.ws.send_bytes(payload)
-            else:
-                await conn.ws.send_str(payload)
+        send = conn.ws.send_bytes(payload) if isinstance(payload, bytes) else conn.ws.send_str(payload)
+        await wait_bounded(send, SEND_TIMEOUT_S)
     except (ConnectionError, RuntimeError, TimeoutError) as exc:
         log.debug("ws send to %s failed: %r", conn.sid, exc)

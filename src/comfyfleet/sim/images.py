@@ -10,6 +10,7 @@ import zlib
 PREVIEW_IMAGE = 1
 PREVIEW_IMAGE_WITH_METADATA = 4
 JPEG_FORMAT = 1
+MAX_STORED_BLOCK = 0xFFFF
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -20,13 +21,28 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def png_bytes(seed: str, size: int = 8) -> bytes:
     """A valid `size`x`size` RGB PNG whose pixels are derived from `seed`."""
     digest = hashlib.sha256(seed.encode()).digest()
-    rows = b""
-    for y in range(size):
-        row = bytes(digest[(y * size * 3 + i) % len(digest)] for i in range(size * 3))
-        rows += b"\x00" + row
+    row_len = size * 3
+    # pixel byte k is digest[k % len(digest)]: the digest repeated, cut into filtered rows
+    pixels = digest * (size * row_len // len(digest) + 1)
+    rows = b"".join(b"\x00" + pixels[y * row_len:(y + 1) * row_len] for y in range(size))
     header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header)
-            + _chunk(b"IDAT", zlib.compress(rows)) + _chunk(b"IEND", b""))
+            + _chunk(b"IDAT", zlib_stored(rows)) + _chunk(b"IEND", b""))
+
+
+def zlib_stored(data: bytes) -> bytes:
+    """A zlib stream holding `data` in stored (uncompressed) deflate blocks.
+
+    The pixels are hash bytes, which deflate cannot shrink, and setting up a compressor for
+    each image cost more than the rest of the PNG: any zlib reader inflates this stream."""
+    blocks = [b"\x78\x01"]  # deflate, 32 KiB window; (0x78 * 256 + 0x01) % 31 == 0
+    starts = range(0, len(data), MAX_STORED_BLOCK) if data else [0]
+    for start in starts:
+        block = data[start:start + MAX_STORED_BLOCK]
+        final = 1 if start + MAX_STORED_BLOCK >= len(data) else 0
+        blocks.append(struct.pack("<BHH", final, len(block), len(block) ^ 0xFFFF) + block)
+    blocks.append(struct.pack(">I", zlib.adler32(data)))
+    return b"".join(blocks)
 
 
 def jpeg_bytes(seed: str) -> bytes:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 
+from .filenames import SaveNames
 from .images import png_bytes
 from .validation import is_link, is_output_class
 
@@ -115,7 +115,8 @@ def current_inputs(node: dict) -> dict:
     return out
 
 
-def produce_output(node_id: str, node: dict, prompt_id: str, dirs: dict[str, str]) -> dict | None:
+def produce_output(node_id: str, node: dict, prompt_id: str, dirs: dict[str, str],
+                   names: SaveNames) -> dict | None:
     """The node's `ui` dict (None for non-output nodes); image outputs write a PNG."""
     class_type = node["class_type"]
     if not is_output_class(class_type):
@@ -126,21 +127,11 @@ def produce_output(node_id: str, node: dict, prompt_id: str, dirs: dict[str, str
         prefix = str(inputs.get("filename_prefix") or "ComfyUI")
         if kind == "temp":
             prefix = "ComfyUI_temp_" + hashlib.sha256(prompt_id.encode()).hexdigest()[:5]
-        filename = _next_filename(dirs[kind], prefix)
+        filename = names.next_name(dirs[kind], prefix)
         with open(os.path.join(dirs[kind], filename), "wb") as fh:
             fh.write(png_bytes(f"{prompt_id}/{node_id}"))
+        names.saved(dirs[kind], prefix, filename)
         return {"images": [{"filename": filename, "subfolder": "", "type": kind}]}
     source = next(iter(inputs.values()), None)
     text = f"output of node {source[0]}" if is_link(source) else str(source)
     return {"text": [text]}
-
-
-def _next_filename(folder: str, prefix: str) -> str:
-    """`{prefix}_{counter:05}_.png` with counter = highest existing + 1, as ComfyUI's save path."""
-    pattern = re.compile(re.escape(os.path.basename(prefix)) + r"_(\d{5,})_")
-    highest = 0
-    for name in os.listdir(folder):
-        match = pattern.match(name)
-        if match:
-            highest = max(highest, int(match.group(1)))
-    return f"{os.path.basename(prefix)}_{highest + 1:05}_.png"

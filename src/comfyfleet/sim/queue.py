@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import json
 from dataclasses import dataclass
 
 MAXIMUM_HISTORY_SIZE = 10000
@@ -28,11 +29,15 @@ class QueueItem:
 
 
 class PromptQueue:
-    """Pending heap + one running item + history dict; `idle` is set when both are empty."""
+    """Pending heap + one running item + history dict; `idle` is set when both are empty.
+
+    A history entry is kept as its JSON text: it never changes once written, and thousands of
+    entries held as nested dicts and lists made every full garbage-collector pass walk them.
+    """
 
     def __init__(self) -> None:
         self.counter = 0
-        self.history: dict[str, dict] = {}
+        self.history: dict[str, str] = {}  # prompt_id -> JSON text of the entry
         self.running: QueueItem | None = None
         self._pending: list[tuple[int | float, int, QueueItem]] = []
         self._seq = itertools.count()
@@ -89,17 +94,18 @@ class PromptQueue:
         self.running = None
         if len(self.history) > MAXIMUM_HISTORY_SIZE:
             self.history.pop(next(iter(self.history)))
-        self.history[item.prompt_id] = entry
+        self.history[item.prompt_id] = json.dumps(entry)
         self._update_idle()
 
     def abandon_running(self) -> None:
         self.running = None
         self._update_idle()
 
-    def get_history(self, max_items: int | None = None, offset: int = -1) -> dict:
+    def get_history(self, max_items: int | None = None, offset: int = -1) -> dict[str, str]:
+        """prompt_id -> JSON text of the entry, paged like the real `/history`."""
         if offset < 0 and max_items is not None:
             offset = len(self.history) - max_items
-        out: dict[str, dict] = {}
+        out: dict[str, str] = {}
         for index, (key, value) in enumerate(self.history.items()):
             if index >= offset:
                 out[key] = value

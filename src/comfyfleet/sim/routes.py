@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
 
+from .files import file_response
 from .hub import Connection
 from .queue import QueueItem
 from .validation import PromptInvalid, validate_prompt
@@ -144,12 +145,12 @@ class ComfyRoutes:
         query = request.rel_url.query
         max_items = int(query["max_items"]) if "max_items" in query else None
         offset = int(query.get("offset", -1))
-        return web.json_response(self.sim.queue.get_history(max_items, offset))
+        return _encoded_object_response(self.sim.queue.get_history(max_items, offset))
 
     async def get_history_item(self, request: web.Request) -> web.Response:
         prompt_id = request.match_info["prompt_id"]
         entry = self.sim.queue.history.get(prompt_id)
-        return web.json_response({prompt_id: entry} if entry is not None else {})
+        return _encoded_object_response({prompt_id: entry} if entry is not None else {})
 
     async def post_history(self, request: web.Request) -> web.Response:
         body = await _json_or_none(request) or {}
@@ -175,7 +176,7 @@ class ComfyRoutes:
         if not os.path.isfile(path):
             return web.Response(status=404)
         content_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
-        return web.FileResponse(path, headers={"Content-Type": content_type})
+        return file_response(request, path, content_type)
 
     async def post_upload(self, request: web.Request) -> web.Response:
         post = await request.post()
@@ -284,6 +285,12 @@ class ComfyRoutes:
 
     async def get_records(self, request: web.Request) -> web.Response:
         return web.json_response([asdict(r) for r in self.sim.records])
+
+
+def _encoded_object_response(encoded: dict[str, str]) -> web.Response:
+    """`web.json_response` of a dict whose values are JSON text already: the same bytes."""
+    text = "{" + ", ".join(f"{json.dumps(key)}: {value}" for key, value in encoded.items()) + "}"
+    return web.Response(text=text, content_type="application/json")
 
 
 def _dedupe_name(folder: str, name: str, data: bytes) -> str:

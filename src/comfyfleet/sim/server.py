@@ -78,6 +78,8 @@ class Simulator:
         for task in list(self._background):
             task.cancel()
         await self._stop_worker()
+        if self.executor is not None:
+            self.executor.record_log.close()
         self._close_listener()
         self._drop_connections()
         if self._runner is not None:
