@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from contextlib import asynccontextmanager
 
 from comfyfleet.comfy.transport import open_session
 from comfyfleet.domain.job import Job, JobStatus
@@ -17,6 +18,20 @@ def record(name: str, capacity: int = 1, **extra) -> BackendRecord:
 
 def job(job_id: str) -> Job:
     return Job(id=job_id, status=JobStatus.QUEUED, created_at=0.0)
+
+
+@asynccontextmanager
+async def one_backend_dispatcher(redis, keys, settings: DispatchSettings):  # type: ignore[no-untyped-def]
+    """A started dispatcher over a registry holding one backend ``a`` of capacity 1."""
+    fleet = FleetStore(redis, keys)
+    await fleet.seed([record("a")])
+    async with open_session() as http:
+        dispatcher = Dispatcher(fleet, http=http, settings=settings)
+        await dispatcher.start()
+        try:
+            yield dispatcher
+        finally:
+            await dispatcher.close()
 
 
 async def test_concurrent_acquires_never_exceed_capacity_and_spread_by_load(redis, keys):
@@ -66,36 +81,25 @@ async def test_draining_and_removed_backends_give_no_slot_even_to_a_stale_candid
 
 
 async def test_a_waiting_job_starts_on_the_release_message_not_a_recheck(redis, keys):
-    fleet = FleetStore(redis, keys)
-    await fleet.seed([record("a")])
-    async with open_session() as http:
-        # re-checks every 60 s and re-reads the registry every 60 s: only pub/sub can be in time
-        settings = DispatchSettings(slot_wait_s=120.0, recheck_s=60.0, refresh_s=60.0)
-        dispatcher = Dispatcher(fleet, http=http, settings=settings)
-        await dispatcher.start()
-        try:
-            first = await dispatcher.acquire(job("j1"), wait_s=0)
-            assert first.backend is not None and first.backend.name == "a"
-            waiting = asyncio.create_task(dispatcher.acquire(job("j2")))
-            await asyncio.sleep(0.2)
-            assert not waiting.done()
-            await dispatcher.release("a", "j1")
-            second = await asyncio.wait_for(waiting, timeout=10)  # a safety net, far below 60 s
-            assert second.backend is not None and second.backend.name == "a"
-            assert (await dispatcher.acquire(job("j3"), wait_s=0)).backend is None  # no attempt spent
-        finally:
-            await dispatcher.close()
+    # re-checks every 60 s and re-reads the registry every 60 s: only pub/sub can be in time
+    settings = DispatchSettings(slot_wait_s=120.0, recheck_s=60.0, refresh_s=60.0)
+    async with one_backend_dispatcher(redis, keys, settings) as dispatcher:
+        first = await dispatcher.acquire(job("j1"), wait_s=0)
+        assert first.backend is not None and first.backend.name == "a"
+        waiting = asyncio.create_task(dispatcher.acquire(job("j2")))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        await dispatcher.release("a", "j1")
+        second = await asyncio.wait_for(waiting, timeout=10)  # a safety net, far below 60 s
+        assert second.backend is not None and second.backend.name == "a"
+        assert (await dispatcher.acquire(job("j3"), wait_s=0)).backend is None  # no attempt spent
 
 
 async def test_only_the_first_waiting_job_rechecks_and_a_missed_release_still_lands(redis, keys):
     """Many jobs wait on a full fleet: one re-checks (not each of them, twice a second), and a
     slot freed without its release message is still found by that re-check."""
-    fleet = FleetStore(redis, keys)
-    await fleet.seed([record("a")])
-    async with open_session() as http:
-        settings = DispatchSettings(slot_wait_s=600.0, recheck_s=0.05, refresh_s=60.0)
-        dispatcher = Dispatcher(fleet, http=http, settings=settings)
-        await dispatcher.start()
+    settings = DispatchSettings(slot_wait_s=600.0, recheck_s=0.05, refresh_s=60.0)
+    async with one_backend_dispatcher(redis, keys, settings) as dispatcher:
         waiting = []
         try:
             assert (await dispatcher.acquire(job("holder"), wait_s=0)).backend is not None
@@ -116,8 +120,6 @@ async def test_only_the_first_waiting_job_rechecks_and_a_missed_release_still_la
                 task.cancel()
             async with asyncio.timeout(30):
                 await asyncio.gather(*waiting, return_exceptions=True)
-            await dispatcher.close()
-
 
 async def test_every_dispatcher_sees_registry_changes_by_pubsub(redis, keys):
     fleet = FleetStore(redis, keys)

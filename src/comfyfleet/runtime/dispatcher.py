@@ -326,12 +326,10 @@ class Dispatcher:
                     raise asyncio.CancelledError
                 if name is not None:
                     self._held[job.id] = name
-                    if cause == _RECHECK:  # a release was missed: maybe more than one
+                    if _RECHECK in (cause, waiter.woken_by):  # a release was missed: maybe more
                         self._wake_first(skip=waiter)
-                    if waiter.woken_by == _RECHECK:
-                        self._wake_first(skip=waiter)
-                    elif waiter.woken_by is not None:  # a release meant for a waiter: pass it on
-                        self._wake_one(waiter.woken_by, skip=waiter)
+                    if waiter.woken_by not in (None, _RECHECK):  # a release meant for a waiter
+                        self._wake_one(waiter.woken_by, skip=waiter)  # pass it on
                     return Choice(backend=self._backends.get(name))
                 remaining = until - self._clock()
                 if remaining <= 0:

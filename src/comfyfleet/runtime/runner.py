@@ -347,10 +347,12 @@ class Runner:
     async def _failed(self, job: Job, failure: Failure) -> Verdict:
         failure_class = classify(failure)
         job = await self._store.get(job.id)
-        if job.is_terminal or job.status is JobStatus.CANCELING:
+        if job.is_terminal:
             self._placement.done(job.id)
-            if not job.is_terminal:
-                await self._apply(job.id, t.Canceled())
+            return DONE
+        if job.status is JobStatus.CANCELING:
+            self._placement.done(job.id)
+            await self._apply(job.id, t.Canceled())
             return DONE
         workflow_allows = await self._placement.failed(job, failure, failure_class)
         retryable = failure_class.retryable and workflow_allows
