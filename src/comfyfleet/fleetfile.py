@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from .domain.policy import RetryPolicy
 from .errors import ConfigError
-from .runtime.dispatcher import TypeRouting
+from .runtime.selection import TypeRouting
 from .store.fleet import BackendRecord
 
 

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from comfyfleet.comfy.transport import open_session
 from comfyfleet.domain.job import Job, JobStatus
+from comfyfleet.domain.policy import CircuitBreaker
 from comfyfleet.runtime.dispatcher import Dispatcher, DispatchSettings
 from comfyfleet.store.fleet import BackendRecord, FleetStore
 
@@ -137,3 +138,75 @@ async def test_every_dispatcher_sees_registry_changes_by_pubsub(redis, keys):
         finally:
             await watcher.close()
     assert json.loads(await redis.hget(keys.fleet_backends, "b"))["tags"] == ["lora"]
+
+
+async def test_the_kept_roster_follows_a_breaker_opening_here_and_its_cool_down_ending(redis, keys):
+    fleet = FleetStore(redis, keys)
+    await fleet.seed([record("a"), record("b")])
+    clock = [1000.0]
+    settings = DispatchSettings(refresh_s=3600.0,
+                                backend_breaker=CircuitBreaker(failure_threshold=1, cooldown_s=30.0))
+
+    async def chosen(count: int) -> list[str]:
+        names = []
+        for i in range(count):
+            holder = f"job-{clock[0]}-{i}"
+            choice = await dispatcher.acquire(job(holder), wait_s=0.0)
+            names.append(choice.backend.name)
+            await dispatcher.release(choice.backend.name, holder)
+        return names
+
+    async with open_session() as http:
+        dispatcher = Dispatcher(fleet, http=http, settings=settings, clock=lambda: clock[0])
+        await dispatcher.start()
+        try:
+            assert set(await chosen(4)) == {"a", "b"}  # equals take turns
+            await dispatcher.record_backend("a", ok=False)  # opens a's breaker
+            assert await chosen(4) == ["b"] * 4  # before the change comes back by pubsub
+            await asyncio.sleep(0.5)  # it has: the snapshot is re-read, the roster made anew
+            assert await chosen(2) == ["b"] * 2
+            clock[0] += 31.0  # the cool-down is over: a half-open probe may go to a
+            assert "a" in await chosen(4)
+        finally:
+            await dispatcher.close()
+
+
+async def test_a_burst_of_registry_changes_costs_a_few_re_reads_not_one_each(redis, keys):
+    fleet = FleetStore(redis, keys)
+    await fleet.seed([record(f"b{i}") for i in range(50)])
+    async with open_session() as http:
+        watcher = Dispatcher(FleetStore(redis, keys), http=http, settings=DispatchSettings(refresh_s=3600.0))
+        await watcher.start()
+        reads = 0
+        plain_refresh = watcher.refresh
+
+        async def counted_refresh():
+            nonlocal reads
+            reads += 1
+            await asyncio.sleep(0.01)  # a re-read takes a while: more changes arrive meanwhile
+            return await plain_refresh()
+        watcher.refresh = counted_refresh
+        try:
+            async with redis.pipeline(transaction=False) as burst:  # 50 changes at once
+                for i in range(50):
+                    burst.hset(keys.fleet_backends, f"b{i}", record(f"b{i}", state="disabled").to_json())
+                    burst.publish(keys.fleet_channel, "changed")
+                await burst.execute()
+            async with asyncio.timeout(10):
+                while any(r.state != "disabled" for r in watcher.snapshot.backends.values()):
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)  # any re-read still to come
+            assert reads <= 5, reads
+        finally:
+            await watcher.close()
+
+
+async def test_a_snapshot_parses_only_what_changed_since_the_last(redis, keys):
+    fleet = FleetStore(redis, keys)
+    await fleet.seed([record("a"), record("b")])
+    first = await fleet.snapshot()
+    await fleet.update("b", state="draining")
+    second = await fleet.snapshot()
+    assert second.backends["a"] is first.backends["a"]
+    assert second.backends["b"].state == "draining" and first.backends["b"].state == "active"
+    assert list(second.backends) == ["a", "b"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfyfleet.domain.job import Attempt, Job, JobStatus
 from comfyfleet.domain.policy import BreakerState, BreakerStatus, CircuitBreaker
-from comfyfleet.runtime.dispatcher import TypeRouting, plan_candidates
+from comfyfleet.runtime.selection import Roster, TypeRouting, plan_candidates
 from comfyfleet.store.fleet import BackendHealth, BackendRecord, FleetSnapshot
 
 BREAKER = CircuitBreaker(failure_threshold=2, cooldown_s=10.0)
@@ -94,3 +94,23 @@ def test_fallback_groups_in_order_and_a_worn_group_moves_last():
     assert [c[0] for c in plan(job(), down, routing).candidates] == ["g2"]
     worn = plan(job(history=[failed_on("g1")]), snap, routing)
     assert [c[0] for c in worn.candidates] == ["g2"]
+
+
+def test_a_kept_roster_plans_like_a_fresh_one_and_knows_when_a_cool_down_ends():
+    opened = BREAKER.record_failure(BREAKER.record_failure(BreakerState(), 0.0), 0.0)
+    snap = snapshot(A, B, C, breakers={"backend:b": opened})
+    kept = Roster.of(snap, BREAKER, now=1.0)
+    assert kept.valid_until == 10.0  # b's cool-down ends: the roster must be made again then
+    lora = job({"tags": "lora"})
+    for turn in range(4):
+        for j in (job(), job(history=[failed_on("a")]), lora, job()):
+            assert kept.plan(j, TypeRouting(), turn=turn) == plan(j, snap, turn=turn, now=1.0)
+    assert Roster.of(snapshot(A, B), BREAKER, now=1.0).valid_until == float("inf")
+
+
+def test_first_tries_share_a_plan_but_a_retry_is_planned_from_its_own_history():
+    kept = Roster.of(snapshot(A, B, C), BREAKER, now=0.0)
+    assert [c[0] for c in kept.plan(job(), TypeRouting(), turn=0).candidates] == ["a", "b", "c"]
+    retry = kept.plan(job(history=[failed_on("a")]), TypeRouting(), turn=0)
+    assert [c[0] for c in retry.candidates] == ["b", "c"]
+    assert [c[0] for c in kept.plan(job(), TypeRouting(), turn=1).candidates] == ["b", "c", "a"]

@@ -202,3 +202,19 @@ async def test_polling_only_when_no_socket_can_be_opened(rig):
     assert outcome.kind == "success"
     assert tracker.counters.fallback_episodes == 1 and tracker.counters.socket_connects == 0
     assert tracker.counters.socket_failures >= 1 and polls(rig.sim) >= 2
+
+
+async def test_the_socket_goes_straight_to_the_server_like_the_http_client(rig, monkeypatch):
+    """A proxy in the environment is not used (the HTTP client does not use it either), and
+    the socket is opened without compression."""
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # nothing listens there
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    client_id = str(uuid.uuid4())
+    socket = await open_socket(rig.client.ws_url(client_id), client_id=client_id, backend="sim-p",
+                               settings=SocketSettings(preview_metadata=False))
+    try:
+        assert socket._connection.response.headers.get("Sec-WebSocket-Extensions") is None
+    finally:
+        await socket.close()

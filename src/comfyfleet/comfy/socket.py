@@ -84,7 +84,11 @@ async def open_socket(ws_url: str, *, client_id: str, backend: str,
                                        ping_interval=settings.ping_interval_s,
                                        ping_timeout=settings.ping_timeout_s,
                                        close_timeout=settings.close_timeout_s,
-                                       max_size=settings.max_frame_bytes)
+                                       max_size=settings.max_frame_bytes,
+                                       # Direct, like the HTTP client (no proxy from the
+                                       # environment), and uncompressed: the frames are small
+                                       # JSON and JPEG previews, deflate only costs CPU both ends.
+                                       proxy=None, compression=None)
             socket = PromptSocket(connection, client_id=client_id, backend=backend, settings=settings)
             try:
                 first = await socket.receive()

@@ -1,13 +1,9 @@
 """Choose a backend for a job attempt and take a capacity slot on it.
 
-Selection: among the backends whose admin state is active, whose health is not down, whose
-breaker allows and whose tags include the job's required tags (``metadata.tags`` plus the job
-type's configured tags), prefer healthy over degraded, and backends this job has not failed on
-over those it has; inside a tier, the least loaded (load / capacity) wins and equals take turns
-(round-robin). A job type may name ordered fallback groups (tag sets): the next group is used
-when the first has no backend that can take the job, or when the job has already failed
-``fallback_after`` times in it. The slot itself is taken atomically in Redis (see
-``store/fleet.py``), so the choice is exact across all workers.
+Which backends may take a job, in which order, is decided in ``selection.py`` from the registry
+snapshot this process keeps (re-read on every fleet change and at least once a second). The slot
+itself is taken atomically in Redis (see ``store/fleet.py``), so the choice is exact across all
+workers.
 
 When no slot is free the job waits here for a release (published by Redis, so it starts within
 milliseconds of a slot freeing; each release wakes one waiting job) up to ``slot_wait_s``; then the
@@ -32,15 +28,12 @@ from ..comfy.client import ComfyClient
 from ..comfy.transport import open_session
 from ..domain.failures import FailureClass
 from ..domain.job import Job
-from ..domain.policy import BreakerState, BreakerStatus, CircuitBreaker
+from ..domain.policy import BreakerState, CircuitBreaker
 from ..errors import StoreError
-from ..store.fleet import (BackendHealth, BackendRecord, FleetSnapshot, FleetStore, backend_breaker,
-                           workflow_breaker)
+from ..store.fleet import BackendRecord, FleetSnapshot, FleetStore, backend_breaker, workflow_breaker
+from .selection import Roster, TypeRouting
 
 log = logging.getLogger(__name__)
-
-DISPATCHABLE_HEALTH = ("healthy", "unknown", "degraded")
-
 
 @dataclass(slots=True)
 class Backend:
@@ -52,15 +45,6 @@ class Backend:
     @property
     def name(self) -> str:
         return self.record.name
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TypeRouting:
-    """Where jobs of one type may run: required tags and ordered fallback groups of tags."""
-
-    tags: tuple[str, ...] = ()
-    fallback: tuple[tuple[str, ...], ...] = ()
-    fallback_after: int = 2  # failures of a job inside a group before it moves to the next
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,65 +63,6 @@ class Choice:
     backend: Backend | None = None
     fatal: str | None = None  # no backend can ever take this job
     circuit_open: str | None = None  # this job's workflow breaker is open
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    candidates: tuple[tuple[str, int, int], ...]  # (name, slot limit, tier)
-    fatal: str | None = None
-
-
-def required_tags(job: Job, routing: TypeRouting) -> frozenset[str]:
-    from_metadata = (job.metadata or {}).get("tags") or ""
-    return frozenset(t.strip() for t in from_metadata.split(",") if t.strip()) | set(routing.tags)
-
-
-def plan_candidates(job: Job, snapshot: FleetSnapshot, *, routing: TypeRouting,
-                    breaker: CircuitBreaker, now: float, turn: int) -> Plan:
-    """The ordered candidates for one job (pure: the snapshot and the time are given)."""
-    need = required_tags(job, routing)
-    groups = [frozenset(g) for g in routing.fallback] or [frozenset()]
-    matching = [[r for r in snapshot.backends.values() if need | g <= set(r.tags)] for g in groups]
-    if not any(matching):
-        wanted = " or ".join(sorted(",".join(sorted(need | g)) or "(none)" for g in groups))
-        if not snapshot.backends:
-            return Plan((), fatal="no backend is configured")
-        return Plan((), fatal=f"no backend has the tags this job needs ({wanted})")
-    failed_on = [a.backend for a in job.history if a.outcome == "retried"]
-    # A backend that ran out of memory on this job is left out while any other could take it.
-    too_small = {a.backend for a in job.history if a.failure_class == "recoverable"}
-    if all(r.name in too_small for group in matching for r in group):
-        too_small = set()
-    order = list(range(len(groups)))
-    worn = [i for i in order[:-1]
-            if sum(1 for b in failed_on if any(r.name == b for r in matching[i])) >= routing.fallback_after]
-    order = [i for i in order if i not in worn] + worn
-    usable: list[tuple[int, str, int, int]] = []  # (rank, name, limit, health tier)
-    seen: set[str] = set()
-    for rank, index in enumerate(order):
-        for record in matching[index]:
-            if record.name in seen or record.name in too_small or record.state != "active":
-                continue
-            health = snapshot.health.get(record.name, BackendHealth())
-            if health.state not in DISPATCHABLE_HEALTH:
-                continue
-            state = breaker.current(snapshot.breakers.get(backend_breaker(record.name), BreakerState()), now)
-            if state.status is BreakerStatus.OPEN:
-                continue
-            limit = 1 if state.status is BreakerStatus.HALF_OPEN else record.capacity
-            usable.append((rank, record.name, limit, 1 if health.state == "degraded" else 0))
-            seen.add(record.name)
-    # A retry waits for a backend it has not failed on, while any such backend can take it.
-    untried = [u for u in usable if u[1] not in failed_on]
-    tiers: dict[int, list[tuple[str, int]]] = {}
-    for rank, name, limit, health_tier in (untried or usable):
-        tiers.setdefault(rank * 2 + health_tier, []).append((name, limit))
-    candidates: list[tuple[str, int, int]] = []
-    for tier in sorted(tiers):
-        members = tiers[tier]
-        shift = turn % len(members)
-        candidates += [(name, limit, tier) for name, limit in members[shift:] + members[:shift]]
-    return Plan(tuple(candidates))
 
 
 _RECHECK = "\0recheck"  # woken_by of a waiter woken to look again, not by a release
@@ -168,6 +93,7 @@ class Dispatcher:
                                                    headers=dict(r.headers))
         self._client_factory = client_factory or self._own_client
         self._snapshot: FleetSnapshot | None = None
+        self._roster: Roster | None = None  # made from the snapshot when first needed
         self._backends: dict[str, Backend] = {}
         self._turn = itertools.count()
         self._seq = itertools.count()
@@ -210,7 +136,7 @@ class Dispatcher:
     async def refresh(self) -> FleetSnapshot:
         snapshot = await self.fleet.snapshot()
         if self._closing:  # closed (or closing): no new connection pool may be opened
-            self._snapshot = snapshot
+            self._snapshot, self._roster = snapshot, None
             return snapshot
         for name, record in snapshot.backends.items():
             known = self._backends.get(name)
@@ -219,6 +145,7 @@ class Dispatcher:
             else:
                 known.record = record  # same server: keep its client and connections
         self._snapshot = snapshot
+        self._roster = None
         return snapshot
 
     async def _every(self, period_s: float, action) -> None:
@@ -247,9 +174,14 @@ class Dispatcher:
                         continue
                     if message["channel"] == keys.slots_channel:
                         self._wake_one(str(message["data"]))
-                    else:
-                        await self.refresh()
-                        self._wake_all()
+                        continue
+                    # A registry change. A burst of them (an operator enabling fifty backends)
+                    # costs one re-read: what else has arrived meanwhile is taken in first.
+                    while (more := await pubsub.get_message(timeout=0.0)) is not None:
+                        if more["type"] == "message" and more["channel"] == keys.slots_channel:
+                            self._wake_one(str(more["data"]))
+                    await self.refresh()
+                    self._wake_all()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a lost subscription is re-made; polling covers the gap
@@ -281,6 +213,15 @@ class Dispatcher:
         state = self._breaker_state(workflow_breaker(job_type, fingerprint))
         return self.settings.workflow_breaker.allows(state, self._clock())
 
+    def roster(self, now: float) -> Roster:
+        """The fleet as selection sees it at ``now`` (made again after a refresh, a breaker
+        change, or the end of an open breaker's cool-down)."""
+        roster = self._roster
+        if roster is None or now >= roster.valid_until:
+            assert self._snapshot is not None
+            roster = self._roster = Roster.of(self._snapshot, self.settings.backend_breaker, now)
+        return roster
+
     def _breaker_state(self, scope: str) -> BreakerState:
         return (self._snapshot.breakers if self._snapshot else {}).get(scope, BreakerState())
 
@@ -302,9 +243,7 @@ class Dispatcher:
             cause: str | None = None  # why this look: None (first, or the fleet changed) walks all
             while True:
                 now = self._clock()
-                plan = plan_candidates(job, self._snapshot, routing=routing,
-                                       breaker=self.settings.backend_breaker, now=now,
-                                       turn=next(self._turn))
+                plan = self.roster(now).plan(job, routing, turn=next(self._turn))
                 if plan.fatal:
                     return Choice(fatal=plan.fatal)
                 waiter.eligible = frozenset(name for name, _, _ in plan.candidates)
@@ -431,4 +370,5 @@ class Dispatcher:
             log.warning("circuit breaker %s: %s -> %s", scope, old.status.value, new.status.value)
         if self._snapshot is not None:
             self._snapshot.breakers[scope] = new
+            self._roster = None
 

@@ -118,6 +118,7 @@ class FleetStore:
         self.lease_ttl_s = lease_ttl_s
         self._acquire = redis.register_script(_script("lease_acquire.lua"))
         self._release = redis.register_script(_script("lease_release.lua"))
+        self._last_parsed: dict[str, dict[str, Any]] = {}  # kind -> stored text -> parsed value
 
     @property
     def keys(self) -> Keys:
@@ -210,10 +211,22 @@ class FleetStore:
                 pipe.hgetall(self._keys.fleet_breakers)
                 backends, health, breakers = await pipe.execute()
         return FleetSnapshot(
-            backends={n: BackendRecord.from_json(r) for n, r in sorted(backends.items())},
-            health={n: BackendHealth.from_json(r) for n, r in health.items()},
-            breakers={n: BreakerState.from_dict(json.loads(r)) for n, r in breakers.items()},
+            backends=self._parsed("backends", dict(sorted(backends.items())), BackendRecord.from_json),
+            health=self._parsed("health", health, BackendHealth.from_json),
+            breakers=self._parsed("breakers", breakers, lambda r: BreakerState.from_dict(json.loads(r))),
             read_at=time.time())
+
+    def _parsed(self, kind: str, raw_by_name: dict[str, str], parse: Callable[[str], Any]) -> dict[str, Any]:
+        """Parse each stored value, reusing what the last snapshot parsed from the same text
+        (a fleet of hundreds is re-read every second; few entries change in between)."""
+        known = self._last_parsed.get(kind, {})
+        fresh: dict[str, Any] = {}
+        parsed: dict[str, Any] = {}
+        for name, raw in raw_by_name.items():
+            value = known.get(raw)
+            parsed[name] = fresh[raw] = parse(raw) if value is None else value
+        self._last_parsed[kind] = fresh
+        return parsed
 
     async def notify_changed(self) -> None:
         with translated(self._redis, "publishing a fleet change"):
