@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     tracker_watchdog_s: float = Field(30.0, gt=0)
     tracker_poll_min_s: float = Field(1.0, gt=0)
     tracker_poll_max_s: float = Field(5.0, gt=0)
+    stats_flush_s: float = Field(1.0, gt=0)  # tracker counters reach GET /api/v2/stats this soon
     retention_s: float = 7 * 86400.0
     active_ttl_s: float = 2 * 3600.0  # a running job's record lives this long past its last heartbeat
     lease_s: float = 6.0  # a job's claim outlives its worker's last heartbeat by this much

@@ -134,6 +134,7 @@ def runner_settings(settings: Settings) -> RunnerSettings:
                               poll_min_s=settings.tracker_poll_min_s,
                               poll_max_s=max(settings.tracker_poll_min_s, settings.tracker_poll_max_s))
     return RunnerSettings(progress_throttle_s=settings.progress_throttle_s, tracker=tracker,
+                          stats_flush_s=settings.stats_flush_s,
                           node_weights_by_type=settings.progress_node_weights,
                           retry_by_type=settings.fleet_file().retry)
 

@@ -99,3 +99,26 @@ async def test_the_collecting_phase_is_written_only_when_outputs_take_time(fleet
     slow = await fleet.wait((await fleet.submit(image_workflow(steps=2, seed=6)))["id"], timeout_s=60)
     assert slow["status"] == "succeeded"
     assert (await phases(slow["id"]))[-1] == "collecting"
+
+
+async def test_the_submitted_phase_is_written_only_when_the_prompt_waits_in_comfyui(fleet):
+    async def phases(job_id: str) -> list[str]:
+        rows = await fleet.services.redis.xrange(fleet.services.keys.events_stream)
+        events = [json.loads(fields["event"]) for _, fields in rows]
+        return [e["job"]["phase"] for e in events if e["job_id"] == job_id and e["job"]["phase"]]
+
+    quick = await fleet.wait((await fleet.submit(image_workflow(steps=2, seed=8)))["id"])
+    assert quick["status"] == "succeeded"
+    assert "submitted" not in await phases(quick["id"])  # it started at once: one write less
+    attempt = quick["attempts"][-1]
+    assert attempt["started_at"] <= attempt["submitted_at"] <= quick["completed_at"]
+
+    # Two prompts at once on one backend: ComfyUI runs one, the other waits in its queue.
+    await fleet.services.fleet.update("sim-1", state="disabled")
+    await fleet.services.fleet.update("sim-0", capacity=2)
+    first = await fleet.submit(image_workflow(steps=60, seed=9))
+    await asyncio.sleep(0.1)
+    waiting = await fleet.wait((await fleet.submit(image_workflow(steps=2, seed=10)))["id"], timeout_s=60)
+    assert waiting["status"] == "succeeded"
+    assert list(dict.fromkeys(await phases(waiting["id"]))) == ["dispatching", "submitted", "executing"]
+    assert (await fleet.wait(first["id"], timeout_s=60))["status"] == "succeeded"

@@ -35,6 +35,7 @@ class Fleet:
     sims: list[Simulator]
     services: Services
     http: httpx.AsyncClient
+    worker: Any = None
 
     async def submit(self, workflow: dict[str, Any], **extra: Any) -> dict[str, Any]:
         response = await self.http.post("/api/v2/jobs", json={"workflow": workflow, **extra})
@@ -90,7 +91,7 @@ async def running_fleet(valkey_url: str, data_dir: Path, *, sims: int = 2,
         stack.push_async_callback(worker.stop)
         http = await stack.enter_async_context(
             httpx.AsyncClient(base_url=settings.base_url, timeout=httpx.Timeout(30.0, connect=5.0)))
-        yield Fleet(settings.base_url, simulators, services, http)
+        yield Fleet(settings.base_url, simulators, services, http, worker)
 
 
 def image_workflow(steps: int = 5, *, seed: int = 1, extra_node: dict | None = None) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from pathlib import Path
 
@@ -43,9 +44,15 @@ async def assert_output_is_the_simulators_file(fleet, job: dict) -> None:
 
 
 async def tracking_counters(fleet) -> dict[str, int]:
-    response = await fleet.http.get("/api/v2/stats")
-    assert response.status_code == 200
-    return response.json()["tracking"]["sim-0"]
+    """sim-0's shared tracker totals once the worker has flushed them (soon after a job)."""
+    async with asyncio.timeout(20):
+        while True:
+            response = await fleet.http.get("/api/v2/stats")
+            assert response.status_code == 200
+            counters = response.json()["tracking"].get("sim-0", {})
+            if counters.get("socket_connects"):
+                return counters
+            await asyncio.sleep(0.05)
 
 
 async def test_healthy_socket_one_prompt_no_polling_and_live_sse(default_fleet):
@@ -125,3 +132,26 @@ async def test_preview_kept_with_ttl_streamed_and_served(fleet):
     assert missing.json()["error"]["code"] == "not_found"
     unknown = await fleet.http.get("/api/v2/jobs/00000000-0000-4000-8000-000000000000/preview")
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
+
+
+async def test_jobs_ending_together_share_one_flush_of_the_counters(valkey_url, tmp_path):
+    """Tracker counters are written at most once per ``stats_flush_s``, not once per job."""
+    async with running_fleet(valkey_url, tmp_path, sims=1, sim_config=SimConfig(step_s=0.01, name="sim-0"),
+                             stats_flush_s=8.0) as fleet:
+        jobs = [await fleet.submit(workflow(2, seed=seed)) for seed in range(3)]
+        for job in jobs:
+            assert (await fleet.wait(job["id"]))["status"] == "succeeded"
+        unflushed = (await fleet.http.get("/api/v2/stats")).json()["tracking"].get("sim-0", {})
+        counters = await tracking_counters(fleet)
+    assert unflushed == {}  # the first job ended well under 8 s ago: nothing written yet
+    assert counters["socket_connects"] == 3  # then one write carried all three jobs
+
+
+async def test_a_stopping_worker_flushes_what_it_counted(valkey_url, tmp_path):
+    async with running_fleet(valkey_url, tmp_path, sims=1, sim_config=SimConfig(step_s=0.01, name="sim-0"),
+                             stats_flush_s=60.0) as fleet:
+        job = await fleet.submit(workflow(2))
+        assert (await fleet.wait(job["id"]))["status"] == "succeeded"
+        await fleet.worker.stop()
+        counters = (await fleet.http.get("/api/v2/stats")).json()["tracking"].get("sim-0", {})
+    assert counters.get("socket_connects") == 1

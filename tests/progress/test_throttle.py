@@ -120,3 +120,38 @@ async def test_throttle_is_configurable(store, event_bus):
             await sink.on_progress(step(k))
         got = await received(events, 12)
     assert [e["job"]["progress"]["step"] for e in got] == list(range(12))
+
+
+async def test_the_start_opens_the_first_window_so_a_quick_prompt_writes_no_progress(store, event_bus):
+    """Started, then progress within the same second, then success: the progress is left to the
+    success write; a longer prompt gets its first value when the start's window closes."""
+    job_id = await running_job(store)
+    time = VirtualTime()
+    sink = ProgressSink(store, event_bus, job_id, throttle_s=1.0, clock=time.clock, sleep=time.sleep)
+    async with event_bus.subscription(job_id) as events:
+        await sink.on_started()
+        time.now = 0.2
+        await sink.on_progress(step(50))
+        await sink.close(superseded=True)
+        await store.apply(job_id, t.Heartbeat("w"), time.now)  # a marker: nothing else came
+        got = await received(events, 2)
+    assert [e["job"]["phase"] for e in got] == ["executing", "executing"]
+    assert [e["kind"] for e in got][1] == "update" and sink.writes == 0
+
+    second = await running_job(store)
+    time.now = 10.0
+    longer = ProgressSink(store, event_bus, second, throttle_s=1.0, clock=time.clock, sleep=time.sleep)
+    async with event_bus.subscription(second) as events:
+        await longer.on_started()
+        time.now = 10.3
+        await longer.on_progress(step(60))
+        assert longer.writes == 0  # inside the start's window: it waits
+        await asyncio.sleep(0)  # the flush timer is set
+        time.advance_to(11.0)
+        first_progress = None
+        async with asyncio.timeout(10):
+            async for event in events:
+                if event["kind"] == "progress":
+                    first_progress = event
+                    break
+    assert first_progress["job"]["progress"]["step"] == 60 and longer.writes == 1

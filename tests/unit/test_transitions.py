@@ -28,6 +28,26 @@ def test_happy_path_queued_running_succeeded():
     assert job.current is None and job.history[-1].outcome == "succeeded"
 
 
+def test_a_success_carries_the_newest_snapshot_never_written():
+    running = t.apply(t.apply(new_job(), t.Dispatch(attempt()), 1.0), t.Executing(), 2.0)
+    done = t.apply(running, t.Succeed((), Progress(value=0.9, nodes_done=2, nodes_total=3)), 3.0)
+    assert (done.progress.value, done.progress.nodes_done, done.progress.nodes_total) == (1.0, 3, 3)
+    written = t.apply(running, t.ProgressMade(Progress(value=0.5, nodes_done=2, nodes_total=4)), 3.0)
+    older = t.apply(written, t.Succeed((), Progress(value=0.2, nodes_done=0, nodes_total=0)), 4.0)
+    assert (older.progress.nodes_done, older.progress.nodes_total) == (4, 4)
+
+
+def test_an_acceptance_noted_with_the_start_or_late_keeps_its_time_and_the_phase():
+    dispatched = t.apply(new_job(), t.Dispatch(attempt()), 101.0)
+    started = t.apply(dispatched, t.Executing(submitted_at=101.5), 102.0)
+    assert started.phase is Phase.EXECUTING and started.current.submitted_at == 101.5
+    late = t.apply(started, t.Submitted(101.5), 103.0)  # noted after the start: phase stays
+    assert late.phase is Phase.EXECUTING and late.current.submitted_at == 101.5
+    waiting = t.apply(dispatched, t.Submitted(101.2), 101.4)
+    assert waiting.phase is Phase.SUBMITTED and waiting.current.submitted_at == 101.2
+    assert t.apply(waiting, t.Executing(submitted_at=999.0), 102.0).current.submitted_at == 101.2
+
+
 def test_terminal_states_absorb_every_event():
     done = t.apply(t.apply(new_job(), t.Dispatch(attempt()), 1.0), t.Succeed(()), 2.0)
     for event in (t.Dispatch(attempt(2)), t.Fail(JobError("x", "y")), t.RequestCancel(),

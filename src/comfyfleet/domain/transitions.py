@@ -39,12 +39,12 @@ class Dispatch:
 
 @dataclass(frozen=True, slots=True)
 class Submitted:
-    pass
+    at: float | None = None  # when ComfyUI accepted the prompt (default: the event's time)
 
 
 @dataclass(frozen=True, slots=True)
 class Executing:
-    pass
+    submitted_at: float | None = None  # ComfyUI's acceptance, when not written before
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +65,7 @@ class ProgressMade:
 @dataclass(frozen=True, slots=True)
 class Succeed:
     outputs: tuple[Output, ...]
+    progress: Progress | None = None  # the newest snapshot seen, when newer than the record's
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,12 +145,16 @@ def _apply(job: Job, event: Event, now: float) -> Job:
             return job.evolve(status=R, phase=Phase.DISPATCHING, attempt=job.attempt + 1,
                               current=attempt, started_at=job.started_at or now, not_before=None,
                               progress=Progress(), outputs=())
-        case Submitted():
-
-            current = replace(job.current, submitted_at=now) if job.current else None
-            return job.evolve(phase=Phase.SUBMITTED, current=current)
-        case Executing():
-            return job.evolve(phase=Phase.EXECUTING)
+        case Submitted(at=at):
+            current = replace(job.current, submitted_at=at or now) if job.current else None
+            # Noted late, the prompt may be executing already: the phase stays.
+            phase = Phase.SUBMITTED if job.phase in (None, Phase.DISPATCHING) else job.phase
+            return job.evolve(phase=phase, current=current)
+        case Executing(submitted_at=at):
+            current = job.current
+            if at is not None and current is not None and current.submitted_at is None:
+                current = replace(current, submitted_at=at)
+            return job.evolve(phase=Phase.EXECUTING, current=current)
         case Collecting():
             return job.evolve(phase=Phase.COLLECTING)
         case Heartbeat(worker=worker):
@@ -160,9 +165,9 @@ def _apply(job: Job, event: Event, now: float) -> Job:
             if progress.value < job.progress.value:
                 progress = _keep_value(progress, job.progress.value)
             return job.evolve(progress=progress)
-        case Succeed(outputs=outputs):
+        case Succeed(outputs=outputs, progress=seen):
             current, history = _end_current(job, now, "succeeded")
-            done = job.progress
+            done = seen if seen is not None and seen.nodes_total >= job.progress.nodes_total else job.progress
             final = Progress(value=1.0, nodes_done=max(done.nodes_total, done.nodes_done),
                              nodes_total=done.nodes_total)
             return job.evolve(status=JobStatus.SUCCEEDED, phase=None, current=current,

@@ -2,8 +2,9 @@
 
 Progress snapshots are coalesced: the first one of a window is written at once, later ones wait
 for the window to close and only the newest is written, so the last value before a pause is
-never lost. Phase changes (``on_started``) go through at once; the runner's status changes,
-errors and completion do not pass through here at all (``close`` first writes what is pending).
+never lost. Phase changes (``on_started``) go through at once and open a window. The runner's
+status changes, errors and completion do not pass through here at all (``close`` first writes
+what is pending).
 Previews are kept (latest only, with a TTL) and published at most once per ``throttle_s`` too.
 """
 
@@ -42,14 +43,18 @@ class ProgressSink:
         self._flush_task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
         self.writes = 0  # progress records written (for diagnostics and tests)
+        self.latest: Progress | None = None  # the newest snapshot, written or not
 
     async def on_started(self) -> None:
         if not self._executing:
             self._executing = True
+            # The start is a write too: it opens the first window, so a prompt that ends within
+            # it costs no progress write at all (its success sets the progress to 1).
+            self._last_write = self._clock()
             await self._apply(t.Executing())  # refused (and skipped) unless the job is running
 
     async def on_progress(self, progress: Progress) -> None:
-        self._pending = progress
+        self._pending = self.latest = progress
         wait_s = self._last_write + self._throttle_s - self._clock()
         if wait_s <= 0:
             await self.flush()
@@ -74,7 +79,8 @@ class ProgressSink:
 
     async def close(self, *, superseded: bool = False) -> None:
         """Write what is pending now (the attempt is over). ``superseded``: drop it instead,
-        the next write (a success, which sets the progress to 1) makes it moot."""
+        the next write (a success, which sets the progress to 1 and carries ``latest``)
+        makes it moot."""
         if superseded:
             self._pending = None
         if self._flush_task is not None:

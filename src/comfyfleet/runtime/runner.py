@@ -20,7 +20,7 @@ from ..comfy.client import HistoryEntry
 from ..comfy.tracker import Outcome, PromptTracker, TrackerCounters, TrackerSettings
 from ..domain import transitions as t
 from ..domain.failures import Failure, FailureKind, classify, error_code
-from ..domain.job import Attempt, Job, JobError, JobStatus, Phase
+from ..domain.job import Attempt, Job, JobError, JobStatus, Phase, Progress
 from ..domain.policy import RetryPolicy, jitter_unit
 from ..domain.progress import ProgressModel, node_weights_for
 from ..errors import (BackendError, BackendProtocolError, BackendTimeout, BackendUnavailable,
@@ -49,7 +49,9 @@ class RunnerSettings:
     no_backend_delay_s: float = 1.0
     no_slot_delay_s: float = 0.05  # no slot after waiting in the worker: back to the queue this soon
     cancel_grace_s: float = 5.0
+    submitted_shown_after_s: float = 0.25  # not executing this long after POST /prompt: phase submitted
     collecting_shown_after_s: float = 0.25  # outputs still downloading after this: phase collecting
+    stats_flush_s: float = 1.0  # tracker counters reach the shared totals this soon after a job
     tracker: TrackerSettings = field(default_factory=TrackerSettings)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     retry_by_type: Mapping[str, RetryPolicy] = field(default_factory=dict)
@@ -90,9 +92,12 @@ class Runner:
         self.counters: dict[str, TrackerCounters] = defaultdict(TrackerCounters)
         self._attach_gate = asyncio.Semaphore(settings.attach_concurrency)
         self._flusher = CounterFlusher(stats, self.counters) if stats is not None else None
+        self._flush_due: asyncio.Task | None = None
         self._placement = Placement(dispatcher, no_slot_delay_s=settings.no_slot_delay_s,
                                     no_backend_delay_s=settings.no_backend_delay_s, clock=clock)
         self._latest: dict[str, Job] = {}  # job id -> newest record read or written, while it runs
+        self._writing: dict[str, asyncio.Lock] = {}  # job id -> held while its record is written
+        self._accepted: dict[str, float] = {}  # job id -> when ComfyUI took its prompt, not yet written
 
     async def run(self, job_id: str, *, view: BackendView | None = None,
                   fence: Fence | None = None, reattached: Job | None = None) -> Verdict:
@@ -104,6 +109,8 @@ class Runner:
             return await self._run(job_id, view=view, fence=fence, reattached=reattached)
         finally:
             self._latest.pop(job_id, None)
+            self._writing.pop(job_id, None)
+            self._accepted.pop(job_id, None)
 
     async def _run(self, job_id: str, *, view: BackendView | None, fence: Fence | None,
                    reattached: Job | None) -> Verdict:
@@ -205,7 +212,11 @@ class Runner:
                     await tracker.close()
                     await self._placement.release(backend.name, job.id)
                     return await self._failed(job, failure)
-                outcome = await self._follow(job, backend, tracker)
+                shown = asyncio.create_task(self._show_submitted(job.id))
+                try:
+                    outcome = await self._follow(job, backend, tracker)
+                finally:
+                    shown.cancel()
             else:
                 # Reattach. Sockets open a few at a time (a start-up sweep may bring thousands);
                 # a prompt that ended before ours opened sent its events to nobody: ask history.
@@ -219,8 +230,11 @@ class Runner:
         finally:
             heartbeat.cancel()
             await tracker.close()
+            accepted_at = self._accepted.pop(job.id, None)
+            if accepted_at is not None and not handed_back:  # it never showed it started
+                await self._apply(job.id, t.Submitted(accepted_at))
             await sink.close(superseded=outcome is not None and outcome.kind == "success")
-            await self.flush_counters()
+            self._flush_soon()
             if handed_back:  # the next runner holds the slot on; unheld, it expires
                 self._placement.forget(job.id)
             else:  # the prompt is over on its backend: free the slot before collecting
@@ -228,7 +242,7 @@ class Runner:
         try:
             if outcome is None:
                 return await self._cancel(await self._store.get(job.id))
-            return await self._conclude(job.id, backend, outcome)
+            return await self._conclude(job.id, backend, outcome, progress=sink.latest)
         finally:
             self._placement.done(job.id)
 
@@ -260,8 +274,22 @@ class Runner:
                 return None
         except BackendError as exc:
             return failure_of_error(exc)
-        await self._apply(job.id, t.Submitted())
+        self._accepted[job.id] = self._clock()
         return None
+
+    async def _show_submitted(self, job_id: str) -> None:
+        """Write the submitted phase only when the prompt waits in ComfyUI's queue: one that
+        starts at once gets its acceptance time written with the executing phase instead."""
+        await asyncio.sleep(self._settings.submitted_shown_after_s)
+        accepted_at = self._accepted.pop(job_id, None)
+        if accepted_at is not None:  # once begun, the write completes even if the prompt ends
+            await asyncio.shield(self._note_submitted(job_id, accepted_at))
+
+    async def _note_submitted(self, job_id: str, accepted_at: float) -> None:
+        try:
+            await self._apply(job_id, t.Submitted(accepted_at))
+        except StoreError as exc:  # only a timestamp and a phase are lost
+            log.warning("job %s: could not write the submitted phase: %s", job_id, exc)
 
     async def _follow(self, job: Job, backend: Backend, tracker: PromptTracker) -> Outcome | None:
         """Track until the outcome, the deadline, or a cancel (then None after interrupting)."""
@@ -317,7 +345,8 @@ class Runner:
             await asyncio.sleep(1.0)
 
     # -- endings -----------------------------------------------------------------------------
-    async def _conclude(self, job_id: str, backend: Backend, outcome: Outcome) -> Verdict:
+    async def _conclude(self, job_id: str, backend: Backend, outcome: Outcome,
+                        progress: Progress | None = None) -> Verdict:
         if outcome.kind == "success":  # whatever moved meanwhile (a cancel), success stands
             job = self._latest.get(job_id) or await self._store.get(job_id)
             collecting = asyncio.create_task(collect_outputs(
@@ -333,7 +362,7 @@ class Runner:
                 return await self._failed(await self._store.get(job_id), failure_of_error(exc))
             finally:
                 collecting.cancel()
-            await self._apply(job_id, t.Succeed(outputs))
+            await self._apply(job_id, t.Succeed(outputs, progress))
             await self._placement.succeeded(backend.name, job)
             return DONE
         job = await self._store.get(job_id)
@@ -406,7 +435,7 @@ class Runner:
                 await self._apply(job_id, t.Heartbeat(self._worker_id))
             except Exception:  # noqa: BLE001 - a missed heartbeat is retried at the next beat
                 pass
-            await self.flush_counters()
+            self._flush_soon()
 
     async def flush_counters(self) -> None:
         """Add the tracking counters counted since the last flush to the shared totals."""
@@ -416,14 +445,39 @@ class Runner:
             except StoreError:
                 pass  # kept for the next flush
 
+    def _flush_soon(self) -> None:
+        """Flush within ``stats_flush_s``: the jobs ending meanwhile share one write."""
+        if self._flusher is not None and self._flush_due is None:
+            self._flush_due = asyncio.create_task(self._flush_later(), name="stats-flush")
+
+    async def _flush_later(self) -> None:
+        try:
+            await asyncio.sleep(self._settings.stats_flush_s)
+        finally:
+            self._flush_due = None
+        await self.flush_counters()
+
+    async def close(self) -> None:
+        """Flush what is still counted (a worker that stops)."""
+        if self._flush_due is not None:
+            self._flush_due.cancel()
+            self._flush_due = None
+        await self.flush_counters()
+
     async def _apply(self, job_id: str, event: t.Event) -> Job | None:
         """Apply ``event`` to the newest record this runner has of the job (one round trip
         unless someone else moved it); None when the transition is refused."""
-        try:
-            job = await self._store.apply(job_id, event, self._clock(), known=self._latest.get(job_id))
-        except InvalidTransition:
-            return None
-        if job_id in self._latest:
-            self._latest[job_id] = job
-        return job
+        # One write at a time per job: the progress sink's and the runner's own writes would
+        # otherwise race on the same version, and the loser pay a reload and a second save.
+        if isinstance(event, t.Executing) and job_id in self._accepted:
+            event = t.Executing(submitted_at=self._accepted.pop(job_id))
+        writing = self._writing.setdefault(job_id, asyncio.Lock())
+        async with writing:
+            try:
+                job = await self._store.apply(job_id, event, self._clock(), known=self._latest.get(job_id))
+            except InvalidTransition:
+                return None
+            if job_id in self._latest:
+                self._latest[job_id] = job
+            return job
 

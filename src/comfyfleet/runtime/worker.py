@@ -273,6 +273,7 @@ class Worker:
             except StoreError:
                 pass  # it expires one lease from now
         self._held.clear()
+        await self._runner.close()
         try:
             await self._claims.leave(self.worker_id)
         except StoreError:
