@@ -286,6 +286,7 @@ async def requests_phase(tmp: Path, redis_url: str, jobs: int, steps: int, step_
                     if not key.startswith(("GET /sim", "POST /sim")):
                         key = "GET /history/{id}" if key.startswith("GET /history/") else key
                         counts[key] = counts.get(key, 0) + n
+            await asyncio.sleep(2.0)  # workers add their counters within a second of a job's end
             tracker = (await http.get(f"{fleet.base_url}/api/v2/stats")).json()["tracking"]
     health_checks = counts.pop("GET /system_stats", 0)
     counts["GET /queue"] = counts.get("GET /queue", 0) - health_checks
