@@ -35,6 +35,7 @@ from .selection import Roster, TypeRouting
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(slots=True)
 class Backend:
     """A registered backend as this process uses it: its registry record and its client."""
