@@ -84,32 +84,29 @@ async def test_cancel_of_a_running_job_interrupts_its_prompt(fleet):
     assert record.outcome == "interrupted"  # the runner stopped the prompt, not just the record
 
 
-async def test_the_collecting_phase_is_written_only_when_outputs_take_time(fleet):
-    async def phases(job_id: str) -> list[str]:
-        rows = await fleet.services.redis.xrange(fleet.services.keys.events_stream)
-        events = [json.loads(fields["event"]) for _, fields in rows]
-        return [e["job"]["phase"] for e in events if e["job_id"] == job_id and e["job"]["phase"]]
+async def phases(fleet, job_id: str) -> list[str]:
+    """The phases a job's events showed, in order (from the event stream)."""
+    rows = await fleet.services.redis.xrange(fleet.services.keys.events_stream)
+    events = [json.loads(fields["event"]) for _, fields in rows]
+    return [e["job"]["phase"] for e in events if e["job_id"] == job_id and e["job"]["phase"]]
 
+
+async def test_the_collecting_phase_is_written_only_when_outputs_take_time(fleet):
     quick = await fleet.wait((await fleet.submit(image_workflow(steps=2, seed=5)))["id"])
     assert quick["status"] == "succeeded"
-    assert "collecting" not in await phases(quick["id"])  # outputs in hand at once: one write less
+    assert "collecting" not in await phases(fleet, quick["id"])  # outputs in hand at once: one write less
 
     for sim in fleet.sims:
         sim.faults.slow_response_s = 0.5  # /history and /view answer slowly
     slow = await fleet.wait((await fleet.submit(image_workflow(steps=2, seed=6)))["id"], timeout_s=60)
     assert slow["status"] == "succeeded"
-    assert (await phases(slow["id"]))[-1] == "collecting"
+    assert (await phases(fleet, slow["id"]))[-1] == "collecting"
 
 
 async def test_the_submitted_phase_is_written_only_when_the_prompt_waits_in_comfyui(fleet):
-    async def phases(job_id: str) -> list[str]:
-        rows = await fleet.services.redis.xrange(fleet.services.keys.events_stream)
-        events = [json.loads(fields["event"]) for _, fields in rows]
-        return [e["job"]["phase"] for e in events if e["job_id"] == job_id and e["job"]["phase"]]
-
     quick = await fleet.wait((await fleet.submit(image_workflow(steps=2, seed=8)))["id"])
     assert quick["status"] == "succeeded"
-    assert "submitted" not in await phases(quick["id"])  # it started at once: one write less
+    assert "submitted" not in await phases(fleet, quick["id"])  # it started at once: one write less
     attempt = quick["attempts"][-1]
     assert attempt["started_at"] <= attempt["submitted_at"] <= quick["completed_at"]
 
@@ -120,5 +117,5 @@ async def test_the_submitted_phase_is_written_only_when_the_prompt_waits_in_comf
     await asyncio.sleep(0.1)
     waiting = await fleet.wait((await fleet.submit(image_workflow(steps=2, seed=10)))["id"], timeout_s=60)
     assert waiting["status"] == "succeeded"
-    assert list(dict.fromkeys(await phases(waiting["id"]))) == ["dispatching", "submitted", "executing"]
+    assert list(dict.fromkeys(await phases(fleet, waiting["id"]))) == ["dispatching", "submitted", "executing"]
     assert (await fleet.wait(first["id"], timeout_s=60))["status"] == "succeeded"
