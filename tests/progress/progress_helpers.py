@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from comfyfleet.comfy.client import ComfyClient
+from comfyfleet.comfy.socket import open_socket
 from comfyfleet.comfy.tracker import PromptTracker, TrackerSettings
 from comfyfleet.domain.job import Progress
 from comfyfleet.domain.progress import ProgressModel
@@ -61,9 +62,9 @@ class Rig:
     client: ComfyClient
 
     def tracker(self, prompt_id: str, client_id: str, graph: dict, listener: RecordingListener,
-                **settings: Any) -> PromptTracker:
+                opener: Any = open_socket, **settings: Any) -> PromptTracker:
         return PromptTracker(self.client, prompt_id=prompt_id, client_id=client_id,
-                             model=ProgressModel(graph), listener=listener,
+                             model=ProgressModel(graph), listener=listener, opener=opener,
                              settings=TrackerSettings(**{"watchdog_s": 5.0, "poll_min_s": 0.1,
                                                          "poll_max_s": 0.5, "reconnect_min_s": 0.05,
                                                          "reconnect_max_s": 0.2, **settings}))

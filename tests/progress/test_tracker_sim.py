@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from comfyfleet.comfy.socket import SocketSettings, open_socket
+from comfyfleet.comfy.socket import SocketOpening, SocketSettings, open_socket
 
 from progress_helpers import RecordingListener, polls, workflow
 
@@ -218,3 +218,25 @@ async def test_the_socket_goes_straight_to_the_server_like_the_http_client(rig, 
         assert socket._connection.response.headers.get("Sec-WebSocket-Extensions") is None
     finally:
         await socket.close()
+
+
+async def test_a_socket_opened_ahead_serves_the_first_connect_and_is_closed_when_not_taken(rig):
+    """The runner opens the prompt's socket while it writes the attempt ahead: the tracker's
+    first connect takes that socket (one connection, not two); an attempt that ends before it
+    connects leaves no socket open on the server."""
+    graph, client_id, listener = workflow(5), str(uuid.uuid4()), RecordingListener()
+    opening = SocketOpening(rig.client.ws_url(client_id), client_id=client_id, backend="sim-p")
+    tracker = rig.tracker("", client_id, graph, listener, opener=opening.opener)
+    assert await tracker.connect()
+    tracker.prompt_id = await rig.submit(graph, client_id)
+    assert (await tracker.follow()).kind == "success"
+    await opening.discard()  # taken: nothing to do
+    assert rig.sim.requests["WS connect"] == 1
+
+    unused = SocketOpening(rig.client.ws_url("nobody"), client_id="nobody", backend="sim-p")
+    async with asyncio.timeout(10):
+        while not rig.sim.hub.table.get("nobody"):
+            await asyncio.sleep(0.01)  # open on the server
+        await unused.discard()
+        while rig.sim.hub.connections:
+            await asyncio.sleep(0.01)

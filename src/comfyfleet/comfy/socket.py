@@ -112,3 +112,29 @@ async def open_socket(ws_url: str, *, client_id: str, backend: str,
     except (InvalidHandshake, WebSocketException, OSError) as exc:
         raise BackendUnavailable(f"{backend}: cannot open socket ({type(exc).__name__}: {exc})",
                                  backend=backend) from exc
+
+
+class SocketOpening:
+    """A socket opened ahead of time, for the first caller of ``opener`` (a tracker's first
+    ``connect``); any later call opens a new one. ``discard`` closes it if nobody took it."""
+
+    def __init__(self, ws_url: str, *, client_id: str, backend: str,
+                 settings: SocketSettings = SocketSettings()) -> None:
+        self._task = asyncio.create_task(open_socket(ws_url, client_id=client_id, backend=backend,
+                                                     settings=settings))
+        self._taken = False
+
+    async def opener(self, ws_url: str, **options: Any) -> PromptSocket:
+        if self._taken:
+            return await open_socket(ws_url, **options)
+        self._taken = True
+        return await self._task
+
+    async def discard(self) -> None:
+        if self._taken:
+            return
+        self._taken = True
+        self._task.cancel()
+        await asyncio.wait({self._task})
+        if not self._task.cancelled() and self._task.exception() is None:
+            await self._task.result().close()

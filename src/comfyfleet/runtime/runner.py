@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from ..comfy.client import HistoryEntry
+from ..comfy.socket import SocketOpening, open_socket
 from ..comfy.tracker import Outcome, PromptTracker, TrackerCounters, TrackerSettings
 from ..domain import transitions as t
 from ..domain.failures import Failure, FailureKind, classify, error_code
@@ -29,6 +30,7 @@ from ..ports import BlobStore, JobStore
 from ..store.claims import ClaimLost
 from ..store.stats import TrackingStats
 from .dispatcher import Backend, Dispatcher
+from .job_records import JobRecords
 from .failure_of import failure_of_error, failure_of_outcome
 from .outputs import collect_outputs
 from .placement import NoPlace, Placement
@@ -91,13 +93,11 @@ class Runner:
         self._rng = rng or random.Random()
         self.counters: dict[str, TrackerCounters] = defaultdict(TrackerCounters)
         self._attach_gate = asyncio.Semaphore(settings.attach_concurrency)
-        self._flusher = CounterFlusher(stats, self.counters) if stats is not None else None
-        self._flush_due: asyncio.Task | None = None
+        self._flusher = (CounterFlusher(stats, self.counters, delay_s=settings.stats_flush_s)
+                         if stats is not None else None)
         self._placement = Placement(dispatcher, no_slot_delay_s=settings.no_slot_delay_s,
                                     no_backend_delay_s=settings.no_backend_delay_s, clock=clock)
-        self._latest: dict[str, Job] = {}  # job id -> newest record read or written, while it runs
-        self._writing: dict[str, asyncio.Lock] = {}  # job id -> held while its record is written
-        self._accepted: dict[str, float] = {}  # job id -> when ComfyUI took its prompt, not yet written
+        self._records = JobRecords(store, clock)  # the running jobs' records, and their writes
 
     async def run(self, job_id: str, *, view: BackendView | None = None,
                   fence: Fence | None = None, reattached: Job | None = None) -> Verdict:
@@ -108,19 +108,17 @@ class Runner:
         try:
             return await self._run(job_id, view=view, fence=fence, reattached=reattached)
         finally:
-            self._latest.pop(job_id, None)
-            self._writing.pop(job_id, None)
-            self._accepted.pop(job_id, None)
+            self._records.forget(job_id)
 
     async def _run(self, job_id: str, *, view: BackendView | None, fence: Fence | None,
                    reattached: Job | None) -> Verdict:
         if reattached is not None and reattached.current is not None:
             backend = self._dispatcher.by_name(reattached.current.backend)
             if backend is not None:
-                self._latest[job_id] = reattached
+                self._records.hold(reattached)
                 return await self._attempt(reattached, backend, submit=False, fence=fence)
         job, workflow = await self._store.get_with_workflow(job_id)
-        self._latest[job_id] = job
+        self._records.hold(job)
         now = self._clock()
         if job.is_terminal:
             return DONE
@@ -140,13 +138,19 @@ class Runner:
         now = self._clock()
         attempt = Attempt(number=job.attempt + 1, backend=backend.name, prompt_id=str(uuid.uuid4()),
                           client_id=str(uuid.uuid4()), worker=self._worker_id, started_at=now)
+        # The prompt's socket opens while the attempt is written ahead: both are needed before
+        # POST /prompt, neither needs the other.
+        opening = SocketOpening(backend.client.ws_url(attempt.client_id), client_id=attempt.client_id,
+                                backend=backend.name, settings=self._settings.tracker.socket)
         try:
             job = await self._store.apply(job.id, t.Dispatch(attempt), now, known=job)  # write ahead
-            self._latest[job.id] = job
+            self._records.hold(job)
         except BaseException:
+            await opening.discard()
             await self._placement.release(backend.name, job.id)
             raise
-        return await self._attempt(job, backend, submit=True, fence=fence, workflow=workflow)
+        return await self._attempt(job, backend, submit=True, fence=fence, workflow=workflow,
+                                   opening=opening)
 
     # -- reconcile ---------------------------------------------------------------------------
     async def _reconcile(self, job: Job, view: BackendView | None, fence: Fence | None) -> Verdict:
@@ -178,7 +182,19 @@ class Runner:
 
     # -- one attempt -------------------------------------------------------------------------
     async def _attempt(self, job: Job, backend: Backend, *, submit: bool,
-                       fence: Fence | None = None, workflow: dict | None = None) -> Verdict:
+                       fence: Fence | None = None, workflow: dict | None = None,
+                       opening: SocketOpening | None = None) -> Verdict:
+        """Submit (or reattach to) the job's current attempt and follow it to its end.
+        ``opening``: the attempt's socket, already being opened."""
+        try:
+            return await self._attempt_with(job, backend, submit=submit, fence=fence,
+                                            workflow=workflow, opening=opening)
+        finally:
+            if opening is not None:
+                await opening.discard()  # not taken: the attempt ended before it connected
+
+    async def _attempt_with(self, job: Job, backend: Backend, *, submit: bool, fence: Fence | None,
+                            workflow: dict | None, opening: SocketOpening | None) -> Verdict:
         current = job.current
         assert current is not None
         if submit:
@@ -198,15 +214,16 @@ class Runner:
                                     job.type, every_type=self._settings.node_weights,
                                     by_type=self._settings.node_weights_by_type)),
                                 listener=sink, settings=self._settings.tracker,
-                                counters=self.counters[backend.name], rng=self._rng)
+                                counters=self.counters[backend.name], rng=self._rng,
+                                opener=opening.opener if opening is not None else open_socket)
         heartbeat = asyncio.create_task(self._heartbeat(job.id))
         handed_back = False
         outcome: Outcome | None = None
         try:
             if submit:
-                await tracker.connect()  # before POST /prompt, so no event is missed
                 if fence is not None and not await fence():
                     raise ClaimLost(f"job {job.id}: another runner owns it now; not submitting")
+                await tracker.connect()  # before POST /prompt, so no event is missed
                 failure = await self._submit(job, backend, workflow)
                 if failure is not None:
                     await tracker.close()
@@ -230,7 +247,7 @@ class Runner:
         finally:
             heartbeat.cancel()
             await tracker.close()
-            accepted_at = self._accepted.pop(job.id, None)
+            accepted_at = self._records.take_accepted(job.id)
             if accepted_at is not None and not handed_back:  # it never showed it started
                 await self._apply(job.id, t.Submitted(accepted_at))
             await sink.close(superseded=outcome is not None and outcome.kind == "success")
@@ -274,14 +291,14 @@ class Runner:
                 return None
         except BackendError as exc:
             return failure_of_error(exc)
-        self._accepted[job.id] = self._clock()
+        self._records.note_accepted(job.id, self._clock())
         return None
 
     async def _show_submitted(self, job_id: str) -> None:
         """Write the submitted phase only when the prompt waits in ComfyUI's queue: one that
         starts at once gets its acceptance time written with the executing phase instead."""
         await asyncio.sleep(self._settings.submitted_shown_after_s)
-        accepted_at = self._accepted.pop(job_id, None)
+        accepted_at = self._records.take_accepted(job_id)
         if accepted_at is not None:  # once begun, the write completes even if the prompt ends
             await asyncio.shield(self._note_submitted(job_id, accepted_at))
 
@@ -348,7 +365,7 @@ class Runner:
     async def _conclude(self, job_id: str, backend: Backend, outcome: Outcome,
                         progress: Progress | None = None) -> Verdict:
         if outcome.kind == "success":  # whatever moved meanwhile (a cancel), success stands
-            job = self._latest.get(job_id) or await self._store.get(job_id)
+            job = self._records.newest(job_id) or await self._store.get(job_id)
             collecting = asyncio.create_task(collect_outputs(
                 backend.client, self._blobs, job_id=job_id, outputs=outcome.history.outputs))
             try:
@@ -437,47 +454,14 @@ class Runner:
                 pass
             self._flush_soon()
 
-    async def flush_counters(self) -> None:
-        """Add the tracking counters counted since the last flush to the shared totals."""
-        if self._flusher is not None:
-            try:
-                await self._flusher.flush()
-            except StoreError:
-                pass  # kept for the next flush
-
     def _flush_soon(self) -> None:
-        """Flush within ``stats_flush_s``: the jobs ending meanwhile share one write."""
-        if self._flusher is not None and self._flush_due is None:
-            self._flush_due = asyncio.create_task(self._flush_later(), name="stats-flush")
-
-    async def _flush_later(self) -> None:
-        try:
-            await asyncio.sleep(self._settings.stats_flush_s)
-        finally:
-            self._flush_due = None
-        await self.flush_counters()
+        if self._flusher is not None:
+            self._flusher.flush_soon()
 
     async def close(self) -> None:
         """Flush what is still counted (a worker that stops)."""
-        if self._flush_due is not None:
-            self._flush_due.cancel()
-            self._flush_due = None
-        await self.flush_counters()
+        if self._flusher is not None:
+            await self._flusher.close()
 
     async def _apply(self, job_id: str, event: t.Event) -> Job | None:
-        """Apply ``event`` to the newest record this runner has of the job (one round trip
-        unless someone else moved it); None when the transition is refused."""
-        # One write at a time per job: the progress sink's and the runner's own writes would
-        # otherwise race on the same version, and the loser pay a reload and a second save.
-        if isinstance(event, t.Executing) and job_id in self._accepted:
-            event = t.Executing(submitted_at=self._accepted.pop(job_id))
-        writing = self._writing.setdefault(job_id, asyncio.Lock())
-        async with writing:
-            try:
-                job = await self._store.apply(job_id, event, self._clock(), known=self._latest.get(job_id))
-            except InvalidTransition:
-                return None
-            if job_id in self._latest:
-                self._latest[job_id] = job
-            return job
-
+        return await self._records.apply(job_id, event)
