@@ -102,8 +102,8 @@ class Runner:
     async def run(self, job_id: str, *, view: BackendView | None = None,
                   fence: Fence | None = None, reattached: Job | None = None) -> Verdict:
         """Take the job one step further. ``fence`` answers whether this runner still owns the
-        job (its claim); it is asked just before ``POST /prompt`` (while the socket opens). ``view`` shares one ``/queue``
-        read per backend among many jobs reconciled at once; ``reattached`` is the record of a
+        job (its claim); it is asked just before ``POST /prompt`` (while the socket opens).
+        ``view`` shares one ``/queue`` read per backend among many jobs reconciled at once; ``reattached`` is the record of a
         job already reconciled and marked ours by that sweep (track it straight away)."""
         try:
             return await self._run(job_id, view=view, fence=fence, reattached=reattached)
