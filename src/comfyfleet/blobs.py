@@ -120,7 +120,13 @@ class LocalBlobStore:
     @staticmethod
     def _write(path: Path, data: bytes, content_type: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path.with_name(path.name + TYPE_SUFFIX), content_type.encode())
+        sidecar = path.with_name(path.name + TYPE_SUFFIX)
+        try:
+            unchanged = sidecar.read_bytes() == content_type.encode()
+        except FileNotFoundError:
+            unchanged = False
+        if not unchanged:  # the same bytes stored again mostly come with the same type
+            _atomic_write(sidecar, content_type.encode())
         if not path.exists():
             _atomic_write(path, data)
 
