@@ -30,8 +30,8 @@ from ..ports import BlobStore, JobStore
 from ..store.claims import ClaimLost
 from ..store.stats import TrackingStats
 from .dispatcher import Backend, Dispatcher
-from .job_records import JobRecords
 from .failure_of import failure_of_error, failure_of_outcome
+from .job_records import JobRecords
 from .outputs import collect_outputs
 from .placement import NoPlace, Placement
 from .progress_sink import ProgressSink
@@ -103,8 +103,9 @@ class Runner:
                   fence: Fence | None = None, reattached: Job | None = None) -> Verdict:
         """Take the job one step further. ``fence`` answers whether this runner still owns the
         job (its claim); it is asked just before ``POST /prompt`` (while the socket opens).
-        ``view`` shares one ``/queue`` read per backend among many jobs reconciled at once; ``reattached`` is the record of a
-        job already reconciled and marked ours by that sweep (track it straight away)."""
+        ``view`` shares one ``/queue`` read per backend among many jobs reconciled at once;
+        ``reattached`` is the record of a job already reconciled and marked ours by that sweep
+        (track it straight away)."""
         try:
             return await self._run(job_id, view=view, fence=fence, reattached=reattached)
         finally:
@@ -229,11 +230,7 @@ class Runner:
                     await tracker.close()
                     await self._placement.release(backend.name, job.id)
                     return await self._failed(job, failure)
-                shown = asyncio.create_task(self._show_submitted(job.id))
-                try:
-                    outcome = await self._follow(job, backend, tracker)
-                finally:
-                    shown.cancel()
+                outcome = await self._follow(job, backend, tracker)
             else:
                 # Reattach. Sockets open a few at a time (a start-up sweep may bring thousands);
                 # a prompt that ended before ours opened sent its events to nobody: ask history.
@@ -247,9 +244,8 @@ class Runner:
         finally:
             heartbeat.cancel()
             await tracker.close()
-            accepted_at = self._records.take_accepted(job.id)
-            if accepted_at is not None and not handed_back:  # it never showed it started
-                await self._apply(job.id, t.Submitted(accepted_at))
+            if not handed_back:
+                await self._records.settle_accepted(job.id)
             await sink.close(superseded=outcome is not None and outcome.kind == "success")
             self._flush_soon()
             if handed_back:  # the next runner holds the slot on; unheld, it expires
@@ -291,22 +287,9 @@ class Runner:
                 return None
         except BackendError as exc:
             return failure_of_error(exc)
-        self._records.note_accepted(job.id, self._clock())
+        self._records.note_accepted(job.id, self._clock(),
+                                    show_after_s=self._settings.submitted_shown_after_s)
         return None
-
-    async def _show_submitted(self, job_id: str) -> None:
-        """Write the submitted phase only when the prompt waits in ComfyUI's queue: one that
-        starts at once gets its acceptance time written with the executing phase instead."""
-        await asyncio.sleep(self._settings.submitted_shown_after_s)
-        accepted_at = self._records.take_accepted(job_id)
-        if accepted_at is not None:  # once begun, the write completes even if the prompt ends
-            await asyncio.shield(self._note_submitted(job_id, accepted_at))
-
-    async def _note_submitted(self, job_id: str, accepted_at: float) -> None:
-        try:
-            await self._apply(job_id, t.Submitted(accepted_at))
-        except StoreError as exc:  # only a timestamp and a phase are lost
-            log.warning("job %s: could not write the submitted phase: %s", job_id, exc)
 
     async def _follow(self, job: Job, backend: Backend, tracker: PromptTracker) -> Outcome | None:
         """Track until the outcome, the deadline, or a cancel (then None after interrupting)."""
