@@ -90,6 +90,10 @@ def test_backends_file_parses_and_rejects_mistakes_plainly():
     assert parsed.routing["lora_training"].fallback == (("a100",), ("h100",))
     assert parsed.retry["lora_training"].max_attempts == 4 and parsed.retry["lora_training"].cap_s == 30
     for bad, words in [({"backends": [{"url": "gpu:8188"}]}, r"not an http\(s\) URL"),
+                       ({"backends": [{"url": "http://[::1"}]}, r"not an http\(s\) URL"),
+                       ({"backends": [{"url": "http://gpu:abc"}]}, r"not an http\(s\) URL"),
+                       ({"backends": [{"url": "http://gpu:99999"}]}, r"not an http\(s\) URL"),
+                       ({"backends": [{"url": "http://:8188"}]}, r"not an http\(s\) URL"),
                        ({"backends": [{"url": "http://a", "capacity": 0}]}, "capacity"),
                        ({"backends": [{"url": "http://a", "tags": "lora"}]}, "tags"),
                        ({"backends": [{"url": "http://a"}, {"url": "http://a"}]}, "unique"),
