@@ -85,6 +85,14 @@ async def test_list_pages_past_filtered_out_entries(store, make_job):
     assert len(found) == 1 and found[0].type == "video" and found[0].owner == "alice"
 
 
+async def test_idempotency_keys_of_different_owners_never_meet(store, make_job):
+    """Owner and key are joined with ':' in the key name: an owner holding ':' must not land on
+    another owner's key (owner 'a:b' + key 'c' against owner 'a' + key 'b:c')."""
+    await store.create(make_job(owner="a:b", idempotency_key="c"), WF)
+    await store.create(make_job(owner="a", idempotency_key="b:c"), WF)  # not a reuse
+    await store.create(make_job(owner="a%3Ab", idempotency_key="c"), WF)  # nor is an encoded look-alike
+
+
 async def test_idempotency_key_reuse_is_refused_with_422(store, make_job, redis, keys):
     first = make_job(owner="alice", idempotency_key="k1")
     await store.create(first, WF)

@@ -13,7 +13,8 @@
     owner_index(owner)         {p}:idx:owner:{owner}            zset     same, one per owner
     type_index(type)           {p}:idx:type:{type}              zset     same, one per job type
     active_index               {p}:idx:active                   zset     queued/running/canceling jobs
-    idempotency(owner, key)    {p}:idem:{owner}:{key}           string   job id, TTL idempotency_ttl_s
+    idempotency(owner, key)    {p}:idem:{owner%}:{key}          string   job id, TTL idempotency_ttl_s;
+                                                                         owner percent-encoded
     events_channel             {p}:events                       pubsub   every job event (one channel)
     events_stream              {p}:events:stream                stream   the same events, capped ~10000
     cancel_channel             {p}:events:cancel                pubsub   {"job_id", "kind": "cancel"} when
@@ -42,6 +43,7 @@ deployment hashes to one slot and the Lua scripts may touch them together.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import quote
 
 _GLOB_SPECIAL = "\\*?[]"
 
@@ -99,8 +101,9 @@ class Keys:
 
     # -- idempotency ---------------------------------------------------------------------------
     def idempotency(self, owner: str | None, key: str) -> str:
-        """An anonymous owner (``None``) is spelled ``_``."""
-        return f"{self.prefix}:idem:{owner or '_'}:{key}"
+        """The owner is percent-encoded (``:`` and ``%`` among others), so owner ``a:b`` with key
+        ``c`` and owner ``a`` with key ``b:c`` are two keys; no owner (``None``) is empty."""
+        return f"{self.prefix}:idem:{quote(owner or '', safe='')}:{key}"
 
     # -- events --------------------------------------------------------------------------------
     @property
