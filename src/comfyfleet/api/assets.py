@@ -26,6 +26,7 @@ router = APIRouter(tags=["assets"])
 
 CHUNK_BYTES = 1 << 20
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+MAX_OFFSET_DIGITS = 18  # longer is past the end of any blob (and int() refuses > 4300 digits)
 
 
 @router.get("/assets/{asset_id}")
@@ -75,17 +76,22 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
     if not first and not last:
         return None
     if not first:  # suffix: the last N bytes
-        length = int(last)
+        length = _offset(last)
         if length == 0 or size == 0:
             return "unsatisfiable"
         return max(0, size - length), size - 1
-    start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
-    if last and int(last) < start:
+    start = _offset(first)
+    end = min(_offset(last), size - 1) if last else size - 1
+    if last and _offset(last) < start:
         return None
     if start >= size:
         return "unsatisfiable"
     return start, end
+
+
+def _offset(digits: str) -> int:
+    """A byte offset from the Range header; one longer than any blob counts as 10**18."""
+    return int(digits) if len(digits) <= MAX_OFFSET_DIGITS else 10 ** MAX_OFFSET_DIGITS
 
 
 def content_disposition(name: str) -> str:

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 
 from ..errors import ConfigError, ValidationFailed
 from ..fleetfile import backend_from
-from ..store.fleet import BACKEND_STATES, BackendExists, BackendNotFound
+from ..store.fleet import BACKEND_STATES, BackendExists, BackendNotFound, BackendRecord
 from . import validation
 from .context import ApiContext, get_context
 
@@ -36,6 +36,13 @@ async def _body(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ValidationFailed("the body must be a JSON object", code="invalid_request", status_code=400)
     return body
+
+
+def _record(entry: Any, where: str) -> BackendRecord:
+    try:
+        return backend_from(entry, where)
+    except ConfigError as exc:
+        raise ValidationFailed(str(exc), code="invalid_request", status_code=422) from None
 
 
 async def _guard(call):
@@ -65,11 +72,7 @@ async def get_backend(name: str, ctx: ApiContext = Depends(get_context)) -> dict
 async def add_backend(request: Request, ctx: ApiContext = Depends(get_context)) -> JSONResponse:
     admin = _admin(ctx)
     body = await _body(request)
-    try:
-        record = backend_from(body, "backend")
-    except ConfigError as exc:
-        raise ValidationFailed(str(exc), code="invalid_request", status_code=422) from None
-    return JSONResponse(await _guard(admin.add(record)), status_code=201)
+    return JSONResponse(await _guard(admin.add(_record(body, "backend"))), status_code=201)
 
 
 @router.patch("/backends/{name}")
@@ -89,10 +92,7 @@ async def update_backend(name: str, request: Request, ctx: ApiContext = Depends(
               "tags": body.get("tags", current["tags"])}
     if "headers" in body:
         merged["headers"] = body["headers"]
-    try:
-        checked = backend_from(merged, f"backend {name}")
-    except ConfigError as exc:
-        raise ValidationFailed(str(exc), code="invalid_request", status_code=422) from None
+    checked = _record(merged, f"backend {name}")
     changes: dict[str, Any] = {k: v for k, v in body.items() if k == "state"}
     for key in ("url", "capacity", "tags", "headers"):
         if key in body:

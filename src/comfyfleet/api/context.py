@@ -10,15 +10,15 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from ..domain.job import BUILTIN_JOB_TYPES, Job, JobStatus
-from ..errors import ConfigError
+from ..errors import ConfigError, JobNotFound
 from ..ports import BlobStore, EventBus, JobStore
-from .schemas import Renderer
+from .schemas import Renderer, is_job_id
 
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_DEADLINE_S = 600.0
@@ -91,3 +91,13 @@ class ApiContext:
 
 def get_context(request: Request) -> ApiContext:
     return request.app.state.api
+
+
+def job_id_path(job_id: str) -> str:
+    """The ``{job_id}`` path parameter: an id this server never issues is a 404 at once."""
+    if not is_job_id(job_id):
+        raise JobNotFound(f"job {job_id} not found")
+    return job_id
+
+
+JobId = Annotated[str, Depends(job_id_path)]

@@ -9,7 +9,6 @@ its key is released so the client may retry with the same key, and the answer is
 from __future__ import annotations
 
 import logging
-import uuid
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -20,9 +19,9 @@ from ..domain import transitions as t
 from ..domain.job import DEFAULT_JOB_TYPE, Job, JobError, JobStatus
 from ..errors import ComfyFleetError, InvalidTransition, JobNotFound, ValidationFailed
 from . import validation
-from .context import ApiContext, get_context
+from .context import ApiContext, JobId, get_context
 from .listing import list_page
-from .schemas import iso, parse_asset_id
+from .schemas import iso, new_job_id, parse_asset_id
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["jobs"])
@@ -49,7 +48,7 @@ async def submit_job(request: Request, ctx: ApiContext = Depends(get_context)) -
     owner = submission.metadata.get("user_id") or ANONYMOUS
     defaults = services.job_defaults(job_type)
     now = services.clock()
-    job = Job(id=str(uuid.uuid4()), status=JobStatus.QUEUED, created_at=now, updated_at=now,
+    job = Job(id=new_job_id(), status=JobStatus.QUEUED, created_at=now, updated_at=now,
               type=job_type, owner=owner, metadata=submission.metadata,
               priority=submission.priority, idempotency_key=key,
               max_attempts=int(defaults.get("max_attempts", 3)),
@@ -78,17 +77,17 @@ async def list_jobs(request: Request, ctx: ApiContext = Depends(get_context)) ->
 
 
 @router.get("/jobs/{job_id}")
-async def get_job(job_id: str, ctx: ApiContext = Depends(get_context)) -> dict[str, Any]:
+async def get_job(job_id: JobId, ctx: ApiContext = Depends(get_context)) -> dict[str, Any]:
     return await ctx.render_job(await ctx.services.store.get(job_id))
 
 
 @router.get("/jobs/{job_id}/workflow")
-async def get_job_workflow(job_id: str, ctx: ApiContext = Depends(get_context)) -> dict[str, Any]:
+async def get_job_workflow(job_id: JobId, ctx: ApiContext = Depends(get_context)) -> dict[str, Any]:
     return {"workflow": await ctx.services.store.workflow(job_id), "format": "api"}
 
 
 @router.post("/jobs/{job_id}/cancel")
-async def cancel_job(job_id: str, ctx: ApiContext = Depends(get_context)) -> dict[str, Any]:
+async def cancel_job(job_id: JobId, ctx: ApiContext = Depends(get_context)) -> dict[str, Any]:
     """Queued: canceled now. Running: canceling, and its worker is asked to interrupt.
     Canceling or terminal: returned as it is (idempotent)."""
     store, services = ctx.services.store, ctx.services
@@ -107,7 +106,7 @@ async def cancel_job(job_id: str, ctx: ApiContext = Depends(get_context)) -> dic
 
 
 @router.get("/jobs/{job_id}/preview")
-async def get_preview(job_id: str, ctx: ApiContext = Depends(get_context)) -> Response:
+async def get_preview(job_id: JobId, ctx: ApiContext = Depends(get_context)) -> Response:
     await ctx.services.store.get(job_id)
     preview = await ctx.services.events.get_preview(job_id)  # type: ignore[attr-defined]
     if preview is None:

@@ -62,8 +62,8 @@ def decode_cursor(cursor: str) -> Position:
         if isinstance(created_at, (int, float)) and not isinstance(created_at, bool) \
                 and math.isfinite(created_at) and isinstance(job_id, str):
             return float(created_at), job_id
-    except (ValueError, TypeError, binascii.Error):
-        pass
+    except (ValueError, TypeError, binascii.Error, OverflowError, RecursionError):
+        pass  # OverflowError: an integer too large for a float; RecursionError: deep nesting
     raise ValidationFailed("cursor is not one this server issued", code="invalid_cursor",
                            status_code=400)
 

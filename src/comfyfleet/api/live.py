@@ -21,7 +21,7 @@ from fastapi import APIRouter, Depends, Response
 from fastapi.responses import StreamingResponse
 
 from ..domain.job import Job, JobStatus
-from .context import ApiContext, get_context
+from .context import ApiContext, JobId, get_context
 from .errors import error_response
 from .schemas import progress_json
 
@@ -33,7 +33,7 @@ _CLOSED = object()
 
 
 @router.get("/jobs/{job_id}/events")
-async def job_events(job_id: str, ctx: ApiContext = Depends(get_context)) -> Response:
+async def job_events(job_id: JobId, ctx: ApiContext = Depends(get_context)) -> Response:
     await ctx.services.store.get(job_id)  # 404 before any byte of the stream
     if ctx.open_streams >= ctx.settings.max_streams:
         return error_response(429, "too_many_streams", "too many open event streams",

@@ -9,6 +9,7 @@ deadline rather than null (null would make the SDK reject the whole job).
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +28,21 @@ def iso(ts: float | None) -> str | None:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def new_job_id() -> str:
+    """A fresh job id: a random UUID in canonical form (what ``is_job_id`` accepts)."""
+    return str(uuid.uuid4())
+
+
+def is_job_id(text: str) -> bool:
+    """True for an id this server could have issued (a canonical UUID). Anything else names no
+    job and must not reach the store: ids are part of Redis key names, so ``<id>:wf`` would
+    address the workflow key of job ``<id>``."""
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
+
+
 def asset_id_for(job_id: str, index: int) -> str:
     """An output's asset id: self-describing, so no index is needed to resolve it."""
     return f"{job_id}.{index}"
@@ -35,7 +51,8 @@ def asset_id_for(job_id: str, index: int) -> str:
 def parse_asset_id(asset_id: str) -> tuple[str, int] | None:
     """``(job_id, output index)`` for an output asset id, else ``None``."""
     job_id, sep, index = asset_id.rpartition(".")
-    if not sep or not job_id or not index.isdigit() or len(index) > 6:
+    if not sep or not is_job_id(job_id) or not (index.isascii() and index.isdigit()) \
+            or len(index) > 6:  # isdigit alone admits "²", which int() refuses
         return None
     return job_id, int(index)
 

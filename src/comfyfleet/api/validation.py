@@ -1,13 +1,17 @@
 """Validate a ``POST /jobs`` submission before anything is stored.
 
 Every problem raises ``ValidationFailed`` with the contract's code and status, so client input
-never reaches a 500. The partner key in ``extra_data`` is checked here and handed on, never
+never reaches a 500. ``parse_json`` also refuses what Python's ``json`` accepts but nothing after
+it can hold: NaN and infinities (a response cannot carry them), strings with unpaired surrogates
+(they are not UTF-8) and nesting deeper than ``MAX_JSON_DEPTH`` (recursive code after it would
+run out of stack). The partner key in ``extra_data`` is checked here and handed on, never
 stored: ``Submission.partner_key`` is excluded from ``repr`` so it does not leak into logs.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,6 +23,8 @@ MAX_METADATA_PAIRS = 16
 MAX_METADATA_VALUE_BYTES = 256
 MAX_PRIORITY = 1_000_000
 MAX_IDEMPOTENCY_KEY = 255
+MAX_JSON_DEPTH = 64
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 METADATA_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
 RESERVED_FIELDS = ("webhook_url", "inputs")
 EXTRA_DATA_KEYS = frozenset({"api_key_comfy_org"})
@@ -64,9 +70,48 @@ def too_large(max_bytes: int) -> ValidationFailed:
 
 def parse_json(raw: bytes) -> Any:
     try:
-        return json.loads(raw)
+        body = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, RecursionError):
         raise invalid("request body is not valid JSON", status_code=400) from None
+    _check_storable(body)
+    return body
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):  # 1e400 parses as inf
+        raise ValueError(f"{text} is out of range")
+    return number
+
+
+def _check_storable(body: Any) -> None:
+    """Refuse nesting deeper than ``MAX_JSON_DEPTH`` and strings that are not UTF-8 (walked
+    without recursion: the body may be nested as deep as ``json`` allows)."""
+    pending = [(body, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, str):
+            _check_text(value)
+        elif isinstance(value, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise invalid(f"request body nests deeper than {MAX_JSON_DEPTH} levels",
+                              status_code=400, details={"max_depth": MAX_JSON_DEPTH})
+            if isinstance(value, dict):
+                for key in value:
+                    _check_text(key)
+                pending.extend((item, depth + 1) for item in value.values())
+            else:
+                pending.extend((item, depth + 1) for item in value)
+
+
+def _check_text(text: str) -> None:
+    if not text.isascii() and LONE_SURROGATE.search(text):
+        raise invalid("request body is not valid JSON: a string holds an unpaired surrogate "
+                      "escape (\\ud800-\\udfff)", status_code=400)
 
 
 def idempotency_key(header: str | None) -> str | None:
@@ -103,7 +148,7 @@ def metadata(raw: Any) -> dict[str, str]:
     if len(raw) > MAX_METADATA_PAIRS:
         raise _bad_metadata(f"metadata has {len(raw)} pairs; at most {MAX_METADATA_PAIRS}")
     for key, value in raw.items():
-        if not METADATA_KEY.match(key):
+        if not METADATA_KEY.fullmatch(key):  # match() would let a trailing "\n" through
             raise _bad_metadata(f"metadata key {key!r} must be 1-40 of [A-Za-z0-9_.-]", key)
         if not isinstance(value, str):
             raise _bad_metadata(f"metadata value for {key!r} must be a string", key)
