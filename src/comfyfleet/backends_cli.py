@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.table import Table
 
-from .client_cli import _call, _client, console
+from .client_cli import NOT_COMFYFLEET, _call, _client, console, segment
 from .config import parse_backends
 from .errors import ComfyFleetError
 
@@ -15,17 +15,28 @@ from .errors import ComfyFleetError
 async def manage_backends(*, server: str, add: list[str], capacity: int, tags: list[str],
                           drain: list[str], disable: list[str], enable: list[str],
                           remove: list[str], as_json: bool) -> None:
+    configs = parse_backends(add)  # every --add and --tag checked before the first change is made
+    for tag in tags:
+        if not tag or "," in tag:  # the rule of the fleet file and POST /api/v2/backends
+            raise ComfyFleetError(f"--tag {tag!r} must be a non-empty string without commas")
+    for name in (*drain, *disable, *enable, *remove):
+        if not name.strip():
+            raise ComfyFleetError(f"--drain, --disable, --enable and --remove take a backend name, got {name!r}")
     async with _client(server) as client:
-        for config in parse_backends(add):
+        for config in configs:
             await _call(client, "POST", "/api/v2/backends",
                         json={"name": config.name, "url": config.url, "capacity": capacity, "tags": tags})
         for names, state in ((drain, "draining"), (disable, "disabled"), (enable, "active")):
             for name in names:
-                await _call(client, "PATCH", f"/api/v2/backends/{name}", json={"state": state})
+                await _call(client, "PATCH", f"/api/v2/backends/{segment(name)}", json={"state": state})
         for name in remove:
-            await _call(client, "DELETE", f"/api/v2/backends/{name}")
+            await _call(client, "DELETE", f"/api/v2/backends/{segment(name)}")
         listing = await _call(client, "GET", "/api/v2/backends")
-    backends = listing.get("backends", [])
+    backends = listing.get("backends")
+    if not isinstance(backends, list) or not all(
+            isinstance(b, dict) and all(k in b for k in ("name", "url", "state", "load", "capacity"))
+            for b in backends):
+        raise ComfyFleetError(f"GET /api/v2/backends answered without a list of backends; {NOT_COMFYFLEET}")
     if as_json:
         import json
         console.print_json(json.dumps(backends))

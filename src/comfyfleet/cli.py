@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
-from .config import Settings
+from .config import Settings, check_settings
 from .errors import ComfyFleetError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -36,7 +38,18 @@ def settings_from(**options: Any) -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
-        raise ComfyFleetError(f"invalid {where}: {first.get('msg')}") from exc
+        message = str(first.get("msg")).removeprefix("Value error, ")
+        raise ComfyFleetError(f"invalid {where}: {message}") from exc
+    except SettingsError as exc:  # a COMFYFLEET_* variable that is not the JSON its setting needs
+        raise ComfyFleetError(f"{exc} (check the COMFYFLEET_* environment variables)") from exc
+
+
+def checked_settings(**options: Any) -> Settings:
+    """``settings_from`` plus what can be checked before starting anything (config.check_settings),
+    before the heavy imports of the process that would start."""
+    settings = settings_from(**options)
+    check_settings(settings)
+    return settings
 
 
 def run(coro_factory) -> None:
@@ -57,13 +70,14 @@ def serve(backend: Optional[list[str]] = BACKEND, workers: Optional[int] = typer
           port: Optional[int] = PORT, key_prefix: Optional[str] = PREFIX,
           public_url: Optional[str] = PUBLIC, backends_file: Optional[Path] = BACKENDS_FILE) -> None:
     """Run the API and supervised worker processes (embedded Valkey unless --redis-url)."""
-    from .launch import run_serve
-
     def go():
-        return run_serve(settings_from(backends=backend, workers=workers, redis_url=redis_url,
-                                       data_dir=data_dir, host=host, port=port,
-                                       key_prefix=key_prefix, public_base_url=public_url,
-                                       backends_file=backends_file))
+        settings = checked_settings(backends=backend, workers=workers, redis_url=redis_url,
+                                    data_dir=data_dir, host=host, port=port, key_prefix=key_prefix,
+                                    public_base_url=public_url, backends_file=backends_file)
+        # imported only now: bad options fail before the heavy imports of the process
+        from .launch import run_serve
+
+        return run_serve(settings)
     run(go)
 
 
@@ -72,10 +86,13 @@ def api(redis_url: Optional[str] = REDIS, data_dir: Optional[Path] = DATA, host:
         port: Optional[int] = PORT, key_prefix: Optional[str] = PREFIX,
         public_url: Optional[str] = PUBLIC) -> None:
     """Run the API only (as many as needed, all sharing one Redis)."""
-    from .launch import run_api
+    def go():
+        settings = checked_settings(redis_url=redis_url, data_dir=data_dir, host=host, port=port,
+                                    key_prefix=key_prefix, public_base_url=public_url)
+        from .launch import run_api
 
-    run(lambda: run_api(settings_from(redis_url=redis_url, data_dir=data_dir, host=host, port=port,
-                                      key_prefix=key_prefix, public_base_url=public_url)))
+        return run_api(settings)
+    run(go)
 
 
 @app.command()
@@ -84,11 +101,14 @@ def worker(backend: Optional[list[str]] = BACKEND, redis_url: Optional[str] = RE
            concurrency: Optional[int] = typer.Option(None, help="jobs tracked at once (default 64)"),
            backends_file: Optional[Path] = BACKENDS_FILE) -> None:
     """Run one worker process against a shared Redis."""
-    from .launch import run_worker
+    def go():
+        settings = checked_settings(backends=backend, redis_url=redis_url, data_dir=data_dir,
+                                    key_prefix=key_prefix, concurrency=concurrency,
+                                    backends_file=backends_file)
+        from .launch import run_worker
 
-    run(lambda: run_worker(settings_from(backends=backend, redis_url=redis_url, data_dir=data_dir,
-                                         key_prefix=key_prefix, concurrency=concurrency,
-                                         backends_file=backends_file)))
+        return run_worker(settings)
+    run(go)
 
 
 @app.command()
@@ -98,10 +118,13 @@ def cleanup(redis_url: Optional[str] = REDIS, data_dir: Optional[Path] = DATA,
             dry_run: bool = typer.Option(False, "--dry-run", help="report only, delete nothing"),
             as_json: bool = typer.Option(False, "--json", help="print the report as JSON")) -> None:
     """Delete finished jobs past retention with their blobs; repair indexes; requeue lost entries."""
-    from .operations import run_cleanup
+    def go():
+        settings = checked_settings(redis_url=redis_url, data_dir=data_dir, key_prefix=key_prefix,
+                                    retention_s=retention_s)
+        from .operations import run_cleanup
 
-    run(lambda: run_cleanup(settings_from(redis_url=redis_url, data_dir=data_dir, key_prefix=key_prefix,
-                                          retention_s=retention_s), dry_run=dry_run, as_json=as_json))
+        return run_cleanup(settings, dry_run=dry_run, as_json=as_json)
+    run(go)
 
 
 @app.command()
@@ -110,27 +133,50 @@ def recover(backend: Optional[list[str]] = BACKEND, redis_url: Optional[str] = R
             dry_run: bool = typer.Option(False, "--dry-run", help="show what a reconcile would do"),
             as_json: bool = typer.Option(False, "--json", help="print the plan as JSON")) -> None:
     """Show what reconciling the active jobs with their backends would do (--dry-run)."""
-    from .operations import run_recover_plan
-
     if not dry_run:
         typer.echo("comfyfleet: workers reconcile active jobs themselves (at start and every few "
                    "seconds); use --dry-run to see what they would do", err=True)
         raise typer.Exit(2)
-    run(lambda: run_recover_plan(settings_from(backends=backend, redis_url=redis_url, data_dir=data_dir,
-                                               key_prefix=key_prefix), as_json=as_json))
+
+    def go():
+        settings = checked_settings(backends=backend, redis_url=redis_url, data_dir=data_dir,
+                                    key_prefix=key_prefix)
+        from .operations import run_recover_plan
+
+        return run_recover_plan(settings, as_json=as_json)
+    run(go)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def sim(ctx: typer.Context) -> None:
     """Run a ComfyUI simulator (see --help of the simulator for options)."""
+    from .sim.run import build_parser
     from .sim.run import main as sim_main
 
-    raise typer.Exit(sim_main(list(ctx.args)) or 0)
+    argv = list(ctx.args)
+    parser = build_parser()
+    args = parser.parse_args(argv)  # a malformed option: argparse's usage line, exit code 2
+    if not 0 <= args.port <= 65535:
+        parser.error(f"argument --port: {args.port} is not a port from 0 to 65535")
+    for option in ("step_s", "history_delay_s", "time_scale"):
+        value = getattr(args, option)
+        if not math.isfinite(value) or value < 0:
+            parser.error(f"argument --{option.replace('_', '-')}: {value} is not a number >= 0")
+    try:
+        code = sim_main(argv)
+    except OSError as exc:  # cannot bind the host/port, cannot make --output-dir
+        about = f" ({exc.filename})" if exc.filename else ""
+        typer.echo(f"comfyfleet: cannot start the simulator on {args.host}:{args.port}: "
+                   f"{exc.strerror or exc}{about}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    raise typer.Exit(code or 0)
 
 
 @app.command()
 def demo(once: bool = typer.Option(False, "--once", help="run the sample jobs, then exit"),
-         port: int = typer.Option(0, help="API port (default: a free one)"),
+         port: int = typer.Option(0, min=0, max=65535, help="API port (default: a free one)"),
          data_dir: Optional[Path] = typer.Option(None, help="keep data here (default: a temp dir)")) -> None:
     """Start Valkey, two simulated ComfyUI servers and the service; run sample jobs."""
     from .demo import run_demo
@@ -165,6 +211,9 @@ def cancel(job_id: str, server: str = typer.Option("http://127.0.0.1:8787", "--s
                                                    envvar="COMFYFLEET_SERVER")) -> None:
     """Cancel a job (queued: at once; running: interrupted on its backend)."""
     from .client_cli import cancel_job
+
+    if not job_id.strip():
+        raise typer.BadParameter("the job id is empty", param_hint="'JOB_ID'")
 
     run(lambda: cancel_job(job_id, server=server))
 

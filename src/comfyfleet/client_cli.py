@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .config import check_http_url
 from .errors import ComfyFleetError
 
 TERMINAL = {"succeeded", "failed", "canceled", "expired"}
@@ -36,22 +39,50 @@ def load_workflow(path: Path) -> dict[str, Any]:
 
 
 def _client(server: str) -> httpx.AsyncClient:
+    check_http_url(server, what="--server", example="http://127.0.0.1:8787")
     return httpx.AsyncClient(base_url=server.rstrip("/"), timeout=httpx.Timeout(30.0, connect=5.0))
 
 
-async def _call(client: httpx.AsyncClient, method: str, path: str, **kwargs: Any) -> Any:
+def segment(value: str) -> str:
+    """``value`` as one path segment: a job id or backend name such as ``../x`` or ``a?b`` cannot
+    reach another route or add a query."""
+    return quote(value, safe="")
+
+
+NOT_COMFYFLEET = "is --server the URL of a comfyfleet server?"
+
+
+async def _call(client: httpx.AsyncClient, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    """One request; the answer's JSON object, or a ComfyFleetError of one line."""
     try:
         response = await client.request(method, path, **kwargs)
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise ComfyFleetError(f"cannot reach comfyfleet at {client.base_url} ({type(exc).__name__})") from None
     if response.status_code >= 400:
         try:
             error = response.json()["error"]
             message = f"{error['code']}: {error['message']}"
         except (ValueError, KeyError, TypeError):
-            message = response.text[:200]
+            message = f"{' '.join(response.text[:200].split())!r}; {NOT_COMFYFLEET}"
         raise ComfyFleetError(f"{method} {path} failed with HTTP {response.status_code}: {message}")
-    return response.json()
+    if response.status_code >= 300:  # not followed: a redirect means this URL is not the resource
+        raise ComfyFleetError(f"{method} {path} answered HTTP {response.status_code}, a redirect to "
+                              f"{response.headers.get('location')!r}; check the id or name and --server")
+    try:
+        body = response.json() if response.content else {}
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise ComfyFleetError(f"{method} {path} answered HTTP {response.status_code} with something other "
+                              f"than a JSON object; {NOT_COMFYFLEET}")
+    return body
+
+
+def job_from(body: dict[str, Any], what: str) -> dict[str, Any]:
+    """``body`` if it looks like a job (an ``id`` and a ``status``); a plain error otherwise."""
+    if not (isinstance(body, dict) and isinstance(body.get("id"), str) and isinstance(body.get("status"), str)):
+        raise ComfyFleetError(f"{what} answered without a job (no id and status); {NOT_COMFYFLEET}")
+    return body
 
 
 async def submit_workflow(path: Path, *, server: str, wait: bool, metadata: list[str], out: Path) -> None:
@@ -59,11 +90,14 @@ async def submit_workflow(path: Path, *, server: str, wait: bool, metadata: list
     meta = {}
     for pair in metadata:
         key, sep, value = pair.partition("=")
-        if not sep:
+        if not sep or not key:
             raise ComfyFleetError(f"--meta takes key=value, got {pair!r}")
         meta[key] = value
+    if wait and out.exists() and not out.is_dir():  # found out before submitting, not after the job ran
+        raise ComfyFleetError(f"--out {out} is not a directory")
     async with _client(server) as client:
-        job = await _call(client, "POST", "/api/v2/jobs", json={"workflow": workflow, "metadata": meta})
+        job = job_from(await _call(client, "POST", "/api/v2/jobs", json={"workflow": workflow, "metadata": meta}),
+                       "POST /api/v2/jobs")
         console.print(f"job {job['id']} {job['status']}")
         if not wait:
             return
@@ -88,7 +122,7 @@ async def follow_all(client: httpx.AsyncClient, job_ids: list[str]) -> list[dict
                   TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console) as bars:
         async def one(job_id: str) -> dict[str, Any]:
             task = bars.add_task(f"job {job_id[:8]}", total=1.0, status="queued")
-            async for event, data in sse_events(client, f"/api/v2/jobs/{job_id}/events"):
+            async for event, data in sse_events(client, f"/api/v2/jobs/{segment(job_id)}/events"):
                 if event == "progress":
                     bars.update(task, completed=float(data.get("value") or 0.0))
                 elif event == "status":
@@ -97,7 +131,7 @@ async def follow_all(client: httpx.AsyncClient, job_ids: list[str]) -> list[dict
                         if data.get("status") == "succeeded":
                             bars.update(task, completed=1.0)
                         break
-            return await _call(client, "GET", f"/api/v2/jobs/{job_id}")
+            return job_from(await _call(client, "GET", f"/api/v2/jobs/{segment(job_id)}"), "GET /api/v2/jobs/{id}")
 
         return list(await asyncio.gather(*(one(job_id) for job_id in job_ids)))
 
@@ -121,25 +155,43 @@ async def sse_events(client: httpx.AsyncClient, path: str) -> AsyncIterator[tupl
 
 
 async def download_outputs(client: httpx.AsyncClient, job: dict[str, Any], out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ComfyFleetError(f"cannot make --out {out}: {exc.strerror or exc}") from None
+    outputs = job.get("outputs") or []
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("id"), str)
+                                                for o in outputs):
+        raise ComfyFleetError(f"job {job['id']} lists its outputs in an unknown shape; {NOT_COMFYFLEET}")
     paths = []
-    for output in job.get("outputs") or []:
+    for output in outputs:
         try:
-            response = await client.get(f"/api/v2/assets/{output['id']}/content")
+            response = await client.get(f"/api/v2/assets/{segment(output['id'])}/content")
         except httpx.HTTPError as exc:
             raise ComfyFleetError(f"cannot download output {output['id']} ({type(exc).__name__})") from None
         if response.status_code != 200:
             raise ComfyFleetError(f"output {output['id']}: HTTP {response.status_code}")
-        target = out / f"{job['id'][:8]}-{Path(output.get('name') or output['id']).name}"
-        target.write_bytes(response.content)
+        name = output.get("name") if isinstance(output.get("name"), str) else None
+        target = out / f"{_file_part(job['id'][:8])}-{_file_part(Path(name or output['id']).name)}"
+        try:
+            target.write_bytes(response.content)
+        except OSError as exc:
+            raise ComfyFleetError(f"cannot write output {target}: {exc.strerror or exc}") from None
         paths.append(target)
     return paths
 
 
+def _file_part(text: str) -> str:
+    """``text`` as part of a file name in --out: no path separators or control characters, no
+    leading dots (a job id or output name from the server cannot point outside --out)."""
+    return re.sub(r"[/\\\x00-\x1f]", "_", text).lstrip(".") or "output"
+
+
 def report(job: dict[str, Any]) -> None:
     line = f"job {job['id']} {job['status']}"
-    if job.get("error"):
-        line += f": {job['error'].get('code')}: {job['error'].get('message')}"
+    error = job.get("error")
+    if isinstance(error, dict):
+        line += f": {error.get('code')}: {error.get('message')}"
     console.print(line)
 
 
@@ -149,15 +201,20 @@ async def list_jobs(*, server: str, status: str | None, limit: int) -> None:
         params["status"] = status
     async with _client(server) as client:
         page = await _call(client, "GET", "/api/v2/jobs", params=params)
+    jobs = page.get("jobs")
+    if not isinstance(jobs, list):
+        raise ComfyFleetError(f"GET /api/v2/jobs answered without a list of jobs; {NOT_COMFYFLEET}")
     table = Table("id", "status", "type", "progress", "created")
-    for job in page.get("jobs", []):
+    for job in (job_from(j, "GET /api/v2/jobs") for j in jobs):
+        progress = job.get("progress")
+        value = progress.get("value") if isinstance(progress, dict) else None
         table.add_row(job["id"], job["status"], str(job.get("type") or ""),
-                      f"{100 * float((job.get('progress') or {}).get('value') or 0):.0f}%",
+                      f"{100 * value:.0f}%" if isinstance(value, (int, float)) else "0%",
                       str(job.get("created_at")))
     console.print(table)
 
 
 async def cancel_job(job_id: str, *, server: str) -> None:
     async with _client(server) as client:
-        job = await _call(client, "POST", f"/api/v2/jobs/{job_id}/cancel")
-    report(job)
+        job = await _call(client, "POST", f"/api/v2/jobs/{segment(job_id)}/cancel")
+    report(job_from(job, "POST /api/v2/jobs/{id}/cancel"))

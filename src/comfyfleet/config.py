@@ -6,6 +6,8 @@ Only ``cli.py`` and ``api/app.py`` read this; everything else gets plain values 
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -18,30 +20,30 @@ from .store.fleet import BackendRecord
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="COMFYFLEET_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="COMFYFLEET_", extra="ignore", allow_inf_nan=False)
 
     host: str = "127.0.0.1"
     port: int = Field(8787, ge=0, le=65535)
     backends: Annotated[list[str], NoDecode] = Field(default_factory=list)  # JSON list or a,b,c
-    workers: int = Field(1, ge=0, le=64)
+    workers: int = Field(1, ge=1, le=64)
     redis_url: str | None = None  # None: start the embedded Valkey in data_dir
     data_dir: Path = Path(".comfyfleet")
     key_prefix: str = "cf"
     public_base_url: str | None = None
-    max_workflow_bytes: int = 5_000_000
-    max_workflow_nodes: int = 2000
-    progress_throttle_s: float = 1.0
+    max_workflow_bytes: int = Field(5_000_000, ge=1)
+    max_workflow_nodes: int = Field(2000, ge=1)
+    progress_throttle_s: float = Field(1.0, ge=0)
     progress_node_weights: dict[str, dict[str, float]] = Field(default_factory=dict)  # type -> class -> weight
     tracker_watchdog_s: float = Field(30.0, gt=0)
     tracker_poll_min_s: float = Field(1.0, gt=0)
     tracker_poll_max_s: float = Field(5.0, gt=0)
     stats_flush_s: float = Field(1.0, gt=0)  # tracker counters reach GET /api/v2/stats this soon
-    retention_s: float = 7 * 86400.0
-    active_ttl_s: float = 2 * 3600.0  # a running job's record lives this long past its last heartbeat
-    lease_s: float = 6.0  # a job's claim outlives its worker's last heartbeat by this much
-    blob_grace_s: float = 3600.0  # an unreferenced blob younger than this is kept
-    maintenance_interval_s: float = 600.0  # retention, index and blob cleanup this often
-    concurrency: int = 64
+    retention_s: float = Field(7 * 86400.0, ge=0)
+    active_ttl_s: float = Field(2 * 3600.0, gt=0)  # a running job's record lives this long past its last heartbeat
+    lease_s: float = Field(6.0, gt=0)  # a job's claim outlives its worker's last heartbeat by this much
+    blob_grace_s: float = Field(3600.0, ge=0)  # an unreferenced blob younger than this is kept
+    maintenance_interval_s: float = Field(600.0, gt=0)  # retention, index and blob cleanup this often
+    concurrency: int = Field(64, ge=1, le=10_000)
     backends_file: Path | None = None  # TOML: [[backends]] and [job_types.*] (see fleetfile.py)
     health_interval_s: float = Field(5.0, gt=0)
     breaker_failures: int = Field(5, ge=1)
@@ -60,6 +62,19 @@ class Settings(BaseSettings):
                 raise ValueError("backends: not a JSON list; use a JSON list or comma-separated URLs") from None
         if isinstance(value, str):
             return [v for v in (part.strip() for part in value.split(",")) if v]
+        return value
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _key_prefix(cls, value: str) -> str:
+        check_key_prefix(value)
+        return value
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_http_url(value, what="public URL", example="https://fleet.example.com")
         return value
 
     @property
@@ -84,25 +99,76 @@ class Settings(BaseSettings):
 
 def parse_backends(urls: list[str]) -> list[BackendRecord]:
     """``http://gpu-1:8188`` or ``name=http://gpu-1:8188`` -> BackendRecord; plain errors otherwise."""
+    from .fleetfile import backend_from
+
     configs: list[BackendRecord] = []
-    for index, raw in enumerate(urls, start=1):
+    for raw in urls:
         name, _, url = raw.partition("=") if "=" in raw.split("://")[0] else ("", "", raw)
         check_http_url(url, what="backend URL")
-        configs.append(BackendRecord(name=name or urlsplit(url).netloc or f"backend-{index}",
-                                     url=url.rstrip("/")))
+        entry = {"url": url, "name": name} if name else {"url": url}
+        configs.append(backend_from(entry, f"backend {raw!r}"))
     names = [c.name for c in configs]
     if len(set(names)) != len(names):
         raise ConfigError(f"backend names must be unique, got {names}")
     return configs
 
 
-def check_http_url(url: str, *, what: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"{what} {url!r} is not an http(s) URL such as http://127.0.0.1:8188")
+def check_http_url(url: str, *, what: str, example: str = "http://127.0.0.1:8188") -> None:
+    """An http(s) URL with a host and, if any, a numeric port 0-65535; ``ConfigError`` otherwise
+    (``urlsplit`` itself raises on an unclosed ``[``; ``.port`` on ``:abc`` or ``:99999``)."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{what} {url!r} is not an http(s) URL such as {example}")
 
 
 def check_redis_url(url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss", "unix", "valkey", "valkeys") or not (parts.netloc or parts.path):
+    """redis://host:port/db (rediss, valkey, valkeys) or unix:///path; ``ConfigError`` otherwise."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError:
+        parts = None
+    ok = parts is not None and parts.scheme in ("redis", "rediss", "unix", "valkey", "valkeys") \
+        and bool(parts.netloc or parts.path)
+    if ok and parts is not None and parts.scheme != "unix":
+        db = parts.path.strip("/")
+        ok = bool(parts.hostname) and (db == "" or db.isdigit())
+    if not ok:
         raise ConfigError(f"Redis URL {url!r} is not valid; use redis://host:6379/0")
+
+
+KEY_PREFIX = re.compile(r"[A-Za-z0-9_.:{}-]{1,64}")
+
+
+def check_key_prefix(prefix: str) -> None:
+    """1-64 letters, digits and ``_ . : { } -`` (``{cf}`` hash-tags a Redis Cluster deployment)."""
+    if not KEY_PREFIX.fullmatch(prefix):
+        raise ConfigError(f"key prefix {prefix!r} must be 1-64 letters, digits or _ . : {{ }} - "
+                          f"(e.g. cf, or {{cf}} on a Redis Cluster)")
+
+
+def check_settings(settings: Settings) -> None:
+    """Everything about ``settings`` that can be checked before starting anything: the Redis URL,
+    the data dir, ``--backend`` entries and the backends file. A ``ConfigError`` says what is wrong."""
+    if settings.redis_url:
+        check_redis_url(settings.redis_url)
+    check_data_dir(settings.data_dir)
+    settings.backend_configs()  # parses --backend and the backends file (routing, retry too)
+
+
+def check_data_dir(path: Path) -> None:
+    """``path`` is a writable directory, or one can be made there (its nearest existing ancestor is)."""
+    wanted = Path(path).absolute()
+    existing = wanted
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        if existing == wanted:
+            raise ConfigError(f"the data dir {path} is not a directory; pick another with --data-dir")
+        raise ConfigError(f"cannot make the data dir {path}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write to the data dir {path} ({existing} is not writable)")

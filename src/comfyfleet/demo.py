@@ -16,7 +16,16 @@ import httpx
 from .client_cli import console, follow_all
 from .config import Settings
 from .errors import ComfyFleetError
-from .launch import build_app, build_worker, free_port, service_config, start_api, until_signalled
+from .launch import (
+    build_app,
+    build_worker,
+    check_port_free,
+    free_port,
+    service_config,
+    start_api,
+    start_embedded,
+    until_signalled,
+)
 from .services import open_services
 from .sim import SimConfig, Simulator
 from .store.embedded import EmbeddedValkey
@@ -48,8 +57,9 @@ SAMPLES = [
 
 async def run_demo(*, once: bool, port: int = 0, data_dir: Path | None = None) -> None:
     data_dir = (data_dir or DEFAULT_DATA_DIR).resolve()
+    check_port_free("127.0.0.1", port)
     valkey = EmbeddedValkey(data_dir)
-    redis_url = await asyncio.to_thread(valkey.start)
+    redis_url = await start_embedded(valkey, data_dir)
     try:
         await _run(once=once, port=port, data_dir=data_dir, redis_url=redis_url)
     finally:

@@ -44,6 +44,9 @@ def load_fleet_file(path: Path) -> FleetFile:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read the backends file {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"the backends file {path} is not UTF-8 text (TOML): {exc.reason} "
+                          f"at byte {exc.start}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"the backends file {path} is not valid TOML: {exc}") from exc
     return parse_fleet(data, where=str(path))

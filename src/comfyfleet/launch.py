@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -15,27 +16,28 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import uvicorn
 
 from .api.app import ApiServices, ApiSettings, create_app
 from .comfy.tracker import TrackerSettings
-from .config import Settings, check_redis_url
+from .config import Settings, check_data_dir, check_redis_url
 from .domain.job import Job
 from .domain.policy import CircuitBreaker
 from .domain.spec import policy_for
-from .errors import ConfigError
-from .runtime.maintenance import Maintenance, MaintenanceSettings
-from .runtime.recovery import Recovery
+from .errors import ConfigError, StoreError
 from .runtime.dispatcher import DispatchSettings
 from .runtime.fleet_admin import FleetAdmin
 from .runtime.health import HealthMonitor, HealthSettings
+from .runtime.maintenance import Maintenance, MaintenanceSettings
+from .runtime.recovery import Recovery
 from .runtime.runner import Runner, RunnerSettings
 from .runtime.supervisor import WorkerSupervisor
 from .runtime.worker import Worker, WorkerSettings
 from .services import ServiceConfig, Services, open_services
 from .store.claims import Claims
-from .store.connection import connect
+from .store.connection import connect, translated, where
 from .store.embedded import EmbeddedValkey
 from .store.stats import TrackingStats
 
@@ -57,15 +59,42 @@ def service_config(settings: Settings, redis_url: str) -> ServiceConfig:
 
 
 def check_port_free(host: str, port: int) -> None:
-    if port == 0:
-        return
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+    """``host`` is an address of this machine and ``port`` on it is free (any port when 0)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host or None, port, family, socket.SOCK_STREAM,
+                                                             0, socket.AI_PASSIVE)[0]
+    except (socket.gaierror, ValueError) as exc:  # ValueError: NUL or an over-long label in the name
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise ConfigError(f"cannot listen on {host}:{port}: unknown host ({reason}); check --host") from None
+    with socket.socket(family, kind, proto) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind((host, port))
+            probe.bind(address)
         except OSError as exc:
-            raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}); "
-                              f"is comfyfleet already running? pick another with --port") from exc
+            hint = {errno.EADDRINUSE: "; is comfyfleet already running? pick another with --port",
+                    errno.EADDRNOTAVAIL: f"; {host} is not an address of this machine, check --host"}
+            raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror})"
+                              f"{hint.get(exc.errno or 0, '')}") from exc
+
+
+REDIS_ANSWER_S = 10.0
+
+
+async def check_redis_answers(url: str) -> None:
+    """PING ``url`` once, bounded by ``REDIS_ANSWER_S`` whatever listens there: the store's own client
+    retries each command (and the handshake) with 10 s read timeouts, which against a port that
+    accepts and never answers adds up to a minute and a half before the first error."""
+    client = connect(url, connect_timeout_s=5.0, read_timeout_s=5.0, max_connections=1)
+    try:
+        async with asyncio.timeout(REDIS_ANSWER_S):
+            with translated(client, "PING"):
+                await client.ping()
+    except TimeoutError:
+        raise StoreError(f"Redis at {where(client)} did not answer PING within {REDIS_ANSWER_S:.0f} s; "
+                         f"is a Redis/Valkey server listening there? (--redis-url)") from None
+    finally:
+        await client.aclose()
 
 
 def free_port(host: str) -> int:
@@ -160,14 +189,23 @@ async def redis_for(settings: Settings) -> AsyncIterator[str]:
     """The configured Redis URL, or an embedded Valkey started in the data dir."""
     if settings.redis_url:
         check_redis_url(settings.redis_url)
+        await check_redis_answers(settings.redis_url)
         yield settings.redis_url
         return
     valkey = EmbeddedValkey(settings.data_dir)
-    url = await asyncio.to_thread(valkey.start)
+    url = await start_embedded(valkey, settings.data_dir)
     try:
         yield url
     finally:
         await asyncio.to_thread(valkey.stop)
+
+
+async def start_embedded(valkey: EmbeddedValkey, data_dir: Path) -> str:
+    check_data_dir(data_dir)
+    try:
+        return await asyncio.to_thread(valkey.start)
+    except OSError as exc:
+        raise ConfigError(f"cannot start the embedded Valkey in {data_dir}: {exc.strerror or exc}") from exc
 
 
 @dataclass
@@ -185,7 +223,14 @@ async def start_api(app, host: str, port: int) -> ApiServer:
                             timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # signals are ours
-    task = asyncio.create_task(server.serve())
+
+    async def serve() -> None:
+        try:
+            await server.serve()
+        except SystemExit:  # uvicorn exits when it cannot bind; a task must not let that through
+            raise ConfigError(f"the API could not start on {host}:{port} (see the log line above)") from None
+
+    task = asyncio.create_task(serve())
     while not server.started:
         if task.done():
             task.result()
@@ -223,6 +268,8 @@ async def run_api(settings: Settings) -> None:
 async def run_worker(settings: Settings) -> None:
     if not settings.redis_url:
         raise ConfigError("a worker needs --redis-url (the Redis the API uses)")
+    check_redis_url(settings.redis_url)
+    await check_redis_answers(settings.redis_url)
     async with open_services(service_config(settings, settings.redis_url)) as services:
         worker = build_worker(services, settings)
         await worker.start()
