@@ -10,7 +10,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -113,15 +113,24 @@ def parse_backends(urls: list[str]) -> list[BackendRecord]:
     return configs
 
 
-def check_http_url(url: str, *, what: str, example: str = "http://127.0.0.1:8188") -> None:
-    """An http(s) URL with a host and, if any, a numeric port 0-65535; ``ConfigError`` otherwise
+def http_url_parts(url: object) -> SplitResult | None:
+    """The parts of an http(s) URL with a host and, if any, a numeric port 0-65535; else None
     (``urlsplit`` itself raises on an unclosed ``[``; ``.port`` on ``:abc`` or ``:99999``)."""
+    if not isinstance(url, str):
+        return None
     try:
         parts = urlsplit(url)
         _ = parts.port
     except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return parts
+
+
+def check_http_url(url: str, *, what: str, example: str = "http://127.0.0.1:8188") -> None:
+    """``http_url_parts`` or a ``ConfigError`` naming ``what``."""
+    if http_url_parts(url) is None:
         raise ConfigError(f"{what} {url!r} is not an http(s) URL such as {example}")
 
 

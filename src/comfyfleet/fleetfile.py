@@ -24,8 +24,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import SplitResult, urlsplit
 
+from .config import http_url_parts
 from .domain.policy import RetryPolicy
 from .errors import ConfigError
 from .runtime.selection import TypeRouting
@@ -82,7 +82,7 @@ def _backend(entry: Any, where: str) -> BackendRecord:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
     url = entry.get("url")
-    parts = _http_url(url)
+    parts = http_url_parts(url)
     if parts is None:
         raise ConfigError(f"{where}: url {url!r} is not an http(s) URL such as http://127.0.0.1:8188")
     name = entry.get("name", parts.netloc)
@@ -100,21 +100,6 @@ def _backend(entry: Any, where: str) -> BackendRecord:
         raise ConfigError(f"{where}: headers must be a table of strings")
     return BackendRecord(name=name, url=url.rstrip("/"), capacity=capacity, tags=tuple(tags),
                          headers=dict(headers))
-
-
-def _http_url(url: Any) -> SplitResult | None:
-    """The parts of an http(s) URL with a host and a numeric port (if any), else None
-    (``urlsplit`` raises on an unclosed ``[``; ``.port`` raises on ``:abc`` or ``:99999``)."""
-    if not isinstance(url, str):
-        return None
-    try:
-        parts = urlsplit(url)
-        _ = parts.port
-    except ValueError:
-        return None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return None
-    return parts
 
 
 def _job_type(entry: Any, where: str) -> tuple[TypeRouting, RetryPolicy]:
