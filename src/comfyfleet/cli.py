@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -150,28 +149,9 @@ def recover(backend: Optional[list[str]] = BACKEND, redis_url: Optional[str] = R
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def sim(ctx: typer.Context) -> None:
     """Run a ComfyUI simulator (see --help of the simulator for options)."""
-    from .sim.run import build_parser
     from .sim.run import main as sim_main
 
-    argv = list(ctx.args)
-    parser = build_parser()
-    args = parser.parse_args(argv)  # a malformed option: argparse's usage line, exit code 2
-    if not 0 <= args.port <= 65535:
-        parser.error(f"argument --port: {args.port} is not a port from 0 to 65535")
-    for option in ("step_s", "history_delay_s", "time_scale"):
-        value = getattr(args, option)
-        if not math.isfinite(value) or value < 0:
-            parser.error(f"argument --{option.replace('_', '-')}: {value} is not a number >= 0")
-    try:
-        code = sim_main(argv)
-    except OSError as exc:  # cannot bind the host/port, cannot make --output-dir
-        about = f" ({exc.filename})" if exc.filename else ""
-        typer.echo(f"comfyfleet: cannot start the simulator on {args.host}:{args.port}: "
-                   f"{exc.strerror or exc}{about}", err=True)
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
-    raise typer.Exit(code or 0)
+    raise typer.Exit(sim_main(list(ctx.args), said_by="comfyfleet"))  # bad options: argparse's usage line, exit code 2
 
 
 @app.command()

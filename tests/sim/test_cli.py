@@ -10,6 +10,7 @@ import socket
 import sys
 
 import httpx
+import pytest
 
 from sim_helpers import workflow
 
@@ -59,3 +60,31 @@ async def test_sigterm_exits_cleanly(tmp_path):
     os.kill(proc.pid, signal.SIGTERM)
     async with asyncio.timeout(5):
         assert await proc.wait() == 0
+
+
+@pytest.mark.parametrize(("args", "code", "says"), [
+    (("--port", "70000"), 2, "70000 is not a port"),
+    (("--port", "-1"), 2, "-1 is not a port"),
+    (("--port", "http"), 2, "--port"),
+    (("--step-s", "nan"), 2, "nan is not a number >= 0"),
+    (("--step-s", "-0.5"), 2, "-0.5 is not a number >= 0"),
+    (("--history-delay-s", "inf"), 2, "inf is not a number >= 0"),
+    (("--time-scale", "-1"), 2, "-1 is not a number >= 0"),
+    (("--output-dir", "{file}"), 1, "cannot start the simulator"),
+])
+async def test_bad_options_get_a_plain_line(tmp_path, args, code, says):
+    """Run directly (not through ``comfyfleet sim``), bad values still get one plain message and a
+    non-zero exit, never a traceback or a simulator that starts."""
+    a_file = tmp_path / "afile"
+    a_file.write_text("not a directory")
+    argv = [arg.replace("{file}", str(a_file)) for arg in args]
+    if "--port" not in argv:
+        argv += ["--port", str(_free_port())]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "comfyfleet.sim", *argv,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(30):
+        out, err = await proc.communicate()
+    assert proc.returncode == code, (out, err)
+    assert says in err.decode() and "Traceback" not in err.decode()
+    assert b"listening" not in out
