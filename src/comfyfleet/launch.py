@@ -202,10 +202,7 @@ async def redis_for(settings: Settings) -> AsyncIterator[str]:
 
 async def start_embedded(valkey: EmbeddedValkey, data_dir: Path) -> str:
     check_data_dir(data_dir)
-    try:
-        return await asyncio.to_thread(valkey.start)
-    except OSError as exc:
-        raise ConfigError(f"cannot start the embedded Valkey in {data_dir}: {exc.strerror or exc}") from exc
+    return await asyncio.to_thread(valkey.start)
 
 
 @dataclass

@@ -10,8 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import redis as sync_redis
 
+from comfyfleet.errors import ConfigError
 from comfyfleet.store.embedded import RECORD_NAME, EmbeddedValkey
 
 
@@ -116,3 +118,12 @@ def test_garbage_in_the_record_is_cleaned_up(tmp_path):
         assert client(valkey.start()).ping()
     finally:
         valkey.stop()
+
+
+def test_an_unusable_data_dir_is_a_config_error_naming_it(tmp_path):
+    """A file where the data directory should be: a ConfigError saying where and why, not a bare
+    OSError (callers other than the CLI get the same plain message)."""
+    a_file = tmp_path / "afile"
+    a_file.write_text("not a directory")
+    with pytest.raises(ConfigError, match=r"cannot start the embedded Valkey in .*afile.*: Not a directory"):
+        EmbeddedValkey(a_file).start()

@@ -9,6 +9,7 @@ object is collected) so it outlives a killed parent, and its pid and port are re
 ``<data_dir>/valkey/comfyfleet-valkey.json``. The next ``start()`` on that directory reuses a
 recorded server that is still alive, is a ``valkey-server``, answers PING on the recorded port
 and serves this directory; any other record is stale and is removed before a fresh start.
+Whatever stops it starting (an unusable directory, a port in use, no binary) is a ``ConfigError``.
 """
 
 from __future__ import annotations
@@ -49,15 +50,20 @@ class EmbeddedValkey:
         """Start (or adopt) the server and return its URL."""
         if self.url is not None:
             return self.url
-        self.dir.mkdir(parents=True, exist_ok=True)
-        record = self._read_record()
-        if record is not None:
-            if self._is_ours(record["pid"], record["port"]):
-                self.pid, self.reused = record["pid"], True
-                self.url = f"redis://{HOST}:{record['port']}"
-                return self.url
-            self.record_path.unlink(missing_ok=True)
-        return self._start_fresh()
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            record = self._read_record()
+            if record is not None:
+                if self._is_ours(record["pid"], record["port"]):
+                    self.pid, self.reused = record["pid"], True
+                    self.url = f"redis://{HOST}:{record['port']}"
+                    return self.url
+                self.record_path.unlink(missing_ok=True)
+            return self._start_fresh()
+        except OSError as exc:  # the directory: not one, not writable, disk full
+            about = f" ({exc.filename})" if exc.filename else ""
+            raise ConfigError(f"cannot start the embedded Valkey in {self.dir}: "
+                              f"{exc.strerror or exc}{about}") from exc
 
     def stop(self) -> None:
         """Shut the server down (SIGTERM: the AOF is flushed) and remove the record."""
