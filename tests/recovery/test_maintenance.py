@@ -91,6 +91,29 @@ async def test_old_jobs_go_with_their_blobs_and_indexes_shared_and_young_blobs_s
     assert not await services.blobs.exists(old_only.hash)
 
 
+async def test_index_walk_spans_chunks_and_every_index(services):
+    """Vanished ids by the thousand, in the job index, a status index and an owner index, mixed
+    with live jobs: the repair drops exactly the vanished ones and the live jobs' blobs stay
+    referenced (the walk reads records a chunk of hundreds at a time)."""
+    now = time.time()
+    kept_blob = await blob(services, b"kept", age_s=2 * 3600)
+    live = [await finished(services, at=now - DAY, outputs=(kept_blob,)) for _ in range(3)]
+    k = services.keys
+    vanished = [f"gone-{i:04d}" for i in range(1200)]
+    for index in (k.all_index, k.status_index("succeeded"), k.owner_index("someone")):
+        await services.redis.zadd(index, {job_id: now - i for i, job_id in enumerate(vanished)})
+    await services.redis.zadd(k.owner_index("someone"), {live[0].id: now})
+
+    report = await maintenance(services, now=now).run_once()
+
+    assert report.index_entries_repaired == sorted(vanished)
+    assert report.blobs_deleted == []
+    assert await services.blobs.exists(kept_blob.hash)
+    for index in (k.all_index, k.status_index("succeeded")):
+        assert sorted(await services.redis.zrange(index, 0, -1)) == sorted(job.id for job in live)
+    assert await services.redis.zrange(k.owner_index("someone"), 0, -1) == [live[0].id]
+
+
 async def test_dry_run_reports_and_deletes_nothing(services):
     now = time.time()
     old = await finished(services, at=now - 8 * DAY)

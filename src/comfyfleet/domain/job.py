@@ -204,6 +204,12 @@ class Job:
             "cancel_requested": self.cancel_requested,
         }
 
+    @staticmethod
+    def output_hashes_of(data: dict[str, Any]) -> list[str]:
+        """The blob digests a record (``to_dict`` form) refers to, read without building the
+        job: housekeeping reads every retained record for these alone."""
+        return [output["hash"] for output in data.get("outputs") or ()]
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Job":
         return cls(

@@ -134,15 +134,15 @@ class Maintenance:
         chunk: list[str] = []
 
         async def flush() -> None:
-            for job in await self._store.get_many(chunk):
-                if job.id not in exclude:
-                    referenced.update(output.hash for output in job.outputs)
+            if chunk:
+                referenced.update(await self._store.output_hashes(chunk))
             chunk.clear()
 
         with translated(self._redis, "read of the job index"):
-            async for job_id, _score in self._redis.zscan_iter(self._keys.all_index, count=1000):
-                chunk.append(job_id)
-                if len(chunk) >= 1000:
+            async for job_id, _score in self._redis.zscan_iter(self._keys.all_index, count=500):
+                if job_id not in exclude:
+                    chunk.append(job_id)
+                if len(chunk) >= 500:
                     await flush()
         await flush()
         return referenced

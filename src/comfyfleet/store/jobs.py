@@ -49,6 +49,7 @@ class RedisJobStore:
         self._idem_ttl_ms = int(idempotency_ttl_s * 1000)
         self._create = redis.register_script(_script("create.lua"))
         self._save = redis.register_script(_script("save.lua"))
+        self._read_each = redis.register_script(_script("read_each.lua"))
 
     # -- writes --------------------------------------------------------------------------------
     async def create(self, job: Job, workflow: dict[str, Any]) -> Job:
@@ -253,6 +254,13 @@ class RedisJobStore:
         with translated(self._redis, f"queue position of job {job.id}"):
             return await self._redis.zrank(index, job.id)
 
+    async def output_hashes(self, job_ids: builtins.list[str]) -> set[str]:
+        """The blob digests the records of ``job_ids`` refer to (missing records: none);
+        one round trip, and no job is built (housekeeping asks this of every retained job)."""
+        with translated(self._redis, "read of job outputs"):
+            rows = await self._read_each(keys=[self._keys.job(job_id) for job_id in job_ids], args=["data"])
+        return {digest for row in rows if row is not None for digest in Job.output_hashes_of(json.loads(row))}
+
     # -- index upkeep --------------------------------------------------------------------------
     async def expired_index_entries(self) -> builtins.list[str]:
         """Ids listed in some index whose record is gone (expired or deleted)."""
@@ -309,10 +317,7 @@ class RedisJobStore:
         with translated(self._redis, "index repair"):
             for index in await self._indexes():
                 async for chunk in self._chunks(index):
-                    async with self._redis.pipeline(transaction=False) as pipe:
-                        for job_id in chunk:
-                            pipe.exists(self._keys.job(job_id))
-                        alive = await pipe.execute()
+                    alive = await self._read_each(keys=[self._keys.job(job_id) for job_id in chunk], args=[""])
                     dead = [job_id for job_id, ok in zip(chunk, alive) if not ok]
                     if dead and remove:
                         await self._redis.zrem(index, *dead)
