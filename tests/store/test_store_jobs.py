@@ -253,6 +253,33 @@ async def test_unreachable_server_raises_store_error(keys, make_job, unused_tcp_
         await client.aclose()
 
 
+async def test_a_redis_that_never_answers_costs_one_read_timeout_not_a_string_of_them(keys):
+    """A peer that accepts and never replies (a hung or paused Redis): the store error comes after
+    one connection and one read timeout. Retrying a timeout would wait the whole timeout again on
+    the same silent server (it added up to 9 connections and 11 timeouts: ~110 s at 10 s each)."""
+    connections: list[asyncio.StreamReader] = []
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(reader)
+        try:
+            while await reader.read(4096):
+                pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = connect(f"redis://127.0.0.1:{port}", read_timeout_s=0.2)
+    try:
+        with pytest.raises(StoreError, match=f"cannot reach Redis at 127.0.0.1:{port}.*Timeout"):
+            await RedisJobStore(client, keys).get("x")
+        assert len(connections) == 1
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
+
+
 async def _reads_of_records(redis) -> int:  # type: ignore[no-untyped-def]
     return (await redis.info("commandstats")).get("cmdstat_hget", {}).get("calls", 0)
 

@@ -5,8 +5,11 @@ base64 previews), so the store reads ``str`` and never decodes by hand.
 
 Timeouts: connect 5 s, every read 10 s (``socket_timeout``), so each network await in ``store/``
 is bounded by the client itself; idle pooled connections are pinged after 30 s
-(``health_check_interval``). Connection and timeout errors are retried twice with a short
-jittered backoff; the Lua scripts recognise a repeat of a write that already landed.
+(``health_check_interval``). Connection errors (refused, reset: a Redis restarting) are retried
+twice with a short jittered backoff; the Lua scripts recognise a repeat of a write that already
+landed. A read timeout is not retried: the server was given the whole timeout already, and
+retrying (each retry reconnects and times out on the handshake too) turned one silent Redis into
+minutes of waiting per command instead of ``read_timeout_s``.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ def connect(url: str, *, connect_timeout_s: float = CONNECT_TIMEOUT_S,
             socket_connect_timeout=connect_timeout_s,
             socket_timeout=read_timeout_s,
             health_check_interval=HEALTH_CHECK_INTERVAL_S,
-            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2),
+            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2,
+                        supported_errors=(rex.ConnectionError,)),
         )
         return aioredis.Redis.from_pool(pool)
     except ValueError as exc:
