@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
+from redis import exceptions as rex
 
 from .api.app import ApiServices, ApiSettings, create_app
 from .comfy.tracker import TrackerSettings
@@ -50,7 +51,8 @@ def service_config(settings: Settings, redis_url: str) -> ServiceConfig:
     workflow = CircuitBreaker(failure_threshold=settings.workflow_breaker_failures, window_s=300.0,
                               cooldown_s=settings.workflow_breaker_cooldown_s)
     dispatch = DispatchSettings(backend_breaker=breaker, workflow_breaker=workflow,
-                                routing=settings.fleet_file().routing)
+                                routing=settings.fleet_file().routing,
+                                model_affinity=settings.model_affinity)
     return ServiceConfig(redis_url=redis_url, data_dir=settings.data_dir,
                          key_prefix=settings.key_prefix,
                          backends=tuple(settings.backend_configs()),
@@ -82,17 +84,18 @@ REDIS_ANSWER_S = 10.0
 
 
 async def check_redis_answers(url: str) -> None:
-    """PING ``url`` once, bounded by ``REDIS_ANSWER_S`` whatever listens there: the store's own client
-    retries each command (and the handshake) with 10 s read timeouts, which against a port that
-    accepts and never answers adds up to a minute and a half before the first error."""
-    client = connect(url, connect_timeout_s=5.0, read_timeout_s=5.0, max_connections=1)
+    """PING ``url`` once, bounded by ``REDIS_ANSWER_S`` whatever listens there, so a port that
+    accepts and never answers (not a Redis, or a hung one) is named as such before anything
+    starts."""
+    client = connect(url, connect_timeout_s=5.0, read_timeout_s=REDIS_ANSWER_S, max_connections=1)
     try:
-        async with asyncio.timeout(REDIS_ANSWER_S):
-            with translated(client, "PING"):
-                await client.ping()
-    except TimeoutError:
-        raise StoreError(f"Redis at {where(client)} did not answer PING within {REDIS_ANSWER_S:.0f} s; "
-                         f"is a Redis/Valkey server listening there? (--redis-url)") from None
+        with translated(client, "PING"):
+            try:
+                async with asyncio.timeout(REDIS_ANSWER_S + 1.0):  # the read timeout ends it first
+                    await client.ping()
+            except (TimeoutError, rex.TimeoutError):
+                raise StoreError(f"Redis at {where(client)} did not answer PING within {REDIS_ANSWER_S:.0f} s; "
+                                 f"is a Redis/Valkey server listening there? (--redis-url)") from None
     finally:
         await client.aclose()
 

@@ -83,8 +83,13 @@ async def test_bad_options_get_a_plain_line(tmp_path, args, code, says):
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "comfyfleet.sim", *argv,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    async with asyncio.timeout(30):
-        out, err = await proc.communicate()
+    try:
+        async with asyncio.timeout(30):
+            out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:  # it started (the check is missing): stop it
+            proc.kill()
+            await proc.wait()
     assert proc.returncode == code, (out, err)
     assert says in err.decode() and "Traceback" not in err.decode()
     assert b"listening" not in out
