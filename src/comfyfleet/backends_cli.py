@@ -44,10 +44,18 @@ async def manage_backends(*, server: str, add: list[str], capacity: int, tags: l
     show(backends)
 
 
+def _models(models: list[str]) -> str:
+    """The models a backend holds, by file name (folders dropped), at most two then a count."""
+    names = [str(m).replace("\\", "/").rsplit("/", 1)[-1] for m in models]
+    if len(names) > 2:
+        return f"{', '.join(names[:2])} +{len(names) - 2}"
+    return ", ".join(names) or "-"
+
+
 def show(backends: list[dict[str, Any]]) -> None:
     if not backends:
         raise ComfyFleetError("no backends are registered")
-    table = Table("name", "url", "state", "load", "breaker", "tags", "free VRAM", "checked")
+    table = Table("name", "url", "state", "load", "breaker", "tags", "free VRAM", "checked", "models")
     for b in backends:
         health = b.get("health") or {}
         vram = health.get("vram_free")
@@ -56,5 +64,6 @@ def show(backends: list[dict[str, Any]]) -> None:
                       f"{breaker.get('status')} ({breaker.get('failures', 0)} failures)",
                       ",".join(b.get("tags") or ()) or "-",
                       "-" if vram is None else f"{vram / 1024**3:.1f} GiB",
-                      "-" if not health.get("checked_at") else f"{health.get('latency_ms') or 0:.0f} ms")
+                      "-" if not health.get("checked_at") else f"{health.get('latency_ms') or 0:.0f} ms",
+                      _models(b.get("warm_models") or []))
     console.print(table)

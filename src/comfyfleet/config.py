@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     workflow_breaker_failures: int = Field(5, ge=1)  # per (job type, workflow shape)
     workflow_breaker_cooldown_s: float = Field(60.0, ge=0)
     lease_ttl_s: float = Field(30.0, gt=0)
+    model_affinity: bool = True  # among equally free backends, prefer one holding the job's models
 
     @field_validator("backends", mode="before")
     @classmethod

@@ -114,3 +114,36 @@ def test_first_tries_share_a_plan_but_a_retry_is_planned_from_its_own_history():
     retry = kept.plan(job(history=[failed_on("a")]), TypeRouting(), turn=0)
     assert [c[0] for c in retry.candidates] == ["b", "c"]
     assert [c[0] for c in kept.plan(job(), TypeRouting(), turn=1).candidates] == ["b", "c", "a"]
+
+
+SDXL, FLUX, DETAIL = "sd_xl_base_1.0.safetensors", "flux1-dev-Q8_0.gguf", "loras/detail.safetensors"
+
+
+def test_backends_holding_the_jobs_models_come_first_then_empty_ones_equals_keep_their_turn():
+    d = BackendRecord(name="d", url="http://d", capacity=2)
+    warm = {"b": frozenset({SDXL}), "c": frozenset({SDXL, DETAIL}), "d": frozenset({FLUX})}
+    snap = FleetSnapshot(backends={r.name: r for r in (A, B, C, d)}, health={}, breakers={},
+                         read_at=0.0, warm=warm)
+
+    def order(models, turn=0):
+        return [c[0] for c in plan_candidates(job(), snap, routing=TypeRouting(), breaker=BREAKER,
+                                              now=0.0, turn=turn, models=frozenset(models)).candidates]
+
+    assert order({SDXL, DETAIL}) == ["c", "b", "a", "d"]  # both held, one held, nothing held, other models
+    assert order({SDXL}, turn=0) == ["b", "c", "a", "d"]  # b and c equally warm: their turn decides
+    assert order({SDXL}, turn=2) == ["c", "b", "a", "d"]
+    assert order({FLUX}) == ["d", "a", "b", "c"]
+    assert order({"new.ckpt"}, turn=1) == ["a", "b", "c", "d"]  # held nowhere: the empty one first
+    assert order(set(), turn=1) == ["b", "c", "d", "a"]  # loads no model: plain turns
+
+
+def test_warmth_never_overrides_health_tiers_or_a_retry_elsewhere():
+    snap = FleetSnapshot(backends={r.name: r for r in (A, B, C)},
+                         health={"b": BackendHealth(state="degraded")}, breakers={}, read_at=0.0,
+                         warm={"b": frozenset({SDXL}), "c": frozenset({SDXL})})
+    first = plan_candidates(job(), snap, routing=TypeRouting(), breaker=BREAKER, now=0.0, turn=0,
+                            models=frozenset({SDXL})).candidates
+    assert [(c[0], c[2]) for c in first] == [("c", 0), ("a", 0), ("b", 1)]
+    retry = plan_candidates(job(history=[failed_on("c")]), snap, routing=TypeRouting(), breaker=BREAKER,
+                            now=0.0, turn=0, models=frozenset({SDXL})).candidates
+    assert [c[0] for c in retry] == ["a", "b"]

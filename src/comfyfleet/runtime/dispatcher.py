@@ -28,6 +28,7 @@ from ..comfy.client import ComfyClient
 from ..comfy.transport import open_session
 from ..domain.failures import FailureClass
 from ..domain.job import Job
+from ..domain.models import NO_MODELS
 from ..domain.policy import BreakerState, CircuitBreaker
 from ..errors import StoreError
 from ..store.fleet import BackendRecord, FleetSnapshot, FleetStore, backend_breaker, workflow_breaker
@@ -57,6 +58,7 @@ class DispatchSettings:
     workflow_breaker: CircuitBreaker = field(default_factory=lambda: CircuitBreaker(
         failure_threshold=5, window_s=300.0, cooldown_s=60.0))
     routing: Mapping[str, TypeRouting] = field(default_factory=dict)
+    model_affinity: bool = True  # among equally free backends, prefer those holding the job's models
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,8 +230,9 @@ class Dispatcher:
 
     # -- slots ---------------------------------------------------------------------------------
     async def acquire(self, job: Job, *, fingerprint: str | None = None,
-                      wait_s: float | None = None) -> Choice:
-        """A backend with a slot taken for ``job``, waiting up to ``wait_s`` for one."""
+                      models: frozenset[str] = NO_MODELS, wait_s: float | None = None) -> Choice:
+        """A backend with a slot taken for ``job`` (which loads ``models``), waiting up to
+        ``wait_s`` for one."""
         if self._snapshot is None:
             await self.refresh()
         if fingerprint is not None and not self.workflow_allows(job.type, fingerprint):
@@ -238,13 +241,15 @@ class Dispatcher:
         wait_s = self.settings.slot_wait_s if wait_s is None else wait_s
         until = self._clock() + wait_s
         routing = self.routing_for(job.type)
+        if not self.settings.model_affinity:
+            models = NO_MODELS
         waiter = _Waiter(frozenset(), job.priority, next(self._seq))
         self._waiters.append(waiter)
         try:
             cause: str | None = None  # why this look: None (first, or the fleet changed) walks all
             while True:
                 now = self._clock()
-                plan = self.roster(now).plan(job, routing, turn=next(self._turn))
+                plan = self.roster(now).plan(job, routing, turn=next(self._turn), models=models)
                 if plan.fatal:
                     return Choice(fatal=plan.fatal)
                 waiter.eligible = frozenset(name for name, _, _ in plan.candidates)
@@ -357,6 +362,28 @@ class Dispatcher:
                     await self._record(scope, self.settings.workflow_breaker, ok=True)
         except StoreError as exc:
             log.warning("fleet: could not record an outcome on %s: %s", backend, exc)
+
+    async def note_warm(self, name: str, models: frozenset[str]) -> None:
+        """A prompt loading ``models`` succeeded on ``name``: they are loaded there now. Written
+        only when that changes what the fleet knows (a run of like jobs writes nothing)."""
+        if not models or not self.settings.model_affinity or self._snapshot is None:
+            return
+        if self._snapshot.warm.get(name, NO_MODELS) == models:
+            return
+        try:
+            await self.fleet.set_warm(name, models)
+        except StoreError as exc:  # a hint only: the next success writes it again
+            log.warning("fleet: could not record the models of %s: %s", name, exc)
+            return
+        self._snapshot.warm[name] = models
+        self._roster = None
+
+    async def forget_warm(self, name: str) -> None:
+        """``name`` went down: whatever it held may be gone (a restarted ComfyUI holds nothing).
+        Written whatever this process's snapshot says (it may be a second behind)."""
+        await self.fleet.set_warm(name, NO_MODELS)
+        if self._snapshot is not None and self._snapshot.warm.pop(name, None) is not None:
+            self._roster = None
 
     async def record_backend(self, name: str, *, ok: bool) -> None:
         await self._record(backend_breaker(name), self.settings.backend_breaker, ok=ok)

@@ -35,7 +35,7 @@ class FleetAdmin:
         return [self._describe(record, snapshot.health.get(name, BackendHealth()),
                                breaker.current(snapshot.breakers.get(backend_breaker(name), BreakerState()),
                                                time.time()),
-                               loads.get(name, 0))
+                               loads.get(name, 0), snapshot.warm.get(name, frozenset()))
                 for name, record in snapshot.backends.items()]
 
     async def workflow_breakers(self) -> list[dict[str, Any]]:
@@ -95,14 +95,15 @@ class FleetAdmin:
 
     @staticmethod
     def _describe(record: BackendRecord, health: BackendHealth, breaker: BreakerState,
-                  load: int) -> dict[str, Any]:
+                  load: int, warm: frozenset[str]) -> dict[str, Any]:
         state = record.state if record.state != "active" else health.state
         return {"name": record.name, "url": record.url, "capacity": record.capacity,
                 "tags": list(record.tags), "headers": sorted(record.headers),
                 "admin_state": record.state, "state": state, "load": load,
                 "source": record.source, "added_at": record.added_at, "changed_at": record.changed_at,
                 "health": asdict(health),
-                "breaker": _breaker_json(breaker)}
+                "breaker": _breaker_json(breaker),
+                "warm_models": sorted(warm)}  # loaded by its last successful prompt
 
 
 def _breaker_json(breaker: BreakerState) -> dict[str, Any]:

@@ -114,6 +114,8 @@ class HealthMonitor:
         await self._fleet.set_health(name, health, publish=changed)
         if changed:
             log.info("backend %s: %s -> %s", name, previous.state, health.state)
+            if health.state == "down":
+                await self._dispatcher.forget_warm(name)
         await self._dispatcher.record_backend(name, ok=health.state != "down")
         return health
 

@@ -4,7 +4,8 @@ The runner asks ``take`` for a capacity slot before each new attempt and hands t
 (``release``) once the prompt is over, or lets it go unreleased (``forget``) when the job is handed
 to another runner while its prompt still runs. Outcomes go to ``succeeded`` and ``failed``, which
 feed the backend's breaker and the breaker of the job's workflow shape (type + fingerprint). The
-fingerprint of each job's workflow is kept here while the job runs.
+fingerprint of each job's workflow, and the models it loads, are kept here while the job runs; a
+success tells the dispatcher which models its backend holds now.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from ..domain.failures import Failure, FailureClass, FailureKind
 from ..domain.fingerprint import workflow_fingerprint
 from ..domain.job import Job
+from ..domain.models import NO_MODELS, models_of
 from .dispatcher import Backend, Dispatcher
 
 
@@ -36,19 +38,21 @@ class Placement:
         self._no_backend_delay_s = no_backend_delay_s
         self._clock = clock
         self._fingerprints: dict[str, str] = {}  # job id -> workflow fingerprint, while it runs
+        self._models: dict[str, frozenset[str]] = {}  # job id -> models it loads, while it runs
 
     async def take(self, job: Job, workflow: dict) -> Backend | NoPlace:
         """A slot on a backend for the job's next attempt. None free anywhere: look again
         shortly, without spending an attempt. A retry landing on the backend that just failed
         it checks that backend's health first."""
         fingerprint = self._fingerprints[job.id] = workflow_fingerprint(workflow)
-        choice = await self._dispatcher.acquire(job, fingerprint=fingerprint)
+        models = self._models[job.id] = models_of(workflow)
+        choice = await self._dispatcher.acquire(job, fingerprint=fingerprint, models=models)
         if choice.fatal:
             return NoPlace(failure=Failure(FailureKind.NO_BACKEND, choice.fatal))
         if choice.circuit_open:
             return NoPlace(failure=Failure(FailureKind.CIRCUIT_OPEN, choice.circuit_open))
         if choice.backend is None:
-            self._fingerprints.pop(job.id, None)
+            self.done(job.id)
             return NoPlace(run_at=self._clock() + self._no_slot_delay_s)
         name = choice.backend.name
         last = job.history[-1] if job.history else None
@@ -61,13 +65,14 @@ class Placement:
                 raise
             if down:
                 await self.release(name, job.id)
-                self._fingerprints.pop(job.id, None)
+                self.done(job.id)
                 return NoPlace(run_at=self._clock() + self._no_backend_delay_s)
         return choice.backend
 
     async def keep(self, backend: Backend, job_id: str, workflow: dict) -> None:
         """The job runs on ``backend`` (a new attempt or a reattached one): its slot is held."""
         self._fingerprints[job_id] = workflow_fingerprint(workflow)
+        self._models[job_id] = models_of(workflow)
         await self._dispatcher.hold(backend.name, job_id)
 
     async def release(self, backend: str, job_id: str) -> None:
@@ -80,14 +85,17 @@ class Placement:
 
     def done(self, job_id: str) -> None:
         self._fingerprints.pop(job_id, None)
+        self._models.pop(job_id, None)
 
     async def succeeded(self, backend: str, job: Job) -> None:
         await self._dispatcher.record(backend, job.type, self._fingerprints.pop(job.id, None), None)
+        await self._dispatcher.note_warm(backend, self._models.pop(job.id, NO_MODELS))
 
     async def failed(self, job: Job, failure: Failure, failure_class: FailureClass) -> bool:
         """Free the slot, feed the breakers; False when the workflow's breaker has opened, so
         this workflow stops burning retries."""
         fingerprint = self._fingerprints.pop(job.id, None)
+        self._models.pop(job.id, None)
         if failure.kind in (FailureKind.NO_BACKEND, FailureKind.CIRCUIT_OPEN):
             return True  # no attempt ran: nothing to free and nothing learned
         backend = job.current.backend if job.current is not None else None

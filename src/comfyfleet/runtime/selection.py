@@ -4,7 +4,8 @@ Among the backends whose admin state is active, whose health is not down, whose 
 whose tags include the job's required tags (``metadata.tags`` plus the job type's configured
 tags): healthy before degraded, and backends this job has not failed on before those it has;
 inside a tier the least loaded wins (the slot script in Redis decides that, over the candidates
-in the order given here) and equals take turns. A job type may name ordered fallback groups (tag
+in the order given here) and equals take turns, after the backends already holding the models
+the job loads (``domain/models.py``: the warmest first, then those with nothing loaded). A job type may name ordered fallback groups (tag
 sets): the next group is used when the first has no backend that can take the job, or when the
 job has already failed ``fallback_after`` times in it.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..domain.job import Job
+from ..domain.models import NO_MODELS, warmth
 from ..domain.policy import BreakerState, BreakerStatus, CircuitBreaker
 from ..store.fleet import BackendHealth, FleetSnapshot, backend_breaker
 
@@ -53,6 +55,7 @@ class Roster:
     tags: dict[str, frozenset[str]]
     usable: dict[str, tuple[int, int]]
     valid_until: float
+    warm: dict[str, frozenset[str]] = field(default_factory=dict)  # name -> models it holds
     # (groups, required tags) -> candidate tiers of a job with no failed attempt: most jobs
     # share one entry, so planning them is a rotation
     _first_tries: dict = field(default_factory=dict, compare=False, repr=False)
@@ -76,10 +79,12 @@ class Roster:
             usable[name] = (limit, 1 if health == "degraded" else 0)
         tags = {name: frozenset(record.tags) if record.tags else _NO_TAGS
                 for name, record in snapshot.backends.items()}
-        return cls(tags=tags, usable=usable, valid_until=valid_until)
+        warm = {name: models for name, models in snapshot.warm.items() if models and name in usable}
+        return cls(tags=tags, usable=usable, valid_until=valid_until, warm=warm)
 
-    def plan(self, job: Job, routing: TypeRouting, *, turn: int) -> Plan:
-        """The ordered candidates for one job (``turn`` rotates equals)."""
+    def plan(self, job: Job, routing: TypeRouting, *, turn: int,
+             models: frozenset[str] = NO_MODELS) -> Plan:
+        """The ordered candidates for one job (``turn`` rotates equals) that loads ``models``."""
         need = required_tags(job, routing)
         key = (routing.fallback, need)
         tiers = None if job.history else self._first_tries.get(key)
@@ -92,7 +97,10 @@ class Roster:
         candidates: list[tuple[str, int, int]] = []
         for tier, members in tiers:
             shift = turn % len(members)
-            candidates += [(name, limit, tier) for name, limit in members[shift:] + members[:shift]]
+            members = members[shift:] + members[:shift]
+            if models and self.warm:  # stable: equals keep their turn
+                members = sorted(members, key=lambda m: warmth(models, self.warm.get(m[0], NO_MODELS)))
+            candidates += [(name, limit, tier) for name, limit in members]
         return Plan(tuple(candidates))
 
     def _tiers(self, job: Job, need: frozenset[str], routing: TypeRouting
@@ -146,6 +154,7 @@ def required_tags(job: Job, routing: TypeRouting) -> frozenset[str]:
 
 
 def plan_candidates(job: Job, snapshot: FleetSnapshot, *, routing: TypeRouting,
-                    breaker: CircuitBreaker, now: float, turn: int) -> Plan:
+                    breaker: CircuitBreaker, now: float, turn: int,
+                    models: frozenset[str] = NO_MODELS) -> Plan:
     """The ordered candidates for one job, from a snapshot at ``now``."""
-    return Roster.of(snapshot, breaker, now).plan(job, routing, turn=turn)
+    return Roster.of(snapshot, breaker, now).plan(job, routing, turn=turn, models=models)

@@ -17,6 +17,7 @@ class SimConfig:
     legacy_events: bool = False
     send_previews: bool = False
     time_scale: float = 1.0  # every simulated duration is multiplied by this (0.01: minutes in seconds)
+    model_load_s: float = 0.0  # a loader node (an input naming a model file) that is not cached takes this
 
 
 @dataclass
@@ -29,3 +30,4 @@ class PromptRecord:
     started_at: float
     ended_at: float | None = None
     outcome: str | None = None
+    models_loaded: int = 0  # loader nodes that ran (not cached from the previous prompt)

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections import deque
 
+from ..domain.models import models_of
 from .config import PromptRecord, SimConfig
 from .faults import Faults
 from .filenames import SaveNames
@@ -197,6 +198,13 @@ class Executor:
         failure = failure_for(node_id, node, fail_class_type=self.faults.fail_class_type, oom_target=oom_target)
         if failure is not None:
             raise failure
+        if self.config.model_load_s > 0 and models_of({node_id: node}):
+            # A loader whose output is not cached reads its model from disk (ComfyUI keeps only
+            # the last prompt's node outputs: another model in between means loading again).
+            await asyncio.sleep(self.config.model_load_s * self.config.time_scale)
+            self._check_interrupt(node_id)
+            if self.current is not None:
+                self.current.models_loaded += 1
         steps = steps_of(node)
         if steps > 0:
             await self._run_steps(run, node_id, node, steps)

@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--history-delay-s", type=seconds, default=0.0)
     parser.add_argument("--legacy-events", action="store_true", help="no progress_state messages")
     parser.add_argument("--send-previews", action="store_true")
+    parser.add_argument("--model-load-s", type=seconds, default=0.0,
+                        help="seconds a loader node takes when its model is not already loaded")
     parser.add_argument("--time-scale", type=seconds, default=1.0,
                         help="multiply every simulated duration (0.01 runs a 10 min prompt in 6 s)")
     return parser
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None, *, said_by: str = "comfyfleet-sim") -> i
     config = SimConfig(step_s=args.step_s, name=args.name, output_dir=args.output_dir,
                        record_file=args.record_file, history_delay_s=args.history_delay_s,
                        legacy_events=args.legacy_events, send_previews=args.send_previews,
-                       time_scale=args.time_scale)
+                       time_scale=args.time_scale, model_load_s=args.model_load_s)
     try:
         asyncio.run(serve(config, args.host, args.port))
     except OSError as exc:  # cannot bind the host/port, cannot make --output-dir or --record-file

@@ -105,6 +105,15 @@ class FleetSnapshot:
     health: dict[str, BackendHealth]
     breakers: dict[str, BreakerState]
     read_at: float
+    warm: dict[str, frozenset[str]] = field(default_factory=dict)  # name -> models of its last success
+
+
+def _models(raw: str) -> frozenset[str]:
+    try:
+        models = json.loads(raw)
+    except ValueError:
+        return frozenset()
+    return frozenset(m for m in models if isinstance(m, str)) if isinstance(models, list) else frozenset()
 
 
 def _script(name: str) -> str:
@@ -190,6 +199,7 @@ class FleetStore:
                 pipe.hdel(self._keys.fleet_backends, name)
                 pipe.hdel(self._keys.fleet_health, name)
                 pipe.hdel(self._keys.fleet_breakers, backend_breaker(name))
+                pipe.hdel(self._keys.fleet_warm, name)
                 raw, *_ = await pipe.execute()
         if raw is None:
             raise BackendNotFound(f"no backend named {name!r}")
@@ -209,12 +219,14 @@ class FleetStore:
                 pipe.hgetall(self._keys.fleet_backends)
                 pipe.hgetall(self._keys.fleet_health)
                 pipe.hgetall(self._keys.fleet_breakers)
-                backends, health, breakers = await pipe.execute()
+                pipe.hgetall(self._keys.fleet_warm)
+                backends, health, breakers, warm = await pipe.execute()
         return FleetSnapshot(
             backends=self._parsed("backends", dict(sorted(backends.items())), BackendRecord.from_json),
             health=self._parsed("health", health, BackendHealth.from_json),
             breakers=self._parsed("breakers", breakers, lambda r: BreakerState.from_dict(json.loads(r))),
-            read_at=time.time())
+            read_at=time.time(),
+            warm=self._parsed("warm", warm, _models))
 
     def _parsed(self, kind: str, raw_by_name: dict[str, str], parse: Callable[[str], Any]) -> dict[str, Any]:
         """Parse each stored value, reusing what the last snapshot parsed from the same text
@@ -248,6 +260,17 @@ class FleetStore:
         with translated(self._redis, "claiming a health check"):
             return bool(await self._redis.set(self._keys.health_claim(name), owner, nx=True,
                                               px=max(1, int(interval_s * 1000))))
+
+    # -- warm models ---------------------------------------------------------------------------
+    async def set_warm(self, name: str, models: frozenset[str]) -> None:
+        """``name`` has just run a prompt loading ``models``: they are what it holds now (none:
+        it holds nothing known). Not published: a hint for selection, read with the next
+        snapshot (within a second)."""
+        with translated(self._redis, "recording a backend's models"):
+            if models:
+                await self._redis.hset(self._keys.fleet_warm, name, json.dumps(sorted(models)))
+            else:
+                await self._redis.hdel(self._keys.fleet_warm, name)
 
     # -- breakers ------------------------------------------------------------------------------
     async def update_breaker(self, scope: str,

@@ -28,6 +28,7 @@
     fleet_backends             {p}:fleet:backends               hash     backend name -> record (JSON)
     fleet_health               {p}:fleet:health                 hash     backend name -> last health (JSON)
     fleet_breakers             {p}:fleet:breakers               hash     breaker scope -> state (JSON)
+    fleet_warm                 {p}:fleet:warm                   hash     backend name -> models loaded (JSON list)
     lease(backend)             {p}:fleet:lease:{backend}        zset     holder (job id) scored by expiry ms
     health_claim(backend)      {p}:fleet:check:{backend}        string   who checks the backend now, PX
     fleet_channel              {p}:fleet:changed                pubsub   registry/health/breaker changed
@@ -154,6 +155,10 @@ class Keys:
     @property
     def fleet_breakers(self) -> str:
         return f"{self.prefix}:fleet:breakers"
+
+    @property
+    def fleet_warm(self) -> str:
+        return f"{self.prefix}:fleet:warm"
 
     def lease(self, backend: str) -> str:
         return f"{self.prefix}:fleet:lease:{backend}"

@@ -1,0 +1,81 @@
+"""Model affinity, end to end: jobs go to the backend already holding their model.
+
+Two simulated ComfyUI servers where a loader node that is not cached from the previous prompt
+costs a model load (as ComfyUI keeps only the last prompt's node outputs). Jobs for two
+checkpoints arrive one at a time in runs of two (A A B B A A ...), so both servers are free
+and equally loaded at every choice: only the models decide. With affinity each server settles
+on one checkpoint and loads it once; without it, turns alternate the servers and nearly every
+job loads its checkpoint again. Loads are counted by the simulators themselves."""
+
+from __future__ import annotations
+
+import pytest
+
+from comfyfleet.sim import SimConfig
+from helpers.fleet import running_fleet
+
+CHECKPOINTS = ("sd_xl_base_1.0.safetensors", "juggernautXL_v9.safetensors")
+PATTERN = [0, 0, 1, 1] * 3
+
+
+def checkpoint_workflow(checkpoint: str, seed: int) -> dict:
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
+        "2": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": seed}},
+        "3": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "image": ["2", 0], "steps": 2, "seed": seed}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "t"}},
+    }
+
+
+async def run_pattern(valkey_url, data_dir, *, affinity: bool) -> tuple[int, dict]:  # type: ignore[no-untyped-def]
+    config = SimConfig(step_s=0.01, model_load_s=0.05)
+    async with running_fleet(valkey_url, data_dir, sims=2, sim_config=config,
+                             model_affinity=affinity) as fleet:
+        for seed, which in enumerate(PATTERN):
+            job = await fleet.wait((await fleet.submit(checkpoint_workflow(CHECKPOINTS[which], seed)))["id"])
+            assert job["status"] == "succeeded", job
+        loads = sum(record.models_loaded for sim in fleet.sims for record in sim.records)
+        listed = (await fleet.http.get("/api/v2/backends")).json()["backends"]
+        return loads, {b["name"]: b["warm_models"] for b in listed}
+
+
+@pytest.mark.parametrize("affinity", [True, False])
+async def test_each_backend_keeps_one_checkpoint_loaded(valkey_url, tmp_path, affinity):
+    loads, warm = await run_pattern(valkey_url, tmp_path / "data", affinity=affinity)
+    print(f"affinity={affinity}: {loads} model loads for {len(PATTERN)} jobs; warm: {warm}")
+    if affinity:
+        assert loads == 2  # each checkpoint loaded once, on its own server
+        assert sorted(map(tuple, warm.values())) == sorted((c,) for c in CHECKPOINTS)
+    else:  # the same run without affinity: the control that shows what affinity saves
+        assert loads >= len(PATTERN) // 2
+        assert warm == {"sim-0": [], "sim-1": []}
+
+
+async def test_a_backend_that_goes_down_forgets_its_models_one_that_stays_up_keeps_them(redis, keys):
+    """A ComfyUI that went down may come back restarted, holding nothing: its warmth is dropped
+    (in Redis, so every worker stops preferring it) when its health turns down."""
+    from comfyfleet.comfy.transport import open_session
+    from comfyfleet.runtime.dispatcher import Dispatcher, DispatchSettings
+    from comfyfleet.runtime.health import HealthMonitor, HealthSettings
+    from comfyfleet.sim import Simulator
+    from comfyfleet.store.fleet import BackendRecord, FleetStore
+
+    sdxl = frozenset({CHECKPOINTS[0]})
+    async with Simulator(SimConfig(name="up")) as up, Simulator(SimConfig(name="gone")) as gone, \
+            open_session() as http:
+        fleet = FleetStore(redis, keys)
+        await fleet.seed([BackendRecord(name=s.config.name, url=s.url) for s in (up, gone)])
+        dispatcher = Dispatcher(fleet, http=http, settings=DispatchSettings(refresh_s=60.0))
+        await dispatcher.start()
+        try:
+            monitor = HealthMonitor(dispatcher, settings=HealthSettings(interval_s=60.0, timeout_s=0.5), owner="w")
+            await monitor.round()  # both healthy
+            await dispatcher.note_warm("up", sdxl)
+            await dispatcher.note_warm("gone", sdxl)
+            assert (await fleet.snapshot()).warm == {"up": sdxl, "gone": sdxl}
+            gone.faults.update({"slow_response_s": 5.0})  # hangs past the check timeout
+            await monitor.check("up")
+            await monitor.check("gone")
+            assert (await fleet.snapshot()).warm == {"up": sdxl}
+        finally:
+            await dispatcher.close()
