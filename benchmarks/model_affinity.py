@@ -6,8 +6,11 @@ prompt costs a model load, as in ComfyUI, which keeps only the last prompt's nod
 ``comfyfleet serve`` (API + 2 worker processes). Jobs load one of 3 checkpoints, chosen at
 random (fixed seed: both runs see the same sequence), and compute for ``--compute-s``.
 
-Two traffic patterns, each run with affinity on and off (``COMFYFLEET_MODEL_AFFINITY``), with
-fresh simulators each time (nothing loaded at the start):
+Two traffic patterns, each run three ways, with fresh simulators each time (nothing loaded at
+the start): affinity off (``COMFYFLEET_MODEL_AFFINITY=false``), on (the default: it breaks ties
+among free backends), and on with each ``COMFYFLEET_AFFINITY_WAIT_S`` of ``--wait-s`` (a job
+whose model is held only by busy backends waits that long for one of them, and a freed backend
+goes to a waiting job that loads its model unless the first in line has waited that long):
 
     steady   jobs arrive one by one at random (Poisson, mean gap ``--gap-s``): often several
              backends are free at once, and affinity chooses among them
@@ -18,7 +21,7 @@ Reported per run: model loads (counted by the simulators), mean and p95 job time
 succeeded) and the makespan (first submit to last success). Writes
 benchmarks/results/model_affinity.json.
 
-    python benchmarks/model_affinity.py [--jobs 60] [--model-load-s 0.6] [--compute-s 0.3]
+    python benchmarks/model_affinity.py [--jobs 60] [--model-load-s 0.6] [--compute-s 0.3] [--wait-s 0.3,2]
 """
 
 from __future__ import annotations
@@ -88,9 +91,9 @@ def stop(children: list[subprocess.Popen]) -> None:
 
 
 async def one_run(args: argparse.Namespace, work: Path, redis_url: str, *, pattern: str,
-                  affinity: bool, plan: list[tuple[float, str]]) -> dict:
+                  affinity: bool, wait_s: float, plan: list[tuple[float, str]]) -> dict:
     """Fresh simulators and a fresh serve; submit ``plan`` ((delay before, checkpoint) per job)."""
-    run = work / f"{pattern}-{'on' if affinity else 'off'}"
+    run = work / f"{pattern}-{'on' if affinity else 'off'}-{wait_s}"
     run.mkdir()
     records = run / "records.jsonl"
     ports = [free_port() for _ in range(SIMS)]
@@ -99,7 +102,8 @@ async def one_run(args: argparse.Namespace, work: Path, redis_url: str, *, patte
                    "--output-dir", str(run / f"out{i}")], run / f"sim{i}.log")
             for i, p in enumerate(ports)]
     api_port = free_port()
-    env = {**os.environ, "COMFYFLEET_MODEL_AFFINITY": "true" if affinity else "false"}
+    env = {**os.environ, "COMFYFLEET_MODEL_AFFINITY": "true" if affinity else "false",
+           "COMFYFLEET_AFFINITY_WAIT_S": str(wait_s)}
     backends = [arg for i, p in enumerate(ports) for arg in ("--backend", f"sim-{i}=http://127.0.0.1:{p}")]
     serve = spawn(["serve", "--redis-url", redis_url, "--key-prefix", run.name, "--data-dir", str(run / "data"),
                    "--port", str(api_port), "--workers", "2", *backends], run / "serve.log", env)
@@ -127,7 +131,7 @@ async def one_run(args: argparse.Namespace, work: Path, redis_url: str, *, patte
     loads = sum(json.loads(line).get("models_loaded", 0)
                 for line in records.read_text().splitlines() if json.loads(line)["event"] == "end")
     times = sorted(epoch(j["completed_at"]) - epoch(j["created_at"]) for j in jobs)
-    return {"pattern": pattern, "affinity": affinity, "jobs": len(jobs),
+    return {"pattern": pattern, "affinity": affinity, "affinity_wait_s": wait_s, "jobs": len(jobs),
             "succeeded": sum(j["status"] == "succeeded" for j in jobs),
             "model_loads": loads,
             "job_s_mean": round(statistics.mean(times), 2),
@@ -147,9 +151,10 @@ async def measure(args: argparse.Namespace, work: Path) -> dict:
     try:
         runs = []
         for pattern, plan in (("steady", steady), ("burst", burst)):
-            for affinity in (True, False):
+            waits = [float(w) for w in args.wait_s.split(",") if w]
+            for affinity, wait_s in ((False, 0.0), (True, 0.0), *((True, w) for w in waits)):
                 result = await one_run(args, work, valkey.connection_url, pattern=pattern,
-                                       affinity=affinity, plan=plan)
+                                       affinity=affinity, wait_s=wait_s, plan=plan)
                 print(json.dumps(result), flush=True)
                 runs.append(result)
     finally:
@@ -169,6 +174,7 @@ def main() -> None:
     parser.add_argument("--model-load-s", type=float, default=0.6)
     parser.add_argument("--compute-s", type=float, default=0.3)
     parser.add_argument("--gap-s", type=float, default=0.25, help="mean gap between steady arrivals")
+    parser.add_argument("--wait-s", default="0.3,2", help="COMFYFLEET_AFFINITY_WAIT_S values to run (comma-separated)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         result = asyncio.run(measure(args, Path(tmp)))

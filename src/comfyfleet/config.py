@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     workflow_breaker_cooldown_s: float = Field(60.0, ge=0)
     lease_ttl_s: float = Field(30.0, gt=0)
     model_affinity: bool = True  # among equally free backends, prefer one holding the job's models
+    affinity_wait_s: float = Field(0.0, ge=0, le=3600)  # wait this long for a busy one holding them
 
     @field_validator("backends", mode="before")
     @classmethod

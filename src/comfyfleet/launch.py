@@ -52,7 +52,8 @@ def service_config(settings: Settings, redis_url: str) -> ServiceConfig:
                               cooldown_s=settings.workflow_breaker_cooldown_s)
     dispatch = DispatchSettings(backend_breaker=breaker, workflow_breaker=workflow,
                                 routing=settings.fleet_file().routing,
-                                model_affinity=settings.model_affinity)
+                                model_affinity=settings.model_affinity,
+                                affinity_wait_s=settings.affinity_wait_s)
     return ServiceConfig(redis_url=redis_url, data_dir=settings.data_dir,
                          key_prefix=settings.key_prefix,
                          backends=tuple(settings.backend_configs()),

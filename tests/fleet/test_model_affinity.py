@@ -9,6 +9,8 @@ job loads its checkpoint again. Loads are counted by the simulators themselves."
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from comfyfleet.sim import SimConfig
@@ -77,5 +79,44 @@ async def test_a_backend_that_goes_down_forgets_its_models_one_that_stays_up_kee
             await monitor.check("up")
             await monitor.check("gone")
             assert (await fleet.snapshot()).warm == {"up": sdxl}
+        finally:
+            await dispatcher.close()
+
+
+async def test_a_job_waits_a_while_for_the_busy_backend_holding_its_model_then_takes_any(redis, keys):
+    """With ``affinity_wait_s``: the only backend holding the job's checkpoint is busy and
+    another is free. The job waits for the warm one (and gets it when it frees within the
+    wait); when it does not free in time, the job takes the free one."""
+    from comfyfleet.comfy.transport import open_session
+    from comfyfleet.domain.job import Job, JobStatus
+    from comfyfleet.runtime.dispatcher import Dispatcher, DispatchSettings
+    from comfyfleet.store.fleet import BackendRecord, FleetStore
+
+    sdxl = frozenset({CHECKPOINTS[0]})
+    fleet = FleetStore(redis, keys)
+    await fleet.seed([BackendRecord(name=n, url=f"http://{n}.invalid") for n in ("warm", "cold")])
+    settings = DispatchSettings(slot_wait_s=60.0, refresh_s=60.0, affinity_wait_s=1.0)
+    async with open_session() as http:
+        dispatcher = Dispatcher(fleet, http=http, settings=settings)
+        await dispatcher.start()
+        try:
+            await dispatcher.note_warm("warm", sdxl)
+
+            def job(job_id: str) -> Job:
+                return Job(id=job_id, status=JobStatus.QUEUED, created_at=0.0)
+
+            held = await dispatcher.acquire(job("busy"), models=sdxl, wait_s=0)
+            assert held.backend.name == "warm"  # free and warm: taken at once
+            waiting = asyncio.create_task(dispatcher.acquire(job("patient"), models=sdxl))
+            await asyncio.sleep(0.2)
+            assert not waiting.done()  # "cold" is free, yet the job waits for "warm"
+            await dispatcher.release("warm", "busy")
+            assert (await asyncio.wait_for(waiting, 10)).backend.name == "warm"
+
+            # "warm" stays busy past the wait: the job takes "cold" (and loads the model there)
+            assert (await dispatcher.acquire(job("late"), models=sdxl)).backend.name == "cold"
+            # a job loading nothing never waits, and the wait is off by default
+            await dispatcher.release("cold", "late")
+            assert (await dispatcher.acquire(job("plain"), wait_s=0)).backend.name == "cold"
         finally:
             await dispatcher.close()

@@ -59,6 +59,9 @@ class DispatchSettings:
         failure_threshold=5, window_s=300.0, cooldown_s=60.0))
     routing: Mapping[str, TypeRouting] = field(default_factory=dict)
     model_affinity: bool = True  # among equally free backends, prefer those holding the job's models
+    # A job whose models are held only by busy backends waits this long for one of them before it
+    # takes a free backend that would load them again (0: never wait; a GPU never idles then).
+    affinity_wait_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +81,8 @@ class _Waiter:
     seq: int
     event: asyncio.Event = field(default_factory=asyncio.Event)
     woken_by: str | None = None
+    models: frozenset[str] = NO_MODELS  # what the job loads
+    since: float = 0.0  # when it began to wait
 
 
 class Dispatcher:
@@ -243,7 +248,8 @@ class Dispatcher:
         routing = self.routing_for(job.type)
         if not self.settings.model_affinity:
             models = NO_MODELS
-        waiter = _Waiter(frozenset(), job.priority, next(self._seq))
+        warm_until = self._clock() + self.settings.affinity_wait_s if models else 0.0
+        waiter = _Waiter(frozenset(), job.priority, next(self._seq), models=models, since=self._clock())
         self._waiters.append(waiter)
         try:
             cause: str | None = None  # why this look: None (first, or the fleet changed) walks all
@@ -252,10 +258,15 @@ class Dispatcher:
                 plan = self.roster(now).plan(job, routing, turn=next(self._turn), models=models)
                 if plan.fatal:
                     return Choice(fatal=plan.fatal)
-                waiter.eligible = frozenset(name for name, _, _ in plan.candidates)
+                candidates = plan.candidates
+                if now < warm_until:  # only the backends holding its models, for a while
+                    warm = self.roster(now).holding(models)
+                    candidates = tuple(c for c in candidates if c[0] in warm) or candidates
+                    if len(candidates) == len(plan.candidates):
+                        warm_until = 0.0  # held nowhere it may run (or everywhere): no reason to wait
+                waiter.eligible = frozenset(name for name, _, _ in candidates)
                 waiter.event.clear()
                 waiter.woken_by = None
-                candidates = plan.candidates
                 if cause is None and self._queue_ahead(waiter):
                     candidates = ()  # jobs already wait for these backends: none has room
                 elif cause not in (None, _RECHECK):
@@ -279,6 +290,8 @@ class Dispatcher:
                 remaining = until - self._clock()
                 if remaining <= 0:
                     return Choice()
+                if warm_until > self._clock():  # look again, at every backend, when the wait ends
+                    remaining = min(remaining, warm_until - self._clock())
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(remaining):
                         await waiter.event.wait()
@@ -310,12 +323,22 @@ class Dispatcher:
                                self._clock())
 
     def _wake_one(self, name: str, *, skip: _Waiter | None = None) -> None:
+        """Hand a freed slot on ``name`` to the first waiting job (priority, then arrival); with
+        ``affinity_wait_s``, to a job of the same priority that loads models ``name`` holds, as
+        long as the first one has not waited that long yet (so nobody is passed over for longer)."""
         ready = [w for w in self._waiters
                  if w is not skip and not w.event.is_set() and name in w.eligible]
-        if ready:
-            waiter = min(ready, key=lambda w: (-w.priority, w.seq))
-            waiter.woken_by = name
-            waiter.event.set()
+        if not ready:
+            return
+        waiter = min(ready, key=lambda w: (-w.priority, w.seq))
+        wait_s = self.settings.affinity_wait_s
+        if wait_s > 0 and self._clock() - waiter.since < wait_s and self._snapshot is not None:
+            held = self._snapshot.warm.get(name, NO_MODELS)
+            warm = [w for w in ready if w.priority == waiter.priority and w.models & held]
+            if warm:
+                waiter = min(warm, key=lambda w: w.seq)
+        waiter.woken_by = name
+        waiter.event.set()
 
     def _queue_ahead(self, waiter: _Waiter) -> bool:
         """Another job of this process already waits for every backend ``waiter`` could use.

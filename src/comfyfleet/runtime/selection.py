@@ -103,6 +103,10 @@ class Roster:
             candidates += [(name, limit, tier) for name, limit in members]
         return Plan(tuple(candidates))
 
+    def holding(self, models: frozenset[str]) -> frozenset[str]:
+        """Names of the usable backends holding any of ``models``."""
+        return frozenset(name for name, warm in self.warm.items() if warm & models)
+
     def _tiers(self, job: Job, need: frozenset[str], routing: TypeRouting
                ) -> list[tuple[int, list[tuple[str, int]]]] | Plan:
         """The candidates by tier, best tier first (a fatal Plan when none can ever match)."""
