@@ -120,3 +120,46 @@ async def test_a_job_waits_a_while_for_the_busy_backend_holding_its_model_then_t
             assert (await dispatcher.acquire(job("plain"), wait_s=0)).backend.name == "cold"
         finally:
             await dispatcher.close()
+
+
+@pytest.mark.parametrize(("wait_s", "first_served"), [(30.0, "b"), (0.2, "a")])
+async def test_a_freed_backend_goes_to_a_job_loading_its_model_unless_the_first_waited_too_long(
+        redis, keys, wait_s, first_served):
+    """One backend holding SDXL, busy; job ``a`` (another checkpoint) waits first, then ``b``
+    (SDXL). Its release goes to ``b`` while ``a`` has waited less than ``affinity_wait_s``, and to
+    ``a`` once ``a`` has waited that long (nobody is passed over for longer)."""
+    from comfyfleet.comfy.transport import open_session
+    from comfyfleet.domain.job import Job, JobStatus
+    from comfyfleet.runtime.dispatcher import Dispatcher, DispatchSettings
+    from comfyfleet.store.fleet import BackendRecord, FleetStore
+
+    sdxl = frozenset({CHECKPOINTS[0]})
+    fleet = FleetStore(redis, keys)
+    await fleet.seed([BackendRecord(name="solo", url="http://solo.invalid")])
+    settings = DispatchSettings(slot_wait_s=60.0, recheck_s=60.0, refresh_s=60.0, affinity_wait_s=wait_s)
+    async with open_session() as http:
+        dispatcher = Dispatcher(fleet, http=http, settings=settings)
+        await dispatcher.start()
+        waiting: dict[str, asyncio.Task] = {}
+        try:
+            await dispatcher.note_warm("solo", sdxl)
+
+            def job(job_id: str) -> Job:
+                return Job(id=job_id, status=JobStatus.QUEUED, created_at=0.0)
+
+            assert (await dispatcher.acquire(job("busy"), models=sdxl, wait_s=0)).backend.name == "solo"
+            waiting["a"] = asyncio.create_task(dispatcher.acquire(job("a"), models=frozenset({CHECKPOINTS[1]})))
+            await asyncio.sleep(0.3)  # longer than the short wait: "a" is overdue there
+            waiting["b"] = asyncio.create_task(dispatcher.acquire(job("b"), models=sdxl))
+            await asyncio.sleep(0.1)
+            await dispatcher.release("solo", "busy")
+            async with asyncio.timeout(10):
+                done, _ = await asyncio.wait(waiting.values(), return_when=asyncio.FIRST_COMPLETED)
+            [served] = [name for name, task in waiting.items() if task in done]
+            assert served == first_served
+            assert waiting[served].result().backend.name == "solo"
+        finally:
+            for task in waiting.values():
+                task.cancel()
+            await asyncio.gather(*waiting.values(), return_exceptions=True)
+            await dispatcher.close()
