@@ -36,6 +36,7 @@ from pathlib import Path
 
 import httpx
 import sim_host
+from harness import epoch, wait_for_api, wait_until, write_result
 from redis.asyncio import Redis
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,20 +113,9 @@ ROLES = (("sim_host.py", "simulators"), ("comfyfleet worker", "workers"),
          ("comfyfleet.cli serve", "api"), ("valkey-server", "valkey"))
 
 
-def epoch(iso: str) -> float:
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-
-
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
-async def wait_until(predicate, timeout_s: float, interval_s: float = 0.01):
-    async with asyncio.timeout(timeout_s):
-        while not (result := await predicate()):
-            await asyncio.sleep(interval_s)
-        return result
 
 
 async def set_all(http: httpx.AsyncClient, names: list[str], state: str) -> None:
@@ -158,12 +148,7 @@ async def measure(args: argparse.Namespace, work: Path) -> dict:
         children.append(serve)
         redis = Redis.from_url(valkey.connection_url, socket_timeout=10)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
-            async def up() -> bool:
-                try:
-                    return (await http.get("/health")).status_code == 200
-                except httpx.HTTPError:
-                    return False
-            await wait_until(up, 60, 0.1)
+            await wait_for_api(http)
 
             # warm up every worker and connection, then measure one job at a time
             for i in range(20):
@@ -290,9 +275,7 @@ def main() -> None:
         work = Path(args.keep) if args.keep else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         result = asyncio.run(measure(args, work))
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(RESULT, result)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+from harness import epoch, wait_for_api, wait_until, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "model_affinity.json"
@@ -62,17 +63,6 @@ def workflow(checkpoint: str, seed: int) -> dict:
         "3": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "image": ["2", 0], "steps": STEPS, "seed": seed}},
         "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "bench"}},
     }
-
-
-def epoch(iso: str) -> float:
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-
-
-async def wait_until(predicate, timeout_s: float, interval_s: float = 0.05):  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(timeout_s):
-        while not (result := await predicate()):
-            await asyncio.sleep(interval_s)
-        return result
 
 
 def spawn(argv: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
@@ -109,12 +99,7 @@ async def one_run(args: argparse.Namespace, work: Path, redis_url: str, *, patte
                    "--port", str(api_port), "--workers", "2", *backends], run / "serve.log", env)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=60) as http:
-            async def up() -> bool:
-                try:
-                    return (await http.get("/health")).status_code == 200
-                except httpx.HTTPError:
-                    return False
-            await wait_until(up, 60, 0.1)
+            await wait_for_api(http)
             await asyncio.sleep(1.0)  # the first health round: every backend known healthy
             ids, started = [], time.time()
             for seed, (gap_s, checkpoint) in enumerate(plan):
@@ -178,9 +163,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         result = asyncio.run(measure(args, Path(tmp)))
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(RESULT, result)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import httpx
 import sim_host
+from harness import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "progress_latency.json"
@@ -377,6 +378,4 @@ if __name__ == "__main__":
     parser.add_argument("--request-step-s", type=float, default=2.5)
     args = parser.parse_args()
     result = asyncio.run(main(args))
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(RESULT, result)
