@@ -38,3 +38,12 @@ def write_result(path: Path, result: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+
+
+def run_in_temp_dir(measure, args, result_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """``await measure(args, work)`` in a fresh temporary directory, then write its result."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = asyncio.run(measure(args, Path(tmp)))
+    write_result(result_path, result)

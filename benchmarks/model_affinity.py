@@ -36,13 +36,12 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 
 import httpx
-from harness import epoch, wait_for_api, wait_until, write_result
+from harness import epoch, run_in_temp_dir, wait_for_api, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "model_affinity.json"
@@ -160,10 +159,7 @@ def main() -> None:
     parser.add_argument("--compute-s", type=float, default=0.3)
     parser.add_argument("--gap-s", type=float, default=0.25, help="mean gap between steady arrivals")
     parser.add_argument("--wait-s", default="0.3,2", help="COMFYFLEET_AFFINITY_WAIT_S values to run (comma-separated)")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        result = asyncio.run(measure(args, Path(tmp)))
-    write_result(RESULT, result)
+    run_in_temp_dir(measure, parser.parse_args(), RESULT)
 
 
 if __name__ == "__main__":

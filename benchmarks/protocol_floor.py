@@ -26,7 +26,6 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import time
 import uuid
 from datetime import datetime
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import aiohttp
 import sim_host
-from harness import write_result
+from harness import run_in_temp_dir
 from websockets.asyncio.client import connect
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,10 +136,7 @@ def main() -> None:
     parser.add_argument("--sims", type=int, default=50)
     parser.add_argument("--prompts", type=int, default=2000, help="prompts per round")
     parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        result = asyncio.run(measure(args, Path(tmp)))
-    write_result(RESULT, result)
+    run_in_temp_dir(measure, parser.parse_args(), RESULT)
 
 
 if __name__ == "__main__":
