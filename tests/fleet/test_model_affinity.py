@@ -122,12 +122,13 @@ async def test_a_job_waits_a_while_for_the_busy_backend_holding_its_model_then_t
             await dispatcher.close()
 
 
-@pytest.mark.parametrize(("wait_s", "first_served"), [(30.0, "b"), (0.2, "a")])
-async def test_a_freed_backend_goes_to_a_job_loading_its_model_unless_the_first_waited_too_long(
-        redis, keys, wait_s, first_served):
-    """One backend holding SDXL, busy; job ``a`` (another checkpoint) waits first, then ``b``
-    (SDXL). Its release goes to ``b`` while ``a`` has waited less than ``affinity_wait_s``, and to
-    ``a`` once ``a`` has waited that long (nobody is passed over for longer)."""
+@pytest.mark.parametrize(("wait_s", "second_served"), [(30.0, "c"), (0.2, "a")])
+async def test_a_freed_backend_goes_to_a_job_loading_its_model_unless_the_first_was_passed_over_too_long(
+        redis, keys, wait_s, second_served):
+    """One backend holding SDXL, busy; job ``a`` (another checkpoint) waits first, then ``b`` and
+    ``c`` (SDXL). The first release goes to ``b`` (``a`` is passed over); the second goes to ``c``
+    while ``a`` has been passed over for less than ``affinity_wait_s``, and to ``a`` once it has
+    been passed over that long (no job waits longer than that for another's models)."""
     from comfyfleet.comfy.transport import open_session
     from comfyfleet.domain.job import Job, JobStatus
     from comfyfleet.runtime.dispatcher import Dispatcher, DispatchSettings
@@ -141,23 +142,30 @@ async def test_a_freed_backend_goes_to_a_job_loading_its_model_unless_the_first_
         dispatcher = Dispatcher(fleet, http=http, settings=settings)
         await dispatcher.start()
         waiting: dict[str, asyncio.Task] = {}
-        try:
-            await dispatcher.note_warm("solo", sdxl)
 
-            def job(job_id: str) -> Job:
-                return Job(id=job_id, status=JobStatus.QUEUED, created_at=0.0)
+        def job(job_id: str) -> Job:
+            return Job(id=job_id, status=JobStatus.QUEUED, created_at=0.0)
 
-            assert (await dispatcher.acquire(job("busy"), models=sdxl, wait_s=0)).backend.name == "solo"
-            waiting["a"] = asyncio.create_task(dispatcher.acquire(job("a"), models=frozenset({CHECKPOINTS[1]})))
-            await asyncio.sleep(0.3)  # longer than the short wait: "a" is overdue there
-            waiting["b"] = asyncio.create_task(dispatcher.acquire(job("b"), models=sdxl))
-            await asyncio.sleep(0.1)
-            await dispatcher.release("solo", "busy")
+        async def next_served() -> str:
             async with asyncio.timeout(10):
                 done, _ = await asyncio.wait(waiting.values(), return_when=asyncio.FIRST_COMPLETED)
             [served] = [name for name, task in waiting.items() if task in done]
-            assert served == first_served
-            assert waiting[served].result().backend.name == "solo"
+            assert waiting.pop(served).result().backend.name == "solo"
+            return served
+
+        try:
+            await dispatcher.note_warm("solo", sdxl)
+            assert (await dispatcher.acquire(job("busy"), models=sdxl, wait_s=0)).backend.name == "solo"
+            waiting["a"] = asyncio.create_task(dispatcher.acquire(job("a"), models=frozenset({CHECKPOINTS[1]})))
+            await asyncio.sleep(0.1)
+            waiting["b"] = asyncio.create_task(dispatcher.acquire(job("b"), models=sdxl))
+            waiting["c"] = asyncio.create_task(dispatcher.acquire(job("c"), models=sdxl))
+            await asyncio.sleep(0.1)
+            await dispatcher.release("solo", "busy")
+            assert await next_served() == "b"
+            await asyncio.sleep(0.3)  # longer than the short wait: "a" has been passed over too long
+            await dispatcher.release("solo", "b")
+            assert await next_served() == second_served
         finally:
             for task in waiting.values():
                 task.cancel()

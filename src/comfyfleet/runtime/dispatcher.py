@@ -82,7 +82,7 @@ class _Waiter:
     event: asyncio.Event = field(default_factory=asyncio.Event)
     woken_by: str | None = None
     models: frozenset[str] = NO_MODELS  # what the job loads
-    since: float = 0.0  # when it began to wait
+    passed_over_at: float | None = None  # first time a freed slot went to a later job for its models
 
 
 class Dispatcher:
@@ -249,7 +249,7 @@ class Dispatcher:
         if not self.settings.model_affinity:
             models = NO_MODELS
         warm_until = self._clock() + self.settings.affinity_wait_s if models else 0.0
-        waiter = _Waiter(frozenset(), job.priority, next(self._seq), models=models, since=self._clock())
+        waiter = _Waiter(frozenset(), job.priority, next(self._seq), models=models)
         self._waiters.append(waiter)
         try:
             cause: str | None = None  # why this look: None (first, or the fleet changed) walks all
@@ -324,19 +324,23 @@ class Dispatcher:
 
     def _wake_one(self, name: str, *, skip: _Waiter | None = None) -> None:
         """Hand a freed slot on ``name`` to the first waiting job (priority, then arrival); with
-        ``affinity_wait_s``, to a job of the same priority that loads models ``name`` holds, as
-        long as the first one has not waited that long yet (so nobody is passed over for longer)."""
+        ``affinity_wait_s``, to a job of the same priority that loads models ``name`` holds,
+        unless the first one has been passed over that long already (so no job waits more than
+        that for the sake of another's models)."""
         ready = [w for w in self._waiters
                  if w is not skip and not w.event.is_set() and name in w.eligible]
         if not ready:
             return
         waiter = min(ready, key=lambda w: (-w.priority, w.seq))
         wait_s = self.settings.affinity_wait_s
-        if wait_s > 0 and self._clock() - waiter.since < wait_s and self._snapshot is not None:
+        if wait_s > 0 and self._snapshot is not None:
             held = self._snapshot.warm.get(name, NO_MODELS)
-            warm = [w for w in ready if w.priority == waiter.priority and w.models & held]
-            if warm:
-                waiter = min(warm, key=lambda w: w.seq)
+            if held and not waiter.models & held:
+                warm = [w for w in ready if w.priority == waiter.priority and w.models & held]
+                now = self._clock()
+                if warm and now - (waiter.passed_over_at or now) < wait_s:
+                    waiter.passed_over_at = waiter.passed_over_at or now
+                    waiter = min(warm, key=lambda w: w.seq)
         waiter.woken_by = name
         waiter.event.set()
 
