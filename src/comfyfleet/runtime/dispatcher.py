@@ -60,7 +60,9 @@ class DispatchSettings:
     routing: Mapping[str, TypeRouting] = field(default_factory=dict)
     model_affinity: bool = True  # among equally free backends, prefer those holding the job's models
     # A job whose models are held only by busy backends waits this long for one of them before it
-    # takes a free backend that would load them again (0: never wait; a GPU never idles then).
+    # takes a free backend that would load them again; and a freed backend may go to a job loading
+    # its models before the first job in line, for at most this long per passed-over job
+    # (0: neither; jobs keep their order and a GPU never idles while a job waits).
     affinity_wait_s: float = 0.0
 
 

@@ -5,9 +5,9 @@ whose tags include the job's required tags (``metadata.tags`` plus the job type'
 tags): healthy before degraded, and backends this job has not failed on before those it has;
 inside a tier the least loaded wins (the slot script in Redis decides that, over the candidates
 in the order given here) and equals take turns, after the backends already holding the models
-the job loads (``domain/models.py``: the warmest first, then those with nothing loaded). A job type may name ordered fallback groups (tag
-sets): the next group is used when the first has no backend that can take the job, or when the
-job has already failed ``fallback_after`` times in it.
+the job loads (``domain/models.py``: the warmest first, then those with nothing loaded). A job
+type may name ordered fallback groups (tag sets): the next group is used when the first has no
+backend that can take the job, or when the job has already failed ``fallback_after`` times in it.
 
 A :class:`Roster` is the fleet as the planner needs it, computed once per registry snapshot (and
 again when a breaker changes or an open breaker's cool-down ends), so that planning one job does
