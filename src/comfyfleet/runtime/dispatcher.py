@@ -9,6 +9,10 @@ When no slot is free the job waits here for a release (published by Redis, so it
 milliseconds of a slot freeing; each release wakes one waiting job) up to ``slot_wait_s``; then the
 runner hands it back to the queue without spending an attempt. The first waiting job also looks
 again every ``recheck_s``, in case a release message was missed.
+
+Model affinity: what each backend holds (the models of its last successful prompt) is part of the
+snapshot; selection puts the backends holding a job's models first among equals, and with
+``affinity_wait_s`` a job may wait a bounded time for one of them (see ``DispatchSettings``).
 """
 
 from __future__ import annotations
