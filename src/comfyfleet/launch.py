@@ -32,6 +32,7 @@ from .runtime.dispatcher import DispatchSettings
 from .runtime.fleet_admin import FleetAdmin
 from .runtime.health import HealthMonitor, HealthSettings
 from .runtime.maintenance import Maintenance, MaintenanceSettings
+from .runtime.readings import read_deployment
 from .runtime.recovery import Recovery
 from .runtime.runner import Runner, RunnerSettings
 from .runtime.supervisor import WorkerSupervisor
@@ -131,7 +132,8 @@ def build_app(services: Services, settings: Settings):
                                enqueue=enqueue, cancel_running=cancel_running, health=health,
                                job_defaults=job_defaults, clock=services.clock,
                                tracking_stats=TrackingStats(services.redis, services.keys).totals,
-                               fleet=FleetAdmin(services))
+                               fleet=FleetAdmin(services),
+                               readings=lambda: read_deployment(services))
     api_settings = ApiSettings(public_base_url=settings.base_url,
                                max_workflow_bytes=settings.max_workflow_bytes,
                                max_workflow_nodes=settings.max_workflow_nodes,

@@ -12,6 +12,7 @@ from comfyfleet.domain.job import Attempt, JobError, JobStatus, Progress
 from comfyfleet.errors import (ConcurrentUpdate, InvalidTransition, JobNotFound, StoreError,
                                ValidationFailed)
 from comfyfleet.store import RedisJobStore, connect
+from comfyfleet.store.job_counters import JobCounters
 
 WF = {"3": {"class_type": "KSampler", "inputs": {"seed": 1}}}
 Q, R, C = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELING
@@ -306,3 +307,18 @@ async def test_apply_from_a_stale_record_decides_on_the_stored_one(store, make_j
     # A change the stored record refuses is refused, even though the stale one allowed it.
     with pytest.raises(InvalidTransition):
         await store.apply(job.id, t.Submitted(), 1003.0, known=running)
+
+
+async def test_a_save_repeated_after_a_lost_reply_counts_once(store, make_job, redis, keys):
+    """The scripts count in the same atomic step as the write; the repeat of a write that already
+    landed (a retry after a lost reply) changes nothing, its counters included."""
+    job = await store.create(make_job(), WF)
+    running = t.apply(job, t.Dispatch(Attempt(number=1, backend="gpu:1", prompt_id="p", client_id="c",
+                                              worker="w", started_at=1.0)), 1.0)
+    await store.save(job, running)
+    failed = t.apply(running, t.Fail(JobError(code="node_error", message="boom", failure_class="permanent")), 2.0)
+    await store.save(running, failed)
+    await store.save(running, failed)  # the repeat: answered ok, counted nothing
+    assert await JobCounters(redis, keys).totals() == {
+        ("submitted", job.type): 1, ("finished", job.type, "failed"): 1,
+        ("attempt", "gpu:1", "failed", "permanent"): 1}

@@ -1,9 +1,9 @@
 """The FastAPI application: ``create_app(services, settings)``.
 
-Routes live one concern per module (``jobs``, ``live``, ``assets``, ``health``) under
-``/api/v2``; ``errors`` turns every failure into the contract's error envelope. The app owns no
-connections: the caller builds the services and closes them. At shutdown the lifespan tells open
-event streams to finish.
+Routes live one concern per module (``jobs``, ``live``, ``assets``, ``health``, ``backends``,
+``stats``) under ``/api/v2``, and ``metrics`` at ``/metrics``; ``errors`` turns every failure
+into the contract's error envelope. The app owns no connections: the caller builds the services
+and closes them. At shutdown the lifespan tells open event streams to finish.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from . import assets, backends, health, jobs, live, stats
+from . import assets, backends, health, jobs, live, metrics, stats
 from .context import ApiContext, ApiServices, ApiSettings
 from .errors import install_error_handlers
 from .schemas import API_PREFIX, Renderer
@@ -45,4 +45,5 @@ def create_app(services: ApiServices, settings: ApiSettings) -> FastAPI:
     for module in (jobs, live, assets, health, stats, backends):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(health.router, include_in_schema=False)  # also at /health for probes
+    app.include_router(metrics.router)  # /metrics, where Prometheus looks by default
     return app

@@ -73,6 +73,7 @@ class ApiServices:
     clock: Callable[[], float] = time.time
     tracking_stats: Callable[[], Awaitable[dict[str, Any]]] = _no_stats  # per backend counters
     fleet: Any = None  # a FleetAdmin: the /backends routes (absent: they answer 404)
+    readings: Callable[[], Awaitable[Any]] | None = None  # the deployment now, for /metrics (absent: 404)
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """RedisJobStore: job records in Redis hashes, changed only through two Lua scripts.
 
 ``create.lua`` writes a new record (reserving its idempotency key) and ``save.lua`` is the
-compare-and-set every later change goes through; both keep the indexes, the TTL and the event
-stream in step with the record in the same atomic step. Key layout: ``store/keys.py``.
+compare-and-set every later change goes through; both keep the indexes, the TTL, the event
+stream and the job counters (``job_counters.py``) in step with the record in the same atomic
+step. Key layout: ``store/keys.py``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..domain import transitions
 from ..domain.job import TERMINAL_STATUSES, Job, JobStatus
 from ..errors import ConcurrentUpdate, InvalidTransition, JobNotFound, StoreError, ValidationFailed
 from .connection import translated
+from .job_counters import change_fields, submitted_fields
 from .keys import Keys
 
 STREAM_MAXLEN = 10_000
@@ -57,11 +59,12 @@ class RedisJobStore:
         k = self._keys
         keys = [k.job(job.id), k.workflow(job.id), k.all_index, k.status_index(job.status.value),
                 k.owner_index(job.owner or ""), k.type_index(job.type), k.active_index,
-                k.idempotency(job.owner, job.idempotency_key or ""), k.events_stream]
+                k.idempotency(job.owner, job.idempotency_key or ""), k.events_stream, k.job_stats]
         args = [job.id, job.status.value, job.version, job.owner or "", job.type,
                 repr(job.created_at), job.priority, json.dumps(job.to_dict()),
                 json.dumps(workflow), self._active_ttl_ms, job.idempotency_key or "",
-                self._idem_ttl_ms, self._event(None, job), k.events_channel, STREAM_MAXLEN]
+                self._idem_ttl_ms, self._event(None, job), k.events_channel, STREAM_MAXLEN,
+                *submitted_fields(job)]
         with translated(self._redis, f"create of job {job.id}"):
             reply = await self._create(keys=keys, args=args)
         if reply[0] == "idempotency_key_reuse":
@@ -118,13 +121,14 @@ class RedisJobStore:
         k = self._keys
         terminal = after.status in TERMINAL_STATUSES
         keys = [k.job(after.id), k.workflow(after.id), k.status_index(before.status.value),
-                k.status_index(after.status.value), k.active_index, k.events_stream]
+                k.status_index(after.status.value), k.active_index, k.events_stream, k.job_stats]
         data = json.dumps(after.to_dict())
         args = [after.id, before.status.value, before.version, after.status.value, after.version,
                 after.owner or "", after.type, repr(after.created_at), after.priority,
                 data, "1" if terminal else "0",
                 self._retention_ms if terminal else self._active_ttl_ms,
-                self._event(before, after, data), k.events_channel, STREAM_MAXLEN, k.cancel_channel]
+                self._event(before, after, data), k.events_channel, STREAM_MAXLEN, k.cancel_channel,
+                json.dumps(change_fields(before, after))]
         return keys, args
 
     async def apply(self, job_id: str, event: transitions.Event, now: float, *,
@@ -245,6 +249,15 @@ class RedisJobStore:
                     pipe.zrange(self._keys.status_index(status.value), 0, -1)
                 found = await pipe.execute()
         return [job_id for ids in found for job_id in ids]
+
+    async def count_by_status(self) -> dict[str, int]:
+        """How many records each status index holds (finished ones: those still retained)."""
+        with translated(self._redis, "read of the status indexes"):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for status in JobStatus:
+                    pipe.zcard(self._keys.status_index(status.value))
+                counts = await pipe.execute()
+        return {status.value: int(count) for status, count in zip(JobStatus, counts)}
 
     async def queue_position(self, job: Job) -> int | None:
         """0-based place among queued jobs by ``created_at`` (priority is not weighed yet)."""

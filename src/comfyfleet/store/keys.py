@@ -25,6 +25,7 @@
                                                                          maintenance pass, PX interval
     meta                       {p}:meta                         hash     schema version and the like
     tracking_stats             {p}:stats:tracking               hash     "{backend}:{counter}" -> total
+    job_stats                  {p}:stats:jobs                   hash     counter (JSON array) -> total
     fleet_backends             {p}:fleet:backends               hash     backend name -> record (JSON)
     fleet_health               {p}:fleet:health                 hash     backend name -> last health (JSON)
     fleet_breakers             {p}:fleet:breakers               hash     breaker scope -> state (JSON)
@@ -139,6 +140,10 @@ class Keys:
     @property
     def meta(self) -> str:
         return f"{self.prefix}:meta"
+
+    @property
+    def job_stats(self) -> str:
+        return f"{self.prefix}:stats:jobs"
 
     @property
     def tracking_stats(self) -> str:

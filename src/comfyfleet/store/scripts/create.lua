@@ -9,6 +9,7 @@
 -- KEYS[7]  active index        {p}:idx:active
 -- KEYS[8]  idempotency key     {p}:idem:{owner}:{key}  (unused when ARGV[11] is empty)
 -- KEYS[9]  events stream       {p}:events:stream
+-- KEYS[10] job counters        {p}:stats:jobs
 --
 -- ARGV[1]  job id              ARGV[2]  status          ARGV[3]  version
 -- ARGV[4]  owner ('' = none)   ARGV[5]  type            ARGV[6]  created_at
@@ -16,6 +17,7 @@
 -- ARGV[10] active TTL (ms)     ARGV[11] idempotency key ('' = none)
 -- ARGV[12] idempotency TTL (ms)
 -- ARGV[13] event (JSON)        ARGV[14] events channel  ARGV[15] stream max length
+-- ARGV[16] the counter (a field of KEYS[10]) a new job adds 1 to
 --
 -- Returns {'ok'}, {'exists'} (another record has this id) or {'idempotency_key_reuse', job id}.
 -- A repeat of a create that already landed (same data) returns {'ok'} and publishes nothing.
@@ -46,6 +48,7 @@ redis.call('ZADD', KEYS[4], score, ARGV[1])
 if ARGV[4] ~= '' then redis.call('ZADD', KEYS[5], score, ARGV[1]) end
 redis.call('ZADD', KEYS[6], score, ARGV[1])
 redis.call('ZADD', KEYS[7], score, ARGV[1])
+redis.call('HINCRBY', KEYS[10], ARGV[16], 1)
 
 redis.call('PUBLISH', ARGV[14], ARGV[13])
 redis.call('XADD', KEYS[9], 'MAXLEN', '~', ARGV[15], '*', 'event', ARGV[13])

@@ -10,6 +10,7 @@
 -- KEYS[4]  new status index    {p}:idx:status:{new status}
 -- KEYS[5]  active index        {p}:idx:active
 -- KEYS[6]  events stream       {p}:events:stream
+-- KEYS[7]  job counters        {p}:stats:jobs
 --
 -- ARGV[1]  job id              ARGV[2]  expected status ARGV[3]  expected version
 -- ARGV[4]  new status          ARGV[5]  new version     ARGV[6]  owner ('' = none)
@@ -17,6 +18,7 @@
 -- ARGV[10] data (JSON)         ARGV[11] '1' if the new status is terminal, else '0'
 -- ARGV[12] TTL (ms)            ARGV[13] event (JSON)    ARGV[14] events channel
 -- ARGV[15] stream max length   ARGV[16] cancel channel: told the job id when it turns canceling
+-- ARGV[17] counters (JSON list of fields of KEYS[7]) this change adds 1 to
 --
 -- Returns {'ok'}, {'missing'}, {'conflict', stored status, stored version},
 -- {'bad_version'} or {'forbidden'} (a status move the table refuses).
@@ -57,6 +59,11 @@ end
 
 redis.call('PEXPIRE', KEYS[1], ARGV[12])
 redis.call('PEXPIRE', KEYS[2], ARGV[12])
+if ARGV[17] ~= '[]' then
+  for _, field in ipairs(cjson.decode(ARGV[17])) do
+    redis.call('HINCRBY', KEYS[7], field, 1)
+  end
+end
 
 redis.call('PUBLISH', ARGV[14], ARGV[13])
 if ARGV[4] == 'canceling' and ARGV[2] ~= 'canceling' then

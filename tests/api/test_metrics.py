@@ -1,0 +1,61 @@
+"""``GET /metrics`` against a running fleet: the counters equal what the job records say and
+the gauges what the fleet is."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from helpers.fleet import image_workflow, running_fleet
+
+
+ALERTS = Path(__file__).resolve().parents[2] / "docs" / "alerts.yml"
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+async def test_counters_match_the_job_records_and_gauges_the_fleet(valkey_url, tmp_path):
+    async with running_fleet(valkey_url, tmp_path, sims=2, health_interval_s=0.2) as fleet:
+        # sim-0 refuses every prompt with a 503 (transient: retried elsewhere), a node of one
+        # class (an output node, so it runs) fails everywhere (permanent: failed at once)
+        fleet.sims[0].faults.update({"http_error_status": 503, "http_error_rate": 1.0,
+                                     "http_error_paths": ["POST /prompt"], "retry_after_s": 0})
+        for sim in fleet.sims:
+            sim.faults.update({"fail_class_type": "SaveBroken"})
+        ids = [(await fleet.submit(image_workflow(2, seed=n)))["id"] for n in range(4)]
+        ids.append((await fleet.submit(image_workflow(2, extra_node={
+            "9": {"class_type": "SaveBroken", "inputs": {"image": ["2", 0]}}})))["id"])
+        jobs = [await fleet.wait(job_id, timeout_s=60) for job_id in ids]
+        response = await fleet.http.get("/metrics")
+
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    got = samples(response.text)
+    statuses = Counter(job["status"] for job in jobs)
+    assert statuses == {"succeeded": 4, "failed": 1}
+    assert got[("comfyfleet_jobs_submitted_total", (("type", "image"),))] == 5
+    for status, count in statuses.items():
+        assert got[("comfyfleet_jobs_finished_total", (("status", status), ("type", "image")))] == count
+        assert got[("comfyfleet_jobs", (("status", status),))] == count
+    attempts = Counter((a["backend"], a["outcome"], a["failure_class"] or "") for job in jobs for a in job["attempts"])
+    assert ("sim-0", "retried", "transient") in attempts  # the fault was met
+    metered = {(dict(labels)["backend"], dict(labels)["outcome"], dict(labels)["failure_class"]): value
+               for (name, labels), value in got.items() if name == "comfyfleet_attempts_total"}
+    assert metered == attempts
+    assert got[("comfyfleet_workers", ())] == 1
+    for name in ("sim-0", "sim-1"):
+        assert got[("comfyfleet_backend_capacity", (("backend", name),))] == 1
+        assert got[("comfyfleet_backend_up", (("backend", name),))] == 1
+        assert got[("comfyfleet_backend_vram_total_bytes", (("backend", name),))] > 0
+        assert sum(v for (n, labels), v in got.items()
+                   if n == "comfyfleet_backend_state" and dict(labels)["backend"] == name) == 1
+    # every metric the shipped alert rules use is one this endpoint serves
+    served = {family.name for family in text_string_to_metric_families(response.text)}
+    served |= {f"{name}_total" for name in served}
+    used = set(re.findall(r"\bcomfyfleet_[a-z_]+", ALERTS.read_text()))
+    assert used and used <= served, used - served
