@@ -13,6 +13,7 @@ worker's description (host, pid, start time, number of claims) for operators.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 
 import redis.asyncio as aioredis
@@ -106,26 +107,33 @@ class Claims:
         return found
 
     async def beat(self, worker_id: str, description: Mapping[str, object]) -> None:
-        """Refresh the worker's liveness key (same lease as the claims)."""
+        """Refresh the worker's liveness key (same lease as the claims), and its entry in the
+        set of workers (scored by when that lease ends), so finding the live ones never scans."""
+        expiry_ms = int(time.time() * 1000) + self._lease_ms
         with translated(self._redis, "worker liveness"):
-            await self._redis.set(self._keys.worker(worker_id), json.dumps(dict(description)),
-                                  px=self._lease_ms)
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(self._keys.worker(worker_id), json.dumps(dict(description)), px=self._lease_ms)
+                pipe.zadd(self._keys.workers, {worker_id: expiry_ms})
+                await pipe.execute()
 
     async def leave(self, worker_id: str) -> None:
         with translated(self._redis, "worker liveness"):
-            await self._redis.delete(self._keys.worker(worker_id))
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(self._keys.worker(worker_id))
+                pipe.zrem(self._keys.workers, worker_id)
+                await pipe.execute()
 
     async def live_workers(self) -> dict[str, dict]:
-        """Every worker whose liveness key has not expired, with its description."""
-        found: dict[str, dict] = {}
+        """Every worker whose liveness lease has not run out, with its description (entries of
+        workers that died are dropped on the way)."""
+        now_ms = int(time.time() * 1000)
         with translated(self._redis, "read of worker liveness"):
-            names = [n async for n in self._redis.scan_iter(match=self._keys.worker_pattern,
-                                                           count=500)]
-            values = await self._redis.mget(names) if names else []
-        for name, value in zip(names, values):
-            if value is not None:
-                found[name.rsplit(":", 1)[-1]] = json.loads(value)
-        return found
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.zremrangebyscore(self._keys.workers, "-inf", now_ms)
+                pipe.zrange(self._keys.workers, 0, -1)
+                _, ids = await pipe.execute()
+            values = await self._redis.mget([self._keys.worker(i) for i in ids]) if ids else []
+        return {worker_id: json.loads(value) for worker_id, value in zip(ids, values) if value is not None}
 
 
 class ClaimLost(ComfyFleetError):

@@ -21,6 +21,7 @@
                                                                          a running job is asked to cancel
     bull_prefix                {p}:bull                         prefix   BullMQ queues live below this
     worker(id)                 {p}:worker:{id}                  string   worker liveness, with a TTL
+    workers                    {p}:workers                      zset     worker id scored by liveness expiry ms
     maintenance_lock           {p}:maintenance:lock             string   held by the process running a
                                                                          maintenance pass, PX interval
     meta                       {p}:meta                         hash     schema version and the like
@@ -129,9 +130,8 @@ class Keys:
         return f"{self.prefix}:worker:{worker_id}"
 
     @property
-    def worker_pattern(self) -> str:
-        """SCAN pattern matching every worker liveness key."""
-        return f"{_glob_escape(self.prefix)}:worker:*"
+    def workers(self) -> str:
+        return f"{self.prefix}:workers"
 
     @property
     def maintenance_lock(self) -> str:
