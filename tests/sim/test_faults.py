@@ -57,6 +57,24 @@ async def test_refuse_connections_then_reopen_same_port(sim, http, connect):
         assert (await fresh.get("/prompt")).status_code == 200
 
 
+async def test_a_refusing_simulator_keeps_its_port_from_other_servers():
+    """While refusing, the port stays bound (not listening): connects are refused, and no other
+    server can be given it (a test's other simulator once was, and answered in its place)."""
+    import socket
+
+    from comfyfleet.sim import Simulator
+
+    async with Simulator(SimConfig(name="held"), port=0) as sim:  # nothing connected: no TIME_WAIT
+        await sim.set_refusing(True)
+        with socket.socket() as other, pytest.raises(OSError):
+            other.bind(("127.0.0.1", sim.port))
+        with socket.socket() as client, pytest.raises(ConnectionRefusedError):
+            client.connect(("127.0.0.1", sim.port))
+        await sim.set_refusing(False)
+        async with httpx.AsyncClient(base_url=sim.url, timeout=2) as fresh:
+            assert (await fresh.get("/prompt")).status_code == 200
+
+
 @pytest.mark.parametrize("config", [SimConfig(step_s=0.01, history_delay_s=0.3)])
 async def test_history_race(sim, http, connect, config):
     """history_delay_s: history is {} at execution_success but present at executing{node:null}."""

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections import Counter
@@ -40,6 +41,7 @@ class Simulator:
         self._tmp_root: str | None = None
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.AbstractServer | None = None
+        self._held_port: socket.socket | None = None  # bound, not listening, while refusing
         self._worker: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
 
@@ -81,6 +83,7 @@ class Simulator:
         if self.executor is not None:
             self.executor.record_log.close()
         self._close_listener()
+        self._release_port()
         self._drop_connections()
         if self._runner is not None:
             async with asyncio.timeout(5.0):
@@ -93,6 +96,7 @@ class Simulator:
     async def restart(self) -> None:
         """Like killing and restarting ComfyUI: queue, running prompt, history, cache, counter gone."""
         self._close_listener()
+        self._hold_port()
         await self._stop_worker()
         self._drop_connections()
         self.queue.reset()
@@ -105,6 +109,7 @@ class Simulator:
         self.faults.refuse_connections = refusing
         if refusing:
             self._close_listener()
+            self._hold_port()
             self._drop_connections()
         elif self._listener is None:
             await self._listen()
@@ -131,6 +136,7 @@ class Simulator:
         task.add_done_callback(self._background.discard)
 
     async def _listen(self) -> None:
+        self._release_port()
         loop = asyncio.get_running_loop()
         self._listener = await loop.create_server(self._runner.server, self.host, self.port, reuse_address=True)
         self.port = self._listener.sockets[0].getsockname()[1]
@@ -139,6 +145,24 @@ class Simulator:
         if self._listener is not None:
             self._listener.close()  # the socket closes now; not awaiting wait_closed (3.12 waits for clients)
             self._listener = None
+
+    def _hold_port(self) -> None:
+        """Keep the port bound without listening: connects are still refused, and no other
+        server asking for a free port (another simulator) can be given it until we reopen."""
+        family, kind, proto, _, address = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)[0]
+        held = socket.socket(family, kind, proto)
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            held.bind(address)
+        except OSError:  # taken already: nothing to hold
+            held.close()
+            return
+        self._held_port = held
+
+    def _release_port(self) -> None:
+        if self._held_port is not None:
+            self._held_port.close()
+            self._held_port = None
 
     def _drop_connections(self) -> None:
         """Abort every HTTP and WebSocket connection (sockets see close code 1006)."""
