@@ -57,9 +57,20 @@ async def test_refuse_connections_then_reopen_same_port(sim, http, connect):
         assert (await fresh.get("/prompt")).status_code == 200
 
 
+async def test_a_connection_that_slipped_past_the_cut_is_cut_at_its_next_request(sim):
+    """A connection accepted just before the listener closed is not yet among the server's
+    connections when they are cut; its requests are cut while refusing (a keep-alive health check
+    on such a connection once kept a refusing backend healthy for good)."""
+    async with httpx.AsyncClient(base_url=sim.url, timeout=2) as keep_alive:
+        assert (await keep_alive.get("/prompt")).status_code == 200
+        sim.faults.refuse_connections = True  # the flag is set; this connection was never cut
+        with pytest.raises(httpx.TransportError):
+            await keep_alive.get("/prompt")
+
+
 async def test_a_refusing_simulator_keeps_its_port_from_other_servers():
     """While refusing, the port stays bound (not listening): connects are refused, and no other
-    server can be given it (a test's other simulator once was, and answered in its place)."""
+    server asking for a free port can be given it and answer in the simulator's place."""
     import socket
 
     from comfyfleet.sim import Simulator

@@ -72,6 +72,11 @@ class ComfyRoutes:
 
     @web.middleware
     async def fault_middleware(self, request: web.Request, handler):
+        if self.sim.faults.refuse_connections and request.transport is not None:
+            # A connection the listener accepted just before it closed (not yet known to the
+            # server when the open ones were cut): cut it too, as a refused connect would.
+            request.transport.abort()
+            return web.Response(status=503)  # never sent: the connection is gone
         path = normalized_path(request.path)
         if path == "/ws":
             self.sim.requests["WS connect"] += 1
