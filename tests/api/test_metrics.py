@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -13,6 +14,10 @@ from helpers.fleet import image_workflow, running_fleet
 
 
 ALERTS = Path(__file__).resolve().parents[2] / "docs" / "alerts.yml"
+
+
+def epoch(iso_time: str) -> float:
+    return datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp()
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -54,8 +59,18 @@ async def test_counters_match_the_job_records_and_gauges_the_fleet(valkey_url, t
         assert got[("comfyfleet_backend_vram_total_bytes", (("backend", name),))] > 0
         assert sum(v for (n, labels), v in got.items()
                    if n == "comfyfleet_backend_state" and dict(labels)["backend"] == name) == 1
+    # the histograms hold every job: the first attempt's wait and the time to its end
+    waits = [epoch(job["attempts"][0]["started_at"]) - epoch(job["created_at"]) for job in jobs]
+    assert got[("comfyfleet_queue_wait_seconds_count", (("type", "image"),))] == len(jobs)
+    assert abs(got[("comfyfleet_queue_wait_seconds_sum", (("type", "image"),))] - sum(waits)) < 0.01 * len(jobs)
+    for status, count in statuses.items():
+        labels = (("status", status), ("type", "image"))
+        assert got[("comfyfleet_job_duration_seconds_count", labels)] == count
+        assert got[("comfyfleet_job_duration_seconds_bucket", (("le", "+Inf"), *labels))] == count
+        took = sum(epoch(j["completed_at"]) - epoch(j["created_at"]) for j in jobs if j["status"] == status)
+        assert abs(got[("comfyfleet_job_duration_seconds_sum", labels)] - took) < 0.01 * count
     # every metric the shipped alert rules use is one this endpoint serves
-    served = {family.name for family in text_string_to_metric_families(response.text)}
-    served |= {f"{name}_total" for name in served}
+    families = list(text_string_to_metric_families(response.text))
+    served = {family.name for family in families} | {s.name for family in families for s in family.samples}
     used = set(re.findall(r"\bcomfyfleet_[a-z_]+", ALERTS.read_text()))
     assert used and used <= served, used - served

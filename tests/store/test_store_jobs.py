@@ -312,13 +312,17 @@ async def test_apply_from_a_stale_record_decides_on_the_stored_one(store, make_j
 async def test_a_save_repeated_after_a_lost_reply_counts_once(store, make_job, redis, keys):
     """The scripts count in the same atomic step as the write; the repeat of a write that already
     landed (a retry after a lost reply) changes nothing, its counters included."""
-    job = await store.create(make_job(), WF)
+    job = await store.create(make_job(created_at=1000.0), WF)
     running = t.apply(job, t.Dispatch(Attempt(number=1, backend="gpu:1", prompt_id="p", client_id="c",
-                                              worker="w", started_at=1.0)), 1.0)
+                                              worker="w", started_at=1001.5)), 1001.5)
     await store.save(job, running)
-    failed = t.apply(running, t.Fail(JobError(code="node_error", message="boom", failure_class="permanent")), 2.0)
+    await store.save(job, running)  # the repeat: answered ok, counted nothing
+    failed = t.apply(running, t.Fail(JobError(code="node_error", message="boom", failure_class="permanent")), 1040.0)
     await store.save(running, failed)
-    await store.save(running, failed)  # the repeat: answered ok, counted nothing
+    await store.save(running, failed)
+    kind = job.type
     assert await JobCounters(redis, keys).totals() == {
-        ("submitted", job.type): 1, ("finished", job.type, "failed"): 1,
-        ("attempt", "gpu:1", "failed", "permanent"): 1}
+        ("submitted", kind): 1, ("finished", kind, "failed"): 1,
+        ("attempt", "gpu:1", "failed", "permanent"): 1,
+        ("queue_wait", kind, "2"): 1, ("queue_wait_ms", kind): 1500,  # 1.5 s: the "le 2 s" bucket
+        ("duration", kind, "failed", "60"): 1, ("duration_ms", kind, "failed"): 40000}

@@ -6,6 +6,8 @@ so scrape one of them, or all of them behind one job: the figures are the same.
     comfyfleet_jobs_submitted_total{type}                        jobs accepted
     comfyfleet_jobs_finished_total{type,status}                  jobs that reached a terminal status
     comfyfleet_attempts_total{backend,outcome,failure_class}     attempts ended, by how
+    comfyfleet_queue_wait_seconds{type} (histogram)              submitted to first attempt
+    comfyfleet_job_duration_seconds{type,status} (histogram)     submitted to terminal
     comfyfleet_jobs{status}                                      jobs per status now (finished: retained)
     comfyfleet_workers                                           live worker processes
     comfyfleet_backend_up{backend}                               1 when its last health check passed
@@ -28,11 +30,12 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from ..errors import ValidationFailed
+from ..store.job_counters import BUCKETS_S
 from .context import ApiContext, get_context
 
 router = APIRouter(tags=["health"])
@@ -90,6 +93,10 @@ def _job_families(readings: Any) -> Iterator[Metric]:
         if family is not None:
             family.add_metric(labels, total)
     yield from (submitted, finished, attempts)
+    yield _histogram("comfyfleet_queue_wait_seconds", "Time from submission to the first attempt",
+                     ["type"], readings.job_counters, "queue_wait", "queue_wait_ms")
+    yield _histogram("comfyfleet_job_duration_seconds", "Time from submission to a terminal status",
+                     ["type", "status"], readings.job_counters, "duration", "duration_ms")
     by_status = GaugeMetricFamily("comfyfleet_jobs", "Jobs per status now (finished ones: still retained)",
                                   labels=["status"])
     for status, count in readings.jobs_by_status.items():
@@ -98,6 +105,24 @@ def _job_families(readings: Any) -> Iterator[Metric]:
     workers = GaugeMetricFamily("comfyfleet_workers", "Live worker processes")
     workers.add_metric([], readings.workers)
     yield workers
+
+
+def _histogram(name: str, text: str, labels: list[str], counters: dict[tuple[str, ...], int],
+               kind: str, sum_kind: str) -> HistogramMetricFamily:
+    """A histogram from per-bucket counts (``(kind, *labels, le)``) and millisecond sums
+    (``(sum_kind, *labels)``): buckets made cumulative, as the format wants."""
+    family = HistogramMetricFamily(name, text, labels=labels)
+    per_bucket: dict[tuple[str, ...], dict[str, int]] = {}
+    for (field_kind, *parts), count in counters.items():
+        if field_kind == kind and len(parts) == len(labels) + 1:
+            per_bucket.setdefault(tuple(parts[:-1]), {})[parts[-1]] = count
+    for values, counts in sorted(per_bucket.items()):
+        running, buckets = 0, []
+        for le in (*(f"{bound:g}" for bound in BUCKETS_S), "+Inf"):
+            running += counts.get(le, 0)
+            buckets.append((le, running))
+        family.add_metric(list(values), buckets, sum_value=counters.get((sum_kind, *values), 0) / 1000)
+    return family
 
 
 def _backend_families(backends: list[dict[str, Any]]) -> Iterator[Metric]:

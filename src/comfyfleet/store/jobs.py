@@ -20,7 +20,7 @@ from ..domain import transitions
 from ..domain.job import TERMINAL_STATUSES, Job, JobStatus
 from ..errors import ConcurrentUpdate, InvalidTransition, JobNotFound, StoreError, ValidationFailed
 from .connection import translated
-from .job_counters import change_fields, submitted_fields
+from .job_counters import change_counts, submitted_field
 from .keys import Keys
 
 STREAM_MAXLEN = 10_000
@@ -64,7 +64,7 @@ class RedisJobStore:
                 repr(job.created_at), job.priority, json.dumps(job.to_dict()),
                 json.dumps(workflow), self._active_ttl_ms, job.idempotency_key or "",
                 self._idem_ttl_ms, self._event(None, job), k.events_channel, STREAM_MAXLEN,
-                *submitted_fields(job)]
+                submitted_field(job)]
         with translated(self._redis, f"create of job {job.id}"):
             reply = await self._create(keys=keys, args=args)
         if reply[0] == "idempotency_key_reuse":
@@ -128,7 +128,7 @@ class RedisJobStore:
                 data, "1" if terminal else "0",
                 self._retention_ms if terminal else self._active_ttl_ms,
                 self._event(before, after, data), k.events_channel, STREAM_MAXLEN, k.cancel_channel,
-                json.dumps(change_fields(before, after))]
+                json.dumps(change_counts(before, after))]
         return keys, args
 
     async def apply(self, job_id: str, event: transitions.Event, now: float, *,

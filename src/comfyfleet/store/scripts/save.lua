@@ -18,7 +18,7 @@
 -- ARGV[10] data (JSON)         ARGV[11] '1' if the new status is terminal, else '0'
 -- ARGV[12] TTL (ms)            ARGV[13] event (JSON)    ARGV[14] events channel
 -- ARGV[15] stream max length   ARGV[16] cancel channel: told the job id when it turns canceling
--- ARGV[17] counters (JSON list of fields of KEYS[7]) this change adds 1 to
+-- ARGV[17] counters this change adds to (JSON object: field of KEYS[7] -> integer)
 --
 -- Returns {'ok'}, {'missing'}, {'conflict', stored status, stored version},
 -- {'bad_version'} or {'forbidden'} (a status move the table refuses).
@@ -59,9 +59,9 @@ end
 
 redis.call('PEXPIRE', KEYS[1], ARGV[12])
 redis.call('PEXPIRE', KEYS[2], ARGV[12])
-if ARGV[17] ~= '[]' then
-  for _, field in ipairs(cjson.decode(ARGV[17])) do
-    redis.call('HINCRBY', KEYS[7], field, 1)
+if ARGV[17] ~= '{}' then
+  for field, amount in pairs(cjson.decode(ARGV[17])) do
+    redis.call('HINCRBY', KEYS[7], field, amount)
   end
 end
 
