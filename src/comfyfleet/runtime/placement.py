@@ -70,9 +70,11 @@ class Placement:
         return choice.backend
 
     async def keep(self, backend: Backend, job_id: str, workflow: dict) -> None:
-        """The job runs on ``backend`` (a new attempt or a reattached one): its slot is held."""
-        self._fingerprints[job_id] = workflow_fingerprint(workflow)
-        self._models[job_id] = models_of(workflow)
+        """The job runs on ``backend`` (a new attempt or a reattached one): its slot is held.
+        A new attempt's fingerprint and models were worked out by ``take`` already."""
+        if job_id not in self._fingerprints:
+            self._fingerprints[job_id] = workflow_fingerprint(workflow)
+            self._models[job_id] = models_of(workflow)
         await self._dispatcher.hold(backend.name, job_id)
 
     async def release(self, backend: str, job_id: str) -> None:
