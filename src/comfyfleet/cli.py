@@ -28,6 +28,8 @@ PREFIX = typer.Option(None, "--key-prefix", help="Redis key prefix (default cf)"
 PUBLIC = typer.Option(None, "--public-url", help="Base URL put in links (default http://host:port)")
 BACKENDS_FILE = typer.Option(None, "--backends-file",
                              help="TOML file of [[backends]] (name, url, capacity, tags, headers) and [job_types.*]")
+API_KEYS = typer.Option(None, "--api-keys",
+                        help="TOML file of [[keys]] (owner, role, sha256); without it the API takes no key")
 
 
 def settings_from(**options: Any) -> Settings:
@@ -67,12 +69,14 @@ def run(coro_factory) -> None:
 def serve(backend: Optional[list[str]] = BACKEND, workers: Optional[int] = typer.Option(None, help="worker processes (default 1)"),
           redis_url: Optional[str] = REDIS, data_dir: Optional[Path] = DATA, host: Optional[str] = HOST,
           port: Optional[int] = PORT, key_prefix: Optional[str] = PREFIX,
-          public_url: Optional[str] = PUBLIC, backends_file: Optional[Path] = BACKENDS_FILE) -> None:
+          public_url: Optional[str] = PUBLIC, backends_file: Optional[Path] = BACKENDS_FILE,
+          api_keys: Optional[Path] = API_KEYS) -> None:
     """Run the API and supervised worker processes (embedded Valkey unless --redis-url)."""
     def go():
         settings = checked_settings(backends=backend, workers=workers, redis_url=redis_url,
                                     data_dir=data_dir, host=host, port=port, key_prefix=key_prefix,
-                                    public_base_url=public_url, backends_file=backends_file)
+                                    public_base_url=public_url, backends_file=backends_file,
+                                    api_keys_file=api_keys)
         # imported only now: bad options fail before the heavy imports of the process
         from .launch import run_serve
 
@@ -83,11 +87,12 @@ def serve(backend: Optional[list[str]] = BACKEND, workers: Optional[int] = typer
 @app.command()
 def api(redis_url: Optional[str] = REDIS, data_dir: Optional[Path] = DATA, host: Optional[str] = HOST,
         port: Optional[int] = PORT, key_prefix: Optional[str] = PREFIX,
-        public_url: Optional[str] = PUBLIC) -> None:
+        public_url: Optional[str] = PUBLIC, api_keys: Optional[Path] = API_KEYS) -> None:
     """Run the API only (as many as needed, all sharing one Redis)."""
     def go():
         settings = checked_settings(redis_url=redis_url, data_dir=data_dir, host=host, port=port,
-                                    key_prefix=key_prefix, public_base_url=public_url)
+                                    key_prefix=key_prefix, public_base_url=public_url,
+                                    api_keys_file=api_keys)
         from .launch import run_api
 
         return run_api(settings)
@@ -214,6 +219,35 @@ def backends(server: str = typer.Option("http://127.0.0.1:8787", "--server", env
     run(lambda: manage_backends(server=server, add=add or [], capacity=capacity, tags=tag or [],
                                 drain=drain or [], disable=disable or [], enable=enable or [],
                                 remove=remove or [], as_json=as_json))
+
+
+@app.command("new-key")
+def new_api_key(owner: str = typer.Option(..., "--owner", help="whose jobs the key submits and sees"),
+                role: str = typer.Option("user", "--role", help="user or admin (every job, the fleet, metrics)"),
+                file: Optional[Path] = typer.Option(None, "--file", help="append the entry to this keys file")) -> None:
+    """Make an API key for the --api-keys file: print it once, and its entry (the file holds only its hash)."""
+    from .apikeys import key_entry, load_keys, new_key
+
+    def go():
+        key = new_key()
+        entry = key_entry(key, owner, role)
+        if file is None:
+            typer.echo(f"{entry}\n# the key (shown once; the file holds only its hash):\n{key}")
+            return
+        if file.exists():
+            load_keys(file)  # never append to a file that is already broken
+        try:
+            with file.open("a", encoding="utf-8") as fh:
+                fh.write(("\n" if file.stat().st_size else "") + entry)
+        except OSError as exc:
+            raise ComfyFleetError(f"cannot write the keys file {file}: {exc.strerror or exc}") from None
+        typer.echo(f"added a key for {owner} ({role}) to {file}; the key (shown once):\n{key}")
+
+    try:
+        go()
+    except ComfyFleetError as exc:
+        typer.echo(f"comfyfleet: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -38,9 +39,17 @@ def load_workflow(path: Path) -> dict[str, Any]:
     return data
 
 
+API_KEY_VARIABLE = "COMFYFLEET_API_KEY"
+
+
 def _client(server: str) -> httpx.AsyncClient:
+    """A client of ``server`` carrying the API key in ``COMFYFLEET_API_KEY``, if set (an
+    environment variable, not an option: options show in the process list)."""
     check_http_url(server, what="--server", example="http://127.0.0.1:8787")
-    return httpx.AsyncClient(base_url=server.rstrip("/"), timeout=httpx.Timeout(30.0, connect=5.0))
+    key = os.environ.get(API_KEY_VARIABLE, "").strip()
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.AsyncClient(base_url=server.rstrip("/"), headers=headers,
+                             timeout=httpx.Timeout(30.0, connect=5.0))
 
 
 def segment(value: str) -> str:
@@ -64,6 +73,8 @@ async def _call(client: httpx.AsyncClient, method: str, path: str, **kwargs: Any
             message = f"{error['code']}: {error['message']}"
         except (ValueError, KeyError, TypeError):
             message = f"{' '.join(response.text[:200].split())!r}; {NOT_COMFYFLEET}"
+        if response.status_code == 401:
+            message += f" (set {API_KEY_VARIABLE} to your API key)"
         raise ComfyFleetError(f"{method} {path} failed with HTTP {response.status_code}: {message}")
     if response.status_code >= 300:  # not followed: a redirect means this URL is not the resource
         raise ComfyFleetError(f"{method} {path} answered HTTP {response.status_code}, a redirect to "

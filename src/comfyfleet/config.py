@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     maintenance_interval_s: float = Field(600.0, gt=0)  # retention, index and blob cleanup this often
     concurrency: int = Field(64, ge=1, le=10_000)
     backends_file: Path | None = None  # TOML: [[backends]] and [job_types.*] (see fleetfile.py)
+    api_keys_file: Path | None = None  # TOML: [[keys]] owner, role, sha256 (see apikeys.py); None: open
     health_interval_s: float = Field(5.0, gt=0)
     breaker_failures: int = Field(5, ge=1)
     breaker_cooldown_s: float = Field(30.0, ge=0)
@@ -169,6 +170,9 @@ def check_settings(settings: Settings) -> None:
         check_redis_url(settings.redis_url)
     check_data_dir(settings.data_dir)
     settings.backend_configs()  # parses --backend and the backends file (routing, retry too)
+    if settings.api_keys_file is not None:
+        from .apikeys import load_keys
+        load_keys(settings.api_keys_file)
 
 
 def check_data_dir(path: Path) -> None:

@@ -22,6 +22,7 @@ import uvicorn
 from redis import exceptions as rex
 
 from .api.app import ApiServices, ApiSettings, create_app
+from .apikeys import KeyRing
 from .comfy.tracker import TrackerSettings
 from .config import Settings, check_data_dir, check_redis_url
 from .domain.job import Job
@@ -133,7 +134,8 @@ def build_app(services: Services, settings: Settings):
                                job_defaults=job_defaults, clock=services.clock,
                                tracking_stats=TrackingStats(services.redis, services.keys).totals,
                                fleet=FleetAdmin(services),
-                               readings=lambda: read_deployment(services))
+                               readings=lambda: read_deployment(services),
+                               keys=KeyRing(settings.api_keys_file).lookup if settings.api_keys_file else None)
     api_settings = ApiSettings(public_base_url=settings.base_url,
                                max_workflow_bytes=settings.max_workflow_bytes,
                                max_workflow_nodes=settings.max_workflow_nodes,
@@ -257,11 +259,20 @@ async def until_signalled() -> None:
     await stop.wait()
 
 
+def warn_if_open(settings: Settings) -> None:
+    """An API without keys listening beyond this machine is anyone's: say so."""
+    if settings.api_keys_file is None and settings.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"comfyfleet: the API on {settings.host} takes no API key: anyone who can reach it "
+              f"may submit, cancel and run the fleet (--api-keys FILE; see `comfyfleet new-key`)",
+              file=sys.stderr, flush=True)
+
+
 async def run_api(settings: Settings) -> None:
     check_port_free(settings.host, settings.port)
     async with redis_for(settings) as url, open_services(service_config(settings, url)) as services:
         api = await start_api(build_app(services, settings), settings.host, settings.port)
         print(f"comfyfleet API on {settings.base_url}", flush=True)
+        warn_if_open(settings)
         try:
             await until_signalled()
         finally:
@@ -305,6 +316,7 @@ async def run_serve(settings: Settings) -> None:
             housekeeping = asyncio.create_task(maintenance_for(services, settings).loop())
             print(f"comfyfleet serving on {settings.base_url} "
                   f"({settings.workers} worker(s), Redis {url})", flush=True)
+            warn_if_open(settings)
             if not (await services.dispatcher.refresh()).backends:
                 print("comfyfleet: no ComfyUI backend is registered; jobs fail until one is added "
                       "(--backend URL, --backends-file, or POST /api/v2/backends)",

@@ -101,9 +101,9 @@ def make_finished_job(store, blobs) -> Callable[..., Any]:  # type: ignore[no-un
     """Store a job, run it through Dispatch and Succeed with real blobs; return the Job."""
 
     async def make(files: list[tuple[bytes, str, str]], *, created_at: float = 1_700_000_000.0,
-                   metadata: dict[str, str] | None = None) -> Job:
+                   metadata: dict[str, str] | None = None, owner: str = "anonymous") -> Job:
         job = Job(id=str(uuid4()), status=JobStatus.QUEUED, created_at=created_at,
-                  deadline_at=created_at + 600, metadata=metadata or {})
+                  deadline_at=created_at + 600, metadata=metadata or {}, owner=owner)
         await store.create(job, WORKFLOW)
         await store.apply(job.id, t.Dispatch(attempt()), created_at + 1)
         outputs = []

@@ -175,6 +175,13 @@ BAD_VALUES: dict[str, list[Bad]] = {
         everywhere(bad("answers-html", "{stub_html}", "comfyfleet server")),
         bad("answers-other-json", "{stub_json}", "comfyfleet server"),
     ],
+    "--api-keys": [bad("missing", "{files}/missing.toml", "no such API keys file", "missing.toml"),
+                   everywhere(bad("not-toml", "{files}/not.toml", "not valid TOML")),
+                   bad("a-directory", "{files}/adir", "cannot read the API keys file")],
+    "--owner": [bad("a-space", "a b", "owner must be"), bad("empty", "", "owner must be")],
+    "--role": [bad("unknown", "boss", "role must be user or admin")],
+    "--file": [bad("not-toml", "{files}/not.toml", "not valid TOML"),
+               bad("a-directory", "{files}/adir", "adir")],
     "--meta": [bad("no-equals", "novalue", "--meta takes key=value"), bad("no-key", "=x", "--meta takes key=value")],
     "--out": [bad("a-file", ("{files}/afile", "--wait"), "--out")],
     # the simulator (`comfyfleet sim`): its argparse answers with a usage line
@@ -190,7 +197,7 @@ FREE_TEXT = {"--status", "--name", "--record-file"}
 # What a command gets besides the case's own option, so the case reaches its check and nothing
 # starts if the check is missing: a Redis and a server that are not there, a free port.
 BASE = {"--redis-url": "redis://127.0.0.1:{closed}/0", "--server": "http://127.0.0.1:{closed}",
-        "--port": "0", "--data-dir": "{tmp}/data"}
+        "--port": "0", "--data-dir": "{tmp}/data", "--owner": "alice"}
 REQUIRED = {"recover": ("--dry-run",)}  # without it `recover` only says to add it
 ARGUMENTS = {"workflow": "{files}/wf.json", "job_id": "some-job"}
 

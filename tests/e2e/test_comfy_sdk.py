@@ -55,3 +55,29 @@ async def test_comfy_sdk_sees_a_reused_idempotency_key(fleet, monkeypatch):
 
     with pytest.raises(IdempotencyKeyReuse):
         await asyncio.to_thread(submit_twice)
+
+
+async def test_comfy_sdk_with_an_api_key(valkey_url, tmp_path, monkeypatch):
+    """COMFY_API_KEY is all an integrator sets: the SDK's bearer key is ours; no key is a 401."""
+    from comfy_sdk.exceptions import Unauthorized
+
+    from comfyfleet.apikeys import key_entry, new_key
+
+    key = new_key()
+    keys_file = tmp_path / "keys.toml"
+    keys_file.write_text(key_entry(key, "studio-a", "user"))
+    async with running_fleet(valkey_url, tmp_path / "data", api_keys_file=keys_file) as fleet:
+        monkeypatch.setenv("COMFY_BASE_URL", fleet.base_url)
+        monkeypatch.setenv("COMFY_API_KEY", key)
+        status, kinds, data, ids = await asyncio.to_thread(drive_sdk, image_workflow(steps=2, seed=5))
+        assert status == "succeeded" and kinds and data.startswith(b"\x89PNG")
+        job = await fleet.services.store.get(ids[-1])
+        assert job.owner == "studio-a"
+
+        def without_key() -> None:
+            with Comfy(api_key=None) as client:
+                list(client.list_jobs(limit=1))
+
+        monkeypatch.delenv("COMFY_API_KEY")
+        with pytest.raises(Unauthorized):
+            await asyncio.to_thread(without_key)

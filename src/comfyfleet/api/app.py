@@ -2,7 +2,7 @@
 
 Routes live one concern per module (``jobs``, ``live``, ``assets``, ``health``, ``backends``,
 ``stats``) under ``/api/v2``, and ``metrics`` at ``/metrics``; ``errors`` turns every failure
-into the contract's error envelope. The app owns no connections: the caller builds the services
+into the contract's error envelope; ``access`` decides who may call what (API keys). The app owns no connections: the caller builds the services
 and closes them. At shutdown the lifespan tells open event streams to finish.
 """
 
@@ -12,9 +12,10 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from . import assets, backends, health, jobs, live, metrics, stats
+from .access import get_caller, require_admin
 from .context import ApiContext, ApiServices, ApiSettings
 from .errors import install_error_handlers
 from .schemas import API_PREFIX, Renderer
@@ -42,8 +43,11 @@ def create_app(services: ApiServices, settings: ApiSettings) -> FastAPI:
                   redoc_url=None)
     app.state.api = context
     install_error_handlers(app)
-    for module in (jobs, live, assets, health, stats, backends):
-        app.include_router(module.router, prefix=API_PREFIX)
-    app.include_router(health.router, include_in_schema=False)  # also at /health for probes
-    app.include_router(metrics.router)  # /metrics, where Prometheus looks by default
+    for module in (jobs, live, assets):
+        app.include_router(module.router, prefix=API_PREFIX, dependencies=[Depends(get_caller)])
+    for module in (stats, backends):
+        app.include_router(module.router, prefix=API_PREFIX, dependencies=[Depends(require_admin)])
+    app.include_router(health.router, prefix=API_PREFIX)  # no key needed: probes
+    app.include_router(health.router, include_in_schema=False)  # also at /health
+    app.include_router(metrics.router, dependencies=[Depends(require_admin)])  # where Prometheus looks
     return app

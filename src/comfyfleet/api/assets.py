@@ -18,6 +18,7 @@ from fastapi.responses import StreamingResponse
 from ..blobs import parse_digest
 from ..domain.job import Job, Output
 from ..errors import JobNotFound
+from .access import Caller, get_caller
 from .context import ApiContext, get_context
 from .errors import error_response
 from .schemas import parse_asset_id
@@ -30,15 +31,17 @@ MAX_OFFSET_DIGITS = 18  # longer is past the end of any blob (and int() refuses 
 
 
 @router.get("/assets/{asset_id}")
-async def get_asset(asset_id: str, ctx: ApiContext = Depends(get_context)) -> dict[str, Any]:
-    job, output = await _resolve(ctx, asset_id)
+async def get_asset(asset_id: str, ctx: ApiContext = Depends(get_context),
+                    caller: Caller = Depends(get_caller)) -> dict[str, Any]:
+    job, output = await _resolve(ctx, asset_id, caller)
     return ctx.renderer.asset(job, output)
 
 
 @router.get("/assets/{asset_id}/content")
 async def get_asset_content(asset_id: str, request: Request,
-                            ctx: ApiContext = Depends(get_context)) -> Response:
-    _, output = await _resolve(ctx, asset_id)
+                            ctx: ApiContext = Depends(get_context),
+                            caller: Caller = Depends(get_caller)) -> Response:
+    _, output = await _resolve(ctx, asset_id, caller)
     blobs = ctx.services.blobs
     if not await blobs.exists(output.hash):
         raise JobNotFound(f"asset {asset_id}: its content is no longer available")
@@ -99,7 +102,7 @@ def content_disposition(name: str) -> str:
     return f"inline; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name)}"
 
 
-async def _resolve(ctx: ApiContext, asset_id: str) -> tuple[Job, Output]:
+async def _resolve(ctx: ApiContext, asset_id: str, caller: Caller) -> tuple[Job, Output]:
     parsed = parse_asset_id(asset_id)
     if parsed is not None:
         job_id, index = parsed
@@ -108,7 +111,7 @@ async def _resolve(ctx: ApiContext, asset_id: str) -> tuple[Job, Output]:
         except JobNotFound:
             pass
         else:
-            if index < len(job.outputs):
+            if caller.sees(job) and index < len(job.outputs):
                 return job, job.outputs[index]
     raise JobNotFound(f"asset {asset_id} not found")
 

@@ -74,6 +74,7 @@ class ApiServices:
     tracking_stats: Callable[[], Awaitable[dict[str, Any]]] = _no_stats  # per backend counters
     fleet: Any = None  # a FleetAdmin: the /backends routes (absent: they answer 404)
     readings: Callable[[], Awaitable[Any]] | None = None  # the deployment now, for /metrics (absent: 404)
+    keys: Callable[[str], Any] | None = None  # API key -> its KeyHolder or None (absent: an open server)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from ..domain import transitions as t
 from ..domain.job import DEFAULT_JOB_TYPE, Job, JobError, JobStatus
 from ..errors import ComfyFleetError, InvalidTransition, JobNotFound, ValidationFailed
 from . import validation
+from .access import Caller, check_sees, get_caller
 from .context import ApiContext, JobId, get_context
 from .listing import list_page
 from .schemas import iso, new_job_id, parse_asset_id
@@ -31,7 +32,8 @@ ENQUEUE_RETRY_AFTER_S = 5
 
 
 @router.post("/jobs", status_code=201)
-async def submit_job(request: Request, ctx: ApiContext = Depends(get_context)) -> JSONResponse:
+async def submit_job(request: Request, ctx: ApiContext = Depends(get_context),
+                     caller: Caller = Depends(get_caller)) -> JSONResponse:
     settings, services = ctx.settings, ctx.services
     validation.check_declared_size(request.headers.get("content-length"),
                                    settings.max_workflow_bytes)
@@ -43,9 +45,9 @@ async def submit_job(request: Request, ctx: ApiContext = Depends(get_context)) -
         raise ValidationFailed(f"unknown job type {job_type!r}", code="metadata_invalid",
                                details={"field": "metadata", "key": "type",
                                         "allowed": list(settings.job_types)})
-    await _check_asset_refs(ctx, submission.workflow)
+    await _check_asset_refs(ctx, submission.workflow, caller)
 
-    owner = submission.metadata.get("user_id") or ANONYMOUS
+    owner = caller.owner_for(submission.metadata.get("user_id"), ANONYMOUS)
     defaults = services.job_defaults(job_type)
     now = services.clock()
     job = Job(id=new_job_id(), status=JobStatus.QUEUED, created_at=now, updated_at=now,
@@ -65,8 +67,10 @@ async def submit_job(request: Request, ctx: ApiContext = Depends(get_context)) -
 
 
 @router.get("/jobs")
-async def list_jobs(request: Request, ctx: ApiContext = Depends(get_context)) -> dict[str, Any]:
-    page = await list_page(ctx.services.store, request.query_params)
+async def list_jobs(request: Request, ctx: ApiContext = Depends(get_context),
+                    caller: Caller = Depends(get_caller)) -> dict[str, Any]:
+    page = await list_page(ctx.services.store, request.query_params,
+                           only_owner=None if caller.admin else caller.owner)
     jobs = []
     for job in page.jobs:
         item = await ctx.render_job(job)
@@ -77,21 +81,25 @@ async def list_jobs(request: Request, ctx: ApiContext = Depends(get_context)) ->
 
 
 @router.get("/jobs/{job_id}")
-async def get_job(job_id: JobId, ctx: ApiContext = Depends(get_context)) -> dict[str, Any]:
-    return await ctx.render_job(await ctx.services.store.get(job_id))
+async def get_job(job_id: JobId, ctx: ApiContext = Depends(get_context),
+                  caller: Caller = Depends(get_caller)) -> dict[str, Any]:
+    return await ctx.render_job(check_sees(caller, await ctx.services.store.get(job_id)))
 
 
 @router.get("/jobs/{job_id}/workflow")
-async def get_job_workflow(job_id: JobId, ctx: ApiContext = Depends(get_context)) -> dict[str, Any]:
+async def get_job_workflow(job_id: JobId, ctx: ApiContext = Depends(get_context),
+                           caller: Caller = Depends(get_caller)) -> dict[str, Any]:
+    check_sees(caller, await ctx.services.store.get(job_id))
     return {"workflow": await ctx.services.store.workflow(job_id), "format": "api"}
 
 
 @router.post("/jobs/{job_id}/cancel")
-async def cancel_job(job_id: JobId, ctx: ApiContext = Depends(get_context)) -> dict[str, Any]:
+async def cancel_job(job_id: JobId, ctx: ApiContext = Depends(get_context),
+                     caller: Caller = Depends(get_caller)) -> dict[str, Any]:
     """Queued: canceled now. Running: canceling, and its worker is asked to interrupt.
     Canceling or terminal: returned as it is (idempotent)."""
     store, services = ctx.services.store, ctx.services
-    job = await store.get(job_id)
+    job = check_sees(caller, await store.get(job_id))
     if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
         try:
             job = await store.apply(job_id, t.RequestCancel(), services.clock())
@@ -106,8 +114,9 @@ async def cancel_job(job_id: JobId, ctx: ApiContext = Depends(get_context)) -> d
 
 
 @router.get("/jobs/{job_id}/preview")
-async def get_preview(job_id: JobId, ctx: ApiContext = Depends(get_context)) -> Response:
-    await ctx.services.store.get(job_id)
+async def get_preview(job_id: JobId, ctx: ApiContext = Depends(get_context),
+                      caller: Caller = Depends(get_caller)) -> Response:
+    check_sees(caller, await ctx.services.store.get(job_id))
     preview = await ctx.services.events.get_preview(job_id)  # type: ignore[attr-defined]
     if preview is None:
         raise JobNotFound(f"job {job_id} has no preview")
@@ -131,17 +140,17 @@ async def _read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _check_asset_refs(ctx: ApiContext, workflow: dict[str, Any]) -> None:
-    """Every ``core/ASSET`` reference must name a known output asset (uploads come later)."""
+async def _check_asset_refs(ctx: ApiContext, workflow: dict[str, Any], caller: Caller) -> None:
+    """Every ``core/ASSET`` reference must name a known output asset the caller may see."""
     for ref in validation.asset_refs(workflow):
-        if not await _output_asset_exists(ctx, ref.asset_id):
+        if not await _output_asset_exists(ctx, ref.asset_id, caller):
             raise ValidationFailed(
                 f"node {ref.node_id} input {ref.input_name!r}: asset {ref.asset_id!r} not found",
                 code="missing_asset",
                 details={"node_id": ref.node_id, "input": ref.input_name, "asset_id": ref.asset_id})
 
 
-async def _output_asset_exists(ctx: ApiContext, asset_id: str | None) -> bool:
+async def _output_asset_exists(ctx: ApiContext, asset_id: str | None, caller: Caller) -> bool:
     parsed = parse_asset_id(asset_id) if asset_id else None
     if parsed is None:
         return False
@@ -150,7 +159,7 @@ async def _output_asset_exists(ctx: ApiContext, asset_id: str | None) -> bool:
         job = await ctx.services.store.get(job_id)
     except JobNotFound:
         return False
-    return index < len(job.outputs) and await ctx.services.blobs.exists(job.outputs[index].hash)
+    return caller.sees(job) and index < len(job.outputs) and await ctx.services.blobs.exists(job.outputs[index].hash)
 
 
 async def _undo_submission(ctx: ApiContext, job: Job) -> None:

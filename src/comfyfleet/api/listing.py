@@ -15,7 +15,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..domain.job import Job, JobStatus
 from ..errors import ValidationFailed
@@ -105,8 +105,14 @@ def _statuses(raw: str | None) -> list[JobStatus] | None:
                                code="invalid_request", status_code=400) from None
 
 
-async def list_page(store: JobStore, params: Mapping[str, str]) -> Page:
+async def list_page(store: JobStore, params: Mapping[str, str], *, only_owner: str | None = None) -> Page:
+    """``only_owner``: the caller may list no one else's jobs (asking for another owner's is a 403)."""
     query = parse_query(params)
+    if only_owner is not None:
+        if query.owner not in (None, only_owner):
+            raise ValidationFailed("a user API key lists only its own jobs", code="forbidden",
+                                   status_code=403)
+        query = replace(query, owner=only_owner)
     size = FILTERED_BATCH if query.metadata else query.limit + 1
     matched: list[Job] = []
     position, scanned = query.cursor, 0

@@ -21,6 +21,7 @@ from fastapi import APIRouter, Depends, Response
 from fastapi.responses import StreamingResponse
 
 from ..domain.job import Job, JobStatus
+from .access import Caller, check_sees, get_caller
 from .context import ApiContext, JobId, get_context
 from .errors import error_response
 from .schemas import progress_json
@@ -33,8 +34,9 @@ _CLOSED = object()
 
 
 @router.get("/jobs/{job_id}/events")
-async def job_events(job_id: JobId, ctx: ApiContext = Depends(get_context)) -> Response:
-    await ctx.services.store.get(job_id)  # 404 before any byte of the stream
+async def job_events(job_id: JobId, ctx: ApiContext = Depends(get_context),
+                     caller: Caller = Depends(get_caller)) -> Response:
+    check_sees(caller, await ctx.services.store.get(job_id))  # 404 before any byte of the stream
     if ctx.open_streams >= ctx.settings.max_streams:
         return error_response(429, "too_many_streams", "too many open event streams",
                               headers={"Retry-After": str(STREAMS_RETRY_AFTER_S)})

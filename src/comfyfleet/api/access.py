@@ -1,0 +1,82 @@
+"""Who is calling: bearer API keys mapped to an owner and a role.
+
+Without a key ring (no keys file configured) the server is open, as a self-hosted ComfyUI API is
+by default: every caller is trusted and a job's owner comes from ``metadata.user_id``. With one,
+every route but ``/health`` needs ``Authorization: Bearer <key>`` (401 ``unauthorized``
+otherwise). A user's jobs are the ones submitted with a key of the same owner; anyone else's job
+answers 404, as if it did not exist. The fleet routes, ``/stats`` and ``/metrics`` need an admin
+key (403 ``forbidden``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Depends, Request
+from starlette.exceptions import HTTPException
+
+from ..apikeys import KeyHolder
+from ..domain.job import Job
+from ..errors import JobNotFound
+from .context import ApiContext, get_context
+
+UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="comfyfleet"'}
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    owner: str | None  # None: the server has no keys, so the caller is not anyone in particular
+    admin: bool
+
+    def sees(self, job: Job) -> bool:
+        return self.admin or job.owner == self.owner
+
+    def owner_for(self, claimed: str | None, default: str) -> str:
+        """The owner of a job this caller submits: the key's owner; on an open server the
+        ``metadata.user_id`` the caller claims."""
+        return self.owner if self.owner is not None else (claimed or default)
+
+
+OPEN = Caller(owner=None, admin=True)
+
+
+def caller_for(holder: KeyHolder) -> Caller:
+    return Caller(owner=holder.owner, admin=holder.admin)
+
+
+def bearer_token(header: str | None) -> str | None:
+    if not header:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def identify(ctx: ApiContext, token: str | None) -> Caller | None:
+    """The caller holding ``token``; ``None`` if the server has keys and this is not one."""
+    lookup = ctx.services.keys
+    if lookup is None:
+        return OPEN
+    holder = lookup(token) if token else None
+    return caller_for(holder) if holder is not None else None
+
+
+def get_caller(request: Request, ctx: ApiContext = Depends(get_context)) -> Caller:
+    """The route dependency: the caller, or a 401 for a missing or unknown key."""
+    caller = identify(ctx, bearer_token(request.headers.get("authorization")))
+    if caller is None:
+        raise HTTPException(401, "a valid API key is required (Authorization: Bearer <key>)",
+                            headers=UNAUTHORIZED_HEADERS)
+    return caller
+
+
+def require_admin(caller: Caller = Depends(get_caller)) -> Caller:
+    if not caller.admin:
+        raise HTTPException(403, "this needs an admin API key")
+    return caller
+
+
+def check_sees(caller: Caller, job: Job) -> Job:
+    """``job`` if the caller may see it; a 404 (not a 403: ids of others' jobs stay unknown) if not."""
+    if not caller.sees(job):
+        raise JobNotFound(f"job {job.id} not found")
+    return job

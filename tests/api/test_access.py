@@ -1,0 +1,117 @@
+"""API keys: 401 without one, a user sees only their own jobs, the fleet routes need an admin."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from comfyfleet.apikeys import KeyRing, key_entry, new_key
+
+from api_helpers import WORKFLOW, error_code
+
+ALICE, BOB, OPS = new_key(), new_key(), new_key()
+
+
+@pytest.fixture
+def keyed(api, tmp_path):
+    path = tmp_path / "keys.toml"
+    path.write_text(key_entry(ALICE, "alice", "user") + key_entry(BOB, "bob", "user")
+                    + key_entry(OPS, "ops", "admin"))
+    api.services.keys = KeyRing(path).lookup
+    return api
+
+
+def as_(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def submit(client: httpx.AsyncClient, key: str, **metadata: str) -> dict:
+    response = await client.post("/api/v2/jobs", json={"workflow": WORKFLOW, "metadata": metadata},
+                                 headers=as_(key))
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def test_no_key_or_a_wrong_key_is_a_401_and_health_needs_none(keyed, client):
+    for headers in ({}, as_("cfk_not-a-key"), {"Authorization": f"Basic {ALICE}"},
+                    {"Authorization": "Bearer"}):
+        for path in ("/api/v2/jobs", "/api/v2/backends", "/metrics",
+                     "/api/v2/assets/by-hash/sha256:" + "0" * 64):
+            method = "HEAD" if "by-hash" in path else "GET"
+            response = await client.request(method, path, headers=headers)
+            assert response.status_code == 401, (path, headers)
+            assert response.headers["www-authenticate"].startswith("Bearer")
+            if method == "GET":
+                assert error_code(response) == "unauthorized"
+        response = await client.post("/api/v2/jobs", json={"workflow": WORKFLOW}, headers=headers)
+        assert response.status_code == 401
+    assert (await client.get("/health")).status_code == 200
+    assert (await client.get("/api/v2/health")).status_code == 200
+
+
+async def test_a_job_belongs_to_the_key_that_submitted_it(keyed, client, enqueued):
+    job = await submit(client, ALICE, user_id="bob")  # a claimed user_id does not make it bob's
+    assert enqueued[-1].owner == "alice"
+    job_id = job["id"]
+    assert (await client.get(f"/api/v2/jobs/{job_id}", headers=as_(ALICE))).status_code == 200
+    for method, path in (("GET", f"/api/v2/jobs/{job_id}"), ("GET", f"/api/v2/jobs/{job_id}/workflow"),
+                         ("GET", f"/api/v2/jobs/{job_id}/events"), ("GET", f"/api/v2/jobs/{job_id}/preview"),
+                         ("POST", f"/api/v2/jobs/{job_id}/cancel")):
+        response = await client.request(method, path, headers=as_(BOB))
+        assert response.status_code == 404 and error_code(response) == "not_found", path
+    assert (await client.get(f"/api/v2/jobs/{job_id}", headers=as_(ALICE))).json()["status"] == "queued", \
+        "bob's cancel did nothing"
+    admin_view = await client.get(f"/api/v2/jobs/{job_id}", headers=as_(OPS))
+    assert admin_view.status_code == 200
+    canceled = await client.post(f"/api/v2/jobs/{job_id}/cancel", headers=as_(ALICE))
+    assert canceled.json()["status"] == "canceled"
+
+
+async def test_listing_shows_a_user_only_their_jobs(keyed, client):
+    alices = {(await submit(client, ALICE))["id"] for _ in range(2)}
+    bobs = {(await submit(client, BOB))["id"]}
+
+    async def listed(key: str, query: str = "") -> set[str]:
+        response = await client.get(f"/api/v2/jobs?limit=100{query}", headers=as_(key))
+        assert response.status_code == 200, response.text
+        return {job["id"] for job in response.json()["jobs"]}
+
+    assert await listed(ALICE) == alices
+    assert await listed(BOB) == bobs
+    assert await listed(ALICE, "&owner=alice") == alices
+    assert await listed(OPS) >= alices | bobs
+    assert await listed(OPS, "&owner=bob") == bobs
+    response = await client.get("/api/v2/jobs?owner=bob", headers=as_(ALICE))
+    assert response.status_code == 403 and error_code(response) == "forbidden"
+
+
+async def test_outputs_are_served_only_to_their_owner(keyed, client, make_finished_job):
+    job = await make_finished_job([(b"\x89PNG-data", "image/png", "a.png")], owner="alice")
+    asset = job.outputs[0].id
+    for path in (f"/api/v2/assets/{asset}", f"/api/v2/assets/{asset}/content"):
+        assert (await client.get(path, headers=as_(ALICE))).status_code == 200
+        response = await client.get(path, headers=as_(BOB))
+        assert response.status_code == 404 and error_code(response) == "not_found"
+    # nor can bob feed alice's output into a workflow of his
+    workflow = {**WORKFLOW, "7": {"class_type": "LoadImage", "inputs": {"image": {"__type": "core/ASSET", "info": {"id": asset}}}}}
+    response = await client.post("/api/v2/jobs", json={"workflow": workflow}, headers=as_(BOB))
+    assert response.status_code == 422 and error_code(response) == "missing_asset"
+    assert (await client.post("/api/v2/jobs", json={"workflow": workflow}, headers=as_(ALICE))).status_code == 201
+
+
+async def test_the_fleet_stats_and_metrics_need_an_admin_key(keyed, client):
+    for path in ("/api/v2/backends", "/api/v2/backends/sim-1", "/api/v2/stats", "/metrics"):
+        response = await client.get(path, headers=as_(ALICE))
+        assert response.status_code == 403 and error_code(response) == "forbidden", path
+        assert (await client.get(path, headers=as_(OPS))).status_code != 403, path
+    response = await client.patch("/api/v2/backends/sim-1", json={"state": "disabled"}, headers=as_(BOB))
+    assert response.status_code == 403
+    response = await client.delete("/api/v2/backends/sim-1", headers=as_(BOB))
+    assert response.status_code == 403
+
+
+async def test_an_open_server_takes_the_owner_from_metadata(api, client, enqueued):
+    response = await client.post("/api/v2/jobs", json={"workflow": WORKFLOW, "metadata": {"user_id": "carol"}})
+    assert response.status_code == 201
+    assert enqueued[-1].owner == "carol"
+    assert (await client.get("/api/v2/stats")).status_code == 200
