@@ -1,9 +1,11 @@
 """The FastAPI application: ``create_app(services, settings)``.
 
-Routes live one concern per module (``jobs``, ``live``, ``assets``, ``health``, ``backends``,
-``stats``) under ``/api/v2``, and ``metrics`` at ``/metrics``; ``errors`` turns every failure
-into the contract's error envelope; ``access`` decides who may call what (API keys). The app owns no connections: the caller builds the services
-and closes them. At shutdown the lifespan tells open event streams to finish.
+Routes live one concern per module under ``/api/v2``: ``jobs``, ``live`` (the SSE stream of one
+job), ``live_feed`` (the dashboards' WebSocket), ``assets``, ``health``, ``backends``, ``stats``;
+``metrics`` is at ``/metrics`` and the ``dashboard`` page at ``/dashboard``. ``errors`` turns every failure into the contract's error
+envelope; ``access`` decides who may call what (API keys). The app owns no connections: the
+caller builds the services and closes them. At shutdown the lifespan tells open event streams
+to finish.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from . import assets, backends, health, jobs, live, metrics, stats
+from . import assets, backends, dashboard, health, jobs, live, live_feed, metrics, stats
 from .access import get_caller, require_admin
 from .context import ApiContext, ApiServices, ApiSettings
 from .errors import install_error_handlers
@@ -45,9 +47,11 @@ def create_app(services: ApiServices, settings: ApiSettings) -> FastAPI:
     install_error_handlers(app)
     for module in (jobs, live, assets):
         app.include_router(module.router, prefix=API_PREFIX, dependencies=[Depends(get_caller)])
+    app.include_router(live_feed.router, prefix=API_PREFIX)  # a WebSocket: it authenticates itself
     for module in (stats, backends):
         app.include_router(module.router, prefix=API_PREFIX, dependencies=[Depends(require_admin)])
     app.include_router(health.router, prefix=API_PREFIX)  # no key needed: probes
     app.include_router(health.router, include_in_schema=False)  # also at /health
     app.include_router(metrics.router, dependencies=[Depends(require_admin)])  # where Prometheus looks
+    app.include_router(dashboard.router)  # static: the page asks for a key itself
     return app

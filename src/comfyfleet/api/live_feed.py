@@ -1,0 +1,237 @@
+"""``WS /api/v2/live``: one multiplexed WebSocket for dashboards — every job the caller may see,
+their live progress and (for an admin) the fleet.
+
+Authentication: an ``Authorization: Bearer`` header, or (browsers cannot set one on a WebSocket)
+a first message ``{"type": "auth", "token": "<key>"}`` within ``AUTH_TIMEOUT_S``. A missing or
+unknown key gets an ``error`` message and close code 4401.
+
+Server messages, JSON text frames:
+
+    snapshot  {at, role, owner, counts|null, jobs: [Job], fleet: {backends, workflow_breakers}|null}
+              first, and again whenever events may have been missed (replace everything)
+    job       {job: Job}                      a job was created or changed
+    progress  {job_id, progress}              a running job's progress moved
+    fleet     {at, counts, backends, workflow_breakers}   admin only; when changed, at most 1/s
+    error     {code, message}                 then the socket closes
+
+The subscription is confirmed before the snapshot is read, so no change falls between them.
+Changes are coalesced: at most one ``job`` or ``progress`` message per job every ``FLUSH_S``
+(the latest), so a burst of hundreds of progress events a second costs the browser a few frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from contextlib import suppress
+from typing import Any
+
+from fastapi import APIRouter, WebSocket
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from ..domain.job import Job, JobStatus
+from ..errors import ComfyFleetError
+from .access import Caller, bearer_token, identify
+from .context import ApiContext
+from .schemas import progress_json
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+AUTH_TIMEOUT_S = 10.0
+FLUSH_S = 0.1
+FLEET_EVERY_S = 1.0
+ACTIVE_LIMIT = 200
+FINISHED_LIMIT = 50
+ACTIVE = [JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELING]
+FINISHED = [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.EXPIRED]
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_TRY_LATER = 1013
+CLOSE_GOING_AWAY = 1001
+MAX_CLIENT_MESSAGE = 4096
+
+
+@router.websocket("/live")
+async def live_feed(websocket: WebSocket) -> None:
+    ctx: ApiContext = websocket.app.state.api
+    await websocket.accept()
+    caller = await authenticate(websocket, ctx)
+    if caller is None:
+        await refuse(websocket, CLOSE_UNAUTHORIZED, "unauthorized",
+                     "a valid API key is required: send {\"type\": \"auth\", \"token\": \"<key>\"} first")
+        return
+    if ctx.open_streams >= ctx.settings.max_streams:
+        await refuse(websocket, CLOSE_TRY_LATER, "too_many_streams", "too many open event streams")
+        return
+    ctx.open_streams += 1
+    try:
+        await LiveFeed(ctx, caller, websocket).run()
+    except WebSocketDisconnect:
+        pass
+    except ComfyFleetError as exc:  # the store went away: say so, the page reconnects
+        log.warning("live feed ended: %s", exc)
+        await refuse(websocket, CLOSE_TRY_LATER, "store_unavailable", "the job store is unavailable")
+    finally:
+        ctx.open_streams -= 1
+
+
+async def authenticate(websocket: WebSocket, ctx: ApiContext) -> Caller | None:
+    header = bearer_token(websocket.headers.get("authorization"))
+    if header is not None or ctx.services.keys is None:
+        return identify(ctx, header)
+    try:
+        async with asyncio.timeout(AUTH_TIMEOUT_S):
+            raw = await websocket.receive_text()
+    except (TimeoutError, WebSocketDisconnect, KeyError, RuntimeError):
+        return None  # KeyError/RuntimeError: a binary frame or a socket already closing
+    message = _json_object(raw)
+    token = message.get("token") if message.get("type") == "auth" else None
+    return identify(ctx, token) if isinstance(token, str) and token else None
+
+
+async def refuse(websocket: WebSocket, close_code: int, code: str, message: str) -> None:
+    with suppress(WebSocketDisconnect, RuntimeError, OSError):
+        if websocket.client_state is WebSocketState.CONNECTED:
+            await websocket.send_text(json.dumps({"type": "error", "code": code, "message": message}))
+            await websocket.close(close_code)
+
+
+def _json_object(raw: str) -> dict[str, Any]:
+    if len(raw) > MAX_CLIENT_MESSAGE:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+class LiveFeed:
+    """One dashboard's socket: a snapshot, then coalesced changes until either side goes."""
+
+    def __init__(self, ctx: ApiContext, caller: Caller, websocket: WebSocket) -> None:
+        self._ctx = ctx
+        self._caller = caller
+        self._socket = websocket
+        self._changed: dict[str, Job] = {}  # job id -> its newest record with a status/other change
+        self._moved: dict[str, Job] = {}  # job id -> its newest record where only progress moved
+        self._wake = asyncio.Event()
+        self._resync = False
+        self._fleet_sent: str | None = None
+
+    async def run(self) -> None:
+        async with self._ctx.services.events.subscription(None) as events:  # type: ignore[attr-defined]
+            await self._send_snapshot()
+            tasks = [asyncio.create_task(self._collect(events)),
+                     asyncio.create_task(self._read_client()),
+                     asyncio.create_task(self._flush_loop()),
+                     asyncio.create_task(self._ctx.closing.wait())]
+            if self._caller.admin:
+                tasks.append(asyncio.create_task(self._fleet_loop()))
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+            if self._ctx.closing.is_set():
+                with suppress(WebSocketDisconnect, RuntimeError, OSError):
+                    await self._socket.close(CLOSE_GOING_AWAY)
+
+    # -- what goes out -------------------------------------------------------------------------
+    async def _send(self, message: dict[str, Any]) -> None:
+        await self._socket.send_text(json.dumps(message, separators=(",", ":")))
+
+    async def _send_snapshot(self) -> None:
+        store, caller = self._ctx.services.store, self._caller
+        owner = None if caller.admin else caller.owner
+        active = await store.list(statuses=ACTIVE, owner=owner, limit=ACTIVE_LIMIT)
+        finished = await store.list(statuses=FINISHED, owner=owner, limit=FINISHED_LIMIT)
+        fleet = await self._fleet() if caller.admin else None
+        self._fleet_sent = _fingerprint(fleet)
+        await self._send({"type": "snapshot", "at": time.time(),
+                          "role": "admin" if caller.admin else "user", "owner": caller.owner,
+                          "counts": fleet["counts"] if fleet else None,
+                          "jobs": [self._render(job) for job in (*active, *finished)],
+                          "fleet": fleet and {"backends": fleet["backends"],
+                                              "workflow_breakers": fleet["workflow_breakers"]}})
+
+    async def _fleet(self) -> dict[str, Any] | None:
+        admin = self._ctx.services.fleet
+        counts = await self._ctx.services.store.count_by_status()  # type: ignore[attr-defined]
+        if admin is None:
+            return {"counts": counts, "backends": [], "workflow_breakers": []}
+        return {"counts": counts, "backends": await admin.list(),
+                "workflow_breakers": await admin.workflow_breakers()}
+
+    def _render(self, job: Job) -> dict[str, Any]:
+        return self._ctx.renderer.job(job)
+
+    # -- the tasks -----------------------------------------------------------------------------
+    async def _collect(self, events: Any) -> None:
+        async for event in events:
+            kind = event.get("kind")
+            if kind == "resync":
+                self._resync = True
+            elif kind in ("status", "update", "progress") and isinstance(event.get("job"), dict):
+                job = Job.from_dict(event["job"])
+                if not self._caller.sees(job):
+                    continue
+                pending = self._moved if kind == "progress" else self._changed
+                known = pending.get(job.id)
+                if known is None or known.version <= job.version:
+                    pending[job.id] = job
+            else:
+                continue
+            self._wake.set()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._resync:
+                self._resync = False
+                self._changed.clear()
+                self._moved.clear()
+                await self._send_snapshot()
+            changed, self._changed = self._changed, {}
+            moved, self._moved = self._moved, {}
+            for job in changed.values():
+                await self._send({"type": "job", "job": self._render(job)})
+            for job_id, job in moved.items():
+                newer = changed.get(job_id)
+                if newer is None or newer.version < job.version:
+                    await self._send({"type": "progress", "job_id": job_id,
+                                      "progress": progress_json(job.progress)})
+            await asyncio.sleep(FLUSH_S)
+
+    async def _fleet_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLEET_EVERY_S)
+            fleet = await self._fleet()
+            fingerprint = _fingerprint(fleet)
+            if fingerprint != self._fleet_sent:
+                self._fleet_sent = fingerprint
+                await self._send({"type": "fleet", "at": time.time(), **fleet})  # type: ignore[dict-item]
+
+    async def _read_client(self) -> None:
+        """Client messages carry nothing after authentication; reading notices a disconnect."""
+        while True:
+            message = await self._socket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+
+
+def _fingerprint(fleet: dict[str, Any] | None) -> str | None:
+    """What a change of the fleet is judged by: everything but when health was last checked."""
+    if fleet is None:
+        return None
+    steady = [{**b, "health": {k: v for k, v in b.get("health", {}).items()
+                               if k not in ("checked_at", "latency_ms")}}
+              for b in fleet["backends"]]
+    return json.dumps([fleet["counts"], steady, fleet["workflow_breakers"]], sort_keys=True, default=str)
