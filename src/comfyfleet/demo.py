@@ -85,7 +85,7 @@ async def _run(*, once: bool, port: int, data_dir: Path, redis_url: str) -> None
                 await _show_progress(base, jobs)
                 await _print_outputs(base, jobs, services.blobs)
                 if not once:
-                    console.print(f"API running on {base} (Ctrl-C to stop)")
+                    console.print(f"API running on {base}, dashboard at {base}/dashboard (Ctrl-C to stop)")
                     await until_signalled()
             finally:
                 await worker.stop()
