@@ -106,7 +106,8 @@ class ComfyRoutes:
             return web.json_response({"error": error, "node_errors": {}}, status=400)
         prompt_id = str(body.get("prompt_id", uuid.uuid4()))
         try:
-            outputs, node_errors = validate_prompt(body["prompt"], body.get("partial_execution_targets"))
+            outputs, node_errors = validate_prompt(body["prompt"], body.get("partial_execution_targets"),
+                                                   input_exists=self._input_exists)
         except PromptInvalid as exc:
             return web.json_response(exc.body, status=400)
         extra_data = dict(body.get("extra_data") or {})
@@ -115,6 +116,11 @@ class ComfyRoutes:
         queue.put(QueueItem(number, prompt_id, body["prompt"], extra_data, outputs))
         await self.sim.executor.status()
         return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": node_errors})
+
+    def _input_exists(self, name: str) -> bool:
+        base = os.path.abspath(self.sim.dirs["input"])
+        path = os.path.abspath(os.path.join(base, name))
+        return os.path.commonpath([path, base]) == base and os.path.isfile(path)
 
     async def get_prompt(self, request: web.Request) -> web.Response:
         return web.json_response({"exec_info": {"queue_remaining": self.sim.queue.remaining()}})

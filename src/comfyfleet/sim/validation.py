@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 OUTPUT_PREFIXES = ("Save", "Preview")
+INPUT_LOADERS = {"LoadImage": "image", "LoadImageMask": "image", "LoadVideo": "file",
+                 "LoadAudio": "audio"}  # class -> the input naming a file in the input directory
 STEPS_CONFIG = ["INT", {"default": 5, "min": 1, "max": 10000}]
 _MISSING_NODE_TRACEBACK = [
     '  File "/opt/ComfyUI/execution.py", line 1010, in validate_prompt\n'
@@ -54,7 +58,20 @@ def _steps_errors(value: object) -> list[dict]:
     return []
 
 
-def _own_errors(prompt: dict, node: dict) -> list[dict]:
+def _input_file_errors(node: dict, input_exists: Callable[[str], bool] | None) -> list[dict]:
+    """A loader naming a file not in the input directory (``LoadImage.VALIDATE_INPUTS``)."""
+    name = INPUT_LOADERS.get(str(node.get("class_type")))
+    value = node.get("inputs", {}).get(name) if name else None
+    if name is None or input_exists is None or value is None or is_link(value):
+        return []
+    if isinstance(value, str) and input_exists(value):
+        return []
+    return [{"type": "custom_validation_failed", "message": "Custom validation failed for node",
+             "details": f"{name} - Invalid {name} file: {value}",
+             "extra_info": {"input_name": name, "input_config": None, "received_value": value}}]
+
+
+def _own_errors(prompt: dict, node: dict, input_exists: Callable[[str], bool] | None = None) -> list[dict]:
     """Errors of one node's own inputs (upstream failures are not listed here, like ComfyUI)."""
     for value in node.get("inputs", {}).values():
         if is_link(value) and value[0] not in prompt:
@@ -64,26 +81,29 @@ def _own_errors(prompt: dict, node: dict) -> list[dict]:
     steps = node.get("inputs", {}).get("steps")
     if steps is not None and not is_link(steps):
         return _steps_errors(steps)
-    return []
+    return _input_file_errors(node, input_exists)
 
 
-def _validate_tree(prompt: dict, node_id: str, results: dict[str, tuple[bool, list]]) -> bool:
+def _validate_tree(prompt: dict, node_id: str, results: dict[str, tuple[bool, list]],
+                   input_exists: Callable[[str], bool] | None = None) -> bool:
     """Validate a node and everything upstream of it; memoised in `results`."""
     if node_id in results:
         return results[node_id][0]
     results[node_id] = (True, [])  # guards against cycles
-    errors = _own_errors(prompt, prompt[node_id])
+    errors = _own_errors(prompt, prompt[node_id], input_exists)
     valid = not errors
     if valid:
         for value in prompt[node_id].get("inputs", {}).values():
-            if is_link(value) and not _validate_tree(prompt, value[0], results):
+            if is_link(value) and not _validate_tree(prompt, value[0], results, input_exists):
                 valid = False
     results[node_id] = (valid, errors)
     return valid
 
 
-def validate_prompt(prompt: object, partial_targets: list | None = None) -> tuple[list[str], dict]:
-    """Return (outputs_to_execute, node_errors) or raise PromptInvalid with the 400 body."""
+def validate_prompt(prompt: object, partial_targets: list | None = None, *,
+                    input_exists: Callable[[str], bool] | None = None) -> tuple[list[str], dict]:
+    """Return (outputs_to_execute, node_errors) or raise PromptInvalid with the 400 body.
+    ``input_exists(name)``: whether the input directory holds a file a loader names."""
     if not isinstance(prompt, dict):
         raise _rejection("invalid_prompt", "Cannot execute because the prompt is not an object.")
     for node_id, node in prompt.items():
@@ -100,7 +120,7 @@ def validate_prompt(prompt: object, partial_targets: list | None = None) -> tupl
     results: dict[str, tuple[bool, list]] = {}
     good, failed = [], []
     for output in outputs:
-        (good if _validate_tree(prompt, output, results) else failed).append(output)
+        (good if _validate_tree(prompt, output, results, input_exists) else failed).append(output)
     node_errors: dict = {}
     for node_id, (_, errors) in results.items():
         if errors:
