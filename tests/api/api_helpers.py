@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from uuid import uuid4
+
+from comfyfleet.domain.job import Attempt
 
 BASE_URL = "https://fleet.example.test"
 WORKFLOW: dict[str, Any] = {
@@ -34,3 +37,9 @@ def error_code(response: Any) -> str:
     body = response.json()
     assert set(body) == {"error"} and {"code", "message", "details"} <= set(body["error"])
     return body["error"]["code"]
+
+
+def attempt(number: int = 1) -> Attempt:
+    return Attempt(number=number, backend="sim-1", prompt_id=str(uuid4()),
+                   client_id=str(uuid4()), worker="w-1", started_at=0.0)
+

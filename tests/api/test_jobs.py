@@ -6,7 +6,7 @@ from datetime import datetime
 from uuid import uuid4
 
 import pytest
-from api_helpers import BASE_URL, JOB_KEYS, WORKFLOW, error_code
+from api_helpers import BASE_URL, JOB_KEYS, WORKFLOW, attempt, error_code
 from comfy_low.models import Asset as SdkAsset
 from comfy_low.models import Output as SdkOutput
 from comfy_low.transport import _job as sdk_parse_job
@@ -14,7 +14,6 @@ from comfy_sdk.jobs import JobSummary
 
 from comfyfleet.domain import transitions as t
 from comfyfleet.domain.job import Job, JobError, JobStatus, Progress
-from conftest import attempt
 
 JOBS = "/api/v2/jobs"
 
