@@ -89,6 +89,22 @@ class LocalBlobStore:
             return False
         return await asyncio.to_thread(self._remove, self._path(digest))
 
+    def writer(self) -> BlobWriter:
+        """A blob written piece by piece (an upload), named when committed."""
+        return BlobWriter(self)
+
+    def drop_stale_incoming(self, older_than: float) -> int:
+        """Remove uploads a killed process left half-written (blocking); how many."""
+        dropped = 0
+        for path in (self._root / ".incoming").glob(".tmp-*"):
+            try:
+                if path.stat().st_mtime < older_than:
+                    path.unlink()
+                    dropped += 1
+            except FileNotFoundError:
+                continue
+        return dropped
+
     def iter_digests(self) -> Iterator[str]:
         """Every stored digest (a blocking directory walk; call it from a thread if large)."""
         base = self._root / ALGORITHM
@@ -120,6 +136,12 @@ class LocalBlobStore:
     @staticmethod
     def _write(path: Path, data: bytes, content_type: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        LocalBlobStore._write_type(path, content_type)
+        if not path.exists():
+            _atomic_write(path, data)
+
+    @staticmethod
+    def _write_type(path: Path, content_type: str) -> None:
         sidecar = path.with_name(path.name + TYPE_SUFFIX)
         try:
             unchanged = sidecar.read_bytes() == content_type.encode()
@@ -127,8 +149,6 @@ class LocalBlobStore:
             unchanged = False
         if not unchanged:  # the same bytes stored again mostly come with the same type
             _atomic_write(sidecar, content_type.encode())
-        if not path.exists():
-            _atomic_write(path, data)
 
     @staticmethod
     def _read(path: Path, start: int = 0, length: int | None = None) -> bytes:
@@ -170,3 +190,64 @@ def _atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class BlobWriter:
+    """Streams one blob to a temporary file beside the store, hashing as it goes; ``commit``
+    moves it into place under its digest (or drops it when those bytes are already stored)."""
+
+    def __init__(self, store: LocalBlobStore) -> None:
+        self._store = store
+        self._hash = hashlib.sha256()
+        self.size = 0
+        self._file = None
+        self._tmp: Path | None = None
+
+    async def write(self, chunk: bytes) -> None:
+        if self._file is None:
+            await asyncio.to_thread(self._open)
+        self._hash.update(chunk)
+        self.size += len(chunk)
+        await asyncio.to_thread(self._file.write, chunk)  # type: ignore[union-attr]
+
+    async def commit(self, *, content_type: str = DEFAULT_CONTENT_TYPE) -> tuple[str, bool]:
+        """``(digest, created_new)``: False when the store already held these bytes."""
+        if self._file is None:
+            await asyncio.to_thread(self._open)
+        digest = f"{ALGORITHM}:{self._hash.hexdigest()}"
+        created = await asyncio.to_thread(self._place, self._store._path(digest), content_type)
+        return digest, created
+
+    async def abort(self) -> None:
+        await asyncio.to_thread(self._discard)
+
+    def _open(self) -> None:
+        incoming = self._store.root / ".incoming"
+        incoming.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=incoming, prefix=".tmp-")
+        self._file, self._tmp = os.fdopen(fd, "wb"), Path(name)
+
+    def _place(self, path: Path, content_type: str) -> bool:
+        assert self._file is not None and self._tmp is not None
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.utime(path)  # already stored: fresh again, so cleanup's grace starts over
+                created = False
+            except FileNotFoundError:
+                os.replace(self._tmp, path)  # the same file system: one atomic rename
+                created = True
+            LocalBlobStore._write_type(path, content_type)
+            return created
+        finally:
+            self._discard()
+
+    def _discard(self) -> None:
+        if self._file is not None and not self._file.closed:
+            self._file.close()
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+

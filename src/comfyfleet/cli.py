@@ -174,11 +174,14 @@ def submit(workflow: Path = typer.Argument(..., help="API-format workflow JSON")
            server: str = typer.Option("http://127.0.0.1:8787", "--server", envvar="COMFYFLEET_SERVER"),
            wait: bool = typer.Option(False, "--wait", help="show progress until the job ends"),
            metadata: Optional[list[str]] = typer.Option(None, "--meta", help="key=value, repeatable"),
+           inputs: Optional[list[str]] = typer.Option(None, "--input",
+                                                      help="NODE.INPUT=FILE: upload FILE as that input, repeatable"),
            out: Path = typer.Option(Path("outputs"), "--out", help="where --wait downloads outputs")) -> None:
     """Submit a workflow to a comfyfleet server."""
     from .client_cli import submit_workflow
 
-    run(lambda: submit_workflow(workflow, server=server, wait=wait, metadata=metadata or [], out=out))
+    run(lambda: submit_workflow(workflow, server=server, wait=wait, metadata=metadata or [], out=out,
+                                inputs=inputs or []))
 
 
 @app.command()

@@ -96,8 +96,10 @@ def job_from(body: dict[str, Any], what: str) -> dict[str, Any]:
     return body
 
 
-async def submit_workflow(path: Path, *, server: str, wait: bool, metadata: list[str], out: Path) -> None:
+async def submit_workflow(path: Path, *, server: str, wait: bool, metadata: list[str], out: Path,
+                          inputs: list[str] = ()) -> None:
     workflow = load_workflow(path)
+    wanted = [input_target(workflow, entry) for entry in inputs]  # checked before anything is sent
     meta = {}
     for pair in metadata:
         key, sep, value = pair.partition("=")
@@ -107,6 +109,8 @@ async def submit_workflow(path: Path, *, server: str, wait: bool, metadata: list
     if wait and out.exists() and not out.is_dir():  # found out before submitting, not after the job ran
         raise ComfyFleetError(f"--out {out} is not a directory")
     async with _client(server) as client:
+        for node_id, name, file in wanted:
+            workflow[node_id]["inputs"][name] = await upload_input(client, file)
         job = job_from(await _call(client, "POST", "/api/v2/jobs", json={"workflow": workflow, "metadata": meta}),
                        "POST /api/v2/jobs")
         console.print(f"job {job['id']} {job['status']}")
@@ -119,6 +123,34 @@ async def submit_workflow(path: Path, *, server: str, wait: bool, metadata: list
                 console.print(f"  output: {path_}")
         else:
             raise ComfyFleetError(f"job {job['id']} ended {job['status']}")
+
+
+def input_target(workflow: dict[str, Any], entry: str) -> tuple[str, str, Path]:
+    """``NODE.INPUT=FILE`` -> (node id, input name, file), each checked."""
+    target, sep, file = entry.partition("=")
+    node_id, dot, name = target.rpartition(".")
+    if not sep or not dot or not node_id or not name or not file:
+        raise ComfyFleetError(f"--input takes NODE.INPUT=FILE (e.g. 12.image=face.png), got {entry!r}")
+    node = workflow.get(node_id)
+    if not isinstance(node, dict) or not isinstance(node.get("inputs"), dict):
+        raise ComfyFleetError(f"--input {entry!r}: the workflow has no node {node_id!r} with inputs")
+    if not Path(file).is_file():
+        raise ComfyFleetError(f"--input {entry!r}: no such file: {file}")
+    return node_id, name, Path(file)
+
+
+async def upload_input(client: httpx.AsyncClient, file: Path) -> dict[str, Any]:
+    """Upload ``file`` as an input asset; the reference a workflow input takes."""
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise ComfyFleetError(f"cannot read {file}: {exc.strerror or exc}") from None
+    asset = await _call(client, "POST", "/api/v2/assets", files={"file": (file.name, data)},
+                        data={"file_path": file.name})
+    if not isinstance(asset.get("id"), str):
+        raise ComfyFleetError(f"POST /api/v2/assets answered without an asset id; {NOT_COMFYFLEET}")
+    console.print(f"uploaded {file} as asset {asset['id']}")
+    return {"__type": "core/ASSET", "info": {"id": asset["id"]}}
 
 
 async def follow(client: httpx.AsyncClient, job: dict[str, Any]) -> dict[str, Any]:

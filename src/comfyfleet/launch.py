@@ -135,10 +135,12 @@ def build_app(services: Services, settings: Settings):
                                tracking_stats=TrackingStats(services.redis, services.keys).totals,
                                fleet=FleetAdmin(services),
                                readings=lambda: read_deployment(services),
-                               keys=KeyRing(settings.api_keys_file).lookup if settings.api_keys_file else None)
+                               keys=KeyRing(settings.api_keys_file).lookup if settings.api_keys_file else None,
+                               uploads=services.uploads)
     api_settings = ApiSettings(public_base_url=settings.base_url,
                                max_workflow_bytes=settings.max_workflow_bytes,
                                max_workflow_nodes=settings.max_workflow_nodes,
+                               max_upload_bytes=settings.max_upload_bytes,
                                retention_s=settings.retention_s)
     return create_app(api_services, api_settings)
 

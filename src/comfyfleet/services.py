@@ -20,6 +20,7 @@ from .store.events import EventBus
 from .store.fleet import BackendRecord, FleetStore
 from .store.jobs import RedisJobStore
 from .store.keys import Keys
+from .store.uploads import UploadStore
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -47,6 +48,7 @@ class Services:
     dispatcher: Dispatcher
     http: aiohttp.ClientSession
     fleet: FleetStore
+    uploads: UploadStore
 
     def clock(self) -> float:
         return time.time()
@@ -78,7 +80,8 @@ async def open_services(config: ServiceConfig) -> AsyncIterator[Services]:
         stack.push_async_callback(dispatcher.close)
         blobs = LocalBlobStore(config.data_dir / "blobs")
         yield Services(config=config, redis=redis, keys=keys, store=store, events=events,
-                       cancels=cancels, blobs=blobs, queue=queue, dispatcher=dispatcher, http=http, fleet=fleet)
+                       cancels=cancels, blobs=blobs, queue=queue, dispatcher=dispatcher, http=http, fleet=fleet,
+                       uploads=UploadStore(redis, keys))
 
 
 __all__ = ["ServiceConfig", "Services", "open_services", "StoreError"]

@@ -24,9 +24,10 @@ from comfyfleet.api.app import ApiServices, ApiSettings, create_app
 from comfyfleet.api.schemas import asset_id_for
 from comfyfleet.blobs import LocalBlobStore
 from comfyfleet.domain import transitions as t
-from comfyfleet.domain.job import Attempt, Job, JobStatus, Output
+from comfyfleet.domain.job import Job, JobStatus, Output
+from comfyfleet.store.uploads import UploadStore
 
-from api_helpers import BASE_URL, WORKFLOW
+from api_helpers import BASE_URL, WORKFLOW, attempt
 
 
 @dataclass
@@ -52,12 +53,12 @@ def settings_overrides() -> dict[str, Any]:
 
 
 @pytest.fixture
-def api(store, event_bus, blobs, enqueued, settings_overrides) -> Api:  # type: ignore[no-untyped-def]
+def api(store, event_bus, blobs, enqueued, settings_overrides, redis, keys) -> Api:  # type: ignore[no-untyped-def]
     async def enqueue(job: Job) -> None:
         enqueued.append(job)
 
     services = ApiServices(store=store, events=event_bus, blobs=blobs, enqueue=enqueue,
-                           health=_health)
+                           health=_health, uploads=UploadStore(redis, keys))
     settings = ApiSettings(public_base_url=BASE_URL, **settings_overrides)
     return Api(create_app(services, settings), services, settings)
 
@@ -89,11 +90,6 @@ async def live_server(api: Api) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 10)
-
-
-def attempt(number: int = 1) -> Attempt:
-    return Attempt(number=number, backend="sim-1", prompt_id=str(uuid4()),
-                   client_id=str(uuid4()), worker="w-1", started_at=0.0)
 
 
 @pytest.fixture

@@ -182,6 +182,9 @@ BAD_VALUES: dict[str, list[Bad]] = {
     "--role": [bad("unknown", "boss", "role must be user or admin")],
     "--file": [bad("not-toml", "{files}/not.toml", "not valid TOML"),
                bad("a-directory", "{files}/adir", "adir")],
+    "--input": [bad("no-equals", "face.png", "--input takes NODE.INPUT=FILE"),
+                bad("no-such-node", "99.image={files}/afile", "no node '99'"),
+                bad("no-such-file", "1.image={files}/missing.png", "no such file")],
     "--meta": [bad("no-equals", "novalue", "--meta takes key=value"), bad("no-key", "=x", "--meta takes key=value")],
     "--out": [bad("a-file", ("{files}/afile", "--wait"), "--out")],
     # the simulator (`comfyfleet sim`): its argparse answers with a usage line

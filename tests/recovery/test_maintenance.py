@@ -180,3 +180,25 @@ async def test_recover_dry_run_shows_the_reconcile_plan(services, valkey_url, tm
     assert (await services.store.get(job.id)).version == running.version
     refused = await cli("recover", *args)
     assert refused.returncode == 2 and "--dry-run" in refused.stderr
+
+
+async def test_held_blobs_stay_until_their_hold_runs_out(services):
+    """An upload or a waiting job holds its input blob: old as the file is, cleanup keeps it
+    until the hold ends, then removes it like any orphan."""
+    now = time.time()
+    held, unheld = await blob(services, b"an input", age_s=2 * DAY), await blob(services, b"loose", age_s=2 * DAY)
+    await services.uploads.hold([held.hash], until=now + 600)
+
+    report = await maintenance(services, now=now).run_once()
+    assert report.blobs_deleted == [unheld.hash]
+    assert await services.blobs.exists(held.hash)
+
+    stale, fresh = services.blobs.root / ".incoming" / ".tmp-stale", services.blobs.root / ".incoming" / ".tmp-fresh"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"half an upload of a killed process")
+    fresh.write_bytes(b"an upload arriving now")
+    os.utime(stale, (now - 2 * DAY, now - 2 * DAY))
+    later = await maintenance(services, now=now + 601).run_once()
+    assert not stale.exists() and fresh.exists()
+    assert later.blobs_deleted == [held.hash]
+    assert await services.redis.zcard(services.keys.blobs_held) == 0, "the ended hold is forgotten"

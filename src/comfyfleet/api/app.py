@@ -1,7 +1,7 @@
 """The FastAPI application: ``create_app(services, settings)``.
 
 Routes live one concern per module under ``/api/v2``: ``jobs``, ``live`` (the SSE stream of one
-job), ``live_feed`` (the dashboards' WebSocket), ``assets``, ``health``, ``backends``, ``stats``;
+job), ``live_feed`` (the dashboards' WebSocket), ``assets`` (reading), ``uploads``, ``health``, ``backends``, ``stats``;
 ``metrics`` is at ``/metrics`` and the ``dashboard`` page at ``/dashboard``. ``errors`` turns every failure into the contract's error
 envelope; ``access`` decides who may call what (API keys). The app owns no connections: the
 caller builds the services and closes them. At shutdown the lifespan tells open event streams
@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from . import assets, backends, dashboard, health, jobs, live, live_feed, metrics, stats
+from . import assets, backends, dashboard, health, jobs, live, live_feed, metrics, stats, uploads
 from .access import get_caller, require_admin
 from .context import ApiContext, ApiServices, ApiSettings
 from .errors import install_error_handlers
@@ -45,7 +45,7 @@ def create_app(services: ApiServices, settings: ApiSettings) -> FastAPI:
                   redoc_url=None)
     app.state.api = context
     install_error_handlers(app)
-    for module in (jobs, live, assets):
+    for module in (jobs, live, uploads, assets):
         app.include_router(module.router, prefix=API_PREFIX, dependencies=[Depends(get_caller)])
     app.include_router(live_feed.router, prefix=API_PREFIX)  # a WebSocket: it authenticates itself
     for module in (stats, backends):

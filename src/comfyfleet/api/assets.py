@@ -1,8 +1,9 @@
-"""Asset routes for job outputs, plus the by-hash existence probe.
+"""Reading assets (job outputs and uploads), plus the by-hash existence probe.
 
 An output's asset id is self-describing: ``f"{job_id}.{index}"`` (``runtime.outputs.asset_id``).
 Resolving it loads the job and picks ``outputs[index]``; the bytes are the blob named by
-``Output.hash``. No extra store keys are needed, and an asset lives exactly as long as its job.
+``Output.hash``, and an output lives exactly as long as its job. An upload's id is a UUID with a
+record of its own (``store/uploads.py``; written by ``api/uploads.py``).
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
 from ..blobs import parse_digest
-from ..domain.job import Job, Output
 from ..errors import JobNotFound
 from .access import Caller, get_caller
+from .asset_lookup import find_asset, owner_of
+from .uploads import parse_blake3
 from .context import ApiContext, get_context
 from .errors import error_response
-from .schemas import parse_asset_id
 
 router = APIRouter(tags=["assets"])
 
@@ -33,21 +34,20 @@ MAX_OFFSET_DIGITS = 18  # longer is past the end of any blob (and int() refuses 
 @router.get("/assets/{asset_id}")
 async def get_asset(asset_id: str, ctx: ApiContext = Depends(get_context),
                     caller: Caller = Depends(get_caller)) -> dict[str, Any]:
-    job, output = await _resolve(ctx, asset_id, caller)
-    return ctx.renderer.asset(job, output)
+    return (await find_asset(ctx, asset_id, caller)).record
 
 
 @router.get("/assets/{asset_id}/content")
 async def get_asset_content(asset_id: str, request: Request,
                             ctx: ApiContext = Depends(get_context),
                             caller: Caller = Depends(get_caller)) -> Response:
-    _, output = await _resolve(ctx, asset_id, caller)
+    found = await find_asset(ctx, asset_id, caller)
     blobs = ctx.services.blobs
-    if not await blobs.exists(output.hash):
+    if not await blobs.exists(found.digest):
         raise JobNotFound(f"asset {asset_id}: its content is no longer available")
-    size = await _size(ctx, output)
-    headers = {"Accept-Ranges": "bytes", "ETag": f'"{output.hash}"',
-               "Content-Disposition": content_disposition(output.name),
+    size = await _size(ctx, found.digest)
+    headers = {"Accept-Ranges": "bytes", "ETag": f'"{found.digest}"',
+               "Content-Disposition": content_disposition(found.name.rsplit("/", 1)[-1]),
                "Cache-Control": "private, max-age=3600"}
     wanted = parse_range(request.headers.get("range"), size)
     if wanted == "unsatisfiable":
@@ -57,14 +57,23 @@ async def get_asset_content(asset_id: str, request: Request,
     if status == 206:
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     headers["Content-Length"] = str(max(0, end - start + 1))
-    return StreamingResponse(_chunks(ctx, output.hash, start, end + 1), status_code=status,
-                             media_type=output.content_type, headers=headers)
+    return StreamingResponse(_chunks(ctx, found.digest, start, end + 1), status_code=status,
+                             media_type=found.content_type, headers=headers)
 
 
 @router.head("/assets/by-hash/{digest}")
-async def head_by_hash(digest: str, ctx: ApiContext = Depends(get_context)) -> Response:
-    """200 when we hold a blob with this ``sha256:`` digest; 404 otherwise (blake3 included)."""
-    found = parse_digest(digest) is not None and await ctx.services.blobs.exists(digest.lower())
+async def head_by_hash(digest: str, ctx: ApiContext = Depends(get_context),
+                       caller: Caller = Depends(get_caller)) -> Response:
+    """200 when the caller may mint an asset from this hash (``POST /assets/from-hash``): a
+    ``blake3:`` hash of bytes the same owner uploaded before, or a ``sha256:`` digest of a blob
+    this server holds (an admin's only: a user learns nothing of anyone else's files)."""
+    blake3_hex = parse_blake3(digest)
+    if blake3_hex is not None and ctx.services.uploads is not None:
+        known = await ctx.services.uploads.known(owner_of(caller), blake3_hex)
+        found = known is not None and await ctx.services.blobs.exists(known.digest)
+    else:
+        found = caller.admin and parse_digest(digest) is not None \
+            and await ctx.services.blobs.exists(digest.lower())
     return Response(status_code=200 if found else 404)
 
 
@@ -102,25 +111,11 @@ def content_disposition(name: str) -> str:
     return f"inline; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name)}"
 
 
-async def _resolve(ctx: ApiContext, asset_id: str, caller: Caller) -> tuple[Job, Output]:
-    parsed = parse_asset_id(asset_id)
-    if parsed is not None:
-        job_id, index = parsed
-        try:
-            job = await ctx.services.store.get(job_id)
-        except JobNotFound:
-            pass
-        else:
-            if caller.sees(job) and index < len(job.outputs):
-                return job, job.outputs[index]
-    raise JobNotFound(f"asset {asset_id} not found")
-
-
-async def _size(ctx: ApiContext, output: Output) -> int:
+async def _size(ctx: ApiContext, digest: str) -> int:
     size = getattr(ctx.services.blobs, "size", None)
     if size is not None:
-        return await size(output.hash)
-    return len(await ctx.services.blobs.open(output.hash))
+        return await size(digest)
+    return len(await ctx.services.blobs.open(digest))
 
 
 async def _chunks(ctx: ApiContext, digest: str, start: int, stop: int) -> AsyncIterator[bytes]:

@@ -34,6 +34,8 @@ class ApiSettings:
     max_streams: int = 256
     retention_s: float = RETENTION_S  # how long a finished job (and its outputs) is kept
     job_types: tuple[str, ...] = BUILTIN_JOB_TYPES  # metadata.type values accepted
+    max_upload_bytes: int = 100 * 1024 * 1024  # one input asset (ComfyUI's own default limit)
+    upload_expires_s: float = 7 * 24 * 3600.0  # an upload's life when the client names none
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.public_base_url)
@@ -75,6 +77,7 @@ class ApiServices:
     fleet: Any = None  # a FleetAdmin: the /backends routes (absent: they answer 404)
     readings: Callable[[], Awaitable[Any]] | None = None  # the deployment now, for /metrics (absent: 404)
     keys: Callable[[str], Any] | None = None  # API key -> its KeyHolder or None (absent: an open server)
+    uploads: Any = None  # an UploadStore: input assets (absent: uploads answer 404)
 
 
 @dataclass

@@ -21,8 +21,9 @@ from ..errors import ComfyFleetError, InvalidTransition, JobNotFound, Validation
 from . import validation
 from .access import Caller, check_sees, get_caller
 from .context import ApiContext, JobId, get_context
+from .inputs import as_sent, hold_inputs, resolve_inputs
 from .listing import list_page
-from .schemas import iso, new_job_id, parse_asset_id
+from .schemas import iso, new_job_id
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["jobs"])
@@ -45,7 +46,7 @@ async def submit_job(request: Request, ctx: ApiContext = Depends(get_context),
         raise ValidationFailed(f"unknown job type {job_type!r}", code="metadata_invalid",
                                details={"field": "metadata", "key": "type",
                                         "allowed": list(settings.job_types)})
-    await _check_asset_refs(ctx, submission.workflow, caller)
+    inputs = await resolve_inputs(ctx, submission.workflow, caller)
 
     owner = caller.owner_for(submission.metadata.get("user_id"), ANONYMOUS)
     defaults = services.job_defaults(job_type)
@@ -55,6 +56,7 @@ async def submit_job(request: Request, ctx: ApiContext = Depends(get_context),
               priority=submission.priority, idempotency_key=key,
               max_attempts=int(defaults.get("max_attempts", 3)),
               deadline_at=now + float(defaults.get("deadline_s", 600.0)))
+    await hold_inputs(ctx, inputs, job.deadline_at)  # before the job exists: its blobs stay
     job = await services.store.create(job, submission.workflow)
     try:
         await services.enqueue(job)
@@ -90,7 +92,7 @@ async def get_job(job_id: JobId, ctx: ApiContext = Depends(get_context),
 async def get_job_workflow(job_id: JobId, ctx: ApiContext = Depends(get_context),
                            caller: Caller = Depends(get_caller)) -> dict[str, Any]:
     check_sees(caller, await ctx.services.store.get(job_id))
-    return {"workflow": await ctx.services.store.workflow(job_id), "format": "api"}
+    return {"workflow": as_sent(await ctx.services.store.workflow(job_id)), "format": "api"}
 
 
 @router.post("/jobs/{job_id}/cancel")
@@ -138,28 +140,6 @@ async def _read_body(request: Request, max_bytes: int) -> bytes:
     except ClientDisconnect:
         raise validation.invalid("the client went away mid-request", status_code=400) from None
     return b"".join(chunks)
-
-
-async def _check_asset_refs(ctx: ApiContext, workflow: dict[str, Any], caller: Caller) -> None:
-    """Every ``core/ASSET`` reference must name a known output asset the caller may see."""
-    for ref in validation.asset_refs(workflow):
-        if not await _output_asset_exists(ctx, ref.asset_id, caller):
-            raise ValidationFailed(
-                f"node {ref.node_id} input {ref.input_name!r}: asset {ref.asset_id!r} not found",
-                code="missing_asset",
-                details={"node_id": ref.node_id, "input": ref.input_name, "asset_id": ref.asset_id})
-
-
-async def _output_asset_exists(ctx: ApiContext, asset_id: str | None, caller: Caller) -> bool:
-    parsed = parse_asset_id(asset_id) if asset_id else None
-    if parsed is None:
-        return False
-    job_id, index = parsed
-    try:
-        job = await ctx.services.store.get(job_id)
-    except JobNotFound:
-        return False
-    return caller.sees(job) and index < len(job.outputs) and await ctx.services.blobs.exists(job.outputs[index].hash)
 
 
 async def _undo_submission(ctx: ApiContext, job: Job) -> None:

@@ -139,6 +139,24 @@ class Renderer:
             "job_id": job.id,
         }
 
+    def upload(self, upload: Any, *, created_new: bool = False) -> dict[str, Any]:
+        """An uploaded input asset (``store.uploads.Upload``)."""
+        expires = iso(upload.expires_at)
+        return {
+            "id": upload.id,
+            "hash": upload.blake3,
+            "size_bytes": upload.size_bytes,
+            "content_type": upload.content_type,
+            "file_path": upload.file_path,
+            "created_new": created_new,
+            "created_at": iso(upload.created_at),
+            "url": self.content_url(upload.id),
+            "url_expires_at": expires,
+            "expires_at": expires,
+            "job_id": None,
+            "tags": list(upload.tags),
+        }
+
     @staticmethod
     def status_event(job: Job, queue_position: int | None) -> dict[str, Any]:
         qp = queue_position if job.status is JobStatus.QUEUED else None

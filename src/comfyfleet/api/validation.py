@@ -44,6 +44,7 @@ class AssetRef:
     node_id: str
     input_name: str
     asset_id: str | None  # None when the reference is malformed
+    ref: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # the object itself
 
 
 def invalid(message: str, *, code: str = "invalid_request", status_code: int = 422,
@@ -244,7 +245,7 @@ def asset_refs(workflow: dict[str, Any]) -> list[AssetRef]:
                 info = ref.get("info")
                 asset_id = info.get("id") if isinstance(info, dict) else None
                 found.append(AssetRef(node_id, name, asset_id if isinstance(asset_id, str)
-                                      and asset_id else None))
+                                      and asset_id else None, ref))
     return found
 
 

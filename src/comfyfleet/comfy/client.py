@@ -187,12 +187,23 @@ class ComfyClient:
         except TRANSPORT_ERRORS as exc:
             raise translate(exc, self.name) from exc
 
-    async def upload_image(self, data: bytes, filename: str, *, folder_type: str = "input") -> dict[str, Any]:
+    async def upload_image(self, data: bytes, filename: str, *, folder_type: str = "input",
+                           overwrite: bool = False) -> dict[str, Any]:
+        """``POST /upload/image`` (any file, despite the name); ComfyUI's answer ``{name, ...}``."""
         form = aiohttp.FormData()
         form.add_field("image", data, filename=filename, content_type="application/octet-stream")
         form.add_field("type", folder_type)
+        if overwrite:
+            form.add_field("overwrite", "true")
         return self._json(await self._request("POST", "/upload/image", data=form,
                                               timeout=self._upload_timeout))
+
+    async def input_exists(self, filename: str) -> bool:
+        """Whether the input directory holds ``filename`` (one byte of it is asked for)."""
+        query = urlencode({"filename": filename, "subfolder": "", "type": "input"})
+        answer = await self._request("GET", f"/view?{query}", accept_statuses={404, 416},
+                                     headers={**(self._headers or {}), "Range": "bytes=0-0"})
+        return answer.status != 404  # 416: an empty file is there
 
     async def system_stats(self) -> dict[str, Any]:
         data = self._json(await self._request("GET", "/system_stats"))
@@ -211,7 +222,8 @@ class ComfyClient:
                        accept_statuses: frozenset[int] | set[int] = frozenset(), **kwargs: Any) -> Answer:
         """Send one request and read its whole answer; non-2xx raise unless in ``accept_statuses``."""
         try:
-            async with self._http.request(method, self.base_url + path, headers=self._headers,
+            sent = kwargs.pop("headers", None) or self._headers
+            async with self._http.request(method, self.base_url + path, headers=sent,
                                           timeout=timeout or self._read_timeout, **kwargs) as response:
                 answer = Answer(response.status, await response.read())
                 headers = response.headers

@@ -6,8 +6,9 @@ One pass (``Maintenance.run_once``, also ``comfyfleet cleanup``):
    preview and every index entry (Redis would expire the records by itself; deleting them here
    also honours a retention shortened since they finished, and frees their blobs below);
 2. index entries whose record is gone (expired by TTL) are dropped;
-3. blobs no remaining job refers to are deleted, once older than ``blob_grace_s`` (a blob written
-   a moment ago may belong to a job that is being collected right now);
+3. blobs no remaining job's outputs refer to, and that no live upload or waiting job holds
+   (``Keys.blobs_held``), are deleted once older than ``blob_grace_s`` (a blob written a moment
+   ago may belong to a job that is being collected right now);
 4. queued jobs whose queue entry is missing (an unsynced Redis write lost in a crash) are
    enqueued again.
 
@@ -29,6 +30,7 @@ from ..domain.job import TERMINAL_STATUSES
 from ..store.connection import translated
 from ..store.jobs import RedisJobStore
 from ..store.keys import Keys
+from ..store.uploads import UploadStore
 from .recovery import Recovery
 
 log = logging.getLogger(__name__)
@@ -84,10 +86,13 @@ class Maintenance:
         report.index_entries_repaired = await (self._store.expired_index_entries() if dry_run
                                                else self._store.repair_indexes())
         referenced = await self._referenced_blobs(exclude=set(report.jobs_deleted))
+        referenced |= await UploadStore(self._redis, self._keys).held(now, forget_expired=not dry_run)
         for digest, size in await asyncio.to_thread(self._unreferenced, referenced, now):
             if dry_run or await self._blobs.delete(digest):
                 report.blobs_deleted.append(digest)
                 report.bytes_freed += size
+        if not dry_run:
+            await asyncio.to_thread(self._blobs.drop_stale_incoming, now - self._settings.blob_grace_s)
         if self._queue is not None and self._recovery is not None:
             report.requeued = (await self._recovery.missing_from_queue(self._queue) if dry_run
                                else await self._recovery.requeue_missing(self._queue))

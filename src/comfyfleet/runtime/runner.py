@@ -35,6 +35,7 @@ from .job_records import JobRecords
 from .outputs import collect_outputs
 from .placement import NoPlace, Placement
 from .progress_sink import ProgressSink
+from .staging import InputMissing, stage_inputs
 from .reconcile import Action, BackendView, PromptState, Where, decide, lookup
 from .tracking_stats import CounterFlusher
 
@@ -268,7 +269,13 @@ class Runner:
     async def _submit(self, job: Job, backend: Backend, workflow: dict) -> Failure | None:
         current = job.current
         try:
-            await backend.client.submit(workflow, prompt_id=current.prompt_id,
+            prompt = await stage_inputs(backend.client, self._blobs, workflow)
+        except InputMissing as exc:
+            return Failure(FailureKind.INVALID_INPUT, f"job {job.id}: {exc}")
+        except BackendError as exc:
+            return failure_of_error(exc)
+        try:
+            await backend.client.submit(prompt, prompt_id=current.prompt_id,
                                         client_id=current.client_id,
                                         extra_data={"comfyfleet_job": job.id,
                                                     "comfyfleet_attempt": current.number})

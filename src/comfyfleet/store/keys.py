@@ -35,6 +35,12 @@
     health_claim(backend)      {p}:fleet:check:{backend}        string   who checks the backend now, PX
     fleet_channel              {p}:fleet:changed                pubsub   registry/health/breaker changed
     slots_channel              {p}:fleet:slots                  pubsub   a slot was released (backend name)
+    upload(id)                 {p}:upload:{id}                  string   an uploaded input asset (JSON),
+                                                                         expiring with it (store/uploads.py)
+    upload_hash(owner, b3)     {p}:upload:hash:{owner%}:{b3}    string   an owner's blake3 -> blob digest,
+                                                                         size, content type; same expiry
+    blobs_held                 {p}:blobs:held                   zset     blob digest scored by the time until
+                                                                         which an upload or a job needs it
 
 Indexes have no TTL: records expire (active 2 h sliding, terminal 7 days) and
 ``RedisJobStore.repair_indexes`` drops index entries whose record is gone.
@@ -178,3 +184,15 @@ class Keys:
     @property
     def slots_channel(self) -> str:
         return f"{self.prefix}:fleet:slots"
+
+    # -- uploads -------------------------------------------------------------------------------
+    def upload(self, upload_id: str) -> str:
+        return f"{self.prefix}:upload:{upload_id}"
+
+    def upload_hash(self, owner: str, blake3_hex: str) -> str:
+        """The owner is percent-encoded, like in ``idempotency``."""
+        return f"{self.prefix}:upload:hash:{quote(owner, safe='')}:{blake3_hex}"
+
+    @property
+    def blobs_held(self) -> str:
+        return f"{self.prefix}:blobs:held"

@@ -1,0 +1,100 @@
+"""Put a job's input assets on the backend that runs it, and the workflow ComfyUI can read.
+
+Each ``core/ASSET`` reference (completed at submission with ``info.comfyfleet_blob`` and
+``info.comfyfleet_name``, see ``api/inputs.py``)
+becomes the name of a file in the backend's input directory: ``cf-<first 32 hex of the
+sha256><extension>``. The name is the content, so a file already there (``GET /view``) is not sent
+again, and two jobs with the same input share it. Staging happens after a slot is taken and
+before ``POST /prompt`` (phase ``dispatching``); what goes wrong is classified like any other
+call to the backend, except a blob that is gone from our store, which no retry can fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import PurePosixPath
+from typing import Any
+
+from ..blobs import BlobNotFound, parse_digest
+from ..comfy.client import ComfyClient
+from ..ports import BlobStore
+
+ASSET_TYPE = "core/ASSET"
+BLOB_KEY, NAME_KEY = "comfyfleet_blob", "comfyfleet_name"  # written by api/inputs.py
+STAGED_PREFIX = "cf-"
+_EXTENSION = re.compile(r"^\.[A-Za-z0-9]{1,10}$")
+
+
+class InputMissing(Exception):
+    """A referenced input is not in our blob store (or the reference was never completed)."""
+
+
+def staged_name(digest: str, file_path: str | None) -> str:
+    hexpart = parse_digest(digest)
+    if hexpart is None:
+        raise InputMissing(f"not a blob digest: {digest!r}")
+    suffix = PurePosixPath(str(file_path or "").replace("\\", "/")).suffix
+    return f"{STAGED_PREFIX}{hexpart[:32]}{suffix.lower() if _EXTENSION.match(suffix) else ''}"
+
+
+def references(workflow: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every asset reference object in the nodes' inputs."""
+    found: list[dict[str, Any]] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            if value.get("__type") == ASSET_TYPE:
+                found.append(value)
+                return
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    for node in workflow.values():
+        if isinstance(node, dict):
+            walk(node.get("inputs") or {})
+    return found
+
+
+async def stage_inputs(client: ComfyClient, blobs: BlobStore, workflow: dict[str, Any]) -> dict[str, Any]:
+    """The workflow to submit: references replaced by staged file names (uploaded if missing).
+    Returns ``workflow`` itself when it has no reference."""
+    if not references(workflow):
+        return workflow
+    staged = copy.deepcopy(workflow)
+    names: dict[str, str] = {}
+    for node in staged.values():
+        if isinstance(node, dict) and isinstance(node.get("inputs"), dict):
+            node["inputs"] = await _replace(node["inputs"], client, blobs, names)
+    return staged
+
+
+async def _replace(value: Any, client: ComfyClient, blobs: BlobStore, names: dict[str, str]) -> Any:
+    if isinstance(value, dict):
+        if value.get("__type") == ASSET_TYPE:
+            return await _stage(value, client, blobs, names)
+        return {key: await _replace(item, client, blobs, names) for key, item in value.items()}
+    if isinstance(value, list):
+        return [await _replace(item, client, blobs, names) for item in value]
+    return value
+
+
+async def _stage(reference: dict[str, Any], client: ComfyClient, blobs: BlobStore,
+                 names: dict[str, str]) -> str:
+    info = reference.get("info") if isinstance(reference.get("info"), dict) else {}
+    digest = info.get(BLOB_KEY)
+    if not isinstance(digest, str):
+        raise InputMissing(f"asset {info.get('id')!r} was never resolved to stored bytes")
+    name = staged_name(digest, info.get(NAME_KEY) or info.get("file_path"))
+    if digest not in names:
+        if not await client.input_exists(name):
+            try:
+                data = await blobs.open(digest)
+            except BlobNotFound:
+                raise InputMissing(f"the bytes of asset {info.get('id')!r} are gone") from None
+            await client.upload_image(data, name, overwrite=True)
+        names[digest] = name
+    return names[digest]

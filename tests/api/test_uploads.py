@@ -1,0 +1,146 @@
+"""Input assets: multipart upload with both hashes, dedup by hash, from-hash, delete, limits;
+a job's reference is completed with its blob and the blob is held for the job."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from blake3 import blake3
+
+from comfyfleet.apikeys import KeyRing, key_entry, new_key
+
+from api_helpers import WORKFLOW, error_code
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
+
+
+def b3(data: bytes) -> str:
+    return "blake3:" + blake3(data).hexdigest()
+
+
+async def upload(client, data: bytes = PNG, *, name: str = "photo.png", headers=None, **fields):
+    form = {k: (v if isinstance(v, list) else str(v)) for k, v in fields.items()}
+    return await client.post("/api/v2/assets", files={"file": (name, data, "image/png")}, data=form,
+                             headers=headers or {})
+
+
+async def test_an_upload_is_stored_once_and_served_back(client, blobs):
+    first = await upload(client, file_path="inputs/photo.png", tags=["face", "ref"], expires_in=3600)
+    assert first.status_code == 201, first.text
+    asset = first.json()
+    assert asset["hash"] == b3(PNG) and asset["size_bytes"] == len(PNG)
+    assert asset["content_type"] == "image/png" and asset["file_path"] == "inputs/photo.png"
+    assert asset["created_new"] is True and asset["tags"] == ["face", "ref"] and asset["job_id"] is None
+    assert asset["url"].endswith(f"/api/v2/assets/{asset['id']}/content")
+    assert await blobs.exists("sha256:" + hashlib.sha256(PNG).hexdigest())
+
+    again = await upload(client)
+    assert again.status_code == 200 and again.json()["created_new"] is False
+    assert again.json()["id"] != asset["id"], "each upload is its own record over the same bytes"
+
+    read = await client.get(f"/api/v2/assets/{asset['id']}")
+    assert read.status_code == 200 and read.json()["hash"] == asset["hash"]
+    content = await client.get(f"/api/v2/assets/{asset['id']}/content")
+    assert content.content == PNG and content.headers["content-type"] == "image/png"
+    part = await client.get(f"/api/v2/assets/{asset['id']}/content", headers={"Range": "bytes=8-11"})
+    assert part.status_code == 206 and part.content == PNG[8:12]
+
+
+async def test_a_wrong_expected_hash_is_a_409_and_keeps_nothing(client, blobs):
+    other = b"different bytes"
+    response = await upload(client, other, expected_hash=b3(PNG))
+    assert response.status_code == 409 and error_code(response) == "hash_mismatch"
+    assert not await blobs.exists("sha256:" + hashlib.sha256(other).hexdigest())
+    assert not list((blobs.root / ".incoming").iterdir()), "the partial file is removed"
+    right = await upload(client, other, expected_hash=b3(other))
+    assert right.status_code == 201
+
+
+async def test_by_hash_and_from_hash_skip_sending_bytes_again(client):
+    assert (await client.head(f"/api/v2/assets/by-hash/{b3(PNG)}")).status_code == 404
+    missing = await client.post("/api/v2/assets/from-hash", json={"hash": b3(PNG)})
+    assert missing.status_code == 404 and error_code(missing) == "blob_not_found"
+    uploaded = await upload(client)
+    assert uploaded.status_code == 201, uploaded.text
+    probe = await client.head(f"/api/v2/assets/by-hash/{b3(PNG)}")
+    assert probe.status_code == 200, probe.headers
+    minted = await client.post("/api/v2/assets/from-hash", json={"hash": b3(PNG), "file_path": "again.png"})
+    assert minted.status_code == 200, minted.text + str(minted.status_code)
+    assert minted.json()["hash"] == b3(PNG) and minted.json()["file_path"] == "again.png"
+    assert (await client.get(f"/api/v2/assets/{minted.json()['id']}/content")).content == PNG
+    for body in ({"hash": "md5:abc"}, {"nohash": 1}, {"hash": b3(PNG), "colour": "red"},
+                 {"hash": b3(PNG), "expires_in": 5}):
+        response = await client.post("/api/v2/assets/from-hash", json=body)
+        assert response.status_code == 422, body
+
+
+async def test_uploads_are_private_to_their_owner(api, client, tmp_path):
+    alice, bob = new_key(), new_key()
+    path = tmp_path / "keys.toml"
+    path.write_text(key_entry(alice, "alice", "user") + key_entry(bob, "bob", "user"))
+    api.services.keys = KeyRing(path).lookup
+    as_alice, as_bob = {"Authorization": f"Bearer {alice}"}, {"Authorization": f"Bearer {bob}"}
+    asset = (await upload(client, headers=as_alice)).json()
+    assert (await client.get(f"/api/v2/assets/{asset['id']}", headers=as_bob)).status_code == 404
+    assert (await client.get(f"/api/v2/assets/{asset['id']}/content", headers=as_bob)).status_code == 404
+    assert (await client.head(f"/api/v2/assets/by-hash/{b3(PNG)}", headers=as_bob)).status_code == 404
+    stolen = await client.post("/api/v2/assets/from-hash", json={"hash": b3(PNG)}, headers=as_bob)
+    assert stolen.status_code == 404
+    assert (await client.delete(f"/api/v2/assets/{asset['id']}", headers=as_bob)).status_code == 404
+    ref = {"__type": "core/ASSET", "info": {"id": asset["id"]}}
+    workflow = {**WORKFLOW, "5": {"class_type": "LoadImage", "inputs": {"image": ref}}}
+    refused = await client.post("/api/v2/jobs", json={"workflow": workflow}, headers=as_bob)
+    assert refused.status_code == 422 and error_code(refused) == "missing_asset"
+    accepted = await client.post("/api/v2/jobs", json={"workflow": workflow}, headers=as_alice)
+    assert accepted.status_code == 201
+
+
+@pytest.mark.parametrize("settings_overrides", [{"max_upload_bytes": 1000}])
+async def test_bad_uploads_get_clear_errors(client, settings_overrides):
+    too_big = await upload(client, b"x" * 1001)
+    assert too_big.status_code == 413 and error_code(too_big) == "payload_too_large"
+    assert (await upload(client, b"x" * 1000)).status_code == 201
+    cases = [
+        (await client.post("/api/v2/assets", json={"file": "x"}), 422),
+        (await client.post("/api/v2/assets", files={"other": ("a", b"x")}), 422),
+        (await upload(client, b"x", expires_in=5), 422),
+        (await upload(client, b"x", expires_in="soon"), 422),
+        (await upload(client, b"x", file_path="../../etc/passwd"), 422),
+        (await upload(client, b"x", file_path="/abs.png"), 422),
+        (await upload(client, b"x", expected_hash="sha1:00"), 422),
+        (await upload(client, b"x", colour="red"), 422),
+        (await upload(client, b"x", tags=["t"] * 17), 422),
+        (await client.post("/api/v2/assets", content=b"--zz\r\nnot really",
+                           headers={"content-type": "multipart/form-data; boundary=zz"}), 400),
+    ]
+    for response, status in cases:
+        assert response.status_code == status, response.text
+        assert error_code(response)
+
+
+async def test_delete_forgets_the_record_and_outputs_go_with_their_job(client, make_finished_job):
+    asset = (await upload(client)).json()
+    assert (await client.delete(f"/api/v2/assets/{asset['id']}")).status_code == 204
+    assert (await client.get(f"/api/v2/assets/{asset['id']}")).status_code == 404
+    assert (await client.delete(f"/api/v2/assets/{asset['id']}")).status_code == 404
+    job = await make_finished_job([(b"out", "image/png", "o.png")])
+    response = await client.delete(f"/api/v2/assets/{job.outputs[0].id}")
+    assert response.status_code == 409 and error_code(response) == "asset_in_use"
+
+
+async def test_a_job_reference_is_completed_with_its_blob_and_the_blob_is_held(client, store, redis, keys):
+    asset = (await upload(client, file_path="face.png")).json()
+    ref = {"__type": "core/ASSET", "info": {"id": asset["id"], "comfyfleet_blob": "sha256:" + "0" * 64}}
+    workflow = {**WORKFLOW, "5": {"class_type": "LoadImage", "inputs": {"image": ref}}}
+    job = (await client.post("/api/v2/jobs", json={"workflow": workflow})).json()
+    stored = await store.workflow(job["id"])
+    info = stored["5"]["inputs"]["image"]["info"]
+    digest = "sha256:" + hashlib.sha256(PNG).hexdigest()
+    assert info == {"id": asset["id"], "comfyfleet_blob": digest, "comfyfleet_name": "face.png"}, \
+        "the client's value is replaced"
+    held_until = await redis.zscore(keys.blobs_held, digest)
+    record = await store.get(job["id"])
+    assert held_until >= record.deadline_at
+    echoed = await client.get(f"/api/v2/jobs/{job['id']}/workflow")
+    assert echoed.json()["workflow"]["5"]["inputs"]["image"] == {"__type": "core/ASSET", "info": {"id": asset["id"]}}
