@@ -6,6 +6,7 @@ The keys file is TOML; it holds no key itself, only its SHA-256, so a leaked fil
     owner = "alice"        # jobs submitted with this key are alice's; she sees only hers
     role = "user"          # user (default) | admin: every job, the backends, /metrics, /stats
     sha256 = "5e8848..."   # of the key; `comfyfleet new-key` makes a key and prints this entry
+    max_active = 50        # optional: at most this many of the owner's jobs queued or running
 
 ``KeyRing.lookup`` re-reads the file when it changed (checked at most once a second), so keys can be
 added or revoked without a restart; a file that became unreadable or invalid keeps the last good
@@ -40,6 +41,7 @@ RECHECK_S = 1.0
 class KeyHolder:
     owner: str
     role: str = "user"
+    max_active: int | None = None  # None: the server's default
 
     @property
     def admin(self) -> bool:
@@ -87,9 +89,9 @@ def parse_keys(text: str, where: str) -> dict[str, KeyHolder]:
 def _holder(entry: object, label: str) -> KeyHolder:
     if not isinstance(entry, dict):
         raise ConfigError(f"{label}: not a table")
-    unknown = sorted(set(entry) - {"owner", "role", "sha256"})
+    unknown = sorted(set(entry) - {"owner", "role", "sha256", "max_active"})
     if unknown:
-        raise ConfigError(f"{label}: unknown field(s) {', '.join(unknown)} (owner, role, sha256)")
+        raise ConfigError(f"{label}: unknown field(s) {', '.join(unknown)} (owner, role, sha256, max_active)")
     owner, role, hashed = entry.get("owner"), entry.get("role", "user"), entry.get("sha256")
     if not isinstance(owner, str) or not OWNER.fullmatch(owner):
         raise ConfigError(f"{label}: owner must be 1-128 letters, digits or _ . @ + -")
@@ -97,7 +99,10 @@ def _holder(entry: object, label: str) -> KeyHolder:
         raise ConfigError(f"{label}: role must be user or admin, not {role!r}")
     if not isinstance(hashed, str) or not SHA256_HEX.fullmatch(hashed.lower()):
         raise ConfigError(f"{label}: sha256 must be the 64 hex digits of the key's SHA-256")
-    return KeyHolder(owner=owner, role=role)
+    max_active = entry.get("max_active")
+    if max_active is not None and (type(max_active) is not int or not 1 <= max_active <= 1_000_000):
+        raise ConfigError(f"{label}: max_active must be a whole number from 1 to 1000000")
+    return KeyHolder(owner=owner, role=role, max_active=max_active)
 
 
 def load_keys(path: Path) -> dict[str, KeyHolder]:

@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     max_workflow_bytes: int = Field(5_000_000, ge=1)
     max_workflow_nodes: int = Field(2000, ge=1)
     max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1)  # one input asset
+    max_active_per_owner: int = Field(0, ge=0)  # queued/running jobs per owner; 0: no limit
     progress_throttle_s: float = Field(1.0, ge=0)
     progress_node_weights: dict[str, dict[str, float]] = Field(default_factory=dict)  # type -> class -> weight
     tracker_watchdog_s: float = Field(30.0, gt=0)

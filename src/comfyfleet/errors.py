@@ -83,8 +83,9 @@ class ValidationFailed(ComfyFleetError):
     """Client input failed validation; ``code`` is the contract's error code."""
 
     def __init__(self, message: str, *, code: str = "invalid_request", status_code: int = 422,
-                 details: dict[str, Any] | None = None) -> None:
+                 details: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.status_code = status_code
         self.details = details
+        self.headers = headers  # e.g. Retry-After on a 429

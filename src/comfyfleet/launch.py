@@ -141,6 +141,7 @@ def build_app(services: Services, settings: Settings):
                                max_workflow_bytes=settings.max_workflow_bytes,
                                max_workflow_nodes=settings.max_workflow_nodes,
                                max_upload_bytes=settings.max_upload_bytes,
+                               max_active_per_owner=settings.max_active_per_owner,
                                retention_s=settings.retention_s)
     return create_app(api_services, api_settings)
 

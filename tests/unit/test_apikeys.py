@@ -69,3 +69,15 @@ def test_the_ring_follows_the_file_and_keeps_the_last_good_keys(tmp_path):
     os.utime(path, ns=(2, 2))
     clock.now = 3.0
     assert ring.lookup(second).owner == "bob"
+
+
+@pytest.mark.parametrize("value", ["0", "-1", '"5"', "true", "2.5", "1000001"])
+def test_max_active_must_be_a_positive_whole_number(value):
+    text = f'[[keys]]\nowner = "a"\nsha256 = "{"0" * 64}"\nmax_active = {value}\n'
+    with pytest.raises(ConfigError, match="max_active must be a whole number"):
+        parse_keys(text, "keys.toml")
+
+
+def test_max_active_is_read():
+    ring = parse_keys(f'[[keys]]\nowner = "a"\nsha256 = "{"0" * 64}"\nmax_active = 7\n', "k")
+    assert ring["0" * 64].max_active == 7

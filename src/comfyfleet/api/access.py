@@ -27,6 +27,7 @@ UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="comfyfleet"'}
 class Caller:
     owner: str | None  # None: the server has no keys, so the caller is not anyone in particular
     admin: bool
+    max_active: int | None = None  # the key's own limit of queued/running jobs (None: the server's)
 
     def sees(self, job: Job) -> bool:
         return self.admin or job.owner == self.owner
@@ -41,7 +42,7 @@ OPEN = Caller(owner=None, admin=True)
 
 
 def caller_for(holder: KeyHolder) -> Caller:
-    return Caller(owner=holder.owner, admin=holder.admin)
+    return Caller(owner=holder.owner, admin=holder.admin, max_active=holder.max_active)
 
 
 def bearer_token(header: str | None) -> str | None:

@@ -35,6 +35,7 @@ class ApiSettings:
     retention_s: float = RETENTION_S  # how long a finished job (and its outputs) is kept
     job_types: tuple[str, ...] = BUILTIN_JOB_TYPES  # metadata.type values accepted
     max_upload_bytes: int = 100 * 1024 * 1024  # one input asset (ComfyUI's own default limit)
+    max_active_per_owner: int = 0  # queued/running jobs an owner may have (0: no limit; a key may set its own)
     upload_expires_s: float = 7 * 24 * 3600.0  # an upload's life when the client names none
 
     def __post_init__(self) -> None:

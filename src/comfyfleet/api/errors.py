@@ -40,7 +40,7 @@ def error_response(status_code: int, code: str, message: str,
 
 async def _validation_failed(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ValidationFailed)
-    return error_response(exc.status_code, exc.code, str(exc), exc.details)
+    return error_response(exc.status_code, exc.code, str(exc), exc.details, headers=exc.headers)
 
 
 async def _not_found(_: Request, exc: Exception) -> JSONResponse:

@@ -57,7 +57,8 @@ async def submit_job(request: Request, ctx: ApiContext = Depends(get_context),
               max_attempts=int(defaults.get("max_attempts", 3)),
               deadline_at=now + float(defaults.get("deadline_s", 600.0)))
     await hold_inputs(ctx, inputs, job.deadline_at)  # before the job exists: its blobs stay
-    job = await services.store.create(job, submission.workflow)
+    limit = caller.max_active or settings.max_active_per_owner
+    job = await services.store.create(job, submission.workflow, max_active=limit)
     try:
         await services.enqueue(job)
     except Exception:

@@ -24,6 +24,7 @@ from .job_counters import change_counts, submitted_field
 from .keys import Keys
 
 STREAM_MAXLEN = 10_000
+QUEUE_FULL_RETRY_AFTER_S = 5
 
 
 def _script(name: str) -> str:
@@ -54,8 +55,9 @@ class RedisJobStore:
         self._read_each = redis.register_script(_script("read_each.lua"))
 
     # -- writes --------------------------------------------------------------------------------
-    async def create(self, job: Job, workflow: dict[str, Any]) -> Job:
-        """Store a new job; a reused idempotency key raises ``ValidationFailed`` (422)."""
+    async def create(self, job: Job, workflow: dict[str, Any], *, max_active: int = 0) -> Job:
+        """Store a new job; a reused idempotency key raises ``ValidationFailed`` (422), and so
+        (429 ``queue_full``) does an owner with ``max_active`` jobs queued or running already."""
         k = self._keys
         keys = [k.job(job.id), k.workflow(job.id), k.all_index, k.status_index(job.status.value),
                 k.owner_index(job.owner or ""), k.type_index(job.type), k.active_index,
@@ -64,7 +66,7 @@ class RedisJobStore:
                 repr(job.created_at), job.priority, json.dumps(job.to_dict()),
                 json.dumps(workflow), self._active_ttl_ms, job.idempotency_key or "",
                 self._idem_ttl_ms, self._event(None, job), k.events_channel, STREAM_MAXLEN,
-                submitted_field(job)]
+                submitted_field(job), max(0, int(max_active))]
         with translated(self._redis, f"create of job {job.id}"):
             reply = await self._create(keys=keys, args=args)
         if reply[0] == "idempotency_key_reuse":
@@ -73,6 +75,12 @@ class RedisJobStore:
                 code="idempotency_key_reuse", status_code=422, details={"job_id": reply[1]})
         if reply[0] == "exists":
             raise StoreError(f"job {job.id} already exists")
+        if reply[0] == "queue_full":
+            raise ValidationFailed(
+                f"{job.owner} has {reply[1]} jobs queued or running, the most it may have; "
+                f"submit again when one has finished", code="queue_full", status_code=429,
+                details={"active": int(reply[1]), "limit": max_active},
+                headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)})
         return job
 
     async def release_idempotency(self, owner: str | None, key: str) -> None:

@@ -18,14 +18,22 @@
 -- ARGV[12] idempotency TTL (ms)
 -- ARGV[13] event (JSON)        ARGV[14] events channel  ARGV[15] stream max length
 -- ARGV[16] the counter (a field of KEYS[10]) a new job adds 1 to
+-- ARGV[17] at most this many queued/running jobs per owner ('0' = no limit)
 --
--- Returns {'ok'}, {'exists'} (another record has this id) or {'idempotency_key_reuse', job id}.
+-- Returns {'ok'}, {'exists'} (another record has this id), {'idempotency_key_reuse', job id}
+-- or {'queue_full', active count} (nothing written).
 -- A repeat of a create that already landed (same data) returns {'ok'} and publishes nothing.
 
 local existing = redis.call('HGET', KEYS[1], 'data')
 if existing then
   if existing == ARGV[8] then return {'ok'} end
   return {'exists'}
+end
+
+local limit = tonumber(ARGV[17]) or 0
+if limit > 0 and ARGV[4] ~= '' then
+  local active = redis.call('ZINTERCARD', 2, KEYS[5], KEYS[7], 'LIMIT', limit)
+  if active >= limit then return {'queue_full', tostring(active)} end
 end
 
 if ARGV[11] ~= '' then
