@@ -57,10 +57,14 @@ def digest(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def key_entry(key: str, owner: str, role: str) -> str:
+def key_entry(key: str, owner: str, role: str, *, max_active: int | None = None) -> str:
     """The keys-file entry for ``key`` (checked like the file's own entries)."""
-    holder = _holder({"owner": owner, "role": role, "sha256": digest(key)}, "the new key")
-    return f'[[keys]]\nowner = "{holder.owner}"\nrole = "{holder.role}"\nsha256 = "{digest(key)}"\n'
+    entry = {"owner": owner, "role": role, "sha256": digest(key)}
+    if max_active is not None:
+        entry["max_active"] = max_active
+    holder = _holder(entry, "the new key")
+    limit = f"max_active = {holder.max_active}\n" if holder.max_active is not None else ""
+    return f'[[keys]]\nowner = "{holder.owner}"\nrole = "{holder.role}"\nsha256 = "{digest(key)}"\n{limit}'
 
 
 def parse_keys(text: str, where: str) -> dict[str, KeyHolder]:

@@ -227,13 +227,15 @@ def backends(server: str = typer.Option("http://127.0.0.1:8787", "--server", env
 @app.command("new-key")
 def new_api_key(owner: str = typer.Option(..., "--owner", help="whose jobs the key submits and sees"),
                 role: str = typer.Option("user", "--role", help="user or admin (every job, the fleet, metrics)"),
+                max_active: Optional[int] = typer.Option(None, "--max-active",
+                                                         help="at most this many of its jobs queued or running"),
                 file: Optional[Path] = typer.Option(None, "--file", help="append the entry to this keys file")) -> None:
     """Make an API key for the --api-keys file: print it once, and its entry (the file holds only its hash)."""
     from .apikeys import key_entry, load_keys, new_key
 
     def go():
         key = new_key()
-        entry = key_entry(key, owner, role)
+        entry = key_entry(key, owner, role, max_active=max_active)
         if file is None:
             typer.echo(f"{entry}\n# the key (shown once; the file holds only its hash):\n{key}")
             return

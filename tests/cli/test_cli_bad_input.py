@@ -180,6 +180,7 @@ BAD_VALUES: dict[str, list[Bad]] = {
                    bad("a-directory", "{files}/adir", "cannot read the API keys file")],
     "--owner": [bad("a-space", "a b", "owner must be"), bad("empty", "", "owner must be")],
     "--role": [bad("unknown", "boss", "role must be user or admin")],
+    "--max-active": [bad("zero", "0", "max_active must be"), bad("a-word", "many", "--max-active", code=2)],
     "--file": [bad("not-toml", "{files}/not.toml", "not valid TOML"),
                bad("a-directory", "{files}/adir", "adir")],
     "--input": [bad("no-equals", "face.png", "--input takes NODE.INPUT=FILE"),

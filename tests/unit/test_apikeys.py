@@ -81,3 +81,9 @@ def test_max_active_must_be_a_positive_whole_number(value):
 def test_max_active_is_read():
     ring = parse_keys(f'[[keys]]\nowner = "a"\nsha256 = "{"0" * 64}"\nmax_active = 7\n', "k")
     assert ring["0" * 64].max_active == 7
+
+
+def test_a_new_entry_carries_its_limit():
+    key = new_key()
+    assert parse_keys(key_entry(key, "a", "user", max_active=4), "k")[digest(key)].max_active == 4
+    assert parse_keys(key_entry(key, "a", "user"), "k")[digest(key)].max_active is None
