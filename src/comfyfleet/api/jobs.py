@@ -13,7 +13,6 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.requests import ClientDisconnect
 
 from ..domain import transitions as t
 from ..domain.job import DEFAULT_JOB_TYPE, Job, JobError, JobStatus
@@ -38,7 +37,7 @@ async def submit_job(request: Request, ctx: ApiContext = Depends(get_context),
     settings, services = ctx.settings, ctx.services
     validation.check_declared_size(request.headers.get("content-length"),
                                    settings.max_workflow_bytes)
-    body = validation.parse_json(await _read_body(request, settings.max_workflow_bytes))
+    body = validation.parse_json(await validation.read_body(request, settings.max_workflow_bytes))
     submission = validation.submission(body, max_nodes=settings.max_workflow_nodes)
     key = validation.idempotency_key(request.headers.get("idempotency-key"))
     job_type = submission.metadata.get("type") or DEFAULT_JOB_TYPE
@@ -129,20 +128,6 @@ async def get_preview(job_id: JobId, ctx: ApiContext = Depends(get_context),
 
 
 # -- helpers ---------------------------------------------------------------------------------
-async def _read_body(request: Request, max_bytes: int) -> bytes:
-    """The body, refused with 413 as soon as it grows past ``max_bytes`` (whatever the header said)."""
-    chunks, size = [], 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_bytes:
-                raise validation.too_large(max_bytes)
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise validation.invalid("the client went away mid-request", status_code=400) from None
-    return b"".join(chunks)
-
-
 async def _undo_submission(ctx: ApiContext, job: Job) -> None:
     store, services = ctx.services.store, ctx.services
     try:

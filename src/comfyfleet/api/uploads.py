@@ -38,6 +38,7 @@ router = APIRouter(tags=["assets"])
 CHUNK_BYTES = 1 << 20
 MIN_EXPIRES_S, MAX_EXPIRES_S = 60, 604_800
 MAX_TAGS, MAX_TAG_CHARS, MAX_PATH_CHARS = 16, 64, 255
+FROM_HASH_MAX_BYTES = 64 * 1024
 BLAKE3 = re.compile(r"^blake3:([0-9a-f]{64})$")
 CONTENT_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+$")
 FIELDS = {"file", "file_path", "content_type", "expected_hash", "tags", "expires_in"}
@@ -89,7 +90,8 @@ async def upload_asset(request: Request, ctx: ApiContext = Depends(get_context),
 async def upload_from_hash(request: Request, ctx: ApiContext = Depends(get_context),
                            caller: Caller = Depends(get_caller)) -> dict[str, Any]:
     uploads = uploads_of(ctx)
-    body = validation.parse_json(await request.body())
+    validation.check_declared_size(request.headers.get("content-length"), FROM_HASH_MAX_BYTES)
+    body = validation.parse_json(await validation.read_body(request, FROM_HASH_MAX_BYTES))
     if not isinstance(body, dict) or not isinstance(body.get("hash"), str):
         raise validation.invalid("send {\"hash\": \"blake3:<hex>\", ...}", details={"field": "hash"})
     unknown = sorted(set(body) - {"hash", "file_path", "tags", "expires_in"})

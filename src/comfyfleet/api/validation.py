@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from starlette.requests import ClientDisconnect
+
 from ..errors import ValidationFailed
 
 MAX_METADATA_PAIRS = 16
@@ -259,3 +261,17 @@ def _walk_refs(value: Any) -> Iterator[dict[str, Any]]:
     elif isinstance(value, list):
         for item in value:
             yield from _walk_refs(item)
+
+
+async def read_body(request: Any, max_bytes: int) -> bytes:
+    """The body, refused with 413 as soon as it grows past ``max_bytes`` (whatever the header said)."""
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise too_large(max_bytes)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise invalid("the client went away mid-request", status_code=400) from None
+    return b"".join(chunks)
