@@ -28,6 +28,7 @@ from .launch import (
 )
 from .services import open_services
 from .sim import SimConfig, Simulator
+from .sim.images import png_bytes
 from .store.embedded import EmbeddedValkey
 
 
@@ -92,11 +93,34 @@ async def _run(*, once: bool, port: int, data_dir: Path, redis_url: str) -> None
                 await api.stop()
 
 
+def edit_workflow(seed: int, steps: int, prompt: str, source: dict[str, Any]) -> dict[str, Any]:
+    """The sample workflow turned into an image edit: it starts from an uploaded image."""
+    workflow = sample_workflow(seed, steps, prompt)
+    workflow["10"] = {"class_type": "LoadImage", "inputs": {"image": source}}
+    workflow["11"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["4", 2]}}
+    workflow["3"]["inputs"].update(latent_image=["11", 0], denoise=0.6)
+    del workflow["5"]
+    return workflow
+
+
+async def _upload_source(client: httpx.AsyncClient) -> dict[str, Any]:
+    """An input image, uploaded once; the reference a workflow input takes."""
+    files = {"file": ("portrait.png", png_bytes("demo-portrait", size=32), "image/png")}
+    response = await client.post("/api/v2/assets", files=files)
+    if response.status_code not in (200, 201):
+        raise ComfyFleetError(f"demo upload failed: HTTP {response.status_code} {response.text[:200]}")
+    asset = response.json()
+    console.print(f"uploaded portrait.png as input asset {asset['id']} ({asset['hash'][:20]}…)", soft_wrap=True)
+    return {"__type": "core/ASSET", "info": {"id": asset["id"]}}
+
+
 async def _submit_samples(base: str) -> list[str]:
     ids = []
     async with httpx.AsyncClient(base_url=base, timeout=10.0) as client:
         for seed, (prompt, steps, job_type) in enumerate(SAMPLES, start=1):
-            body = {"workflow": sample_workflow(seed, steps, prompt),
+            workflow = (edit_workflow(seed, steps, prompt, await _upload_source(client)) if job_type == "edit"
+                        else sample_workflow(seed, steps, prompt))
+            body = {"workflow": workflow,
                     "metadata": {"type": job_type, "user_id": "demo", "prompt": prompt}}
             response = await client.post("/api/v2/jobs", json=body)
             if response.status_code != 201:

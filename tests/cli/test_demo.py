@@ -14,6 +14,8 @@ def test_demo_once_runs_the_samples_and_leaves_their_outputs_on_disk(tmp_path):
                             env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(re.findall(r"^job \S+ succeeded on gpu-[ab]$", result.stdout, re.M)) == 3, result.stdout
+    assert re.search(r"^uploaded portrait.png as input asset \S+ \(blake3:", result.stdout, re.M), \
+        "the edit sample starts from an uploaded input (staged on its backend, or the job would fail)"
     stored = re.findall(r"stored at (\S+)", result.stdout)
     assert len(stored) == 3
     for path in stored:
