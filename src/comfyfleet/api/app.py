@@ -1,11 +1,12 @@
 """The FastAPI application: ``create_app(services, settings)``.
 
 Routes live one concern per module under ``/api/v2``: ``jobs``, ``live`` (the SSE stream of one
-job), ``live_feed`` (the dashboards' WebSocket), ``assets`` (reading), ``uploads``, ``health``, ``backends``, ``stats``;
-``metrics`` is at ``/metrics`` and the ``dashboard`` page at ``/dashboard``. ``errors`` turns every failure into the contract's error
-envelope; ``access`` decides who may call what (API keys). The app owns no connections: the
-caller builds the services and closes them. At shutdown the lifespan tells open event streams
-to finish.
+job), ``live_feed`` (the dashboards' WebSocket), ``assets`` (reading), ``uploads``, ``health``,
+``backends``, ``stats``; ``metrics`` is at ``/metrics`` and the ``dashboard`` page at
+``/dashboard``. ``errors`` turns every failure into the contract's error envelope; ``access``
+decides who may call what (API keys); ``origin`` refuses what another site's page makes a
+browser send. The app owns no connections: the caller builds the services and closes them. At
+shutdown the lifespan tells open event streams to finish.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from . import assets, backends, dashboard, health, jobs, live, live_feed, metric
 from .access import get_caller, require_admin
 from .context import ApiContext, ApiServices, ApiSettings
 from .errors import install_error_handlers
+from .origin import RefuseCrossSite
 from .schemas import API_PREFIX, Renderer
 
 __all__ = ["ApiServices", "ApiSettings", "create_app"]
@@ -45,6 +47,7 @@ def create_app(services: ApiServices, settings: ApiSettings) -> FastAPI:
                   redoc_url=None)
     app.state.api = context
     install_error_handlers(app)
+    app.add_middleware(RefuseCrossSite, public_base_url=settings.public_base_url)
     for module in (jobs, live, uploads, assets):
         app.include_router(module.router, prefix=API_PREFIX, dependencies=[Depends(get_caller)])
     app.include_router(live_feed.router, prefix=API_PREFIX)  # a WebSocket: it authenticates itself
