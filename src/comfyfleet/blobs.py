@@ -194,32 +194,59 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 class BlobWriter:
     """Streams one blob to a temporary file beside the store, hashing as it goes; ``commit``
-    moves it into place under its digest (or drops it when those bytes are already stored)."""
+    moves it into place under its digest (or drops it when those bytes are already stored).
+    The first ``SPILL_BYTES`` stay in memory: a small blob costs one trip to a thread, as ``put``."""
+
+    SPILL_BYTES = 1 << 20
 
     def __init__(self, store: LocalBlobStore) -> None:
         self._store = store
         self._hash = hashlib.sha256()
         self.size = 0
+        self._held: list[bytes] = []
         self._file = None
         self._tmp: Path | None = None
 
     async def write(self, chunk: bytes) -> None:
-        if self._file is None:
-            await asyncio.to_thread(self._open)
         self._hash.update(chunk)
         self.size += len(chunk)
-        await asyncio.to_thread(self._file.write, chunk)  # type: ignore[union-attr]
+        if self._file is None and self.size <= self.SPILL_BYTES:
+            self._held.append(chunk)
+            return
+        pending = [*self._held, chunk]  # the first spill also writes what was held
+        self._held = []
+        await asyncio.to_thread(self._spill, pending)
 
     async def commit(self, *, content_type: str = DEFAULT_CONTENT_TYPE) -> tuple[str, bool]:
         """``(digest, created_new)``: False when the store already held these bytes."""
-        if self._file is None:
-            await asyncio.to_thread(self._open)
         digest = f"{ALGORITHM}:{self._hash.hexdigest()}"
-        created = await asyncio.to_thread(self._place, self._store._path(digest), content_type)
-        return digest, created
+        path = self._store._path(digest)
+        if self._file is None:
+            data, self._held = b"".join(self._held), []
+            return digest, await asyncio.to_thread(self._place_small, path, data, content_type)
+        return digest, await asyncio.to_thread(self._place, path, content_type)
 
     async def abort(self) -> None:
+        self._held = []
         await asyncio.to_thread(self._discard)
+
+    def _spill(self, chunks: list[bytes]) -> None:
+        if self._file is None:
+            self._open()
+        for chunk in chunks:
+            self._file.write(chunk)  # type: ignore[union-attr]
+
+    @staticmethod
+    def _place_small(path: Path, data: bytes, content_type: str) -> bool:
+        created = not path.exists()
+        LocalBlobStore._write(path, data, content_type)
+        if not created:
+            try:
+                os.utime(path)  # already stored: fresh again, so cleanup's grace starts over
+            except FileNotFoundError:
+                LocalBlobStore._write(path, data, content_type)  # removed meanwhile: write it
+                created = True
+        return created
 
     def _open(self) -> None:
         incoming = self._store.root / ".incoming"

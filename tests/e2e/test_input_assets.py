@@ -108,3 +108,17 @@ async def test_the_cli_uploads_an_input_file(fleet, tmp_path, monkeypatch):
     assert list((tmp_path / "out").iterdir()), "the job succeeded and its output was downloaded"
     staged = Path(fleet.sims[0].dirs["input"]) / staged_name("sha256:" + hashlib.sha256(FACE).hexdigest(), "face.png")
     assert staged.read_bytes() == FACE
+
+
+async def test_a_large_output_streams_into_the_blob_store_intact(fleet):
+    """A 12 MB output (past what a worker keeps in memory) arrives byte for byte."""
+    workflow = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 1}},
+                "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "big",
+                                                            "sim_size_px": 2000}}}
+    job = await fleet.wait((await fleet.submit(workflow))["id"])
+    assert job["status"] == "succeeded", job["error"]
+    output = job["outputs"][0]
+    produced = Path(fleet.sims[0].dirs["output"]) / output["name"]
+    assert output["size_bytes"] == produced.stat().st_size > 10_000_000
+    downloaded = await fleet.http.get(output["url"])
+    assert downloaded.content == produced.read_bytes()

@@ -1,4 +1,7 @@
-"""Collect a finished prompt's output files from its backend into the blob store."""
+"""Collect a finished prompt's output files from its backend into the blob store.
+
+Files stream from ``/view`` to disk chunk by chunk (a video can be gigabytes; a worker tracks
+dozens of jobs at once), hashed on the way, and are named by their digest once complete."""
 
 from __future__ import annotations
 
@@ -51,18 +54,32 @@ async def collect_outputs(client: ComfyClient, blobs: BlobStore, *, job_id: str,
     for index, (node_id, ref) in enumerate(output_files(outputs)):
         if isinstance(ref, str):
             data, content_type, name = ref.encode(), "text/plain", f"{node_id}.txt"
+            digest, size = await blobs.put(data, content_type=content_type), len(data)
         else:
             name = ref["filename"]
-            async with client.download(name, subfolder=str(ref.get("subfolder") or ""),
-                                       folder_type=str(ref.get("type") or "output")) as (content_type, chunks):
-                data = b"".join([chunk async for chunk in chunks])
-            if content_type in ("application/octet-stream", ""):
-                content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
-        digest = await blobs.put(data, content_type=content_type)
+            digest, size, content_type = await _download(client, blobs, ref)
         collected.append(Output(id=asset_id(job_id, index), node_id=node_id, name=name,
                                 type=output_type(content_type, name), content_type=content_type,
-                                size_bytes=len(data), hash=digest))
+                                size_bytes=size, hash=digest))
     return tuple(collected)
+
+
+async def _download(client: ComfyClient, blobs: BlobStore, ref: dict[str, Any]) -> tuple[str, int, str]:
+    """(digest, size, content type) of one output file, streamed into the blob store."""
+    name = ref["filename"]
+    writer = blobs.writer()
+    try:
+        async with client.download(name, subfolder=str(ref.get("subfolder") or ""),
+                                   folder_type=str(ref.get("type") or "output")) as (content_type, chunks):
+            async for chunk in chunks:
+                await writer.write(chunk)
+        if content_type in ("application/octet-stream", ""):
+            content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        digest, _ = await writer.commit(content_type=content_type)
+    except BaseException:
+        await writer.abort()
+        raise
+    return digest, writer.size, content_type
 
 
 def _node_order(node_id: str) -> tuple[int, str]:

@@ -128,8 +128,10 @@ def produce_output(node_id: str, node: dict, prompt_id: str, dirs: dict[str, str
         if kind == "temp":
             prefix = "ComfyUI_temp_" + hashlib.sha256(prompt_id.encode()).hexdigest()[:5]
         filename = names.next_name(dirs[kind], prefix)
+        side = inputs.get("sim_size_px", 8)  # a large output (a video's worth) when asked for
+        side = side if isinstance(side, int) and 1 <= side <= 4096 else 8
         with open(os.path.join(dirs[kind], filename), "wb") as fh:
-            fh.write(png_bytes(f"{prompt_id}/{node_id}"))
+            fh.write(png_bytes(f"{prompt_id}/{node_id}", size=side))
         names.saved(dirs[kind], prefix, filename)
         return {"images": [{"filename": filename, "subfolder": "", "type": kind}]}
     source = next(iter(inputs.values()), None)
