@@ -12,7 +12,7 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import aiohttp
@@ -187,9 +187,10 @@ class ComfyClient:
         except TRANSPORT_ERRORS as exc:
             raise translate(exc, self.name) from exc
 
-    async def upload_image(self, data: bytes, filename: str, *, folder_type: str = "input",
+    async def upload_image(self, data: bytes | BinaryIO, filename: str, *, folder_type: str = "input",
                            overwrite: bool = False) -> dict[str, Any]:
-        """``POST /upload/image`` (any file, despite the name); ComfyUI's answer ``{name, ...}``."""
+        """``POST /upload/image`` (any file, despite the name); ComfyUI's answer ``{name, ...}``.
+        An open file is sent in chunks as it is read."""
         form = aiohttp.FormData()
         form.add_field("image", data, filename=filename, content_type="application/octet-stream")
         form.add_field("type", folder_type)

@@ -16,7 +16,7 @@ import re
 from pathlib import PurePosixPath
 from typing import Any
 
-from ..blobs import BlobNotFound, parse_digest
+from ..blobs import parse_digest
 from ..comfy.client import ComfyClient
 from ..ports import BlobStore
 
@@ -92,9 +92,10 @@ async def _stage(reference: dict[str, Any], client: ComfyClient, blobs: BlobStor
     if digest not in names:
         if not await client.input_exists(name):
             try:
-                data = await blobs.open(digest)
-            except BlobNotFound:
+                source = open(blobs.path(digest), "rb")  # noqa: SIM115 - closed below
+            except (FileNotFoundError, ValueError):
                 raise InputMissing(f"the bytes of asset {info.get('id')!r} are gone") from None
-            await client.upload_image(data, name, overwrite=True)
+            with source:  # streamed: aiohttp reads a file body in chunks, off the event loop
+                await client.upload_image(source, name, overwrite=True)
         names[digest] = name
     return names[digest]
