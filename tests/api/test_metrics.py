@@ -71,6 +71,27 @@ async def test_counters_match_the_job_records_and_gauges_the_fleet(valkey_url, t
         assert abs(got[("comfyfleet_job_duration_seconds_sum", labels)] - took) < 0.01 * count
     # every metric the shipped alert rules use is one this endpoint serves
     families = list(text_string_to_metric_families(response.text))
-    served = {family.name for family in families} | {s.name for family in families for s in family.samples}
+    served = ({family.name for family in families} | {s.name for family in families for s in family.samples}
+              | {f"{family.name}_total" for family in families if family.type == "counter"})  # declared, none yet
     used = set(re.findall(r"\bcomfyfleet_[a-z_]+", ALERTS.read_text()))
     assert used and used <= served, used - served
+
+
+async def test_refusals_and_uploads_are_counted(valkey_url, tmp_path):
+    async with running_fleet(valkey_url, tmp_path, sims=1, max_active_per_owner=1) as fleet:
+        first = await fleet.submit(image_workflow(400), metadata={"user_id": "capped"})
+        refused = await fleet.http.post("/api/v2/jobs", json={"workflow": image_workflow(1),
+                                                              "metadata": {"user_id": "capped"}})
+        assert refused.status_code == 429
+        sent = [b"input one", b"input two!", b"input one"]  # the third: bytes already held, counted too
+        for data in sent:
+            uploaded = await fleet.http.post("/api/v2/assets", files={"file": ("in.png", data, "image/png")})
+            assert uploaded.status_code in (200, 201)
+        minted = await fleet.http.post("/api/v2/assets/from-hash", json={"hash": uploaded.json()["hash"]})
+        assert minted.status_code == 200
+        await fleet.http.post(f"/api/v2/jobs/{first['id']}/cancel")
+        got = samples((await fleet.http.get("/metrics")).text)
+    assert got[("comfyfleet_jobs_refused_total", (("reason", "queue_full"),))] == 1
+    assert got[("comfyfleet_uploads_total", ())] == 4, "three uploads and one mint"
+    assert got[("comfyfleet_upload_bytes_total", ())] == sum(len(d) for d in sent), "a mint receives no bytes"
+    assert got[("comfyfleet_jobs_submitted_total", (("type", "image"),))] == 1, "the refused one was not"

@@ -8,6 +8,9 @@ so scrape one of them, or all of them behind one job: the figures are the same.
     comfyfleet_attempts_total{backend,outcome,failure_class}     attempts ended, by how
     comfyfleet_queue_wait_seconds{type} (histogram)              submitted to first attempt
     comfyfleet_job_duration_seconds{type,status} (histogram)     submitted to terminal
+    comfyfleet_jobs_refused_total{reason}                        submissions refused (queue_full: an
+                                                                 owner at its cap of active jobs)
+    comfyfleet_uploads_total, comfyfleet_upload_bytes_total      input assets received, their bytes
     comfyfleet_jobs{status}                                      jobs per status now (finished: retained)
     comfyfleet_workers                                           live worker processes
     comfyfleet_backend_up{backend}                               1 when its last health check passed
@@ -87,12 +90,17 @@ def _job_families(readings: Any) -> Iterator[Metric]:
                                    labels=["type", "status"])
     attempts = CounterMetricFamily("comfyfleet_attempts", "Attempts ended, by outcome and failure class",
                                    labels=["backend", "outcome", "failure_class"])
-    shapes = {("submitted", 1): submitted, ("finished", 2): finished, ("attempt", 3): attempts}
+    refused = CounterMetricFamily("comfyfleet_jobs_refused", "Submissions refused (queue_full: the "
+                                  "owner had its cap of queued and running jobs)", labels=["reason"])
+    uploads = CounterMetricFamily("comfyfleet_uploads", "Input assets received")
+    upload_bytes = CounterMetricFamily("comfyfleet_upload_bytes", "Bytes of input assets received")
+    shapes = {("submitted", 1): submitted, ("finished", 2): finished, ("attempt", 3): attempts,
+              ("refused", 1): refused, ("uploaded", 0): uploads, ("uploaded_bytes", 0): upload_bytes}
     for (kind, *labels), total in sorted(readings.job_counters.items()):
         family = shapes.get((kind, len(labels)))
         if family is not None:
             family.add_metric(labels, total)
-    yield from (submitted, finished, attempts)
+    yield from (submitted, finished, attempts, refused, uploads, upload_bytes)
     yield _histogram("comfyfleet_queue_wait_seconds", "Time from submission to the first attempt",
                      ["type"], readings.job_counters, "queue_wait", "queue_wait_ms")
     yield _histogram("comfyfleet_job_duration_seconds", "Time from submission to a terminal status",

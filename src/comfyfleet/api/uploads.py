@@ -172,7 +172,7 @@ async def _store_file(ctx: ApiContext, caller: Caller, file: UploadFile, fields:
                     blake3=f"blake3:{blake3_hex}", size_bytes=writer.size,
                     content_type=fields["content_type"], file_path=fields["file_path"],
                     created_at=now, expires_at=now + expires_in, tags=fields["tags"])
-    await ctx.services.uploads.save(upload)
+    await ctx.services.uploads.save(upload, received_bytes=writer.size)
     return upload, created
 
 

@@ -14,6 +14,8 @@ character):
                                                    past the last), and the sum in milliseconds
     ["duration", type, status, le] / ["duration_ms", type, status]
                                                    submitted to terminal, the same way
+    ["refused", reason]                            a submission refused by the store (queue_full)
+    ["uploaded"] / ["uploaded_bytes"]              input assets received, and their bytes
 """
 
 from __future__ import annotations
@@ -42,6 +44,13 @@ def bucket_of(seconds: float) -> str:
 
 def submitted_field(job: Job) -> str:
     return _field("submitted", job.type)
+
+
+def refused_field(reason: str) -> str:
+    return _field("refused", reason)
+
+
+UPLOADED_FIELD, UPLOADED_BYTES_FIELD = _field("uploaded"), _field("uploaded_bytes")
 
 
 def change_counts(before: Job, after: Job) -> dict[str, int]:

@@ -20,7 +20,7 @@ from ..domain import transitions
 from ..domain.job import TERMINAL_STATUSES, Job, JobStatus
 from ..errors import ConcurrentUpdate, InvalidTransition, JobNotFound, StoreError, ValidationFailed
 from .connection import translated
-from .job_counters import change_counts, submitted_field
+from .job_counters import change_counts, refused_field, submitted_field
 from .keys import Keys
 
 STREAM_MAXLEN = 10_000
@@ -66,7 +66,7 @@ class RedisJobStore:
                 repr(job.created_at), job.priority, json.dumps(job.to_dict()),
                 json.dumps(workflow), self._active_ttl_ms, job.idempotency_key or "",
                 self._idem_ttl_ms, self._event(None, job), k.events_channel, STREAM_MAXLEN,
-                submitted_field(job), max(0, int(max_active))]
+                submitted_field(job), max(0, int(max_active)), refused_field("queue_full")]
         with translated(self._redis, f"create of job {job.id}"):
             reply = await self._create(keys=keys, args=args)
         if reply[0] == "idempotency_key_reuse":

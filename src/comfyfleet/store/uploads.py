@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 import redis.asyncio as aioredis
 
 from .connection import translated
+from .job_counters import UPLOADED_BYTES_FIELD, UPLOADED_FIELD
 from .keys import Keys
 
 
@@ -64,8 +65,9 @@ class UploadStore:
     def _held(self) -> str:
         return self._keys.blobs_held
 
-    async def save(self, upload: Upload) -> None:
-        """Store the record, remember the content for its owner, hold the blob until it expires."""
+    async def save(self, upload: Upload, *, received_bytes: int = 0) -> None:
+        """Store the record, remember the content for its owner, hold the blob until it expires;
+        count it (``received_bytes``: what came over the wire, 0 for a mint from a known hash)."""
         known = json.dumps({"digest": upload.digest, "size_bytes": upload.size_bytes,
                             "content_type": upload.content_type})
         expire_ms = int(upload.expires_at * 1000)
@@ -75,6 +77,8 @@ class UploadStore:
                 pipe.set(self._by_hash(upload.owner, upload.blake3.removeprefix("blake3:")), known,
                          pxat=expire_ms)
                 pipe.zadd(self._held, {upload.digest: upload.expires_at}, gt=True)  # GT adds new ones too
+                pipe.hincrby(self._keys.job_stats, UPLOADED_FIELD, 1)
+                pipe.hincrby(self._keys.job_stats, UPLOADED_BYTES_FIELD, received_bytes)
                 await pipe.execute()
 
     async def get(self, upload_id: str) -> Upload | None:

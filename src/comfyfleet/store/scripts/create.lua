@@ -19,6 +19,7 @@
 -- ARGV[13] event (JSON)        ARGV[14] events channel  ARGV[15] stream max length
 -- ARGV[16] the counter (a field of KEYS[10]) a new job adds 1 to
 -- ARGV[17] at most this many queued/running jobs per owner ('0' = no limit)
+-- ARGV[18] the counter (a field of KEYS[10]) a refusal for that limit adds 1 to
 --
 -- Returns {'ok'}, {'exists'} (another record has this id), {'idempotency_key_reuse', job id}
 -- or {'queue_full', active count} (nothing written).
@@ -33,7 +34,10 @@ end
 local limit = tonumber(ARGV[17]) or 0
 if limit > 0 and ARGV[4] ~= '' then
   local active = redis.call('ZINTERCARD', 2, KEYS[5], KEYS[7], 'LIMIT', limit)
-  if active >= limit then return {'queue_full', tostring(active)} end
+  if active >= limit then
+    redis.call('HINCRBY', KEYS[10], ARGV[18], 1)
+    return {'queue_full', tostring(active)}
+  end
 end
 
 if ARGV[11] ~= '' then
