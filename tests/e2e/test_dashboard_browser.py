@@ -28,8 +28,13 @@ async def test_the_page_goes_live_and_shows_the_fleet_and_a_running_job(valkey_u
         await page.wait_for(f"{TEXT}.includes('{job['id'][:8]}') && {TEXT}.includes('running')")
         text = await page.evaluate(TEXT)
         assert "sim-0" in text and "sim-1" in text
+        await page.evaluate(f"document.querySelector('tr[data-job-id=\"{job['id']}\"]').click()")
+        drawer = "document.getElementById('drawer')"
+        await page.wait_for(f"!{drawer}.hidden && {drawer}.innerText.includes('{job['id']}')")
         await fleet.http.post(f"/api/v2/jobs/{job['id']}/cancel")
         await page.wait_for(f"{TEXT}.includes('canceled')")  # moved to the finished table, live
+        await page.wait_for(f"{drawer}.innerText.includes('canceled')")  # the open job's details follow
+        assert "ATTEMPTS" in (await page.evaluate(f"{drawer}.innerText")).upper()
         assert page.problems == []
 
 

@@ -11,6 +11,7 @@
   const ACTIVE_STATUSES = new Set(["queued", "running", "canceling"]);
   const COUNT_ORDER = ["queued", "running", "canceling", "succeeded", "failed", "canceled", "expired"];
   const ACTIVE_ORDER = { running: 0, canceling: 1, queued: 2 };
+  const MAX_THUMBS = 12; // image previews in the job drawer
 
   // Colour family of every status-like value the server sends.
   const TONES = {
@@ -19,6 +20,9 @@
     degraded: "warn", half_open: "warn", canceling: "warn", expired: "warn",
     down: "bad", failed: "bad", open: "bad",
     draining: "accent", disabled: "muted", unknown: "muted", canceled: "muted",
+    // attempt outcomes, failure classes and phases (job drawer)
+    retried: "warn", transient: "warn", recoverable: "warn", permanent: "bad", fatal: "bad",
+    dispatching: "neutral", submitted: "neutral", executing: "info", collecting: "info",
   };
 
   // The single source of truth for the page.
@@ -33,11 +37,13 @@
     active: new Map(),    // id -> Job (queued/running/canceling)
     finished: new Map(),  // id -> Job (newest first after sortFinished)
     pending: new Set(),   // action keys with a request in flight
-    dirty: { header: true, tiles: true, fleet: true, active: true, finished: true },
+    dirty: { header: true, tiles: true, fleet: true, active: true, finished: true, detail: true, detailClock: false },
     progressDirty: new Set(),
     frame: 0,             // pending requestAnimationFrame id
     progressTimer: 0,     // pending throttle for progress-only renders
     progressRenderedAt: 0,
+    // The job drawer: which job, its last known record, per-section signatures, thumbnail blob: URLs.
+    detail: { id: null, job: null, gone: false, opener: null, sig: {}, blobs: [], gen: 0, copyTimer: 0, bar: null, pct: null },
   };
 
   // DOM references and keyed row caches (reused between renders).
@@ -339,6 +345,7 @@
       if (live) sortFinished();
       state.dirty.finished = true;
     }
+    if (job.id === state.detail.id) state.dirty.detail = true;
     state.dirty.active = true;
     scheduleRender();
   }
@@ -362,6 +369,7 @@
     if (!job || !progress) return;
     job.progress = progress;
     state.progressDirty.add(jobId);
+    if (jobId === state.detail.id) state.dirty.detail = true;
     scheduleProgressRender();
   }
 
@@ -375,6 +383,7 @@
   }
 
   function resetData() {
+    closeDetail(); // another key may not see this job
     state.role = null;
     state.owner = null;
     state.counts = {};
@@ -515,6 +524,8 @@
       state.progressRenderedAt = performance.now();
     }
     if (d.finished) renderFinished();
+    if (d.detail) renderDetail();
+    else if (d.detailClock && detailJob()) renderDetailTimes(state.detail.job);
     for (const part of Object.keys(d)) d[part] = false;
   }
 
@@ -804,6 +815,7 @@
 
   function createActiveRow() {
     const row = makeRow(["id", "type", "status", "backend", "attempt", "progress", "age", "actions"]);
+    makeJobRow(row);
     const c = row.cells;
     c.id.classList.add("mono");
     c.attempt.classList.add("num");
@@ -821,6 +833,7 @@
 
   function updateActiveRow(row, job) {
     const c = row.cells;
+    markRow(row, job);
     setText(c.id, shortId(job.id));
     setTitle(c.id, job.id + (job.phase ? "\nphase: " + job.phase : "") + (job.priority ? "\npriority: " + job.priority : ""));
     setText(c.type, job.type || "—");
@@ -864,7 +877,8 @@
     setBar(row.progBar, p.value, job.status === "canceling" ? "warn" : "info");
     setText(row.progPct, Math.floor(Math.max(0, Math.min(1, p.value)) * 100) + "%");
     const parts = [];
-    if (p.step != null && p.total_steps != null) parts.push("step " + p.step + "/" + p.total_steps);
+    const steps = p.steps ?? p.total_steps;
+    if (p.step != null && steps != null) parts.push("step " + p.step + "/" + steps);
     if (p.nodes_done != null && p.nodes_total != null) parts.push("node " + p.nodes_done + "/" + p.nodes_total);
     if (p.message) parts.push(String(p.message));
     setText(row.progDetail, parts.join(" · "));
@@ -892,6 +906,7 @@
 
   function createFinishedRow() {
     const row = makeRow(["id", "type", "status", "backend", "attempts", "duration", "finished", "error", "outputs"]);
+    makeJobRow(row);
     const c = row.cells;
     c.id.classList.add("mono");
     c.attempts.classList.add("num");
@@ -903,6 +918,7 @@
 
   function updateFinishedRow(row, job) {
     const c = row.cells;
+    markRow(row, job);
     setText(c.id, shortId(job.id));
     setTitle(c.id, job.id);
     setText(c.type, job.type || "—");
@@ -961,6 +977,486 @@
     if (outputs.length > 3) td.appendChild(el("span", "more", "+" + (outputs.length - 3)));
   }
 
+  // ---------------------------------------------------------------- job detail drawer
+
+  function detailJob() {
+    const id = state.detail.id;
+    if (!id) return null;
+    const live = state.active.get(id) || state.finished.get(id);
+    if (live) state.detail.job = live;
+    state.detail.gone = !live;
+    return state.detail.job;
+  }
+
+  function openDetail(id, opener) {
+    if (state.detail.id === id) return;
+    const wasOpen = Boolean(state.detail.id);
+    revokeThumbs();
+    state.detail.id = id;
+    state.detail.job = state.active.get(id) || state.finished.get(id) || null;
+    state.detail.opener = opener || null;
+    state.detail.sig = {};
+    markSelectionDirty();
+    if (!wasOpen) {
+      dom.drawer.hidden = false;
+      dom.drawer.focus({ preventScroll: true });
+    }
+  }
+
+  function closeDetail() {
+    if (!state.detail.id) return;
+    const opener = state.detail.opener;
+    const hadFocus = dom.drawer.contains(document.activeElement);
+    revokeThumbs();
+    state.detail.id = null;
+    state.detail.job = null;
+    state.detail.opener = null;
+    dom.drawer.hidden = true;
+    markSelectionDirty();
+    if (hadFocus && opener && opener.isConnected) opener.focus({ preventScroll: true });
+  }
+
+  function markSelectionDirty() {
+    state.dirty.detail = true;
+    state.dirty.active = true;
+    state.dirty.finished = true;
+    scheduleRender();
+  }
+
+  // Row clicks open the drawer; buttons, links and text selections keep their own meaning.
+  function onRowClick(event) {
+    if (event.target.closest("button, a, input")) return;
+    if (String(window.getSelection() || "") !== "") return;
+    const tr = event.target.closest("tr[data-job-id]");
+    if (!tr) return;
+    if (state.detail.id === tr.dataset.jobId) closeDetail();
+    else openDetail(tr.dataset.jobId, tr);
+  }
+
+  function onRowKey(event) {
+    if (event.key !== "Enter" && event.key !== " ") return;
+    const tr = event.target;
+    if (!tr.matches || !tr.matches("tr[data-job-id]")) return;
+    event.preventDefault();
+    openDetail(tr.dataset.jobId, tr);
+  }
+
+  function onDocumentKey(event) {
+    if (event.key === "Escape" && state.detail.id && !event.defaultPrevented) closeDetail();
+  }
+
+  // Job rows open the drawer: clickable and reachable with the keyboard.
+  function makeJobRow(row) {
+    row.tr.className = "job-row";
+    row.tr.tabIndex = 0;
+  }
+
+  function markRow(row, job) {
+    if (row.tr.dataset.jobId !== job.id) row.tr.dataset.jobId = job.id;
+    const selected = job.id === state.detail.id;
+    if (row.tr.classList.contains("row-selected") !== selected) row.tr.classList.toggle("row-selected", selected);
+  }
+
+  async function copyDetailId() {
+    const id = state.detail.id;
+    if (!id) return;
+    let copied = false;
+    try {
+      if (navigator.clipboard && window.isSecureContext) {
+        await navigator.clipboard.writeText(id);
+        copied = true;
+      }
+    } catch (err) {
+      copied = false;
+    }
+    if (!copied) copied = copyBySelection(dom.drawerId);
+    setText(dom.drawerCopy, copied ? "Copied" : "Copy");
+    if (!copied) notify("error", "Copy is not available here — the id is selected, press Ctrl+C.");
+    clearTimeout(state.detail.copyTimer);
+    state.detail.copyTimer = setTimeout(() => setText(dom.drawerCopy, "Copy"), 1500);
+  }
+
+  // Fallback for plain-http pages, where navigator.clipboard does not exist.
+  function copyBySelection(node) {
+    const range = document.createRange();
+    range.selectNodeContents(node);
+    const selection = window.getSelection();
+    selection.removeAllRanges();
+    selection.addRange(range);
+    try {
+      return document.execCommand("copy");
+    } catch (err) {
+      return false;
+    }
+  }
+
+  function renderDetail() {
+    const job = detailJob();
+    if (!job) {
+      closeDetail();
+      return;
+    }
+    dom.drawer.hidden = false;
+    renderDetailHead(job);
+    renderDetailOverview(job);
+    renderDetailTimes(job);
+    renderDetailProgress(job);
+    renderDetailAttempts(job);
+    renderDetailError(job);
+    renderDetailOutputs(job);
+  }
+
+  // Rebuilds one drawer section only when its signature changes.
+  function detailIf(slot, signature, build) {
+    if (state.detail.sig[slot] === signature) return;
+    state.detail.sig[slot] = signature;
+    build();
+  }
+
+  function renderDetailHead(job) {
+    setText(dom.drawerId, job.id);
+    setBadge(dom.drawerStatus, job.status);
+    setText(dom.drawerType, job.type || "");
+    dom.drawerType.hidden = !job.type;
+    dom.drawerGone.hidden = !state.detail.gone;
+  }
+
+  // A <dl> from [label, value, className?] pairs; empty values are left out.
+  function fillKv(dl, pairs) {
+    dl.replaceChildren();
+    for (const [label, value, className] of pairs) {
+      if (value === undefined || value === null || value === "") continue;
+      dl.appendChild(el("dt", null, label));
+      const dd = el("dd", className || null);
+      if (value instanceof Node) dd.appendChild(value);
+      else dd.textContent = String(value);
+      dl.appendChild(dd);
+    }
+  }
+
+  function badgeNode(value) {
+    const node = el("span");
+    setBadge(node, value);
+    return node;
+  }
+
+  function renderDetailOverview(job) {
+    detailIf("overview", JSON.stringify([job.status, job.phase, job.priority, job.backend, job.attempt,
+      job.max_attempts, job.queue_position]), () => {
+      fillKv(dom.drawerOverview, [
+        ["Phase", job.phase ? badgeNode(job.phase) : null],
+        ["Backend", job.backend || "—"],
+        ["Priority", job.priority ?? "—"],
+        ["Attempt", (job.attempt || 0) + " of " + (job.max_attempts || "?")],
+        ["Queue position", job.status === "queued" && job.queue_position != null ? "#" + (job.queue_position + 1) : null],
+      ]);
+    });
+    const meta = job.metadata && typeof job.metadata === "object" ? Object.entries(job.metadata) : [];
+    detailIf("meta", JSON.stringify(meta), () => {
+      dom.drawerMetaSection.hidden = meta.length === 0;
+      fillKv(dom.drawerMeta, meta.map(([k, v]) => [k, typeof v === "object" && v !== null ? JSON.stringify(v) : String(v)]));
+    });
+  }
+
+  function whenText(ms) {
+    return ms === null ? null : fmtClock(ms) + "  ·  " + fmtRelative(ms);
+  }
+
+  // "5m ago" for the past, "in 6d 23h" for the future (deadlines, retries).
+  function fmtRelative(ms) {
+    const ahead = ms - nowServerMs();
+    return ahead > 5000 ? "in " + fmtWhole(ahead) : fmtAgo(ms);
+  }
+
+  function renderDetailTimes(job) {
+    const created = isoMs(job.created_at);
+    const started = isoMs(job.started_at);
+    const completed = isoMs(job.completed_at);
+    const m = job.metrics || {};
+    let running = null;
+    if (started !== null && completed === null && ACTIVE_STATUSES.has(job.status)) {
+      running = fmtWhole(nowServerMs() - started) + " so far";
+    }
+    const pairs = [
+      ["Created", whenText(created)],
+      ["Started", whenText(started) || (ACTIVE_STATUSES.has(job.status) ? "not yet" : "never")],
+      ["Completed", whenText(completed)],
+      ["Queue time", typeof m.queue_ms === "number" ? fmtDuration(m.queue_ms) : null],
+      ["Execution", typeof m.execution_ms === "number" ? fmtDuration(m.execution_ms) : running],
+      ["Expires", whenText(isoMs(job.expires_at))],
+    ];
+    detailIf("times", JSON.stringify(pairs), () => fillKv(dom.drawerTimes, pairs));
+  }
+
+  function renderDetailProgress(job) {
+    const p = job.progress;
+    dom.drawerProgressSection.hidden = !p;
+    if (!p) return;
+    if (!state.detail.bar) {
+      state.detail.bar = makeBar("bar-wide");
+      state.detail.pct = el("span", "bar-label num");
+      dom.drawerProgressLine.append(state.detail.bar.bar, state.detail.pct);
+    }
+    const value = typeof p.value === "number" ? Math.max(0, Math.min(1, p.value)) : 0;
+    const tone = job.status === "failed" ? "bad" : job.status === "succeeded" ? "ok"
+      : job.status === "canceling" ? "warn" : "info";
+    setBar(state.detail.bar, value, tone);
+    setText(state.detail.pct, (value * 100).toFixed(value < 1 ? 1 : 0) + "%");
+    detailIf("progress", JSON.stringify(p), () => fillKv(dom.drawerProgress, progressPairs(p)));
+  }
+
+  function progressPairs(p) {
+    const known = new Set(["value", "step", "steps", "total_steps", "nodes_done", "nodes_total",
+      "current_node", "current_node_class", "message"]);
+    const steps = p.steps ?? p.total_steps;
+    const node = [p.current_node, p.current_node_class ? "(" + p.current_node_class + ")" : null]
+      .filter((x) => x !== null && x !== undefined && x !== "").join(" ");
+    const pairs = [
+      ["Value", typeof p.value === "number" ? (p.value * 100).toFixed(1) + "%" : null],
+      ["Step", p.step != null ? p.step + (steps != null ? " / " + steps : "") : null],
+      ["Nodes", p.nodes_done != null || p.nodes_total ? (p.nodes_done ?? 0) + " / " + (p.nodes_total ?? "?") : null],
+      ["Current node", node || null, "mono"],
+      ["Message", p.message],
+    ];
+    for (const [k, v] of Object.entries(p)) {
+      if (!known.has(k) && v !== null && v !== undefined) pairs.push([k, typeof v === "object" ? JSON.stringify(v) : v]);
+    }
+    return pairs;
+  }
+
+  function renderDetailAttempts(job) {
+    const attempts = Array.isArray(job.attempts) ? job.attempts : [];
+    detailIf("attempts", JSON.stringify(attempts), () => {
+      dom.drawerAttempts.replaceChildren();
+      dom.drawerAttemptsEmpty.hidden = attempts.length > 0;
+      setText(dom.drawerAttemptsCount, attempts.length || "");
+      dom.drawerAttemptsCount.hidden = !attempts.length;
+      attempts.forEach((a, i) => appendAttemptRows(dom.drawerAttempts, a, i));
+    });
+  }
+
+  // One row per attempt, plus a full-width row for its message when it has one.
+  function appendAttemptRows(tbody, a, index) {
+    const tr = el("tr", a.message ? "attempt-has-message" : null);
+    const started = isoMs(a.started_at);
+    const ended = isoMs(a.ended_at);
+    const retry = isoMs(a.retry_at);
+    tr.appendChild(el("td", "num", a.number ?? index + 1));
+    tr.appendChild(el("td", "nowrap", a.backend || "—"));
+    tr.appendChild(timeCell(started, a.submitted_at ? "submitted " + fmtClock(isoMs(a.submitted_at)) : ""));
+    tr.appendChild(timeCell(ended, started !== null && ended !== null ? "took " + fmtDuration(ended - started) : ""));
+    const outcome = el("td");
+    outcome.appendChild(a.outcome ? badgeNode(a.outcome) : badgeNode(ended === null ? "running" : "unknown"));
+    tr.appendChild(outcome);
+    const failure = el("td");
+    if (a.failure_class) failure.appendChild(badgeNode(a.failure_class));
+    else failure.appendChild(el("span", "muted", "—"));
+    tr.appendChild(failure);
+    tr.appendChild(timeCell(retry, retry !== null && started !== null && retry > (ended ?? started)
+      ? "backoff " + fmtDuration(retry - (ended ?? started)) : ""));
+    if (a.prompt_id) tr.title = "prompt " + a.prompt_id;
+    tbody.appendChild(tr);
+    if (a.message) {
+      const msgRow = el("tr", "attempt-message");
+      const td = el("td");
+      td.colSpan = 7;
+      td.appendChild(attemptMessage(String(a.message)));
+      msgRow.appendChild(td);
+      tbody.appendChild(msgRow);
+    }
+  }
+
+  // Long ComfyUI messages repeat on every retry: two lines, the rest on click.
+  function attemptMessage(text) {
+    const box = el("div", "attempt-msg", text);
+    box.title = "Click to show all";
+    box.addEventListener("click", () => {
+      box.classList.toggle("expanded");
+      box.title = box.classList.contains("expanded") ? "" : "Click to show all";
+    });
+    return box;
+  }
+
+  function timeCell(ms, title) {
+    const td = el("td", "nowrap", ms === null ? "—" : new Date(ms).toLocaleTimeString(undefined, { hour12: false }));
+    td.title = [ms === null ? "" : fmtClock(ms), title].filter(Boolean).join("\n");
+    return td;
+  }
+
+  function renderDetailError(job) {
+    const err = job.error;
+    dom.drawerErrorSection.hidden = !err;
+    detailIf("error", JSON.stringify(err || null), () => {
+      dom.drawerError.replaceChildren();
+      if (err) buildError(dom.drawerError, err);
+    });
+  }
+
+  function buildError(box, err) {
+    const details = err.details || {};
+    const head = el("div", "error-head");
+    head.appendChild(el("span", "error-code mono", err.code || "error"));
+    if (details.failure_class) head.appendChild(badgeNode(details.failure_class));
+    box.appendChild(head);
+    if (err.message) box.appendChild(el("p", "error-text", err.message));
+    const dl = el("dl", "kv");
+    fillKv(dl, [
+      ["Node", err.node_id != null || err.class_type
+        ? (err.node_id ?? "?") + (err.class_type ? " (" + err.class_type + ")" : "") : null, "mono"],
+      ["Exception", details.exception_type, "mono"],
+    ]);
+    if (dl.childElementCount) box.appendChild(dl);
+    const nodeErrors = details.node_errors;
+    if (nodeErrors && typeof nodeErrors === "object" && Object.keys(nodeErrors).length) {
+      box.appendChild(el("h4", null, "Node errors"));
+      box.appendChild(nodeErrorList(nodeErrors));
+    }
+    if (err.traceback) {
+      box.appendChild(el("h4", null, "Traceback"));
+      box.appendChild(el("pre", "traceback", err.traceback));
+    }
+  }
+
+  // ComfyUI: {node: {errors: [{type, message, details}], class_type, dependent_outputs}};
+  // our own validation: {node: [{...}]}.
+  function nodeErrorList(nodeErrors) {
+    const list = el("ul", "node-errors");
+    for (const [nodeId, entry] of Object.entries(nodeErrors)) {
+      const errors = Array.isArray(entry) ? entry : entry && Array.isArray(entry.errors) ? entry.errors : [entry];
+      const item = el("li");
+      const title = el("div", "node-errors-node");
+      title.appendChild(el("span", "mono", "node " + nodeId));
+      if (entry && entry.class_type) title.appendChild(el("span", "muted", " " + entry.class_type));
+      if (entry && Array.isArray(entry.dependent_outputs) && entry.dependent_outputs.length) {
+        title.appendChild(el("span", "muted", " → blocks " + entry.dependent_outputs.join(", ")));
+      }
+      item.appendChild(title);
+      const inner = el("ul");
+      for (const e of errors) inner.appendChild(nodeErrorItem(e));
+      item.appendChild(inner);
+      list.appendChild(item);
+    }
+    return list;
+  }
+
+  function nodeErrorItem(e) {
+    const li = el("li");
+    if (!e || typeof e !== "object") {
+      li.textContent = JSON.stringify(e);
+      return li;
+    }
+    if (e.type) li.appendChild(el("span", "chip", e.type));
+    li.appendChild(el("span", null, e.message || ""));
+    const details = typeof e.details === "string" ? e.details : e.details ? JSON.stringify(e.details) : "";
+    const received = e.extra_info && e.extra_info.received_value !== undefined
+      ? "received " + JSON.stringify(e.extra_info.received_value) : "";
+    const more = [details, received].filter(Boolean).join(" · ");
+    if (more) li.appendChild(el("span", "node-errors-details mono", more));
+    return li;
+  }
+
+  // ----- outputs: thumbnails for images (fetched with the key when one is stored), links otherwise
+
+  function renderDetailOutputs(job) {
+    const outputs = Array.isArray(job.outputs) ? job.outputs : [];
+    const hasKey = Boolean(getKey());
+    dom.drawerOutputsSection.hidden = outputs.length === 0;
+    detailIf("outputs", job.id + "\n" + hasKey + "\n" + outputs.map((o) => o.url || o.id).join("\n"), () => {
+      revokeThumbs();
+      dom.drawerThumbs.replaceChildren();
+      dom.drawerFiles.replaceChildren();
+      setText(dom.drawerOutputsCount, outputs.length || "");
+      let thumbs = 0;
+      outputs.forEach((o, i) => {
+        const href = safeHref(o.url);
+        const isImage = String(o.content_type || "").startsWith("image/");
+        if (isImage && href && thumbs < MAX_THUMBS) {
+          thumbs += 1;
+          dom.drawerThumbs.appendChild(thumbNode(o, href, i));
+        } else {
+          dom.drawerFiles.appendChild(fileNode(o, href, i));
+        }
+      });
+      dom.drawerThumbs.hidden = thumbs === 0;
+      dom.drawerFiles.hidden = dom.drawerFiles.childElementCount === 0;
+    });
+  }
+
+  function outputLabel(o, i) {
+    return o.name || "output " + (i + 1);
+  }
+
+  function fmtBytes(bytes) {
+    if (typeof bytes !== "number" || !Number.isFinite(bytes)) return "";
+    if (bytes < 1024) return bytes + " B";
+    if (bytes < 1048576) return (bytes / 1024).toFixed(1) + " KiB";
+    if (bytes < 1073741824) return (bytes / 1048576).toFixed(1) + " MiB";
+    return (bytes / 1073741824).toFixed(2) + " GiB";
+  }
+
+  function outputLink(className, href, label) {
+    const link = el("a", className);
+    link.href = href;
+    link.target = "_blank";
+    link.rel = "noopener noreferrer";
+    link.addEventListener("click", (event) => downloadWithKey(event, href, label));
+    return link;
+  }
+
+  function thumbNode(o, href, i) {
+    const label = outputLabel(o, i);
+    const link = outputLink("thumb", href, label);
+    link.title = [label, o.content_type, fmtBytes(o.size_bytes), o.node_id ? "node " + o.node_id : ""]
+      .filter(Boolean).join(" · ");
+    const img = el("img");
+    img.alt = label;
+    img.decoding = "async";
+    img.loading = "lazy";
+    img.addEventListener("error", () => link.classList.add("thumb-broken"));
+    const frame = el("span", "thumb-frame");
+    frame.appendChild(img);
+    link.append(frame, el("span", "thumb-name", label), el("span", "thumb-size", fmtBytes(o.size_bytes)));
+    loadThumb(img, href);
+    return link;
+  }
+
+  // An <img> cannot send the bearer key: fetch the bytes with it and show them as a blob: URL.
+  async function loadThumb(img, href) {
+    const key = getKey();
+    if (!key) {
+      img.src = href;
+      return;
+    }
+    const gen = state.detail.gen;
+    try {
+      const response = await fetch(href, { headers: { Authorization: "Bearer " + key } });
+      if (!response.ok) throw new Error("HTTP " + response.status);
+      const blob = await response.blob();
+      if (gen !== state.detail.gen) return; // the drawer closed or moved to another job
+      const url = URL.createObjectURL(blob);
+      state.detail.blobs.push(url);
+      img.src = url;
+    } catch (err) {
+      if (gen === state.detail.gen) img.closest(".thumb").classList.add("thumb-broken");
+    }
+  }
+
+  function revokeThumbs() {
+    state.detail.gen += 1;
+    for (const url of state.detail.blobs) URL.revokeObjectURL(url);
+    state.detail.blobs = [];
+  }
+
+  function fileNode(o, href, i) {
+    const label = outputLabel(o, i);
+    const li = el("li");
+    const name = href ? outputLink("file-name", href, label) : el("span", "file-name muted", label);
+    name.textContent = label;
+    li.appendChild(name);
+    li.appendChild(el("span", "file-meta", [o.content_type || o.type, fmtBytes(o.size_bytes)].filter(Boolean).join(" · ")));
+    return li;
+  }
+
   // ---------------------------------------------------------------- start
 
   function tick() {
@@ -969,6 +1465,7 @@
     state.dirty.active = true;
     state.dirty.finished = true;
     if (state.fleet) state.dirty.fleet = true;
+    if (state.detail.id) state.dirty.detailClock = true;
     scheduleRender();
   }
 
@@ -982,9 +1479,25 @@
       fleetSummary: $("fleet-summary"), wfSection: $("wf-section"), wfBody: $("wf-body"),
       activeBody: $("active-body"), activeEmpty: $("active-empty"), activeSummary: $("active-summary"),
       finishedBody: $("finished-body"), finishedEmpty: $("finished-empty"), finishedSummary: $("finished-summary"),
+      drawer: $("drawer"), drawerClose: $("drawer-close"), drawerCopy: $("drawer-copy"), drawerId: $("drawer-id"),
+      drawerStatus: $("drawer-status"), drawerType: $("drawer-type"), drawerGone: $("drawer-gone"),
+      drawerOverview: $("drawer-overview"), drawerMetaSection: $("drawer-meta-section"), drawerMeta: $("drawer-meta"),
+      drawerTimes: $("drawer-times"), drawerProgressSection: $("drawer-progress-section"),
+      drawerProgressLine: $("drawer-progress-line"), drawerProgress: $("drawer-progress"),
+      drawerAttempts: $("drawer-attempts"), drawerAttemptsEmpty: $("drawer-attempts-empty"),
+      drawerAttemptsCount: $("drawer-attempts-count"), drawerErrorSection: $("drawer-error-section"),
+      drawerError: $("drawer-error"), drawerOutputsSection: $("drawer-outputs-section"),
+      drawerOutputsCount: $("drawer-outputs-count"), drawerThumbs: $("drawer-thumbs"), drawerFiles: $("drawer-files"),
     });
     dom.keyForm.addEventListener("submit", onKeySave);
     dom.keyForget.addEventListener("click", onKeyForget);
+    for (const body of [dom.activeBody, dom.finishedBody]) {
+      body.addEventListener("click", onRowClick);
+      body.addEventListener("keydown", onRowKey);
+    }
+    dom.drawerClose.addEventListener("click", closeDetail);
+    dom.drawerCopy.addEventListener("click", copyDetailId);
+    document.addEventListener("keydown", onDocumentKey);
     window.addEventListener("online", () => {
       if (state.conn.status === "reconnecting") reconnectNow();
     });
