@@ -7,6 +7,15 @@
     tags = ["sdxl", "lora"]
     headers = { Authorization = "Bearer ..." }
 
+    [[local]]                           # a ComfyUI on this machine that `serve` starts and supervises
+    name = "gpu-0"                      # also a backend, at http://127.0.0.1:<port>
+    command = ["python", "/opt/ComfyUI/main.py", "--port", "{port}"]
+    port = 8188
+    capacity = 1
+    tags = ["sdxl"]
+    env = { CUDA_VISIBLE_DEVICES = "0" }
+    max_rss_mb = 30000                  # recycle it (drain, restart) once it holds more memory
+
     [job_types.lora_training]
     tags = ["lora"]                     # a backend must have all of these
     fallback = [["a100"], ["h100"]]     # ordered groups of tags; the next when one has none left
@@ -28,6 +37,7 @@ from typing import Any
 from .config import http_url_parts
 from .domain.policy import RetryPolicy
 from .errors import ConfigError
+from .runtime.local_comfyui import LocalSpec
 from .runtime.selection import TypeRouting
 from .store.fleet import BackendRecord
 
@@ -37,6 +47,7 @@ class FleetFile:
     backends: tuple[BackendRecord, ...] = ()
     routing: dict[str, TypeRouting] = field(default_factory=dict)
     retry: dict[str, RetryPolicy] = field(default_factory=dict)
+    local: tuple[LocalSpec, ...] = ()  # their backends are in ``backends`` too
 
 
 def load_fleet_file(path: Path) -> FleetFile:
@@ -53,11 +64,17 @@ def load_fleet_file(path: Path) -> FleetFile:
 
 
 def parse_fleet(data: dict[str, Any], *, where: str = "backends file") -> FleetFile:
-    unknown = sorted(set(data) - {"backends", "job_types"})
+    unknown = sorted(set(data) - {"backends", "job_types", "local"})
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {', '.join(unknown)}")
     backends = tuple(_backend(entry, f"{where}: backends[{i}]")
                      for i, entry in enumerate(_list(data.get("backends", []), f"{where}: backends")))
+    local = [_local(entry, f"{where}: local[{i}]")
+             for i, entry in enumerate(_list(data.get("local", []), f"{where}: local"))]
+    backends += tuple(record for _, record in local)
+    ports = [spec.port for spec, _ in local]
+    if len(set(ports)) != len(ports):
+        raise ConfigError(f"{where}: each [[local]] needs a port of its own, got {ports}")
     names = [b.name for b in backends]
     if len(set(names)) != len(names):
         raise ConfigError(f"{where}: backend names must be unique, got {names}")
@@ -68,7 +85,8 @@ def parse_fleet(data: dict[str, Any], *, where: str = "backends file") -> FleetF
         raise ConfigError(f"{where}: job_types must be a table")
     for job_type, entry in job_types.items():
         routing[job_type], retry[job_type] = _job_type(entry, f"{where}: job_types.{job_type}")
-    return FleetFile(backends=backends, routing=routing, retry=retry)
+    return FleetFile(backends=backends, routing=routing, retry=retry,
+                     local=tuple(spec for spec, _ in local))
 
 
 def backend_from(entry: Any, where: str) -> BackendRecord:
@@ -100,6 +118,30 @@ def _backend(entry: Any, where: str) -> BackendRecord:
         raise ConfigError(f"{where}: headers must be a table of strings")
     return BackendRecord(name=name, url=url.rstrip("/"), capacity=capacity, tags=tuple(tags),
                          headers=dict(headers))
+
+
+def _local(entry: Any, where: str) -> tuple[LocalSpec, BackendRecord]:
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where} must be a table")
+    unknown = sorted(set(entry) - {"name", "command", "port", "capacity", "tags", "env", "max_rss_mb"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    command, port = entry.get("command"), entry.get("port")
+    if not isinstance(command, list) or not command or not all(isinstance(c, str) and c for c in command):
+        raise ConfigError(f"{where}: command must be a non-empty list of strings, "
+                          f"e.g. [\"python\", \"main.py\", \"--port\", \"{{port}}\"]")
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError(f"{where}: port must be an integer from 1 to 65535, got {port!r}")
+    env = entry.get("env", {})
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise ConfigError(f"{where}: env must be a table of strings")
+    max_rss = entry.get("max_rss_mb")
+    if max_rss is not None and (isinstance(max_rss, bool) or not isinstance(max_rss, int) or max_rss < 1):
+        raise ConfigError(f"{where}: max_rss_mb must be a whole number of MiB, got {max_rss!r}")
+    record = _backend({"name": entry.get("name", f"local-{port}"), "url": f"http://127.0.0.1:{port}",
+                       **{k: entry[k] for k in ("capacity", "tags") if k in entry}}, where)
+    return LocalSpec(name=record.name, command=tuple(command), port=port, env=dict(env),
+                     max_rss_mb=max_rss), record
 
 
 def _job_type(entry: Any, where: str) -> tuple[TypeRouting, RetryPolicy]:

@@ -32,6 +32,7 @@ from .errors import ConfigError, StoreError
 from .runtime.dispatcher import DispatchSettings
 from .runtime.fleet_admin import FleetAdmin
 from .runtime.health import HealthMonitor, HealthSettings
+from .runtime.local_comfyui import LocalComfyUI
 from .runtime.maintenance import Maintenance, MaintenanceSettings
 from .runtime.readings import read_deployment
 from .runtime.recovery import Recovery
@@ -262,6 +263,20 @@ async def until_signalled() -> None:
     await stop.wait()
 
 
+@contextlib.asynccontextmanager
+async def local_comfyuis(settings: Settings, services: Services) -> AsyncIterator[list[LocalComfyUI]]:
+    """The backends file's ``[[local]]`` ComfyUI servers, started and supervised while serving."""
+    started: list[LocalComfyUI] = []
+    try:
+        for spec in settings.fleet_file().local:
+            local = LocalComfyUI(spec, services.fleet, run_dir=settings.data_dir / "local")
+            await local.start()
+            started.append(local)
+        yield started
+    finally:
+        await asyncio.gather(*(local.stop() for local in started), return_exceptions=True)
+
+
 def warn_if_open(settings: Settings) -> None:
     """An API without keys listening beyond this machine is anyone's: say so."""
     if settings.api_keys_file is None and settings.host not in ("127.0.0.1", "localhost", "::1"):
@@ -311,7 +326,8 @@ def worker_argv(settings: Settings, redis_url: str) -> list[str]:
 
 async def run_serve(settings: Settings) -> None:
     check_port_free(settings.host, settings.port)
-    async with redis_for(settings) as url, open_services(service_config(settings, url)) as services:
+    async with redis_for(settings) as url, open_services(service_config(settings, url)) as services, \
+            local_comfyuis(settings, services):
         supervisor = WorkerSupervisor(worker_argv(settings, url), count=settings.workers)
         await supervisor.start()
         try:

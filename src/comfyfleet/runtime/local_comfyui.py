@@ -1,0 +1,179 @@
+"""Run ComfyUI servers on this machine as supervised children of ``comfyfleet serve``.
+
+Each ``[[local]]`` entry of the backends file (``fleetfile.LocalSpec``) is a command (``{port}``
+in it is replaced) that starts one ComfyUI listening on 127.0.0.1:port; the entry is also a
+backend of the fleet at that address. The supervisor:
+
+- starts it, its output appended to ``<data-dir>/local/<name>.log`` and its pid in
+  ``<name>.pid``;
+- restarts it when it exits or is killed, with exponential backoff, and gives up past the restart
+  intensity (more than 5 restarts in 60 s: logged as an error; the backend then reads ``down``
+  and its work goes elsewhere);
+- recycles it when its resident memory grows past ``max_rss_mb`` (ComfyUI keeps models and
+  caches until it is restarted): the backend is set ``draining`` so it takes no new prompt, its
+  running prompts finish (up to ``drain_timeout_s``), then it is stopped, started again and set
+  ``active``.
+
+Jobs running on a server that dies are not lost: their runners find the prompt gone and retry
+it, as on any backend restart. Only ``serve`` runs this; ``api`` and ``worker`` processes never
+start ComfyUI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..domain.policy import RestartIntensity
+from ..errors import ComfyFleetError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class LocalSpec:
+    name: str
+    command: tuple[str, ...]  # "{port}" anywhere in an argument is replaced
+    port: int
+    env: dict[str, str] = field(default_factory=dict)
+    max_rss_mb: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def argv(self) -> list[str]:
+        return [part.replace("{port}", str(self.port)) for part in self.command]
+
+
+@dataclass(frozen=True, slots=True)
+class LocalSettings:
+    check_every_s: float = 2.0
+    stop_grace_s: float = 10.0
+    drain_timeout_s: float = 3600.0
+    backoff_base_s: float = 0.5
+
+
+def resident_mb(pid: int) -> float | None:
+    """The process's resident memory in MiB (Linux ``/proc``); None where it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+class LocalComfyUI:
+    """One supervised ComfyUI process. ``start()``, then ``stop()``."""
+
+    def __init__(self, spec: LocalSpec, fleet, *, run_dir: Path,  # type: ignore[no-untyped-def]
+                 settings: LocalSettings = LocalSettings(),
+                 intensity: RestartIntensity | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.spec = spec
+        self._fleet = fleet  # a FleetStore: drain, load, re-enable
+        self._run_dir = Path(run_dir)
+        self._settings = settings
+        self._intensity = intensity or RestartIntensity()
+        self._clock = clock
+        self.process: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+        self.recycles = 0
+        self.given_up = False
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        self._run_dir.mkdir(parents=True, exist_ok=True)
+        await self._spawn()
+        self._task = asyncio.create_task(self._supervise(), name=f"local-comfyui-{self.spec.name}")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._terminate()
+
+    # -- the loop ------------------------------------------------------------------------------
+    async def _supervise(self) -> None:
+        while not self._stopping:
+            assert self.process is not None
+            try:
+                await asyncio.wait_for(self.process.wait(), timeout=self._settings.check_every_s)
+            except TimeoutError:
+                if self._too_big():
+                    await self._recycle()
+                continue
+            if self._stopping:
+                return
+            log.warning("local ComfyUI %s exited with code %s", self.spec.name, self.process.returncode)
+            if not self._intensity.record(self._clock()):
+                self.given_up = True
+                log.error("local ComfyUI %s: more than %d restarts in %.0f s; not restarting it",
+                          self.spec.name, self._intensity.max_restarts, self._intensity.window_s)
+                return
+            await asyncio.sleep(self._intensity.backoff_s(base_s=self._settings.backoff_base_s))
+            await self._spawn()
+            self.restarts += 1
+
+    def _too_big(self) -> bool:
+        if self.spec.max_rss_mb is None or self.process is None:
+            return False
+        rss = resident_mb(self.process.pid)
+        return rss is not None and rss > self.spec.max_rss_mb
+
+    async def _recycle(self) -> None:
+        name = self.spec.name
+        log.warning("local ComfyUI %s holds over %d MiB: draining it, then restarting it",
+                    name, self.spec.max_rss_mb)
+        await self._set_state("draining")
+        deadline = self._clock() + self._settings.drain_timeout_s
+        while self._clock() < deadline and (await self._fleet.loads([name])).get(name, 0) > 0:
+            await asyncio.sleep(self._settings.check_every_s / 4)
+        await self._terminate()
+        await self._spawn()
+        self.recycles += 1
+        await self._set_state("active")
+
+    async def _set_state(self, state: str) -> None:
+        try:
+            await self._fleet.update(self.spec.name, state=state)
+        except ComfyFleetError as exc:  # removed by an operator, or the store away: run it anyway
+            log.warning("local ComfyUI %s: could not set it %s: %s", self.spec.name, state, exc)
+
+    # -- the process ---------------------------------------------------------------------------
+    async def _spawn(self) -> None:
+        logfile = open(self._run_dir / f"{self.spec.name}.log", "ab")  # noqa: SIM115 - the child holds it
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                *self.spec.argv(), stdin=asyncio.subprocess.DEVNULL, stdout=logfile,
+                stderr=asyncio.subprocess.STDOUT, env={**os.environ, **self.spec.env},
+                start_new_session=True)  # a Ctrl-C to serve's group is not also ComfyUI's
+        except OSError as exc:
+            raise ComfyFleetError(f"cannot start local ComfyUI {self.spec.name} "
+                                  f"({self.spec.argv()[0]}): {exc.strerror or exc}") from None
+        finally:
+            logfile.close()
+        (self._run_dir / f"{self.spec.name}.pid").write_text(str(self.process.pid))
+        log.info("local ComfyUI %s started (pid %d) on %s", self.spec.name, self.process.pid, self.spec.url)
+
+    async def _terminate(self) -> None:
+        process = self.process
+        if process is None or process.returncode is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), timeout=self._settings.stop_grace_s)
+        except TimeoutError:
+            process.kill()
+            await process.wait()

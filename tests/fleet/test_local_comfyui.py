@@ -1,0 +1,187 @@
+"""ComfyUI servers that ``serve`` runs on this machine: restarted when they die, given up past
+the restart intensity, recycled (drained first) when their memory grows past the limit. The
+simulator stands in for ComfyUI as a real child process; the fleet registry is real Valkey."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+
+import httpx
+import pytest
+
+from comfyfleet.domain.policy import RestartIntensity
+from comfyfleet.fleetfile import parse_fleet
+from comfyfleet.runtime.local_comfyui import LocalComfyUI, LocalSettings, LocalSpec, resident_mb
+from comfyfleet.store.fleet import FleetStore
+
+from helpers.fleet import free_port
+
+FAST = LocalSettings(check_every_s=0.2, stop_grace_s=5.0, drain_timeout_s=30.0, backoff_base_s=0.05)
+
+
+def sim_spec(port: int, **extra) -> LocalSpec:  # type: ignore[no-untyped-def]
+    return LocalSpec(name="local-gpu", port=port, **extra,
+                     command=(sys.executable, "-m", "comfyfleet.sim", "--port", "{port}", "--name", "local-gpu"))
+
+
+async def answers(port: int, timeout_s: float = 20.0) -> None:
+    async with httpx.AsyncClient(timeout=1.0) as http, asyncio.timeout(timeout_s):
+        while True:
+            try:
+                if (await http.get(f"http://127.0.0.1:{port}/system_stats")).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+
+
+async def until(check, timeout_s: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    async with asyncio.timeout(timeout_s):
+        while not await check():
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def fleet(redis, keys):  # type: ignore[no-untyped-def]
+    return FleetStore(redis, keys)
+
+
+async def test_a_killed_server_is_started_again(fleet, tmp_path):
+    port = free_port()
+    spec = sim_spec(port)
+    await fleet.seed([parse_fleet({"local": [{"name": "local-gpu", "port": port, "command": list(spec.command)}]}).backends[0]])
+    local = LocalComfyUI(spec, fleet, run_dir=tmp_path, settings=FAST)
+    await local.start()
+    try:
+        await answers(port)
+        first = local.process.pid
+        assert (tmp_path / "local-gpu.pid").read_text() == str(first)
+        os.kill(first, signal.SIGKILL)
+
+        async def restarted() -> bool:
+            return local.process.pid != first and local.restarts == 1
+        await until(restarted)
+        await answers(port)
+        assert (tmp_path / "local-gpu.pid").read_text() == str(local.process.pid)
+        assert (tmp_path / "local-gpu.log").stat().st_size >= 0
+    finally:
+        await local.stop()
+    assert local.process.returncode is not None, "stop() stops it"
+
+
+async def test_a_server_that_keeps_dying_is_given_up(fleet, tmp_path):
+    spec = LocalSpec(name="broken", port=free_port(), command=(sys.executable, "-c", "raise SystemExit(3)"))
+    local = LocalComfyUI(spec, fleet, run_dir=tmp_path, settings=FAST,
+                         intensity=RestartIntensity(max_restarts=2, window_s=60.0))
+    await local.start()
+    try:
+        async def given_up() -> bool:
+            return local.given_up
+        await until(given_up)
+        assert local.restarts == 2, "two restarts allowed, the third exit ends it"
+    finally:
+        await local.stop()
+
+
+async def test_a_bloated_server_is_drained_then_recycled(fleet, tmp_path):
+    port = free_port()
+    spec = sim_spec(port, max_rss_mb=1)  # any Python process is bigger: it must be recycled
+    record = parse_fleet({"local": [{"name": "local-gpu", "port": port, "command": list(spec.command)}]}).backends[0]
+    await fleet.seed([record])
+    assert await fleet.acquire([("local-gpu", 1, 0)], "job-running-there") == "local-gpu"
+    local = LocalComfyUI(spec, fleet, run_dir=tmp_path, settings=FAST)
+    await local.start()
+    try:
+        await answers(port)
+        first = local.process.pid
+
+        async def draining() -> bool:
+            return (await fleet.get("local-gpu")).state == "draining"
+        await until(draining)
+        await asyncio.sleep(1.0)
+        assert local.process.pid == first and local.process.returncode is None, \
+            "not restarted while a prompt of ours runs there"
+        await fleet.release("local-gpu", "job-running-there")
+
+        async def recycled() -> bool:
+            return local.recycles >= 1 and (await fleet.get("local-gpu")).state == "active"
+        await until(recycled)
+        assert local.process.pid != first and local.restarts == 0
+    finally:
+        await local.stop()
+
+
+def test_resident_memory_is_read_from_proc():
+    assert resident_mb(os.getpid()) > 1
+    assert resident_mb(2 ** 22 + 12345) is None
+
+
+@pytest.mark.parametrize(("entry", "said"), [
+    ({"port": 8188}, "command must be a non-empty list"),
+    ({"command": ["x"], "port": 0}, "port must be an integer"),
+    ({"command": ["x"], "port": 8188, "max_rss_mb": 0}, "max_rss_mb must be"),
+    ({"command": ["x"], "port": 8188, "env": {"A": 1}}, "env must be a table of strings"),
+    ({"command": ["x"], "port": 8188, "gpu": 0}, "unknown key(s) gpu"),
+])
+def test_a_bad_local_entry_is_a_plain_error(entry, said):
+    from comfyfleet.errors import ConfigError
+    with pytest.raises(ConfigError, match="local\\[0\\]") as caught:
+        parse_fleet({"local": [entry]})
+    assert said in str(caught.value)
+
+
+def test_a_local_entry_is_also_a_backend():
+    parsed = parse_fleet({"local": [{"name": "gpu-0", "port": 8190, "command": ["python", "main.py", "--port", "{port}"],
+                                     "capacity": 2, "tags": ["sdxl"]}]})
+    assert [(b.name, b.url, b.capacity, b.tags) for b in parsed.backends] == \
+        [("gpu-0", "http://127.0.0.1:8190", 2, ("sdxl",))]
+    assert parsed.local[0].argv() == ["python", "main.py", "--port", "8190"]
+    from comfyfleet.errors import ConfigError
+    with pytest.raises(ConfigError, match="port of its own"):
+        parse_fleet({"local": [{"name": "a", "port": 1, "command": ["x"]}, {"name": "b", "port": 1, "command": ["x"]}]})
+
+
+async def test_serve_runs_its_local_comfyui_and_jobs_survive_its_death(tmp_path):
+    """``comfyfleet serve`` with a ``[[local]]`` entry: the server it starts takes jobs; killed,
+    it is started again and the next job runs; stopping serve stops it."""
+    import json as jsonlib
+
+    from helpers.fleet import image_workflow
+    from helpers.processes import Child
+
+    sim_port, api_port = free_port(), free_port()
+    command = jsonlib.dumps([sys.executable, "-m", "comfyfleet.sim", "--port", "{port}", "--step-s", "0.01"])
+    (tmp_path / "fleet.toml").write_text(f'[[local]]\nname = "gpu-0"\nport = {sim_port}\ncommand = {command}\n')
+    serve = Child(["comfyfleet", "serve", "--port", str(api_port), "--data-dir", str(tmp_path / "data"),
+                   "--backends-file", str(tmp_path / "fleet.toml")], tmp_path / "serve.log")
+    try:
+        await serve.wait_for("comfyfleet serving on", timeout_s=60)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=10) as http:
+            async def run_one(seed: int) -> dict:
+                created = await http.post("/api/v2/jobs", json={"workflow": image_workflow(3, seed=seed)})
+                assert created.status_code == 201, created.text
+                async with asyncio.timeout(60):
+                    while (job := (await http.get(f"/api/v2/jobs/{created.json()['id']}")).json())["status"] \
+                            not in ("succeeded", "failed", "canceled", "expired"):
+                        await asyncio.sleep(0.1)
+                return job
+
+            assert (await run_one(1))["backend"] == "gpu-0"
+            pid_file = tmp_path / "data" / "local" / "gpu-0.pid"
+            first = int(pid_file.read_text())
+            os.kill(first, signal.SIGKILL)
+
+            async def restarted() -> bool:
+                return pid_file.read_text() != str(first)
+            await until(restarted)
+            job = await run_one(2)
+            assert job["status"] == "succeeded", job["error"]
+            second = int(pid_file.read_text())
+    finally:
+        await serve.stop()
+    await asyncio.sleep(0.5)
+    with pytest.raises(ProcessLookupError):
+        os.kill(second, 0)
