@@ -45,8 +45,12 @@ async def test_no_key_or_a_wrong_key_is_a_401_and_health_needs_none(keyed, clien
                 assert error_code(response) == "unauthorized"
         response = await client.post("/api/v2/jobs", json={"workflow": WORKFLOW}, headers=headers)
         assert response.status_code == 401
-    assert (await client.get("/health")).status_code == 200
-    assert (await client.get("/api/v2/health")).status_code == 200
+    for path in ("/health", "/api/v2/health"):
+        anonymous = await client.get(path)
+        assert anonymous.status_code == 200 and anonymous.json() == {"status": "healthy", "redis": "ok"}, \
+            "a probe learns the status, not the backends"
+        assert (await client.get(path, headers=as_(ALICE))).json() == anonymous.json()
+        assert "backends" in (await client.get(path, headers=as_(OPS))).json()
 
 
 async def test_a_job_belongs_to_the_key_that_submitted_it(keyed, client, enqueued):

@@ -1,13 +1,17 @@
-"""``GET /health``: no auth, never probes ComfyUI itself; ``services.health()`` adds backends."""
+"""``GET /health``: no auth, never probes ComfyUI itself; ``services.health()`` adds backends.
+
+On a server with API keys only an admin's key gets the details (backend names and addresses, the
+store's error); anyone else gets the status alone, which is all a probe needs."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
 from ..errors import StoreError
+from .access import bearer_token, identify
 from .context import ApiContext, get_context
 
 log = logging.getLogger(__name__)
@@ -15,7 +19,7 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/health")
-async def health(ctx: ApiContext = Depends(get_context)) -> dict[str, Any]:
+async def health(request: Request, ctx: ApiContext = Depends(get_context)) -> dict[str, Any]:
     try:
         await ctx.services.store.list(limit=1)
         redis = "ok"
@@ -27,4 +31,8 @@ async def health(ctx: ApiContext = Depends(get_context)) -> dict[str, Any]:
         log.exception("health probe failed")
         extra = {"health_error": type(exc).__name__}
     degraded = redis != "ok" or "health_error" in extra or extra.get("status") == "degraded"
-    return {**extra, "status": "degraded" if degraded else "healthy", "redis": redis}
+    status = "degraded" if degraded else "healthy"
+    caller = identify(ctx, bearer_token(request.headers.get("authorization")))
+    if caller is None or not caller.admin:
+        return {"status": status, "redis": "ok" if redis == "ok" else "unavailable"}
+    return {**extra, "status": status, "redis": redis}
