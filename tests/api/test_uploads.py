@@ -52,7 +52,10 @@ async def test_a_wrong_expected_hash_is_a_409_and_keeps_nothing(client, blobs):
     response = await upload(client, other, expected_hash=b3(PNG))
     assert response.status_code == 409 and error_code(response) == "hash_mismatch"
     assert not await blobs.exists("sha256:" + hashlib.sha256(other).hexdigest())
-    assert not list((blobs.root / ".incoming").iterdir()), "the partial file is removed"
+    big = b"y" * (3 << 20)  # past what is held in memory: it was written to a temporary file
+    response = await upload(client, big, expected_hash=b3(PNG))
+    assert response.status_code == 409 and not await blobs.exists("sha256:" + hashlib.sha256(big).hexdigest())
+    assert not list((blobs.root / ".incoming").iterdir()), "the temporary file is removed"
     right = await upload(client, other, expected_hash=b3(other))
     assert right.status_code == 201
 
