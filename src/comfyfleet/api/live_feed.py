@@ -68,8 +68,10 @@ async def live_feed(websocket: WebSocket) -> None:
     ctx.open_streams += 1
     try:
         await LiveFeed(ctx, caller, websocket).run()
-    except WebSocketDisconnect:
-        pass
+    except (WebSocketDisconnect, OSError):
+        pass  # the client went away, mid-send or between messages
+    except RuntimeError as exc:  # Starlette: a send after the socket closed under us
+        log.debug("live feed ended: %s", exc)
     except ComfyFleetError as exc:  # the store went away: say so, the page reconnects
         log.warning("live feed ended: %s", exc)
         await refuse(websocket, CLOSE_TRY_LATER, "store_unavailable", "the job store is unavailable")
