@@ -23,6 +23,7 @@ the attempt, so the next worker reattaches to the same prompt. Hour-long jobs ar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -73,6 +74,7 @@ class Worker:
         self._held: dict[str, str] = {}  # job id -> claim token
         self._tasks: dict[str, asyncio.Task] = {}  # job id -> the task running it here
         self._loops: list[asyncio.Task] = []
+        self._runs: list[asyncio.Task] = []  # the bullmq consumers' run loops
         self._stopping = False
         self._started_at = time.time()
         self.jobs_started = 0
@@ -91,8 +93,11 @@ class Worker:
                 "concurrency": self._settings.concurrency, "lockDuration": q.lock_duration_ms,
                 "stalledInterval": q.stalled_interval_ms, "maxStalledCount": q.max_stalled_count,
                 "drainDelay": q.drain_delay_s, "removeOnComplete": True, "removeOnFail": True,
-                "name": self.worker_id}
+                "name": self.worker_id, "autorun": False}
         self._consumers = [LaneConsumer(lane, self._process, opts) for lane in LANES]
+        # run by us, not by bullmq's untracked autorun: stop() waits for them to end, since a run
+        # stopped while it still connects would open its connection after close() and leak it
+        self._runs = [asyncio.create_task(c.run(), name=f"bullmq-{c.name}") for c in self._consumers]
 
     # -- the bullmq path ---------------------------------------------------------------------
     async def _process(self, bull_job, token: str) -> None:
@@ -264,7 +269,17 @@ class Worker:
         except TimeoutError:
             for consumer in self._consumers:
                 await consumer.close(force=True)
-        self._consumers = []
+        if self._runs:
+            await asyncio.wait(self._runs, timeout=5.0)
+        for run in self._runs:
+            if not run.done():
+                run.cancel()
+            elif not run.cancelled() and run.exception() is not None:  # racing its own close
+                log.debug("bullmq consumer %s ended with %r", run.get_name(), run.exception())
+        for consumer in self._consumers:  # again: what a run connected while closing is closed now
+            with contextlib.suppress(Exception):
+                await consumer.backend.close(force=True)
+        self._consumers, self._runs = [], []
         # Claims whose task never started (cancelled before its first step) or whose sweep was
         # cut short are still held: give them back now, not one lease from now.
         for job_id, claim in list(self._held.items()):
