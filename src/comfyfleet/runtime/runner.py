@@ -35,8 +35,8 @@ from .job_records import JobRecords
 from .outputs import collect_outputs
 from .placement import NoPlace, Placement
 from .progress_sink import ProgressSink
-from .staging import InputMissing, stage_inputs
 from .reconcile import Action, BackendView, PromptState, Where, decide, lookup
+from .staging import InputMissing, stage_inputs
 from .tracking_stats import CounterFlusher
 
 log = logging.getLogger(__name__)
