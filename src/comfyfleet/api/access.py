@@ -21,6 +21,7 @@ from ..errors import JobNotFound
 from .context import ApiContext, get_context
 
 UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="comfyfleet"'}
+ANONYMOUS = "anonymous"  # the owner of what an open server's callers submit without naming one
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,11 @@ class Caller:
 
 
 OPEN = Caller(owner=None, admin=True)
+
+
+def owner_of(caller: Caller) -> str:
+    """Whose an upload of this caller's is: the key's owner, else ``ANONYMOUS``."""
+    return caller.owner_for(None, ANONYMOUS)
 
 
 def caller_for(holder: KeyHolder) -> Caller:

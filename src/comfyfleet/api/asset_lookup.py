@@ -11,12 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import JobNotFound
-from .access import Caller
+from .access import Caller, owner_of
 from .context import ApiContext
 from .schemas import parse_asset_id
-
-ANONYMOUS = "anonymous"
-
 
 @dataclass(frozen=True, slots=True)
 class FoundAsset:
@@ -25,11 +22,6 @@ class FoundAsset:
     name: str
     content_type: str
     size_bytes: int
-
-
-def owner_of(caller: Caller) -> str:
-    """Whose upload a caller's is: the key's owner, or nobody in particular on an open server."""
-    return caller.owner or ANONYMOUS
 
 
 def is_upload_id(value: str) -> bool:

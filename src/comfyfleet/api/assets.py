@@ -18,8 +18,8 @@ from fastapi.responses import StreamingResponse
 
 from ..blobs import parse_digest
 from ..errors import JobNotFound
-from .access import Caller, get_caller
-from .asset_lookup import find_asset, owner_of
+from .access import Caller, get_caller, owner_of
+from .asset_lookup import find_asset
 from .uploads import parse_blake3
 from .context import ApiContext, get_context
 from .errors import error_response

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..domain.asset_refs import BLOB_KEY, NAME_KEY
 from ..errors import JobNotFound, ValidationFailed
 from . import validation
 from .access import Caller
@@ -21,7 +22,6 @@ from .asset_lookup import find_asset
 from .context import ApiContext
 
 HOLD_PAST_DEADLINE_S = 3600.0
-BLOB_KEY, NAME_KEY = "comfyfleet_blob", "comfyfleet_name"
 
 
 async def resolve_inputs(ctx: ApiContext, workflow: dict[str, Any], caller: Caller) -> list[str]:
@@ -48,8 +48,10 @@ async def resolve_inputs(ctx: ApiContext, workflow: dict[str, Any], caller: Call
 def as_sent(workflow: dict[str, Any]) -> dict[str, Any]:
     """The stored workflow without the keys ``resolve_inputs`` added (in place)."""
     for ref in validation.asset_refs(workflow):
-        ref.ref["info"].pop(BLOB_KEY, None)
-        ref.ref["info"].pop(NAME_KEY, None)
+        info = ref.ref.get("info")
+        if isinstance(info, dict):
+            info.pop(BLOB_KEY, None)
+            info.pop(NAME_KEY, None)
     return workflow
 
 

@@ -18,7 +18,7 @@ from ..domain import transitions as t
 from ..domain.job import DEFAULT_JOB_TYPE, Job, JobError, JobStatus
 from ..errors import ComfyFleetError, InvalidTransition, JobNotFound, ValidationFailed
 from . import validation
-from .access import Caller, check_sees, get_caller
+from .access import ANONYMOUS, Caller, check_sees, get_caller
 from .context import ApiContext, JobId, get_context
 from .inputs import as_sent, hold_inputs, resolve_inputs
 from .listing import list_page
@@ -27,7 +27,6 @@ from .schemas import iso, new_job_id
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["jobs"])
 
-ANONYMOUS = "anonymous"
 ENQUEUE_RETRY_AFTER_S = 5
 
 

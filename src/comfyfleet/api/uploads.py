@@ -29,8 +29,8 @@ from ..blobs import DEFAULT_CONTENT_TYPE, parse_digest
 from ..errors import JobNotFound, ValidationFailed
 from ..store.uploads import Upload
 from . import validation
-from .access import Caller, get_caller
-from .asset_lookup import find_asset, is_upload_id, owner_of
+from .access import Caller, get_caller, owner_of
+from .asset_lookup import find_asset, is_upload_id
 from .context import ApiContext, get_context
 
 router = APIRouter(tags=["assets"])

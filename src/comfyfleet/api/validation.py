@@ -19,6 +19,7 @@ from typing import Any
 
 from starlette.requests import ClientDisconnect
 
+from ..domain.asset_refs import node_references
 from ..errors import ValidationFailed
 
 MAX_METADATA_PAIRS = 16
@@ -30,7 +31,6 @@ LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 METADATA_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
 RESERVED_FIELDS = ("webhook_url", "inputs")
 EXTRA_DATA_KEYS = frozenset({"api_key_comfy_org"})
-ASSET_TYPE = "core/ASSET"
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,26 +241,11 @@ def _problem(field_name: str, reason: str, message: str) -> dict[str, str]:
 def asset_refs(workflow: dict[str, Any]) -> list[AssetRef]:
     """Every ``core/ASSET`` reference in the nodes' inputs (a malformed one has no id)."""
     found: list[AssetRef] = []
-    for node_id, node in workflow.items():
-        for name, value in (node.get("inputs") or {}).items():
-            for ref in _walk_refs(value):
-                info = ref.get("info")
-                asset_id = info.get("id") if isinstance(info, dict) else None
-                found.append(AssetRef(node_id, name, asset_id if isinstance(asset_id, str)
-                                      and asset_id else None, ref))
+    for node_id, name, ref in node_references(workflow):
+        info = ref.get("info")
+        asset_id = info.get("id") if isinstance(info, dict) else None
+        found.append(AssetRef(node_id, name, asset_id if isinstance(asset_id, str) and asset_id else None, ref))
     return found
-
-
-def _walk_refs(value: Any) -> Iterator[dict[str, Any]]:
-    if isinstance(value, dict):
-        if value.get("__type") == ASSET_TYPE:
-            yield value
-            return
-        for item in value.values():
-            yield from _walk_refs(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _walk_refs(item)
 
 
 async def read_body(request: Any, max_bytes: int) -> bytes:

@@ -18,10 +18,9 @@ from typing import Any
 
 from ..blobs import parse_digest
 from ..comfy.client import ComfyClient
+from ..domain.asset_refs import BLOB_KEY, NAME_KEY, is_reference, node_references
 from ..ports import BlobStore
 
-ASSET_TYPE = "core/ASSET"
-BLOB_KEY, NAME_KEY = "comfyfleet_blob", "comfyfleet_name"  # written by api/inputs.py
 STAGED_PREFIX = "cf-"
 _EXTENSION = re.compile(r"^\.[A-Za-z0-9]{1,10}$")
 
@@ -38,31 +37,10 @@ def staged_name(digest: str, file_path: str | None) -> str:
     return f"{STAGED_PREFIX}{hexpart[:32]}{suffix.lower() if _EXTENSION.match(suffix) else ''}"
 
 
-def references(workflow: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every asset reference object in the nodes' inputs."""
-    found: list[dict[str, Any]] = []
-
-    def walk(value: Any) -> None:
-        if isinstance(value, dict):
-            if value.get("__type") == ASSET_TYPE:
-                found.append(value)
-                return
-            for item in value.values():
-                walk(item)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item)
-
-    for node in workflow.values():
-        if isinstance(node, dict):
-            walk(node.get("inputs") or {})
-    return found
-
-
 async def stage_inputs(client: ComfyClient, blobs: BlobStore, workflow: dict[str, Any]) -> dict[str, Any]:
     """The workflow to submit: references replaced by staged file names (uploaded if missing).
     Returns ``workflow`` itself when it has no reference."""
-    if not references(workflow):
+    if next(node_references(workflow), None) is None:
         return workflow
     staged = copy.deepcopy(workflow)
     names: dict[str, str] = {}
@@ -74,7 +52,7 @@ async def stage_inputs(client: ComfyClient, blobs: BlobStore, workflow: dict[str
 
 async def _replace(value: Any, client: ComfyClient, blobs: BlobStore, names: dict[str, str]) -> Any:
     if isinstance(value, dict):
-        if value.get("__type") == ASSET_TYPE:
+        if is_reference(value):
             return await _stage(value, client, blobs, names)
         return {key: await _replace(item, client, blobs, names) for key, item in value.items()}
     if isinstance(value, list):
