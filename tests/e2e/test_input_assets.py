@@ -13,7 +13,8 @@ from comfy_sdk import Comfy
 from comfyfleet.blobs import LocalBlobStore
 from comfyfleet.comfy.client import ComfyClient
 from comfyfleet.comfy.transport import open_session
-from comfyfleet.runtime.staging import InputMissing, stage_inputs, staged_name
+from comfyfleet.errors import PromptRejected
+from comfyfleet.runtime.staging import InputMissing, stage_inputs, staged_name, submit_with_inputs
 from comfyfleet.sim import SimConfig, Simulator
 
 from helpers.fleet import running_fleet
@@ -89,6 +90,42 @@ async def test_staging_uploads_once_and_a_missing_blob_is_input_missing(tmp_path
             unresolved = {"1": {"inputs": {"image": {"__type": "core/ASSET", "info": {"id": "y"}}}}}
             with pytest.raises(InputMissing, match="never resolved"):
                 await stage_inputs(client, blobs, unresolved)
+        finally:
+            await http.close()
+
+
+async def test_a_staged_file_removed_before_the_prompt_is_uploaded_again(tmp_path):
+    """The file is there when staging looks, gone when ComfyUI validates the prompt (someone
+    cleaned the input directory in between): the inputs are uploaded again and the prompt sent
+    once more. A refusal of a file that is not ours stands."""
+    blobs = LocalBlobStore(tmp_path / "blobs")
+    digest = await blobs.put(FACE, content_type="image/png")
+    ref = {"__type": "core/ASSET", "info": {"id": "x", "comfyfleet_blob": digest, "comfyfleet_name": "face.png"}}
+    async with Simulator(SimConfig(name="race"), port=0) as sim:
+        http = open_session(limit=4)
+        try:
+            client = ComfyClient(sim.url, http=http)
+            staged = Path(sim.dirs["input"]) / staged_name(digest, "face.png")
+            await stage_inputs(client, blobs, edit_workflow(ref))  # the file is on the backend
+            looked = client.input_exists
+
+            async def exists_then_cleaned(name: str) -> bool:
+                there = await looked(name)
+                staged.unlink(missing_ok=True)  # removed right after the look
+                return there
+            client.input_exists = exists_then_cleaned  # type: ignore[method-assign]
+
+            await submit_with_inputs(client, blobs, edit_workflow(ref), prompt_id="p-1",
+                                     client_id="c-1", extra_data={})
+            assert sim.requests["POST /prompt"] == 2, "refused once, then accepted"
+            assert sim.requests["POST /upload/image"] == 2, "uploaded when staged, and again"
+            assert staged.read_bytes() == FACE
+            assert (await client.queue()).find("p-1") or await client.history("p-1") is not None
+
+            with pytest.raises(PromptRejected, match="rejected"):
+                await submit_with_inputs(client, blobs, edit_workflow("not-ours.png"), prompt_id="p-2",
+                                         client_id="c-1", extra_data={})
+            assert sim.requests["POST /prompt"] == 3, "a file we did not stage: refused once, no retry"
         finally:
             await http.close()
 

@@ -7,22 +7,30 @@ sha256><extension>``. The name is the content, so a file already there (``GET /v
 again, and two jobs with the same input share it. Staging happens after a slot is taken and
 before ``POST /prompt`` (phase ``dispatching``); what goes wrong is classified like any other
 call to the backend, except a blob that is gone from our store, which no retry can fix.
+
+A staged file can vanish between the check and ``POST /prompt`` (someone cleans the backend's
+input directory): ComfyUI then refuses the prompt naming that file. ``submit_with_inputs`` uploads
+the inputs again and submits once more; only a second refusal stands.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import PurePosixPath
 from typing import Any
 
 from ..blobs import parse_digest
-from ..comfy.client import ComfyClient
+from ..comfy.client import ComfyClient, SubmitResult
 from ..domain.asset_refs import BLOB_KEY, NAME_KEY, is_reference, node_references
+from ..errors import PromptRejected
 from ..ports import BlobStore
 
 STAGED_PREFIX = "cf-"
 _EXTENSION = re.compile(r"^\.[A-Za-z0-9]{1,10}$")
+# LoadImage (and the other loaders) refusing a file: "image - Invalid image file: <name>"
+_STAGED_FILE_REFUSED = re.compile(r"Invalid \w+ file: " + STAGED_PREFIX + r"[0-9a-f]{32}")
 
 
 class InputMissing(Exception):
@@ -37,38 +45,59 @@ def staged_name(digest: str, file_path: str | None) -> str:
     return f"{STAGED_PREFIX}{hexpart[:32]}{suffix.lower() if _EXTENSION.match(suffix) else ''}"
 
 
-async def stage_inputs(client: ComfyClient, blobs: BlobStore, workflow: dict[str, Any]) -> dict[str, Any]:
-    """The workflow to submit: references replaced by staged file names (uploaded if missing).
-    Returns ``workflow`` itself when it has no reference."""
+async def submit_with_inputs(client: ComfyClient, blobs: BlobStore, workflow: dict[str, Any], *,
+                             prompt_id: str, client_id: str, extra_data: dict[str, Any]) -> SubmitResult:
+    """``POST /prompt`` with the workflow's inputs staged on ``client``'s backend. Raises what
+    ``stage_inputs`` and ``ComfyClient.submit`` raise."""
+    prompt = await stage_inputs(client, blobs, workflow)
+    try:
+        return await client.submit(prompt, prompt_id=prompt_id, client_id=client_id, extra_data=extra_data)
+    except PromptRejected as exc:
+        if prompt is workflow or not refuses_a_staged_file(exc):
+            raise
+    prompt = await stage_inputs(client, blobs, workflow, upload=True)  # refused: nothing was queued
+    return await client.submit(prompt, prompt_id=prompt_id, client_id=client_id, extra_data=extra_data)
+
+
+def refuses_a_staged_file(rejection: PromptRejected) -> bool:
+    """Whether ComfyUI refused the prompt because a file we staged is not in its input directory."""
+    return _STAGED_FILE_REFUSED.search(json.dumps(rejection.node_errors)) is not None
+
+
+async def stage_inputs(client: ComfyClient, blobs: BlobStore, workflow: dict[str, Any], *,
+                       upload: bool = False) -> dict[str, Any]:
+    """The workflow to submit: references replaced by staged file names, uploaded if missing
+    (always, with ``upload``). Returns ``workflow`` itself when it has no reference."""
     if next(node_references(workflow), None) is None:
         return workflow
     staged = copy.deepcopy(workflow)
     names: dict[str, str] = {}
     for node in staged.values():
         if isinstance(node, dict) and isinstance(node.get("inputs"), dict):
-            node["inputs"] = await _replace(node["inputs"], client, blobs, names)
+            node["inputs"] = await _replace(node["inputs"], client, blobs, names, upload)
     return staged
 
 
-async def _replace(value: Any, client: ComfyClient, blobs: BlobStore, names: dict[str, str]) -> Any:
+async def _replace(value: Any, client: ComfyClient, blobs: BlobStore, names: dict[str, str],
+                   upload: bool) -> Any:
     if isinstance(value, dict):
         if is_reference(value):
-            return await _stage(value, client, blobs, names)
-        return {key: await _replace(item, client, blobs, names) for key, item in value.items()}
+            return await _stage(value, client, blobs, names, upload)
+        return {key: await _replace(item, client, blobs, names, upload) for key, item in value.items()}
     if isinstance(value, list):
-        return [await _replace(item, client, blobs, names) for item in value]
+        return [await _replace(item, client, blobs, names, upload) for item in value]
     return value
 
 
 async def _stage(reference: dict[str, Any], client: ComfyClient, blobs: BlobStore,
-                 names: dict[str, str]) -> str:
+                 names: dict[str, str], upload: bool) -> str:
     info = reference.get("info") if isinstance(reference.get("info"), dict) else {}
     digest = info.get(BLOB_KEY)
     if not isinstance(digest, str):
         raise InputMissing(f"asset {info.get('id')!r} was never resolved to stored bytes")
     name = staged_name(digest, info.get(NAME_KEY) or info.get("file_path"))
     if digest not in names:
-        if not await client.input_exists(name):
+        if upload or not await client.input_exists(name):
             try:
                 source = open(blobs.path(digest), "rb")  # noqa: SIM115 - closed below
             except (FileNotFoundError, ValueError):
