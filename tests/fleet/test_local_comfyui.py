@@ -114,6 +114,99 @@ async def test_a_bloated_server_is_drained_then_recycled(fleet, tmp_path):
         await local.stop()
 
 
+async def abandon(local: LocalComfyUI) -> None:
+    """What a SIGKILL of ``serve`` does to the supervisor: it stops mid-step, stopping nothing."""
+    local._task.cancel()
+    await asyncio.gather(local._task, return_exceptions=True)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+async def test_the_next_serve_stops_a_server_left_running_and_starts_its_own(fleet, tmp_path):
+    port = free_port()
+    spec = sim_spec(port)
+    await fleet.seed([parse_fleet({"local": [{"name": "local-gpu", "port": port, "command": list(spec.command)}]}).backends[0]])
+    dead = LocalComfyUI(spec, fleet, run_dir=tmp_path, settings=FAST)
+    await dead.start()
+    await answers(port)
+    orphan = dead.process.pid
+    await abandon(dead)
+    assert alive(orphan), "ComfyUI runs in its own session: it outlives the serve that started it"
+
+    local = LocalComfyUI(spec, fleet, run_dir=tmp_path, settings=FAST)
+    await local.start()
+    try:
+        await dead.process.wait()  # reap it (it is this test process's child)
+        assert not alive(orphan)
+        await answers(port)
+        await asyncio.sleep(0.5)
+        assert local.process.returncode is None and local.restarts == 0, "the new server has the port"
+        assert (tmp_path / "local-gpu.pid").read_text() == str(local.process.pid)
+    finally:
+        await local.stop()
+
+
+async def test_a_pid_file_naming_another_program_is_left_alone(fleet, tmp_path):
+    bystander = await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; time.sleep(60)")
+    port = free_port()
+    (tmp_path / "local-gpu.pid").write_text(str(bystander.pid))
+    local = LocalComfyUI(sim_spec(port), fleet, run_dir=tmp_path, settings=FAST)
+    await local.start()
+    try:
+        await answers(port)
+        assert bystander.returncode is None and alive(bystander.pid)
+    finally:
+        await local.stop()
+        bystander.kill()
+        await bystander.wait()
+
+
+async def test_a_recycle_cut_short_by_the_death_of_serve_is_finished_by_the_next(fleet, tmp_path):
+    port = free_port()
+    record = parse_fleet({"local": [{"name": "local-gpu", "port": port, "command": list(sim_spec(port).command)}]}).backends[0]
+    await fleet.seed([record])
+    assert await fleet.acquire([("local-gpu", 1, 0)], "job-running-there") == "local-gpu"
+    dying = LocalComfyUI(sim_spec(port, max_rss_mb=1), fleet, run_dir=tmp_path, settings=FAST)
+    await dying.start()
+
+    async def draining() -> bool:
+        return (await fleet.get("local-gpu")).state == "draining"
+    await until(draining)
+    await abandon(dying)  # died waiting for the running prompt
+    await fleet.release("local-gpu", "job-running-there")
+    assert (tmp_path / "local-gpu.recycling").exists()
+
+    local = LocalComfyUI(sim_spec(port), fleet, run_dir=tmp_path, settings=FAST)
+    await local.start()
+    try:
+        await dying.process.wait()
+        assert (await fleet.get("local-gpu")).state == "active"
+        assert not (tmp_path / "local-gpu.recycling").exists()
+        await answers(port)
+    finally:
+        await local.stop()
+
+
+async def test_a_drain_an_operator_asked_for_is_left_alone(fleet, tmp_path):
+    port = free_port()
+    spec = sim_spec(port)
+    await fleet.seed([parse_fleet({"local": [{"name": "local-gpu", "port": port, "command": list(spec.command)}]}).backends[0]])
+    await fleet.update("local-gpu", state="draining")
+    local = LocalComfyUI(spec, fleet, run_dir=tmp_path, settings=FAST)
+    await local.start()
+    try:
+        await answers(port)
+        assert (await fleet.get("local-gpu")).state == "draining"
+    finally:
+        await local.stop()
+
+
 def test_resident_memory_is_read_from_proc():
     assert resident_mb(os.getpid()) > 1
     assert resident_mb(2 ** 22 + 12345) is None

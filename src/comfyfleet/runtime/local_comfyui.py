@@ -14,6 +14,12 @@ backend of the fleet at that address. The supervisor:
   running prompts finish (up to ``drain_timeout_s``), then it is stopped, started again and set
   ``active``.
 
+What a ``serve`` that died (even by SIGKILL) left behind is mended when the next one starts: a
+server still running from the command in ``<name>.pid`` (ComfyUI runs in its own session, so it
+outlives ``serve``) is stopped before a new one starts, and a backend left ``draining`` by a
+recycle (``<name>.recycling`` marks one in progress) is set ``active`` again. A drain an operator
+asked for carries no mark and is left alone.
+
 Jobs running on a server that dies are not lost: their runners find the prompt gone and retry
 it, as on any backend restart. Only ``serve`` runs this; ``api`` and ``worker`` processes never
 start ComfyUI.
@@ -72,6 +78,16 @@ def resident_mb(pid: int) -> float | None:
     return None
 
 
+def running_command(pid: int) -> list[str] | None:
+    """The command line of a live process (Linux ``/proc``); None when it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        return None
+    return [part.decode(errors="replace") for part in raw.split(b"\0")[:-1]] or None
+
+
 class LocalComfyUI:
     """One supervised ComfyUI process. ``start()``, then ``stop()``."""
 
@@ -94,6 +110,12 @@ class LocalComfyUI:
 
     async def start(self) -> None:
         self._run_dir.mkdir(parents=True, exist_ok=True)
+        await self._stop_orphan()
+        if self._recycle_mark.exists():
+            log.warning("local ComfyUI %s: the last serve died while recycling it; setting it active",
+                        self.spec.name)
+            await self._set_state("active")
+            self._recycle_mark.unlink(missing_ok=True)
         await self._spawn()
         self._task = asyncio.create_task(self._supervise(), name=f"local-comfyui-{self.spec.name}")
 
@@ -136,6 +158,7 @@ class LocalComfyUI:
         name = self.spec.name
         log.warning("local ComfyUI %s holds over %d MiB: draining it, then restarting it",
                     name, self.spec.max_rss_mb)
+        self._recycle_mark.write_text(str(os.getpid()))
         await self._set_state("draining")
         deadline = self._clock() + self._settings.drain_timeout_s
         while self._clock() < deadline and (await self._fleet.loads([name])).get(name, 0) > 0:
@@ -144,6 +167,11 @@ class LocalComfyUI:
         await self._spawn()
         self.recycles += 1
         await self._set_state("active")
+        self._recycle_mark.unlink(missing_ok=True)
+
+    @property
+    def _recycle_mark(self) -> Path:
+        return self._run_dir / f"{self.spec.name}.recycling"
 
     async def _set_state(self, state: str) -> None:
         try:
@@ -166,6 +194,27 @@ class LocalComfyUI:
             logfile.close()
         (self._run_dir / f"{self.spec.name}.pid").write_text(str(self.process.pid))
         log.info("local ComfyUI %s started (pid %d) on %s", self.spec.name, self.process.pid, self.spec.url)
+
+    async def _stop_orphan(self) -> None:
+        """Stop the server a dead ``serve`` left running: the pid in ``<name>.pid``, if that
+        process still runs this entry's command (a pid reused by anything else is left alone)."""
+        try:
+            pid = int((self._run_dir / f"{self.spec.name}.pid").read_text())
+        except (OSError, ValueError):
+            return
+        if running_command(pid) != self.spec.argv():
+            return
+        log.warning("local ComfyUI %s: stopping pid %d, left running by a serve that died", self.spec.name, pid)
+        for signum, wait_s in ((signal.SIGTERM, self._settings.stop_grace_s), (signal.SIGKILL, 5.0)):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                return
+            deadline = self._clock() + wait_s
+            while self._clock() < deadline:
+                if running_command(pid) != self.spec.argv():  # gone (or a zombie: its port is free)
+                    return
+                await asyncio.sleep(0.05)
 
     async def _terminate(self) -> None:
         process = self.process
