@@ -78,6 +78,18 @@ async def test_by_hash_and_from_hash_skip_sending_bytes_again(client):
         assert response.status_code == 422, body
 
 
+async def test_the_hash_index_lasts_as_long_as_the_longest_lived_upload(client, redis, keys):
+    week, hour = 7 * 86400, 3600
+    assert (await upload(client, expires_in=week)).status_code == 201
+    assert (await upload(client, expires_in=hour)).status_code == 200
+    index = keys.upload_hash("anonymous", b3(PNG).removeprefix("blake3:"))
+    assert await redis.pttl(index) > (week - 60) * 1000, "a shorter upload later does not cut it short"
+    other = PNG[::-1]
+    assert (await upload(client, other, expires_in=hour)).status_code == 201
+    assert (await upload(client, other, expires_in=week)).status_code == 200
+    assert await redis.pttl(keys.upload_hash("anonymous", b3(other).removeprefix("blake3:"))) > (week - 60) * 1000
+
+
 async def test_uploads_are_private_to_their_owner(api, client, tmp_path):
     alice, bob = new_key(), new_key()
     path = tmp_path / "keys.toml"

@@ -2,7 +2,7 @@
 
 An upload is a record over a blob (``sha256:`` digest in the blob store): ``Keys.upload`` (JSON,
 expiring at the upload's ``expires_at``). ``Keys.upload_hash`` maps an owner's content hash to
-the blob, so ``HEAD /assets/by-hash`` and ``POST /assets/from-hash`` let a
+the blob (until the latest expiry among that owner's uploads of it), so ``HEAD /assets/by-hash`` and ``POST /assets/from-hash`` let a
 client skip sending bytes it sent before (per owner: whether someone else holds a file is not
 told). ``Keys.blobs_held`` scores each blob digest with the time until which something still needs
 it (an upload record, or a queued job that will stage it); cleanup keeps those blobs.
@@ -74,8 +74,11 @@ class UploadStore:
         with translated(self._redis, "write of an upload"):
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.set(self._record(upload.id), upload.to_json(), pxat=expire_ms)
-                pipe.set(self._by_hash(upload.owner, upload.blake3.removeprefix("blake3:")), known,
-                         pxat=expire_ms)
+                # the index lives as long as the owner's longest-lived upload of these bytes:
+                # pushed later when it exists (GT), created with this expiry when it does not
+                by_hash = self._by_hash(upload.owner, upload.blake3.removeprefix("blake3:"))
+                pipe.pexpireat(by_hash, expire_ms, gt=True)
+                pipe.set(by_hash, known, pxat=expire_ms, nx=True)
                 pipe.zadd(self._held, {upload.digest: upload.expires_at}, gt=True)  # GT adds new ones too
                 pipe.hincrby(self._keys.job_stats, UPLOADED_FIELD, 1)
                 pipe.hincrby(self._keys.job_stats, UPLOADED_BYTES_FIELD, received_bytes)
