@@ -19,10 +19,12 @@ from ..domain.job import BUILTIN_JOB_TYPES, Job, JobStatus
 from ..errors import ConfigError, JobNotFound
 from ..ports import BlobStore, EventBus, JobStore
 from .schemas import Renderer, is_job_id
+from .shared_read import SharedRead
 
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_DEADLINE_S = 600.0
 RETENTION_S = 7 * 24 * 3600.0
+FLEET_MAX_AGE_S = 0.5  # the fleet as every live feed sees it: read at most twice a second
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,6 +90,19 @@ class ApiContext:
     renderer: Renderer
     open_streams: int = 0
     closing: asyncio.Event = field(default_factory=asyncio.Event)
+    fleet_now: SharedRead[dict[str, Any]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.fleet_now = SharedRead(self._read_fleet, max_age_s=FLEET_MAX_AGE_S)
+
+    async def _read_fleet(self) -> dict[str, Any]:
+        """Job counts by status, the backends and the workflow breakers (none without a fleet)."""
+        admin = self.services.fleet
+        counts = await self.services.store.count_by_status()  # type: ignore[attr-defined]
+        if admin is None:
+            return {"counts": counts, "backends": [], "workflow_breakers": []}
+        return {"counts": counts, "backends": await admin.list(),
+                "workflow_breakers": await admin.workflow_breakers()}
 
     async def render_job(self, job: Job) -> dict[str, Any]:
         queued = job.status is JobStatus.QUEUED

@@ -163,13 +163,8 @@ class LiveFeed:
                           "fleet": fleet and {"backends": fleet["backends"],
                                               "workflow_breakers": fleet["workflow_breakers"]}})
 
-    async def _fleet(self) -> dict[str, Any] | None:
-        admin = self._ctx.services.fleet
-        counts = await self._ctx.services.store.count_by_status()  # type: ignore[attr-defined]
-        if admin is None:
-            return {"counts": counts, "backends": [], "workflow_breakers": []}
-        return {"counts": counts, "backends": await admin.list(),
-                "workflow_breakers": await admin.workflow_breakers()}
+    async def _fleet(self) -> dict[str, Any]:
+        return await self._ctx.fleet_now.get()  # shared by every admin's feed
 
     def _render(self, job: Job) -> dict[str, Any]:
         return self._ctx.renderer.job(job)
