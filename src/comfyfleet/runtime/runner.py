@@ -8,7 +8,6 @@ prompt the backend lost), so a worker that dies at any instant costs no job and 
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 import time
 import uuid
@@ -25,12 +24,13 @@ from ..domain.job import Attempt, Job, JobError, JobStatus, Phase, Progress
 from ..domain.policy import RetryPolicy, jitter_unit
 from ..domain.progress import ProgressModel, node_weights_for
 from ..errors import (BackendError, BackendProtocolError, BackendTimeout, BackendUnavailable,
-                      InvalidTransition, PromptRejected, StoreError)
+                      InvalidTransition, PromptRejected)
 from ..ports import BlobStore, JobStore
 from ..store.claims import ClaimLost
 from ..store.stats import TrackingStats
 from .dispatcher import Backend, Dispatcher
 from .failure_of import failure_of_error, failure_of_outcome
+from .following import follow, interrupt
 from .job_records import JobRecords
 from .outputs import collect_outputs
 from .placement import NoPlace, Placement
@@ -38,8 +38,6 @@ from .progress_sink import ProgressSink
 from .reconcile import Action, BackendView, PromptState, Where, decide, lookup
 from .staging import InputMissing, submit_with_inputs
 from .tracking_stats import CounterFlusher
-
-log = logging.getLogger(__name__)
 
 Fence = Callable[[], Awaitable[bool]]
 
@@ -296,56 +294,8 @@ class Runner:
 
     async def _follow(self, job: Job, backend: Backend, tracker: PromptTracker) -> Outcome | None:
         """Track until the outcome, the deadline, or a cancel (then None after interrupting)."""
-        follow = asyncio.create_task(tracker.follow())
-        canceled = asyncio.create_task(self._wait_for_cancel(job.id))
-        timeout_s = None if job.deadline_at is None else max(0.0, job.deadline_at - self._clock())
-        try:
-            done, _ = await asyncio.wait({follow, canceled}, timeout=timeout_s,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if follow in done:
-                return follow.result()
-            await self._interrupt(backend, job.current.prompt_id)
-            try:  # let the interrupt land: a prompt that still finishes is reported as it ended
-                async with asyncio.timeout(self._settings.cancel_grace_s):
-                    outcome = await asyncio.shield(follow)
-                if outcome.kind == "success":
-                    return outcome
-            except TimeoutError:
-                pass
-            if canceled not in done:
-                return Outcome("expired", message="deadline exceeded")
-            return None
-        finally:
-            for task in (follow, canceled):
-                task.cancel()
-            # Bounded: a helper task that swallowed its cancellation (seen, rarely, in the cancel
-            # watch) must not hold the job's outcome forever.
-            finished, stuck = await asyncio.wait({follow, canceled}, timeout=self._settings.cancel_grace_s)
-            for task in finished:
-                if not task.cancelled():
-                    task.exception()  # retrieved: an error here does not change the outcome
-            for task in stuck:
-                log.warning("job %s: a tracking task did not stop when cancelled: %r", job.id, task)
-
-    async def _wait_for_cancel(self, job_id: str) -> None:
-        """Return only once the job is really ``canceling``: a store error or an event stream
-        that ends is retried, never taken for a cancel (that would interrupt a healthy prompt)."""
-        while True:
-            try:
-                async with self._cancels.subscription(job_id) as stream:
-                    job = await self._store.get(job_id)
-                    if job.status is JobStatus.CANCELING:
-                        return
-                    async for event in stream:
-                        if event.get("kind") == "cancel" or \
-                                (event.get("job") or {}).get("status") == JobStatus.CANCELING.value:
-                            return
-                        if event.get("kind") == "resync" and \
-                                (await self._store.get(job_id)).status is JobStatus.CANCELING:
-                            return  # asked while the subscription was down
-            except StoreError as exc:
-                log.warning("job %s: cancel watch interrupted, watching again: %s", job_id, exc)
-            await asyncio.sleep(1.0)
+        return await follow(tracker, job, backend.client, store=self._store, cancels=self._cancels,
+                            clock=self._clock, cancel_grace_s=self._settings.cancel_grace_s)
 
     # -- endings -----------------------------------------------------------------------------
     async def _conclude(self, job_id: str, backend: Backend, outcome: Outcome,
@@ -410,7 +360,7 @@ class Runner:
         if job.current is not None:
             backend = self._dispatcher.by_name(job.current.backend)
             if backend is not None:
-                await self._interrupt(backend, job.current.prompt_id)
+                await interrupt(backend.client, job.current.prompt_id)
         await self._apply(job.id, t.Canceled())
         return DONE
 
@@ -418,16 +368,9 @@ class Runner:
         if job.current is not None and not interrupted:
             backend = self._dispatcher.by_name(job.current.backend)
             if backend is not None:
-                await self._interrupt(backend, job.current.prompt_id)
+                await interrupt(backend.client, job.current.prompt_id)
         await self._apply(job.id, t.Expire("deadline exceeded"))
         return DONE
-
-    async def _interrupt(self, backend: Backend, prompt_id: str) -> None:
-        try:
-            await backend.client.delete_pending([prompt_id])
-            await backend.client.interrupt(prompt_id)
-        except BackendError:
-            pass  # best effort: an unreachable backend has nothing of ours running anyway
 
     async def _heartbeat(self, job_id: str) -> None:
         while True:
