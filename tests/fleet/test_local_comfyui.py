@@ -27,6 +27,14 @@ def sim_spec(port: int, **extra) -> LocalSpec:  # type: ignore[no-untyped-def]
                      command=(sys.executable, "-m", "comfyfleet.sim", "--port", "{port}", "--name", "local-gpu"))
 
 
+async def registered(fleet: FleetStore, **extra) -> LocalSpec:  # type: ignore[no-untyped-def]
+    """A simulator entry on a free port, its backend registered as the backends file would."""
+    spec = sim_spec(free_port(), **extra)
+    entry = {"name": spec.name, "port": spec.port, "command": list(spec.command)}
+    await fleet.seed([parse_fleet({"local": [entry]}).backends[0]])
+    return spec
+
+
 async def answers(port: int, timeout_s: float = 20.0) -> None:
     async with httpx.AsyncClient(timeout=1.0) as http, asyncio.timeout(timeout_s):
         while True:
@@ -50,9 +58,8 @@ async def fleet(redis, keys):  # type: ignore[no-untyped-def]
 
 
 async def test_a_killed_server_is_started_again(fleet, tmp_path):
-    port = free_port()
-    spec = sim_spec(port)
-    await fleet.seed([parse_fleet({"local": [{"name": "local-gpu", "port": port, "command": list(spec.command)}]}).backends[0]])
+    spec = await registered(fleet)
+    port = spec.port
     local = LocalComfyUI(spec, fleet, run_dir=tmp_path, settings=FAST)
     await local.start()
     try:
@@ -87,10 +94,8 @@ async def test_a_server_that_keeps_dying_is_given_up(fleet, tmp_path):
 
 
 async def test_a_bloated_server_is_drained_then_recycled(fleet, tmp_path):
-    port = free_port()
-    spec = sim_spec(port, max_rss_mb=1)  # any Python process is bigger: it must be recycled
-    record = parse_fleet({"local": [{"name": "local-gpu", "port": port, "command": list(spec.command)}]}).backends[0]
-    await fleet.seed([record])
+    spec = await registered(fleet, max_rss_mb=1)  # any Python process is bigger: it must be recycled
+    port = spec.port
     assert await fleet.acquire([("local-gpu", 1, 0)], "job-running-there") == "local-gpu"
     local = LocalComfyUI(spec, fleet, run_dir=tmp_path, settings=FAST)
     await local.start()
@@ -129,9 +134,8 @@ def alive(pid: int) -> bool:
 
 
 async def test_the_next_serve_stops_a_server_left_running_and_starts_its_own(fleet, tmp_path):
-    port = free_port()
-    spec = sim_spec(port)
-    await fleet.seed([parse_fleet({"local": [{"name": "local-gpu", "port": port, "command": list(spec.command)}]}).backends[0]])
+    spec = await registered(fleet)
+    port = spec.port
     dead = LocalComfyUI(spec, fleet, run_dir=tmp_path, settings=FAST)
     await dead.start()
     await answers(port)
@@ -168,11 +172,10 @@ async def test_a_pid_file_naming_another_program_is_left_alone(fleet, tmp_path):
 
 
 async def test_a_recycle_cut_short_by_the_death_of_serve_is_finished_by_the_next(fleet, tmp_path):
-    port = free_port()
-    record = parse_fleet({"local": [{"name": "local-gpu", "port": port, "command": list(sim_spec(port).command)}]}).backends[0]
-    await fleet.seed([record])
+    spec = await registered(fleet, max_rss_mb=1)
+    port = spec.port
     assert await fleet.acquire([("local-gpu", 1, 0)], "job-running-there") == "local-gpu"
-    dying = LocalComfyUI(sim_spec(port, max_rss_mb=1), fleet, run_dir=tmp_path, settings=FAST)
+    dying = LocalComfyUI(spec, fleet, run_dir=tmp_path, settings=FAST)
     await dying.start()
 
     async def draining() -> bool:
@@ -194,9 +197,8 @@ async def test_a_recycle_cut_short_by_the_death_of_serve_is_finished_by_the_next
 
 
 async def test_a_drain_an_operator_asked_for_is_left_alone(fleet, tmp_path):
-    port = free_port()
-    spec = sim_spec(port)
-    await fleet.seed([parse_fleet({"local": [{"name": "local-gpu", "port": port, "command": list(spec.command)}]}).backends[0]])
+    spec = await registered(fleet)
+    port = spec.port
     await fleet.update("local-gpu", state="draining")
     local = LocalComfyUI(spec, fleet, run_dir=tmp_path, settings=FAST)
     await local.start()
