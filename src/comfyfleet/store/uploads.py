@@ -2,9 +2,9 @@
 
 An upload is a record over a blob (``sha256:`` digest in the blob store): ``Keys.upload`` (JSON,
 expiring at the upload's ``expires_at``). ``Keys.upload_hash`` maps an owner's content hash to
-the blob (until the latest expiry among that owner's uploads of it), so ``HEAD /assets/by-hash`` and ``POST /assets/from-hash`` let a
-client skip sending bytes it sent before (per owner: whether someone else holds a file is not
-told). ``Keys.blobs_held`` scores each blob digest with the time until which something still needs
+the blob (until the latest expiry among that owner's uploads of it), so ``HEAD /assets/by-hash``
+and ``POST /assets/from-hash`` let a client skip sending bytes it sent before (per owner: whether
+someone else holds a file is not told). ``Keys.blobs_held`` scores each blob digest with the time until which something still needs
 it (an upload record, or a queued job that will stage it); cleanup keeps those blobs.
 """
 
