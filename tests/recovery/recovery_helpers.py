@@ -37,6 +37,9 @@ class Rig:
                   max_attempts=max_attempts, deadline_at=now + deadline_s)
         return await self.store.create(job, workflow)
 
+    async def slot_held(self, job: Job, backend: int = 0) -> bool:
+        return job.id in await self.services.dispatcher.fleet.holders(f"sim-{backend}")
+
     async def orphan(self, workflow: dict, *, backend: int = 0, phase: str = "executing",
                      post: bool = True, deadline_s: float = 600.0) -> Job:
         """A running job whose worker died: attempt written ahead; the prompt posted to the
@@ -46,6 +49,9 @@ class Rig:
         attempt = Attempt(number=1, backend=f"sim-{backend}", prompt_id=str(uuid.uuid4()),
                           client_id=str(uuid.uuid4()), worker="dead-worker", started_at=time.time())
         job = await self.store.apply(job.id, t.Dispatch(attempt), time.time())
+        # the dead worker held a capacity slot there for it (the lease outlives it by its TTL)
+        await self.services.redis.zadd(self.services.keys.lease(f"sim-{backend}"),
+                                       {job.id: int((time.time() + 30) * 1000)})
         if post:
             async with httpx.AsyncClient(base_url=sim.url, timeout=10) as http:
                 response = await http.post("/prompt", json={"prompt": workflow, "prompt_id": attempt.prompt_id,

@@ -7,6 +7,7 @@ import asyncio
 import time
 
 
+from comfyfleet.domain import transitions as t
 from comfyfleet.domain.job import JobStatus
 from comfyfleet.runtime.reconcile import Action, Where, decide, lookup
 from helpers.fleet import image_workflow
@@ -52,6 +53,7 @@ async def test_finished_prompt_is_collected_from_history(r, sims):
     assert await r.services.blobs.exists(done.outputs[0].hash)
     assert posts(sims) == 1
     assert r.runner.counters["sim-0"].socket_connects == 0, "history answered: nothing to track"
+    assert not await r.slot_held(job), "the dead worker's slot is free again"
 
 
 async def test_failed_prompt_is_classified_as_if_it_just_happened(r, sims):
@@ -65,6 +67,7 @@ async def test_failed_prompt_is_classified_as_if_it_just_happened(r, sims):
     assert done.status is JobStatus.FAILED and done.error.failure_class == "permanent"
     assert done.attempt == 1 and posts(sims) == 1
     assert r.runner.counters["sim-0"].socket_connects == 0
+    assert not await r.slot_held(job)
 
 
 async def test_prompt_lost_by_a_restarted_backend_gets_a_new_attempt(r, sims):
@@ -112,6 +115,19 @@ async def test_job_past_its_deadline_is_interrupted_and_expires(r, sims):
     assert done.status is JobStatus.EXPIRED and done.error.code == "deadline_exceeded"
     await sims[0].wait_idle()
     assert sims[0].records[0].outcome == "interrupted"
+    assert not await r.slot_held(job)
+
+
+async def test_cancel_asked_while_nobody_ran_it_interrupts_and_frees_the_slot(r, sims):
+    """A cancel that arrived after the worker died: the prompt is interrupted on its backend,
+    the job ends canceled and the dead worker's slot there is free again."""
+    job = await r.orphan(image_workflow(500, seed=12))
+    await r.store.apply(job.id, t.RequestCancel(), time.time())
+    assert (await r.runner.run(job.id)).done
+    assert (await r.store.get(job.id)).status is JobStatus.CANCELED
+    await sims[0].wait_idle()
+    assert sims[0].records[0].outcome == "interrupted"
+    assert not await r.slot_held(job)
 
 
 async def test_deadline_hit_while_tracking_interrupts_and_expires(r, sims):
@@ -130,6 +146,7 @@ async def test_job_that_succeeded_before_its_deadline_is_not_expired(r, sims):
     await asyncio.sleep(0.4)
     assert (await r.runner.run(job.id)).done
     assert (await r.store.get(job.id)).status is JobStatus.SUCCEEDED
+    assert not await r.slot_held(job)
 
 
 async def test_unreachable_backend_is_waited_for_not_abandoned(r, sims):

@@ -172,6 +172,8 @@ class Runner:
                 return await self._cancel(job)
             case Action.COLLECT | Action.CLASSIFY:
                 assert backend is not None and state.entry is not None
+                # the prompt is over there: free the slot the runner that died held for it
+                await self._placement.release(current.backend, job.id)
                 return await self._conclude(job.id, backend, Outcome(state.entry.outcome, state.entry))
             case Action.NEW_ATTEMPT:
                 return await self._failed(job, Failure(FailureKind.PROMPT_LOST,
@@ -358,19 +360,24 @@ class Runner:
 
     async def _cancel(self, job: Job) -> Verdict:
         if job.current is not None:
-            backend = self._dispatcher.by_name(job.current.backend)
-            if backend is not None:
-                await interrupt(backend.client, job.current.prompt_id)
+            await self._stop_prompt(job)
         await self._apply(job.id, t.Canceled())
         return DONE
 
     async def _expire(self, job: Job, *, interrupted: bool = False) -> Verdict:
         if job.current is not None and not interrupted:
-            backend = self._dispatcher.by_name(job.current.backend)
-            if backend is not None:
-                await interrupt(backend.client, job.current.prompt_id)
+            await self._stop_prompt(job)
         await self._apply(job.id, t.Expire("deadline exceeded"))
         return DONE
+
+    async def _stop_prompt(self, job: Job) -> None:
+        """Interrupt the job's prompt and free its slot (held still if a runner that died, or
+        this one, has not let it go; freeing is idempotent)."""
+        assert job.current is not None
+        backend = self._dispatcher.by_name(job.current.backend)
+        if backend is not None:
+            await interrupt(backend.client, job.current.prompt_id)
+        await self._placement.release(job.current.backend, job.id)
 
     async def _heartbeat(self, job_id: str) -> None:
         while True:
