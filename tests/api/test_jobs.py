@@ -239,3 +239,17 @@ async def test_preview_route(client, event_bus):
     response = await client.get(f"{JOBS}/{job['id']}/preview")
     assert response.status_code == 200 and response.content == b"\xff\xd8jpeg"
     assert response.headers["content-type"] == "image/jpeg"
+
+
+async def test_a_trailing_slash_is_redirected_relatively_and_an_unknown_path_is_a_404(client):
+    """Behind a proxy the server's own address is not the client's: the redirect names only the
+    path (and keeps the query), so it stays on whatever host and scheme the client used."""
+    listing = await client.get(f"{JOBS}/?limit=1&status=queued")
+    assert listing.status_code == 307 and listing.headers["location"] == f"{JOBS}?limit=1&status=queued"
+    post = await client.post(f"{JOBS}/", json={"workflow": WORKFLOW})
+    assert post.status_code == 307 and post.headers["location"] == JOBS
+    followed = await client.post(f"{JOBS}/", json={"workflow": WORKFLOW}, follow_redirects=True)
+    assert followed.status_code == 201, "a client that follows it submits the job"
+    for path in ("/api/v2/nothing/", "/api/v2/nothing", f"{JOBS}//"):
+        missing = await client.get(path)
+        assert missing.status_code == 404 and error_code(missing) == "not_found", path

@@ -44,7 +44,7 @@ def create_app(services: ApiServices, settings: ApiSettings) -> FastAPI:
 
     app = FastAPI(title="comfyfleet", version="2.0.0", lifespan=lifespan,
                   openapi_url=f"{API_PREFIX}/openapi.json", docs_url=f"{API_PREFIX}/docs",
-                  redoc_url=None)
+                  redoc_url=None, redirect_slashes=False)  # api/slashes.py redirects instead
     app.state.api = context
     install_error_handlers(app)
     app.add_middleware(RefuseCrossSite, public_base_url=settings.public_base_url)

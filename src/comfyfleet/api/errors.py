@@ -6,6 +6,7 @@
     StoreError               503 store_unavailable + Retry-After (the store may be back soon)
     RequestValidationError   422 invalid_request (not FastAPI's default shape)
     HTTPException            its status; 404 not_found, 405 method_not_allowed, else http_<n>
+                             (a 404 for a known path plus a slash: a relative 307 to that path)
     anything else            500 upstream_error with a generic message; the traceback is logged
 """
 
@@ -16,13 +17,14 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..blobs import BlobNotFound
 from ..errors import JobNotFound, StoreError, ValidationFailed
 from .schemas import error_body
+from .slashes import without_slash
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +68,10 @@ async def _request_validation(_: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "invalid_request", message, {"errors": problems})
 
 
-async def _http_exception(_: Request, exc: Exception) -> JSONResponse:
+async def _http_exception(request: Request, exc: Exception) -> JSONResponse | RedirectResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 404 and (redirect := without_slash(request.app, request)) is not None:
+        return redirect
     code = HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
     message = exc.detail if isinstance(exc.detail, str) else "request failed"
     return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
