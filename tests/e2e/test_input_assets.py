@@ -14,7 +14,7 @@ from comfyfleet.blobs import LocalBlobStore
 from comfyfleet.comfy.client import ComfyClient
 from comfyfleet.comfy.transport import open_session
 from comfyfleet.errors import PromptRejected
-from comfyfleet.runtime.staging import InputMissing, stage_inputs, staged_name, submit_with_inputs
+from comfyfleet.runtime.staging import InputMissing, stage_inputs, staged_name, submit_staged
 from comfyfleet.sim import SimConfig, Simulator
 
 from helpers.fleet import running_fleet
@@ -115,16 +115,17 @@ async def test_a_staged_file_removed_before_the_prompt_is_uploaded_again(tmp_pat
                 return there
             client.input_exists = exists_then_cleaned  # type: ignore[method-assign]
 
-            await submit_with_inputs(client, blobs, edit_workflow(ref), prompt_id="p-1",
-                                     client_id="c-1", extra_data={})
+            prompt = await stage_inputs(client, blobs, edit_workflow(ref))
+            await submit_staged(client, blobs, edit_workflow(ref), prompt, prompt_id="p-1",
+                                client_id="c-1", extra_data={})
             assert sim.requests["POST /prompt"] == 2, "refused once, then accepted"
             assert sim.requests["POST /upload/image"] == 2, "uploaded when staged, and again"
             assert staged.read_bytes() == FACE
             assert (await client.queue()).find("p-1") or await client.history("p-1") is not None
 
             with pytest.raises(PromptRejected, match="rejected"):
-                await submit_with_inputs(client, blobs, edit_workflow("not-ours.png"), prompt_id="p-2",
-                                         client_id="c-1", extra_data={})
+                await submit_staged(client, blobs, edit_workflow("not-ours.png"), edit_workflow("not-ours.png"),
+                                    prompt_id="p-2", client_id="c-1", extra_data={})
             assert sim.requests["POST /prompt"] == 3, "a file we did not stage: refused once, no retry"
         finally:
             await http.close()

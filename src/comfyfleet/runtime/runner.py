@@ -36,7 +36,7 @@ from .outputs import collect_outputs
 from .placement import NoPlace, Placement
 from .progress_sink import ProgressSink
 from .reconcile import Action, BackendView, PromptState, Where, decide, lookup
-from .staging import InputMissing, submit_with_inputs
+from .staging import InputMissing, stage_inputs, submit_staged
 from .tracking_stats import CounterFlusher
 
 Fence = Callable[[], Awaitable[bool]]
@@ -269,10 +269,15 @@ class Runner:
     async def _submit(self, job: Job, backend: Backend, workflow: dict) -> Failure | None:
         current = job.current
         try:
-            await submit_with_inputs(backend.client, self._blobs, workflow, prompt_id=current.prompt_id,
-                                     client_id=current.client_id,
-                                     extra_data={"comfyfleet_job": job.id,
-                                                 "comfyfleet_attempt": current.number})
+            prompt = await stage_inputs(backend.client, self._blobs, workflow)
+        except InputMissing as exc:
+            return Failure(FailureKind.INVALID_INPUT, f"job {job.id}: {exc}")
+        except BackendError as exc:
+            return failure_of_error(exc)
+        try:
+            await submit_staged(backend.client, self._blobs, workflow, prompt,
+                                prompt_id=current.prompt_id, client_id=current.client_id,
+                                extra_data={"comfyfleet_job": job.id, "comfyfleet_attempt": current.number})
         except InputMissing as exc:
             return Failure(FailureKind.INVALID_INPUT, f"job {job.id}: {exc}")
         except PromptRejected as exc:

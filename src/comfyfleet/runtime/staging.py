@@ -9,8 +9,8 @@ before ``POST /prompt`` (phase ``dispatching``); what goes wrong is classified l
 call to the backend, except a blob that is gone from our store, which no retry can fix.
 
 A staged file can vanish between the check and ``POST /prompt`` (someone cleans the backend's
-input directory): ComfyUI then refuses the prompt naming that file. ``submit_with_inputs`` uploads
-the inputs again and submits once more; only a second refusal stands.
+input directory): ComfyUI then refuses the prompt naming that file. ``submit_staged`` uploads the
+inputs again and submits once more; only a second refusal stands.
 """
 
 from __future__ import annotations
@@ -45,11 +45,11 @@ def staged_name(digest: str, file_path: str | None) -> str:
     return f"{STAGED_PREFIX}{hexpart[:32]}{suffix.lower() if _EXTENSION.match(suffix) else ''}"
 
 
-async def submit_with_inputs(client: ComfyClient, blobs: BlobStore, workflow: dict[str, Any], *,
-                             prompt_id: str, client_id: str, extra_data: dict[str, Any]) -> SubmitResult:
-    """``POST /prompt`` with the workflow's inputs staged on ``client``'s backend. Raises what
-    ``stage_inputs`` and ``ComfyClient.submit`` raise."""
-    prompt = await stage_inputs(client, blobs, workflow)
+async def submit_staged(client: ComfyClient, blobs: BlobStore, workflow: dict[str, Any],
+                        prompt: dict[str, Any], *, prompt_id: str, client_id: str,
+                        extra_data: dict[str, Any]) -> SubmitResult:
+    """``POST /prompt`` of ``prompt``, what ``stage_inputs`` made of ``workflow``. Raises what
+    ``ComfyClient.submit`` raises, and what ``stage_inputs`` raises when it stages again."""
     try:
         return await client.submit(prompt, prompt_id=prompt_id, client_id=client_id, extra_data=extra_data)
     except PromptRejected as exc:
