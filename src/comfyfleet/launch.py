@@ -167,6 +167,7 @@ def build_worker(services: Services, settings: Settings) -> Worker:
 
     return Worker(redis_url=services.config.redis_url, keys=services.keys, runner=runner,
                   claims=claims, recovery=recovery, requeue=requeue,
+                  promote_overdue=services.queue.promote_overdue,
                   settings=WorkerSettings(concurrency=settings.concurrency, worker_id=worker_id))
 
 

@@ -68,6 +68,28 @@ class JobQueue:
             if entry is not None:
                 await entry.promote()
 
+    async def promote_overdue(self, now: float, *, late_s: float = 1.0, limit: int = 200) -> int:
+        """Make due every delayed entry more than ``late_s`` past its time; return how many.
+
+        bullmq promotes delayed entries only from a worker's fetch, and on a lane with nothing
+        else to wake it bullmq 3.4.4's fetch loop can leave one past due for good (seen: a job
+        delayed 45 s on an idle lane still waiting 30 s after its time). Every worker's sweep
+        runs this as the safety net, so a retry's backoff, a ``Retry-After`` or a re-check starts
+        seconds after its time, not never (5 s seen for that 45 s delay)."""
+        bound = int((now - late_s) * 1000) << 12  # bullmq scores a delayed entry (due ms) << 12
+        promoted = 0
+        for queue in self._queues.values():
+            for entry_id in await queue.client.zrangebyscore(queue.keys["delayed"], 0, bound, start=0, num=limit):
+                entry = await BullJob.fromId(queue, entry_id)
+                if entry is None:
+                    continue
+                try:
+                    await entry.promote()
+                except Exception:  # noqa: BLE001 - bullmq's plain error: it left the delayed set meanwhile
+                    continue
+                promoted += 1
+        return promoted
+
     async def state_of(self, job: Job) -> str:
         """bullmq's state of the job's entry ("unknown" when there is none)."""
         return await self._queues[lane_of(job)].getJobState(job.id)

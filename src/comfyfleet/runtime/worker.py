@@ -13,7 +13,8 @@ Two paths lead to a job:
   hands the job back to the queue (a retry), and a holder that dies is replaced by the sweep;
 * the orphan sweep (at start, then every ``sweep_s``): running jobs whose claim is gone (their
   worker stopped or died) are claimed and reconciled at once, without waiting for bullmq's
-  stalled check. Their queue entries, wherever they are, find the claim taken and wait.
+  stalled check. Their queue entries, wherever they are, find the claim taken and wait. The
+  sweep also makes due any delayed queue entry left past its time (``promote_overdue``).
 
 Shutdown is two-phase: stop taking jobs, then hand running jobs back at once: their tasks are
 cancelled, their claims released and their queue entries put back, while the job records keep
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 STOP_WAIT_S = 5.0  # how long stop() waits for cancelled job tasks to end
 
 Requeue = Callable[[str, float], Awaitable[None]]
+PromoteOverdue = Callable[[float], Awaitable[int]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,14 +63,17 @@ class WorkerSettings:
 
 class Worker:
     def __init__(self, *, redis_url: str, keys: Keys, runner: Runner, claims: Claims,
-                 recovery: Recovery, requeue: Requeue,
+                 recovery: Recovery, requeue: Requeue, promote_overdue: PromoteOverdue | None = None,
                  settings: WorkerSettings = WorkerSettings()) -> None:
+        """``promote_overdue(now)``: make due the queue entries whose delay is past
+        (``JobQueue.promote_overdue``), run with every sweep."""
         self._redis_url = redis_url
         self._keys = keys
         self._runner = runner
         self._claims = claims
         self._recovery = recovery
         self._requeue = requeue
+        self._promote_overdue = promote_overdue
         self._settings = settings
         self._consumers: list[LaneConsumer] = []
         self._held: dict[str, str] = {}  # job id -> claim token
@@ -166,6 +171,10 @@ class Worker:
         while not self._stopping:
             try:
                 await self.sweep()
+                if self._promote_overdue is not None:
+                    late = await self._promote_overdue(time.time())
+                    if late:
+                        log.warning("made %d queue entries due that were left past their time", late)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the next sweep tries again
