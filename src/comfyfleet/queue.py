@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode
 
 from bullmq import Job as BullJob
 from bullmq import Queue
@@ -24,6 +25,15 @@ LANES = (INTERACTIVE, LONG)
 LONG_JOB_TYPES = frozenset({"lora_training", "video"})
 BULL_PRIORITY_MAX = 2_097_152
 
+# bullmq blocks on a lane's marker for up to 10 s (its maximum block timeout), and redis-py 8
+# gives up reading any reply after 5 s unless told otherwise. A blocking read cut at 5 s was
+# retried by bullmq's client with 2, 4, 8, 16, 20 s pauses, during which the lane fetched
+# nothing: an entry delayed past 5 s on an idle lane waited minutes past its time, and a new job
+# on such a lane could wait out a pause. Reads on bullmq's connections may take longer than its
+# longest block; connecting stays quick.
+BULL_READ_TIMEOUT_S = 15.0
+BULL_CONNECT_TIMEOUT_S = 5.0
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QueueSettings:
@@ -31,6 +41,17 @@ class QueueSettings:
     stalled_interval_ms: int = 5_000
     max_stalled_count: int = 1_000_000  # a stall is a dead worker, not a failure of the job
     drain_delay_s: int = 1
+
+
+def bull_connection_url(redis_url: str) -> str:
+    """The Redis URL for bullmq's clients: ours, with read and connect timeouts that fit its
+    blocking reads (replacing any the URL names)."""
+    base, _, query = redis_url.partition("?")
+    kept = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True)
+            if k not in ("socket_timeout", "socket_connect_timeout")]
+    kept += [("socket_timeout", str(BULL_READ_TIMEOUT_S)),
+             ("socket_connect_timeout", str(BULL_CONNECT_TIMEOUT_S))]
+    return f"{base}?{urlencode(kept)}"
 
 
 def lane_of(job: Job) -> str:
@@ -46,7 +67,7 @@ class JobQueue:
     """Producer side of the lanes."""
 
     def __init__(self, redis_url: str, keys: Keys) -> None:
-        self._queues = {lane: Queue(lane, {"connection": redis_url, "prefix": keys.bull_prefix})
+        self._queues = {lane: Queue(lane, {"connection": bull_connection_url(redis_url), "prefix": keys.bull_prefix})
                         for lane in LANES}
 
     async def enqueue(self, job: Job, *, not_before: float | None = None) -> None:
@@ -71,11 +92,11 @@ class JobQueue:
     async def promote_overdue(self, now: float, *, late_s: float = 1.0, limit: int = 200) -> int:
         """Make due every delayed entry more than ``late_s`` past its time; return how many.
 
-        bullmq promotes delayed entries only from a worker's fetch, and on a lane with nothing
-        else to wake it bullmq 3.4.4's fetch loop can leave one past due for good (seen: a job
-        delayed 45 s on an idle lane still waiting 30 s after its time). Every worker's sweep
-        runs this as the safety net, so a retry's backoff, a ``Retry-After`` or a re-check starts
-        seconds after its time, not never (5 s seen for that 45 s delay)."""
+        bullmq promotes delayed entries only from a worker's fetch. When a lane's fetch loop is
+        stalled (its client pausing between reconnects while Redis restarts, or a read cut short
+        as before ``bull_connection_url``: entries then waited minutes past their time), every
+        worker's sweep runs this as the safety net, so a retry's backoff, a ``Retry-After`` or a
+        re-check starts within a sweep of its time."""
         bound = int((now - late_s) * 1000) << 12  # bullmq scores a delayed entry (due ms) << 12
         promoted = 0
         for queue in self._queues.values():

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from bullmq.custom_errors import DelayedError
 
 from ..errors import ComfyFleetError, JobNotFound, StoreError
-from ..queue import LANES, LaneConsumer, QueueSettings
+from ..queue import LANES, LaneConsumer, QueueSettings, bull_connection_url
 from ..store.claims import ClaimLost, Claims
 from ..store.keys import Keys
 from .recovery import Recovery
@@ -94,7 +94,7 @@ class Worker:
         self._loops = [asyncio.create_task(self._keep_claims(), name="claims"),
                        asyncio.create_task(self._sweep_forever(), name="orphan-sweep")]
         q = self._settings.queue
-        opts = {"connection": self._redis_url, "prefix": self._keys.bull_prefix,
+        opts = {"connection": bull_connection_url(self._redis_url), "prefix": self._keys.bull_prefix,
                 "concurrency": self._settings.concurrency, "lockDuration": q.lock_duration_ms,
                 "stalledInterval": q.stalled_interval_ms, "maxStalledCount": q.max_stalled_count,
                 "drainDelay": q.drain_delay_s, "removeOnComplete": True, "removeOnFail": True,

@@ -1,0 +1,71 @@
+"""bullmq's clients get read timeouts that fit its blocking reads, and a delayed entry left past
+its time is made due by the sweep's safety net. Real Valkey, real bullmq consumers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from bullmq import Queue
+
+from comfyfleet.domain.job import Job, JobStatus
+from comfyfleet.queue import JobQueue, LaneConsumer, bull_connection_url
+
+DELAY_S = 8.0  # past redis-py's default 5 s read timeout, under bullmq's 10 s longest block
+
+
+def test_the_connection_url_sets_timeouts_and_keeps_everything_else() -> None:
+    url = bull_connection_url("rediss://user:pw@cache:6380/2?socket_timeout=1&ssl_cert_reqs=none")
+    assert url.startswith("rediss://user:pw@cache:6380/2?")
+    assert "ssl_cert_reqs=none" in url
+    assert "socket_timeout=15.0" in url and "socket_timeout=1&" not in url
+    assert "socket_connect_timeout=5.0" in url
+    assert bull_connection_url("unix:///run/valkey.sock").startswith("unix:///run/valkey.sock?")
+
+
+async def test_an_entry_delayed_past_the_default_read_timeout_starts_at_its_time(valkey_url, keys) -> None:  # type: ignore[no-untyped-def]
+    """The lane blocks on its marker until the entry's time, one read of 8 s. With redis-py's
+    default 5 s read timeout that read was cut and retried after 2, 4, 8 ... s pauses, each retry
+    cut again, and the entry waited minutes past its time."""
+    started: list[float] = []
+    done = asyncio.Event()
+
+    async def process(job, token):  # type: ignore[no-untyped-def]
+        started.append(time.time())
+        done.set()
+
+    url = bull_connection_url(valkey_url)
+    opts = {"connection": url, "prefix": keys.bull_prefix, "concurrency": 8, "drainDelay": 1,
+            "removeOnComplete": True}
+    consumer = LaneConsumer("lane", process, opts)
+    queue = Queue("lane", {"connection": url, "prefix": keys.bull_prefix})
+    try:
+        await asyncio.sleep(0.5)  # the consumer settles into its blocking wait
+        due = time.time() + DELAY_S
+        await queue.add("run", {}, {"jobId": "late", "delay": int(DELAY_S * 1000)})
+        await asyncio.wait_for(done.wait(), DELAY_S + 8)  # a cut read pauses 2 s, then 4 s more
+    finally:
+        await consumer.close()
+        await queue.close()
+    assert started[0] >= due - 0.05, "not before its time"
+
+
+async def test_overdue_delayed_entries_are_made_due_and_others_left_alone(valkey_url, keys, redis) -> None:  # type: ignore[no-untyped-def]
+    queue = JobQueue(valkey_url, keys)
+    now = time.time()
+
+    def job() -> Job:
+        return Job(id=str(uuid.uuid4()), status=JobStatus.QUEUED, created_at=now, updated_at=now)
+
+    soon, later = job(), job()
+    try:
+        await queue.enqueue(soon, not_before=now + 5)
+        await queue.enqueue(later, not_before=now + 60)
+        assert await queue.promote_overdue(now + 5.5) == 0, "half a second late is not late"
+        assert await queue.promote_overdue(now + 7) == 1
+        assert await queue.state_of(soon) == "prioritized"  # due: ordered by priority
+        assert await queue.state_of(later) == "delayed"
+        assert await queue.promote_overdue(now + 7) == 0, "nothing left to promote"
+    finally:
+        await queue.close()
