@@ -78,6 +78,24 @@ def test_a_server_left_by_a_killed_run_is_reused(tmp_path):
     assert not alive(record["pid"])
 
 
+def test_users_of_one_data_dir_share_the_server_and_the_last_one_stops_it(tmp_path):
+    """``comfyfleet api`` and ``comfyfleet worker`` on one data dir: the first to stop leaves
+    the server running for the other."""
+    first, second = EmbeddedValkey(tmp_path), EmbeddedValkey(tmp_path)
+    url = first.start()
+    try:
+        assert second.start() == url and second.reused
+        pid = second.pid
+        first.stop()
+        assert alive(pid), "still used by the second"
+        assert client(url).ping()
+    finally:
+        first.stop()
+        second.stop()
+    assert not alive(pid), "the last user stops it"
+    assert not (tmp_path / "valkey" / RECORD_NAME).exists()
+
+
 def test_a_stale_record_is_removed_and_a_fresh_server_started(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

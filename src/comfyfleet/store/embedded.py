@@ -9,11 +9,18 @@ object is collected) so it outlives a killed parent, and its pid and port are re
 ``<data_dir>/valkey/comfyfleet-valkey.json``. The next ``start()`` on that directory reuses a
 recorded server that is still alive, is a ``valkey-server``, answers PING on the recorded port
 and serves this directory; any other record is stale and is removed before a fresh start.
+
+Several processes may use one data dir's server (``comfyfleet api`` and ``comfyfleet worker``
+side by side): each holds a shared lock on ``<data_dir>/valkey/comfyfleet-valkey.users`` while it
+uses the server, and ``stop()`` shuts the server down only for its last user (the one that gets
+the lock exclusively); the others leave it running. The kernel lets go of a killed process's
+lock, so a server whose users all died runs on until the next ``start()`` adopts it.
 Whatever stops it starting (an unusable directory, a port in use, no binary) is a ``ConfigError``.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -21,11 +28,12 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ..errors import ConfigError
 
 RECORD_NAME = "comfyfleet-valkey.json"
+USERS_LOCK_NAME = "comfyfleet-valkey.users"
 HOST = "127.0.0.1"
 
 
@@ -44,7 +52,8 @@ class EmbeddedValkey:
         self._process: subprocess.Popen[bytes] | None = None
         self.pid: int | None = None
         self.url: str | None = None
-        self.reused = False  # True when start() adopted a server an earlier run left behind
+        self.reused = False  # True when start() adopted a running server (left behind, or in use)
+        self._use: IO[bytes] | None = None  # our shared lock on the users file while we use it
 
     def start(self) -> str:
         """Start (or adopt) the server and return its URL."""
@@ -52,6 +61,7 @@ class EmbeddedValkey:
             return self.url
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
+            self._begin_use()  # waits while a last user is shutting the server down
             record = self._read_record()
             if record is not None:
                 if self._is_ours(record["pid"], record["port"]):
@@ -61,14 +71,29 @@ class EmbeddedValkey:
                 self.record_path.unlink(missing_ok=True)
             return self._start_fresh()
         except OSError as exc:  # the directory: not one, not writable, disk full
+            self._end_use()
             about = f" ({exc.filename})" if exc.filename else ""
             raise ConfigError(f"cannot start the embedded Valkey in {self.dir}: "
                               f"{exc.strerror or exc}{about}") from exc
+        except BaseException:
+            self._end_use()
+            raise
 
     def stop(self) -> None:
-        """Shut the server down (SIGTERM: the AOF is flushed) and remove the record."""
+        """Stop using the server; the last user shuts it down (SIGTERM: the AOF is flushed) and
+        removes the record."""
         if self.pid is None:
+            self._end_use()
             return
+        try:
+            if self._last_user():
+                self._shut_down()
+        finally:
+            self._end_use()
+            self.pid = self.url = self._process = None
+
+    def _shut_down(self) -> None:
+        assert self.pid is not None
         pid, process = self.pid, self._process
         if _alive(pid):
             os.kill(pid, signal.SIGTERM)
@@ -80,7 +105,32 @@ class EmbeddedValkey:
                 os.kill(pid, signal.SIGKILL)
         _reap(pid, process, wait_s=1.0)
         self.record_path.unlink(missing_ok=True)
-        self.pid = self.url = self._process = None
+
+    # -- the users' lock -----------------------------------------------------------------------
+    def _begin_use(self) -> None:
+        if self._use is None:
+            use = open(self.dir / USERS_LOCK_NAME, "ab")  # noqa: SIM115 - held while in use
+            try:
+                fcntl.flock(use, fcntl.LOCK_SH)
+            except BaseException:
+                use.close()
+                raise
+            self._use = use
+
+    def _last_user(self) -> bool:
+        """Trade our shared lock for an exclusive one; True when no one else holds it."""
+        if self._use is None:
+            return True
+        try:
+            fcntl.flock(self._use, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        return True
+
+    def _end_use(self) -> None:
+        if self._use is not None:
+            self._use.close()  # closing lets go of the lock
+            self._use = None
 
     def __enter__(self) -> str:
         return self.start()
