@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from comfyfleet.domain.policy import RestartIntensity
+from comfyfleet.errors import ComfyFleetError
 from comfyfleet.fleetfile import parse_fleet
 from comfyfleet.runtime.local_comfyui import LocalComfyUI, LocalSettings, LocalSpec, resident_mb
 from comfyfleet.store.fleet import FleetStore
@@ -120,9 +121,11 @@ async def test_a_bloated_server_is_drained_then_recycled(fleet, tmp_path):
 
 
 async def abandon(local: LocalComfyUI) -> None:
-    """What a SIGKILL of ``serve`` does to the supervisor: it stops mid-step, stopping nothing."""
+    """What a SIGKILL of ``serve`` does to the supervisor: it stops mid-step, stopping nothing,
+    and the kernel lets go of its lock."""
     local._task.cancel()
     await asyncio.gather(local._task, return_exceptions=True)
+    local._release_lock()
 
 
 def alive(pid: int) -> bool:
@@ -154,6 +157,28 @@ async def test_the_next_serve_stops_a_server_left_running_and_starts_its_own(fle
         assert (tmp_path / "local-gpu.pid").read_text() == str(local.process.pid)
     finally:
         await local.stop()
+
+
+async def test_a_second_serve_on_the_same_data_dir_is_refused_and_stops_nothing(fleet, tmp_path):
+    spec = await registered(fleet)
+    first = LocalComfyUI(spec, fleet, run_dir=tmp_path, settings=FAST)
+    await first.start()
+    try:
+        await answers(spec.port)
+        second = LocalComfyUI(spec, fleet, run_dir=tmp_path, settings=FAST)
+        with pytest.raises(ComfyFleetError, match=rf"already run by another comfyfleet serve \(pid {os.getpid()}\)"):
+            await second.start()
+        assert second.process is None
+        await asyncio.sleep(0.5)
+        assert first.process.returncode is None and first.restarts == 0, "the first one's server runs on"
+    finally:
+        await first.stop()
+    after = LocalComfyUI(spec, fleet, run_dir=tmp_path, settings=FAST)
+    await after.start()  # the lock went with the first one
+    try:
+        await answers(spec.port)
+    finally:
+        await after.stop()
 
 
 async def test_a_pid_file_naming_another_program_is_left_alone(fleet, tmp_path):

@@ -20,6 +20,11 @@ outlives ``serve``) is stopped before a new one starts, and a backend left ``dra
 recycle (``<name>.recycling`` marks one in progress) is set ``active`` again. A drain an operator
 asked for carries no mark and is left alone.
 
+One ``serve`` runs an entry at a time: it holds an exclusive lock on ``<name>.lock`` while it
+supervises the server (the kernel lets go of it when ``serve`` dies, however it dies). A second
+``serve`` on the same data dir is refused with a plain error instead of taking the first one's
+server for an orphan and stopping it.
+
 Jobs running on a server that dies are not lost: their runners find the prompt gone and retry
 it, as on any backend restart. Only ``serve`` runs this; ``api`` and ``worker`` processes never
 start ComfyUI.
@@ -28,6 +33,7 @@ start ComfyUI.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import signal
@@ -35,6 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from ..domain.policy import RestartIntensity
 from ..errors import ComfyFleetError
@@ -107,9 +114,19 @@ class LocalComfyUI:
         self.given_up = False
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._lock: IO[str] | None = None
 
     async def start(self) -> None:
         self._run_dir.mkdir(parents=True, exist_ok=True)
+        self._take_lock()
+        try:
+            await self._take_over()
+        except BaseException:
+            self._release_lock()
+            raise
+        self._task = asyncio.create_task(self._supervise(), name=f"local-comfyui-{self.spec.name}")
+
+    async def _take_over(self) -> None:
         await self._stop_orphan()
         if self._recycle_mark.exists():
             log.warning("local ComfyUI %s: the last serve died while recycling it; setting it active",
@@ -117,14 +134,44 @@ class LocalComfyUI:
             await self._set_state("active")
             self._recycle_mark.unlink(missing_ok=True)
         await self._spawn()
-        self._task = asyncio.create_task(self._supervise(), name=f"local-comfyui-{self.spec.name}")
 
     async def stop(self) -> None:
         self._stopping = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        await self._terminate()
+        try:
+            await self._terminate()
+        finally:
+            self._release_lock()
+
+    # -- one serve per entry -------------------------------------------------------------------
+    def _take_lock(self) -> None:
+        path = self._run_dir / f"{self.spec.name}.lock"
+        try:
+            fh = open(path, "a+", encoding="ascii")  # noqa: SIM115 - held while supervising
+        except OSError as exc:
+            raise ComfyFleetError(f"cannot open {path}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise ComfyFleetError(
+                f"local ComfyUI {self.spec.name} is already run by another comfyfleet serve "
+                f"(pid {holder}) on the data dir {self._run_dir.parent}: stop that one, or give "
+                f"this one its own --data-dir") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        self._lock = fh
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing lets go of the lock
+            self._lock = None
 
     # -- the loop ------------------------------------------------------------------------------
     async def _supervise(self) -> None:
