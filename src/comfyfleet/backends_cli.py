@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.table import Table
-
-from .client_cli import NOT_COMFYFLEET, _call, _client, console, segment
+from .client_cli import NOT_COMFYFLEET, _call, _client, console, print_listing, segment
 from .config import parse_backends
 from .errors import ComfyFleetError
 
@@ -53,17 +51,25 @@ def _models(models: list[str]) -> str:
 
 
 def show(backends: list[dict[str, Any]]) -> None:
+    """One row a backend; the tags and models columns only when some backend has any (the
+    breaker's failure count, health errors and the full model list are in ``--json``)."""
     if not backends:
         raise ComfyFleetError("no backends are registered")
-    table = Table("name", "url", "state", "load", "breaker", "tags", "free VRAM", "checked", "models")
+    tags = any(b.get("tags") for b in backends)
+    models = any(b.get("warm_models") for b in backends)
+    headers = ("name", "url", "state", "load", "breaker", "VRAM", "ping",
+               *(("tags",) if tags else ()), *(("models",) if models else ()))
+    rows = []
     for b in backends:
         health = b.get("health") or {}
         vram = health.get("vram_free")
-        breaker = b.get("breaker") or {}
-        table.add_row(b["name"], b["url"], b["state"], f"{b['load']}/{b['capacity']}",
-                      f"{breaker.get('status')} ({breaker.get('failures', 0)} failures)",
-                      ",".join(b.get("tags") or ()) or "-",
-                      "-" if vram is None else f"{vram / 1024**3:.1f} GiB",
-                      "-" if not health.get("checked_at") else f"{health.get('latency_ms') or 0:.0f} ms",
-                      _models(b.get("warm_models") or []))
-    console.print(table)
+        row = [b["name"], b["url"], b["state"], f"{b['load']}/{b['capacity']}",
+               str((b.get("breaker") or {}).get("status") or "-"),
+               "-" if vram is None else f"{vram / 1024**3:.1f}G",
+               "-" if health.get("latency_ms") is None else f"{health['latency_ms']:.0f} ms"]
+        if tags:
+            row.append(",".join(b.get("tags") or ()) or "-")
+        if models:
+            row.append(_models(b.get("warm_models") or []))
+        rows.append(row)
+    print_listing(headers, rows, keys=2)

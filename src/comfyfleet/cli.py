@@ -187,11 +187,12 @@ def submit(workflow: Path = typer.Argument(..., help="API-format workflow JSON")
 @app.command()
 def jobs(server: str = typer.Option("http://127.0.0.1:8787", "--server", envvar="COMFYFLEET_SERVER"),
          status: Optional[str] = typer.Option(None, help="comma-separated statuses"),
-         limit: int = typer.Option(20, min=1, max=100)) -> None:
+         limit: int = typer.Option(20, min=1, max=100),
+         as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """List recent jobs."""
     from .client_cli import list_jobs
 
-    run(lambda: list_jobs(server=server, status=status, limit=limit))
+    run(lambda: list_jobs(server=server, status=status, limit=limit, as_json=as_json))
 
 
 @app.command()

@@ -6,7 +6,9 @@ import asyncio
 import json
 import os
 import re
+import sys
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -14,13 +16,16 @@ from urllib.parse import quote
 import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich import box
+from rich.measure import Measurement
+from rich.table import Column, Table
 
 from .config import check_http_url
 from .errors import ComfyFleetError
 
 TERMINAL = {"succeeded", "failed", "canceled", "expired"}
-console = Console()
+# Piped or redirected, a listing is not cut to a made-up 80 columns (COLUMNS still rules).
+console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 1000)
 
 
 def load_workflow(path: Path) -> dict[str, Any]:
@@ -59,6 +64,32 @@ def segment(value: str) -> str:
 
 
 NOT_COMFYFLEET = "is --server the URL of a comfyfleet server?"
+
+
+def print_listing(headers: tuple[str, ...], rows: list[list[str]], *, keys: int = 1) -> None:
+    """A table when it fits the terminal; else, so that nothing is cut, one block a row: its
+    ``keys`` first columns (ids, names, URLs: what a user copies) on a line, then the rest."""
+    table = Table(*(Column(h, no_wrap=True) for h in headers), box=box.SIMPLE_HEAD,
+                  collapse_padding=True, show_edge=False)
+    for row in rows:
+        table.add_row(*row)
+    if Measurement.get(console, console.options.update(width=100_000), table).maximum <= console.width:
+        console.print(table)
+        return
+    for row in rows:
+        console.print("  ".join(row[:keys]), highlight=False, soft_wrap=True)
+        console.print("  " + "  ".join(f"{h}={v}" for h, v in zip(headers[keys:], row[keys:])),
+                      highlight=False)
+
+
+def moment(iso: object, *, today: datetime | None = None) -> str:
+    """An API timestamp in local time: the time of day when it is today, else the date."""
+    try:
+        at = datetime.fromisoformat(str(iso)).astimezone()
+    except ValueError:
+        return str(iso)
+    now = today or datetime.now().astimezone()
+    return at.strftime("%H:%M:%S") if at.date() == now.date() else at.strftime("%Y-%m-%d %H:%M")
 
 
 async def _call(client: httpx.AsyncClient, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
@@ -238,7 +269,7 @@ def report(job: dict[str, Any]) -> None:
     console.print(line)
 
 
-async def list_jobs(*, server: str, status: str | None, limit: int) -> None:
+async def list_jobs(*, server: str, status: str | None, limit: int, as_json: bool = False) -> None:
     params: dict[str, Any] = {"limit": limit}
     if status:
         params["status"] = status
@@ -247,14 +278,18 @@ async def list_jobs(*, server: str, status: str | None, limit: int) -> None:
     jobs = page.get("jobs")
     if not isinstance(jobs, list):
         raise ComfyFleetError(f"GET /api/v2/jobs answered without a list of jobs; {NOT_COMFYFLEET}")
-    table = Table("id", "status", "type", "progress", "created")
-    for job in (job_from(j, "GET /api/v2/jobs") for j in jobs):
+    checked = [job_from(j, "GET /api/v2/jobs") for j in jobs]
+    if as_json:
+        console.print_json(json.dumps(checked))
+        return
+    rows = []
+    for job in checked:
         progress = job.get("progress")
         value = progress.get("value") if isinstance(progress, dict) else None
-        table.add_row(job["id"], job["status"], str(job.get("type") or ""),
-                      f"{100 * value:.0f}%" if isinstance(value, (int, float)) else "0%",
-                      str(job.get("created_at")))
-    console.print(table)
+        rows.append([job["id"], job["status"], str(job.get("type") or ""),
+                     f"{100 * value:.0f}%" if isinstance(value, (int, float)) else "0%",
+                     moment(job.get("created_at"))])
+    print_listing(("id", "status", "type", "done", "created"), rows)
 
 
 async def cancel_job(job_id: str, *, server: str) -> None:
