@@ -1,0 +1,44 @@
+"""Commands an operator runs beside a live ``comfyfleet serve`` on its data dir (``cleanup``,
+``recover --dry-run``) share its embedded Valkey and leave it running when they end. Real
+processes, real embedded Valkey, a real simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+import httpx
+
+from comfyfleet.sim import SimConfig, Simulator
+from helpers.fleet import free_port, image_workflow
+from helpers.processes import Child
+
+TERMINAL = ("succeeded", "failed", "canceled", "expired")
+
+
+async def test_ops_commands_on_a_serving_data_dir_leave_its_valkey_running(tmp_path):
+    data = tmp_path / "data"
+    async with Simulator(SimConfig(step_s=0.01, name="sim-0")) as sim:
+        port = free_port()
+        serve = Child(["comfyfleet", "serve", "--port", str(port), "--data-dir", str(data),
+                       "--backend", f"sim-0={sim.url}"], tmp_path / "serve.log")
+        try:
+            await serve.wait_for("comfyfleet serving on", timeout_s=60)
+            for command in (["cleanup", "--dry-run"], ["recover", "--dry-run"]):
+                done = await asyncio.to_thread(
+                    subprocess.run, [sys.executable, "-m", "comfyfleet", *command, "--data-dir", str(data)],
+                    capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+                assert done.returncode == 0, done.stderr
+
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+                created = await http.post("/api/v2/jobs", json={"workflow": image_workflow(2)})
+                assert created.status_code == 201, created.text
+                async with asyncio.timeout(30):
+                    while (job := (await http.get(f"/api/v2/jobs/{created.json()['id']}")).json())["status"] \
+                            not in TERMINAL:
+                        await asyncio.sleep(0.1)
+            assert job["status"] == "succeeded"
+            assert "connecting to" not in serve.output(), "serve lost its Redis"
+        finally:
+            assert await serve.stop() == 0
