@@ -9,15 +9,20 @@ maxStalledCount 2): a worker killed mid-job has its jobs handed to another in ab
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode
 
 from bullmq import Job as BullJob
 from bullmq import Queue
 from bullmq import Worker as BullWorker
+from redis.exceptions import RedisError
 
 from .domain.job import Job
+from .errors import StoreError
+from .store.connection import READ_TIMEOUT_S, where
 from .store.keys import Keys
 
 INTERACTIVE, LONG = "interactive", "long"
@@ -33,6 +38,7 @@ BULL_PRIORITY_MAX = 2_097_152
 # longest block; connecting stays quick.
 BULL_READ_TIMEOUT_S = 15.0
 BULL_CONNECT_TIMEOUT_S = 5.0
+CALL_TIMEOUT_S = READ_TIMEOUT_S  # a producer's call, as long as one read of the store
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,13 +70,34 @@ def bull_priority(priority: int) -> int:
 
 
 class JobQueue:
-    """Producer side of the lanes."""
+    """Producer side of the lanes.
 
-    def __init__(self, redis_url: str, keys: Keys) -> None:
+    Every call is bounded by ``call_timeout_s`` and its failures are ``StoreError``s. bullmq's
+    client retries a failed command 20 times with pauses of up to 20 s: unbounded, one add to a
+    Redis that had gone away took minutes before it failed (over 100 s seen)."""
+
+    def __init__(self, redis_url: str, keys: Keys, *, call_timeout_s: float = CALL_TIMEOUT_S) -> None:
         self._queues = {lane: Queue(lane, {"connection": bull_connection_url(redis_url), "prefix": keys.bull_prefix})
                         for lane in LANES}
+        self._call_timeout_s = call_timeout_s
+
+    @contextlib.asynccontextmanager
+    async def _bounded(self, doing: str) -> AsyncIterator[None]:
+        client = next(iter(self._queues.values())).client
+        try:
+            async with asyncio.timeout(self._call_timeout_s):
+                yield
+        except TimeoutError as exc:
+            raise StoreError(f"the work queue at {where(client)} did not finish {doing} within "
+                             f"{self._call_timeout_s:g} s") from exc
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"the work queue at {where(client)} failed {doing}: {exc}") from exc
 
     async def enqueue(self, job: Job, *, not_before: float | None = None) -> None:
+        async with self._bounded("adding a job"):
+            await self._add(job, not_before)
+
+    async def _add(self, job: Job, not_before: float | None = None) -> None:
         opts: dict = {"jobId": job.id, "removeOnComplete": True, "removeOnFail": True,
                       "priority": bull_priority(job.priority)}
         at = not_before if not_before is not None else job.not_before
@@ -81,13 +108,14 @@ class JobQueue:
     async def wake(self, job: Job) -> None:
         """Make the job's entry due now: promote a delayed one, add one when it is missing."""
         queue = self._queues[lane_of(job)]
-        state = await queue.getJobState(job.id)
-        if state == "unknown":
-            await self.enqueue(job)
-        elif state == "delayed":
-            entry = await BullJob.fromId(queue, job.id)
-            if entry is not None:
-                await entry.promote()
+        async with self._bounded("waking a job"):
+            state = await queue.getJobState(job.id)
+            if state == "unknown":
+                await self._add(job)
+            elif state == "delayed":
+                entry = await BullJob.fromId(queue, job.id)
+                if entry is not None:
+                    await entry.promote()
 
     async def promote_overdue(self, now: float, *, late_s: float = 1.0, limit: int = 200) -> int:
         """Make due every delayed entry more than ``late_s`` past its time; return how many.
@@ -97,6 +125,10 @@ class JobQueue:
         as before ``bull_connection_url``: entries then waited minutes past their time), every
         worker's sweep runs this as the safety net, so a retry's backoff, a ``Retry-After`` or a
         re-check starts within a sweep of its time."""
+        async with self._bounded("promoting overdue entries"):
+            return await self._promote_overdue(now, late_s, limit)
+
+    async def _promote_overdue(self, now: float, late_s: float, limit: int) -> int:
         bound = int((now - late_s) * 1000) << 12  # bullmq scores a delayed entry (due ms) << 12
         promoted = 0
         for queue in self._queues.values():
@@ -113,7 +145,8 @@ class JobQueue:
 
     async def state_of(self, job: Job) -> str:
         """bullmq's state of the job's entry ("unknown" when there is none)."""
-        return await self._queues[lane_of(job)].getJobState(job.id)
+        async with self._bounded("reading a job's entry"):
+            return await self._queues[lane_of(job)].getJobState(job.id)
 
     async def close(self) -> None:
         for queue in self._queues.values():

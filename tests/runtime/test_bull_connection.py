@@ -1,5 +1,6 @@
-"""bullmq's clients get read timeouts that fit its blocking reads, and a delayed entry left past
-its time is made due by the sweep's safety net. Real Valkey, real bullmq consumers."""
+"""bullmq's clients get read timeouts that fit its blocking reads, a delayed entry left past its
+time is made due by the sweep's safety net, and a producer's call to a Redis that went away fails
+within its bound. Real Valkey, real bullmq consumers."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ import uuid
 
 from bullmq import Queue
 
+import pytest
+
 from comfyfleet.domain.job import Job, JobStatus
+from comfyfleet.errors import StoreError
 from comfyfleet.queue import JobQueue, LaneConsumer, bull_connection_url
+from comfyfleet.store.embedded import EmbeddedValkey
 
 DELAY_S = 8.0  # past redis-py's default 5 s read timeout, under bullmq's 10 s longest block
 
@@ -68,4 +73,26 @@ async def test_overdue_delayed_entries_are_made_due_and_others_left_alone(valkey
         assert await queue.state_of(later) == "delayed"
         assert await queue.promote_overdue(now + 7) == 0, "nothing left to promote"
     finally:
+        await queue.close()
+
+
+async def test_a_queue_call_to_a_redis_that_went_away_fails_within_its_bound(tmp_path, keys) -> None:  # type: ignore[no-untyped-def]
+    """bullmq's client retries 20 times with pauses of up to 20 s: unbounded, this add took
+    minutes to fail."""
+    valkey = EmbeddedValkey(tmp_path)
+    queue = JobQueue(valkey.start(), keys, call_timeout_s=1.0)
+    now = time.time()
+
+    def job() -> Job:
+        return Job(id=str(uuid.uuid4()), status=JobStatus.QUEUED, created_at=now, updated_at=now)
+
+    try:
+        await queue.enqueue(job())
+        valkey.stop()
+        for call in (lambda: queue.enqueue(job()), lambda: queue.state_of(job()),
+                     lambda: queue.wake(job()), lambda: queue.promote_overdue(time.time())):
+            with pytest.raises(StoreError, match="the work queue at 127.0.0.1"):
+                await asyncio.wait_for(call(), 30)
+    finally:
+        valkey.stop()
         await queue.close()
