@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     blob_grace_s: float = Field(3600.0, ge=0)  # an unreferenced blob younger than this is kept
     maintenance_interval_s: float = Field(600.0, gt=0)  # retention, index and blob cleanup this often
     concurrency: int = Field(64, ge=1, le=10_000)
+    queue_lock_s: float = Field(10.0, ge=1, le=3600)  # bullmq's lock on a taken entry (a dead worker's go back after it)
     backends_file: Path | None = None  # TOML: [[backends]] and [job_types.*] (see fleetfile.py)
     api_keys_file: Path | None = None  # TOML: [[keys]] owner, role, sha256 (see apikeys.py); None: open
     health_interval_s: float = Field(5.0, gt=0)

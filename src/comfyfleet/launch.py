@@ -29,6 +29,7 @@ from .domain.job import Job
 from .domain.policy import CircuitBreaker
 from .domain.spec import policy_for
 from .errors import ConfigError, StoreError
+from .queue import QueueSettings
 from .runtime.dispatcher import DispatchSettings
 from .runtime.fleet_admin import FleetAdmin
 from .runtime.health import HealthMonitor, HealthSettings
@@ -168,7 +169,10 @@ def build_worker(services: Services, settings: Settings) -> Worker:
     return Worker(redis_url=services.config.redis_url, keys=services.keys, runner=runner,
                   claims=claims, recovery=recovery, requeue=requeue,
                   promote_overdue=services.queue.promote_overdue,
-                  settings=WorkerSettings(concurrency=settings.concurrency, worker_id=worker_id))
+                  taken_ids=services.queue.taken_ids, store=services.store,
+                  settings=WorkerSettings(concurrency=settings.concurrency, worker_id=worker_id,
+                                          busy_recheck_s=settings.lease_s + 1.0,
+                                          queue=QueueSettings(lock_duration_ms=int(settings.queue_lock_s * 1000))))
 
 
 def runner_settings(settings: Settings) -> RunnerSettings:

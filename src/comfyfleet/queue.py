@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from .domain.job import Job
 from .errors import StoreError
 from .store.connection import READ_TIMEOUT_S, where
 from .store.keys import Keys
+
+log = logging.getLogger(__name__)
 
 INTERACTIVE, LONG = "interactive", "long"
 LANES = (INTERACTIVE, LONG)
@@ -143,6 +146,14 @@ class JobQueue:
                 promoted += 1
         return promoted
 
+    async def taken_ids(self) -> list[str]:
+        """Ids of the entries workers have taken from every lane (bullmq's active lists)."""
+        async with self._bounded("reading taken entries"):
+            taken: list[str] = []
+            for queue in self._queues.values():
+                taken += await queue.client.lrange(queue.keys["active"], 0, -1)
+            return taken
+
     async def state_of(self, job: Job) -> str:
         """bullmq's state of the job's entry ("unknown" when there is none)."""
         async with self._bounded("reading a job's entry"):
@@ -167,6 +178,21 @@ class LaneConsumer(BullWorker):
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
         self._fetching = asyncio.Lock()
+
+    async def run(self):  # type: ignore[no-untyped-def]
+        """Learn what the server can do first. bullmq asks the server's version only when told
+        to, and without it assumes a Redis older than 6, whose blocking reads take whole seconds:
+        a wait for an entry delayed 50 ms (a job handed back after its slot wait) was rounded up
+        to a full second, and backends sat idle for it."""
+        for connection in {id(c): c for c in (self.backend.connection, self.backend.blocking_connection)
+                           if c is not None}.values():
+            try:
+                async with asyncio.timeout(CALL_TIMEOUT_S):
+                    await connection.getRedisVersion()
+            except (TimeoutError, RedisError, OSError) as exc:  # unreachable now: bullmq retries
+                log.warning("lane %s: could not read the server's version (%s); blocking reads "
+                            "wait whole seconds", self.name, exc)
+        return await super().run()
 
     async def getNextJob(self, token: str):  # type: ignore[no-untyped-def]  # noqa: N802 - bullmq's name
         async with self._fetching:

@@ -67,8 +67,8 @@ def worker_argv(settings: Settings) -> list[str]:
     return argv
 
 
-async def start_worker(settings: Settings, log_path: Path) -> Child:
-    child = Child(worker_argv(settings), log_path)
+async def start_worker(settings: Settings, log_path: Path, env: dict[str, str] | None = None) -> Child:
+    child = Child(worker_argv(settings), log_path, env=env)
     await child.wait_for("comfyfleet worker", timeout_s=60)
     return child
 

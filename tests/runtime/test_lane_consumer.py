@@ -49,3 +49,22 @@ async def test_an_idle_lane_wakes_with_a_few_scripts_per_job(valkey_url, redis, 
     # Per job: the add, a move to active, a move to finished, one move to active that finds
     # the lane empty, and the odd lock renewal: about 5. bullmq's own loop runs over 100 here.
     assert scripts <= 8 * 5, f"{scripts} scripts for 5 jobs"
+
+
+async def test_a_lane_learns_that_its_server_blocks_for_fractions_of_a_second(valkey_url, keys) -> None:  # type: ignore[no-untyped-def]
+    """bullmq assumes whole-second blocking reads unless it has read the server's version; a
+    wait for an entry delayed 50 ms then lasted a full second."""
+    async def process(job, token):  # type: ignore[no-untyped-def]
+        return None
+
+    consumer = LaneConsumer("lane", process, {"connection": valkey_url, "prefix": keys.bull_prefix,
+                                              "concurrency": 4, "autorun": False})
+    run = asyncio.create_task(consumer.run())
+    try:
+        async with asyncio.timeout(10):
+            while not consumer.running:
+                await asyncio.sleep(0.01)
+        assert consumer.backend.capabilities["canDoubleTimeout"] is True
+    finally:
+        await consumer.close()
+        await asyncio.gather(run, return_exceptions=True)

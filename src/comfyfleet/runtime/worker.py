@@ -9,12 +9,15 @@ Redis key with a lease that this worker renews every ``renew_s`` together with i
 Two paths lead to a job:
 
 * bullmq delivers its queue entry: claim it and run it; if another runner holds the claim, the
-  entry goes back to the queue, delayed by ``busy_recheck_s``; the holder wakes it when it
-  hands the job back to the queue (a retry), and a holder that dies is replaced by the sweep;
+  entry goes back to the queue, delayed by ``busy_recheck_s`` (just past a claim's lease); the
+  holder wakes it when it hands the job back to the queue (a retry), and a holder that dies is
+  replaced by the sweep (a running job) or by this entry's next look (a queued one);
 * the orphan sweep (at start, then every ``sweep_s``): running jobs whose claim is gone (their
   worker stopped or died) are claimed and reconciled at once, without waiting for bullmq's
   stalled check. Their queue entries, wherever they are, find the claim taken and wait. The
-  sweep also makes due any delayed queue entry left past its time (``promote_overdue``).
+  sweep also makes due any delayed queue entry left past its time (``promote_overdue``), and
+  takes over queued jobs a dead worker had taken from the queue (``stranded.StrandedWatch``)
+  before bullmq would hand them back.
 
 Shutdown is two-phase: stop taking jobs, then hand running jobs back at once: their tasks are
 cancelled, their claims released and their queue entries put back, while the job records keep
@@ -41,6 +44,7 @@ from ..store.claims import ClaimLost, Claims
 from ..store.keys import Keys
 from .recovery import Recovery
 from .runner import Runner, Verdict
+from .stranded import StrandedWatch, TakenIds
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +62,21 @@ class WorkerSettings:
     worker_id: str = field(default_factory=lambda: f"w-{uuid.uuid4().hex[:10]}")
     renew_s: float = 1.5  # claims and liveness renewed this often (the lease is Claims.lease_s)
     sweep_s: float = 2.0  # orphaned running jobs looked for this often (and at start)
-    busy_recheck_s: float = 60.0  # a queue entry whose job another runner holds waits this long
+    # A queue entry whose job another runner holds is looked at again this soon: just past one
+    # claim lease (Claims.lease_s, 6 s), so when that holder dies holding a queued job (whose
+    # only way back is this entry) the job waits seconds, not the minute it once did.
+    busy_recheck_s: float = 7.0
 
 
 class Worker:
     def __init__(self, *, redis_url: str, keys: Keys, runner: Runner, claims: Claims,
                  recovery: Recovery, requeue: Requeue, promote_overdue: PromoteOverdue | None = None,
+                 taken_ids: TakenIds | None = None, store=None,  # type: ignore[no-untyped-def]
                  settings: WorkerSettings = WorkerSettings()) -> None:
         """``promote_overdue(now)``: make due the queue entries whose delay is past
-        (``JobQueue.promote_overdue``), run with every sweep."""
+        (``JobQueue.promote_overdue``), run with every sweep. ``taken_ids()`` (the queue's taken
+        entries, ``JobQueue.taken_ids``) and ``store``: to take over queued jobs stranded in a
+        dead worker."""
         self._redis_url = redis_url
         self._keys = keys
         self._runner = runner
@@ -75,6 +85,8 @@ class Worker:
         self._requeue = requeue
         self._promote_overdue = promote_overdue
         self._settings = settings
+        self._stranded = None if taken_ids is None or store is None else StrandedWatch(
+            claims=claims, store=store, taken_ids=taken_ids, window_s=4 * settings.sweep_s)
         self._consumers: list[LaneConsumer] = []
         self._held: dict[str, str] = {}  # job id -> claim token
         self._tasks: dict[str, asyncio.Task] = {}  # job id -> the task running it here
@@ -167,10 +179,27 @@ class Worker:
         log.info("took over %d orphaned job(s)", len(won))
         return len(won)
 
+    async def adopt_stranded(self) -> int:
+        """Claim every queued job stranded in a dead worker and run it here; return how many."""
+        if self._stranded is None:
+            return 0
+        due = await self._stranded.due(skip=set(self._tasks))
+        if not due or self._stopping:
+            return 0
+        tokens = {job_id: self._new_token() for job_id in due}
+        won = await self._claims.acquire_many(tokens)
+        for job_id in won:
+            self._held[job_id] = tokens[job_id]
+            self._tasks[job_id] = asyncio.create_task(self._drive_orphan(job_id, tokens[job_id], None, None))
+        if won:
+            log.info("took over %d queued job(s) a dead worker had taken", len(won))
+        return len(won)
+
     async def _sweep_forever(self) -> None:
         while not self._stopping:
             try:
                 await self.sweep()
+                await self.adopt_stranded()
                 if self._promote_overdue is not None:
                     late = await self._promote_overdue(time.time())
                     if late:

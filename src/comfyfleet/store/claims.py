@@ -123,6 +123,11 @@ class Claims:
                 pipe.zrem(self._keys.workers, worker_id)
                 await pipe.execute()
 
+    async def live_worker_ids(self) -> list[str]:
+        """Ids of the workers whose liveness lease has not run out (one read, no descriptions)."""
+        with translated(self._redis, "read of worker liveness"):
+            return await self._redis.zrangebyscore(self._keys.workers, int(time.time() * 1000), "+inf")
+
     async def live_workers(self) -> dict[str, dict]:
         """Every worker whose liveness lease has not run out, with its description (entries of
         workers that died are dropped on the way)."""
