@@ -159,3 +159,22 @@ async def test_the_orphan_sweep_loads_only_unclaimed_running_jobs(r):
     assert [job.id for job in found] == [orphan.id]
     stats = await s.redis.info("commandstats")
     assert stats["cmdstat_hget"]["calls"] == 1  # the orphan's record, nothing else
+
+
+async def test_a_queued_job_whose_holder_died_runs_a_lease_later_not_a_minute(r):
+    """A queue entry delivered while another runner holds its queued job goes back for just over
+    a lease. That holder dying with the job (its claim runs out, nobody renews it) left the job
+    waiting a minute for its entry's next look; now it runs a lease later."""
+    job = await r.new_job(image_workflow(2))
+    holder = Claims(r.services.redis, r.services.keys, lease_s=LEASE_S)
+    assert await holder.acquire(job.id, "a-runner-that-dies")  # never renewed: it runs out
+    await r.services.queue.enqueue(job)
+    w = make_worker(r, "w-next")
+    await w.start()
+    try:
+        async def done() -> bool:
+            return (await r.services.store.get(job.id)).status is JobStatus.SUCCEEDED
+        await wait_for(done, timeout_s=30)  # the entry's next look: 7 s (it was 60 s)
+    finally:
+        await w.stop()
+    assert (await r.services.store.get(job.id)).attempt == 1
