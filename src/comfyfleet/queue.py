@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 
 from .domain.job import Job
 from .errors import StoreError
-from .store.connection import READ_TIMEOUT_S, where
+from .store.connection import READ_TIMEOUT_S, translated, where
 from .store.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -83,18 +83,17 @@ class JobQueue:
         self._queues = {lane: Queue(lane, {"connection": bull_connection_url(redis_url), "prefix": keys.bull_prefix})
                         for lane in LANES}
         self._call_timeout_s = call_timeout_s
+        self._client = next(iter(self._queues.values())).client  # for naming the server in errors
 
     @contextlib.asynccontextmanager
     async def _bounded(self, doing: str) -> AsyncIterator[None]:
-        client = next(iter(self._queues.values())).client
         try:
             async with asyncio.timeout(self._call_timeout_s):
-                yield
+                with translated(self._client, doing):  # redis errors, as the store's
+                    yield
         except TimeoutError as exc:
-            raise StoreError(f"the work queue at {where(client)} did not finish {doing} within "
-                             f"{self._call_timeout_s:g} s") from exc
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"the work queue at {where(client)} failed {doing}: {exc}") from exc
+            raise StoreError(f"the work queue at {where(self._client)} did not finish {doing} "
+                             f"within {self._call_timeout_s:g} s") from exc
 
     async def enqueue(self, job: Job, *, not_before: float | None = None) -> None:
         async with self._bounded("adding a job"):
