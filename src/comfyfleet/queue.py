@@ -19,6 +19,9 @@ from urllib.parse import parse_qsl, urlencode
 from bullmq import Job as BullJob
 from bullmq import Queue
 from bullmq import Worker as BullWorker
+from redis import exceptions as rex
+from redis.asyncio.retry import Retry
+from redis.backoff import EqualJitterBackoff
 from redis.exceptions import RedisError
 
 from .domain.job import Job
@@ -43,6 +46,14 @@ BULL_READ_TIMEOUT_S = 15.0
 BULL_CONNECT_TIMEOUT_S = 5.0
 CALL_TIMEOUT_S = READ_TIMEOUT_S  # a producer's call, as long as one read of the store
 
+# bullmq's clients retry a lost connection 20 times with pauses of 2, 4, 8, 16, then 20 s (some
+# 6 minutes in all), and its run loop waits 15 s more once they give up: after a Redis restart
+# a lane fetched again seconds after the server was back. Ours retry as long, with pauses of a
+# quarter to half a second, and the run loop waits one second.
+RECONNECT_PAUSE_S = 0.5  # longest; each pause is between half of it and all of it
+RECONNECT_FOR_S = 360.0
+RUN_RETRY_DELAY_MS = 1_000
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QueueSettings:
@@ -61,6 +72,15 @@ def bull_connection_url(redis_url: str) -> str:
     kept += [("socket_timeout", str(BULL_READ_TIMEOUT_S)),
              ("socket_connect_timeout", str(BULL_CONNECT_TIMEOUT_S))]
     return f"{base}?{urlencode(kept)}"
+
+
+def reconnect_quickly(*clients) -> None:  # type: ignore[no-untyped-def]
+    """Give bullmq's clients our pauses between reconnects (see ``RECONNECT_PAUSE_S``)."""
+    tries = int(RECONNECT_FOR_S / (0.75 * RECONNECT_PAUSE_S))
+    for client in clients:
+        if client is not None:
+            client.set_retry(Retry(EqualJitterBackoff(cap=RECONNECT_PAUSE_S, base=RECONNECT_PAUSE_S), tries,
+                                   supported_errors=(rex.ConnectionError, rex.TimeoutError)))
 
 
 def lane_of(job: Job) -> str:
@@ -82,6 +102,7 @@ class JobQueue:
     def __init__(self, redis_url: str, keys: Keys, *, call_timeout_s: float = CALL_TIMEOUT_S) -> None:
         self._queues = {lane: Queue(lane, {"connection": bull_connection_url(redis_url), "prefix": keys.bull_prefix})
                         for lane in LANES}
+        reconnect_quickly(*(queue.client for queue in self._queues.values()))
         self._call_timeout_s = call_timeout_s
         self._client = next(iter(self._queues.values())).client  # for naming the server in errors
 
@@ -174,8 +195,9 @@ class LaneConsumer(BullWorker):
     costs one blocking read and a busy one moves its jobs back to back.
     """
 
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
+    def __init__(self, name: str, processor, opts: dict) -> None:  # type: ignore[no-untyped-def, type-arg]
+        super().__init__(name, processor, {"runRetryDelay": RUN_RETRY_DELAY_MS, **opts})
+        reconnect_quickly(self.client, self.bclient)
         self._fetching = asyncio.Lock()
 
     async def run(self):  # type: ignore[no-untyped-def]

