@@ -48,6 +48,8 @@ from .stranded import StrandedWatch, TakenIds
 
 log = logging.getLogger(__name__)
 
+CLAIM_RELEASE_PAUSE_S = 0.25  # between tries of a claim release the store missed
+
 STOP_WAIT_S = 5.0  # how long stop() waits for cancelled job tasks to end
 
 Requeue = Callable[[str, float], Awaitable[None]]
@@ -89,6 +91,10 @@ class Worker:
             claims=claims, store=store, taken_ids=taken_ids, window_s=4 * settings.sweep_s)
         self._consumers: list[LaneConsumer] = []
         self._held: dict[str, str] = {}  # job id -> claim token
+        # job id -> a claim token of ours whose release the store missed (it was away): released
+        # when it is back, or before this worker claims the job again. Left to its lease, the
+        # claim made the job's next turn here look owned by another runner, and wait 7 s.
+        self._unreleased: dict[str, str] = {}
         self._tasks: dict[str, asyncio.Task] = {}  # job id -> the task running it here
         self._loops: list[asyncio.Task] = []
         self._runs: list[asyncio.Task] = []  # the bullmq consumers' run loops
@@ -124,6 +130,8 @@ class Worker:
         claim = self._new_token()
         task: asyncio.Task | None = None
         try:
+            if job_id in self._unreleased and job_id not in self._tasks:
+                await self._release(job_id, self._unreleased[job_id])
             if job_id in self._tasks or not await self._claims.acquire(job_id, claim):
                 verdict_at = busy_at  # another runner owns it: look again later
             else:
@@ -144,6 +152,8 @@ class Worker:
         except StoreError as exc:
             log.warning("job %s: store unavailable, retrying: %s", job_id, exc)
             verdict_at = time.time() + self._settings.error_retry_s
+        if job_id in self._unreleased:
+            await self._settle_claim(job_id)
         await bull_job.moveToDelayed(int(verdict_at * 1000), token)
         raise DelayedError()
 
@@ -253,9 +263,9 @@ class Worker:
             if self._held.get(job_id) == claim:
                 del self._held[job_id]
             try:
-                await self._claims.release(job_id, claim)
+                await self._release(job_id, claim)
             except StoreError:
-                pass  # it expires one lease from now
+                self._unreleased[job_id] = claim  # released when the store is back
 
     # -- claims and liveness -----------------------------------------------------------------
     async def _keep_claims(self) -> None:
@@ -264,6 +274,8 @@ class Worker:
             try:
                 lost = await self._claims.renew(dict(self._held))
                 await self._beat()
+                for job_id, claim in list(self._unreleased.items()):
+                    await self._release(job_id, claim)
             except StoreError as exc:
                 log.warning("claims not renewed: %s", exc)
                 continue
@@ -274,6 +286,23 @@ class Worker:
                     task = self._tasks.get(job_id)
                     if task is not None:
                         task.cancel()
+
+    async def _release(self, job_id: str, claim: str) -> None:
+        """Release our claim ``claim`` on the job (a no-op if another token holds it now)."""
+        await self._claims.release(job_id, claim)
+        if self._unreleased.get(job_id) == claim:
+            del self._unreleased[job_id]
+
+    async def _settle_claim(self, job_id: str) -> None:
+        """Release our missed claim on the job before its entry goes back to the queue, where
+        another worker would find it held and look again only 7 s later. Waits for the store
+        for at most one lease: by then the claim has run out anyway."""
+        give_up_at = time.time() + self._claims.lease_s
+        while (claim := self._unreleased.get(job_id)) is not None and time.time() < give_up_at:
+            try:
+                await self._release(job_id, claim)
+            except StoreError:
+                await asyncio.sleep(CLAIM_RELEASE_PAUSE_S)
 
     async def _beat(self) -> None:
         await self._claims.beat(self.worker_id, {
@@ -322,9 +351,9 @@ class Worker:
         # cut short are still held: give them back now, not one lease from now.
         for job_id, claim in list(self._held.items()):
             try:
-                await self._claims.release(job_id, claim)
+                await self._release(job_id, claim)
             except StoreError:
-                pass  # it expires one lease from now
+                self._unreleased[job_id] = claim  # released when the store is back
         self._held.clear()
         await self._runner.close()
         try:
