@@ -185,6 +185,17 @@ async def test_idempotency_key_is_single_use(client, enqueued):
     assert len(enqueued) == 1
 
 
+async def test_on_an_open_server_a_key_is_single_use_whatever_user_id_the_job_names(client, enqueued):
+    headers = {"Idempotency-Key": "key-4"}
+    first = await client.post(JOBS, json={"workflow": WORKFLOW, "metadata": {"user_id": "a"}},
+                              headers=headers)
+    refused = [await client.post(JOBS, json={"workflow": WORKFLOW, **extra}, headers=headers)
+               for extra in ({"metadata": {"user_id": "b"}}, {})]
+    assert first.status_code == 201
+    assert [(r.status_code, error_code(r)) for r in refused] == [(422, "idempotency_key_reuse")] * 2
+    assert len(enqueued) == 1
+
+
 async def test_key_is_not_claimed_by_a_request_that_fails_validation(client):
     headers = {"Idempotency-Key": "key-2"}
     refused = await client.post(JOBS, json={"workflow": {}}, headers=headers)
@@ -198,7 +209,8 @@ async def test_key_is_released_when_enqueueing_fails(client, api, store, enqueue
 
     api.services.enqueue = broken_enqueue
     headers = {"Idempotency-Key": "key-3"}
-    refused = await client.post(JOBS, json={"workflow": WORKFLOW}, headers=headers)
+    refused = await client.post(JOBS, json={"workflow": WORKFLOW, "metadata": {"user_id": "u"}},
+                                headers=headers)
     assert refused.status_code == 503 and error_code(refused) == "queue_unavailable"
     failed = await store.list(statuses=[JobStatus.FAILED])
     assert [j.error.code for j in failed] == ["enqueue_failed"]

@@ -18,7 +18,7 @@ from ..domain import transitions as t
 from ..domain.job import DEFAULT_JOB_TYPE, Job, JobError, JobStatus
 from ..errors import ComfyFleetError, InvalidTransition, JobNotFound, ValidationFailed
 from . import validation
-from .access import ANONYMOUS, Caller, check_sees, get_caller
+from .access import ANONYMOUS, Caller, check_sees, get_caller, owner_of
 from .context import ApiContext, JobId, get_context
 from .inputs import as_sent, hold_inputs, resolve_inputs
 from .listing import list_page
@@ -56,12 +56,15 @@ async def submit_job(request: Request, ctx: ApiContext = Depends(get_context),
               deadline_at=now + float(defaults.get("deadline_s", 600.0)))
     await hold_inputs(ctx, inputs, job.deadline_at)  # before the job exists: its blobs stay
     limit = caller.max_active or settings.max_active_per_owner
-    job = await services.store.create(job, submission.workflow, max_active=limit)
+    # A key is the caller's, whatever owner the job names: on an open server every caller is
+    # one anonymous caller, so a key is unique server-wide, not per claimed metadata.user_id.
+    key_scope = owner_of(caller)
+    job = await services.store.create(job, submission.workflow, max_active=limit, key_scope=key_scope)
     try:
         await services.enqueue(job)
     except Exception:
         log.exception("job %s was stored but could not be enqueued", job.id)
-        await _undo_submission(ctx, job)
+        await _undo_submission(ctx, job, key_scope)
         raise ValidationFailed("the work queue is unavailable; retry shortly",
                                code="queue_unavailable", status_code=503) from None
     return JSONResponse(await ctx.render_job(job), status_code=201)
@@ -127,13 +130,13 @@ async def get_preview(job_id: JobId, ctx: ApiContext = Depends(get_context),
 
 
 # -- helpers ---------------------------------------------------------------------------------
-async def _undo_submission(ctx: ApiContext, job: Job) -> None:
+async def _undo_submission(ctx: ApiContext, job: Job, key_scope: str) -> None:
     store, services = ctx.services.store, ctx.services
     try:
         await store.apply(job.id, t.Fail(JobError(code="enqueue_failed",
                                                   message="the job could not be queued",
                                                   failure_class="transient")), services.clock())
         if job.idempotency_key:
-            await store.release_idempotency(job.owner, job.idempotency_key)  # type: ignore[attr-defined]
+            await store.release_idempotency(key_scope, job.idempotency_key)  # type: ignore[attr-defined]
     except ComfyFleetError:
         log.exception("job %s: could not undo a submission that failed to enqueue", job.id)

@@ -55,13 +55,16 @@ class RedisJobStore:
         self._read_each = redis.register_script(_script("read_each.lua"))
 
     # -- writes --------------------------------------------------------------------------------
-    async def create(self, job: Job, workflow: dict[str, Any], *, max_active: int = 0) -> Job:
+    async def create(self, job: Job, workflow: dict[str, Any], *, max_active: int = 0,
+                     key_scope: str | None = None) -> Job:
         """Store a new job; a reused idempotency key raises ``ValidationFailed`` (422), and so
-        (429 ``queue_full``) does an owner with ``max_active`` jobs queued or running already."""
+        (429 ``queue_full``) does an owner with ``max_active`` jobs queued or running already.
+        The key is unique per ``key_scope`` (who presents it; default: the job's owner)."""
         k = self._keys
+        scope = job.owner if key_scope is None else key_scope
         keys = [k.job(job.id), k.workflow(job.id), k.all_index, k.status_index(job.status.value),
                 k.owner_index(job.owner or ""), k.type_index(job.type), k.active_index,
-                k.idempotency(job.owner, job.idempotency_key or ""), k.events_stream, k.job_stats]
+                k.idempotency(scope, job.idempotency_key or ""), k.events_stream, k.job_stats]
         args = [job.id, job.status.value, job.version, job.owner or "", job.type,
                 repr(job.created_at), job.priority, json.dumps(job.to_dict()),
                 json.dumps(workflow), self._active_ttl_ms, job.idempotency_key or "",
@@ -83,10 +86,11 @@ class RedisJobStore:
                 headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)})
         return job
 
-    async def release_idempotency(self, owner: str | None, key: str) -> None:
-        """Free an idempotency key (used when a create is undone after its reservation)."""
+    async def release_idempotency(self, scope: str | None, key: str) -> None:
+        """Free an idempotency key of ``scope`` (used when a create is undone after its
+        reservation)."""
         with translated(self._redis, "release of an idempotency key"):
-            await self._redis.delete(self._keys.idempotency(owner, key))
+            await self._redis.delete(self._keys.idempotency(scope, key))
 
     async def save(self, before: Job, after: Job) -> Job:
         """Compare-and-set ``before`` -> ``after``; raises ``ConcurrentUpdate`` if it moved."""
