@@ -119,3 +119,17 @@ async def test_an_open_server_takes_the_owner_from_metadata(api, client, enqueue
     assert response.status_code == 201
     assert enqueued[-1].owner == "carol"
     assert (await client.get("/api/v2/stats")).status_code == 200
+
+
+@pytest.mark.parametrize("settings_overrides", [{"max_streams": 1}])
+async def test_the_limit_of_open_event_streams_is_each_callers_own(keyed, live_server):
+    async with httpx.AsyncClient(base_url=live_server, timeout=10) as http:
+        alices, bobs = await submit(http, ALICE), await submit(http, BOB)
+        async with http.stream("GET", f"/api/v2/jobs/{alices['id']}/events", headers=as_(ALICE)) as first:
+            assert first.status_code == 200
+            lines = first.aiter_lines()  # kept: a dropped iterator closes the stream
+            await anext(lines)  # the stream is open and counted
+            again = await http.get(f"/api/v2/jobs/{alices['id']}/events", headers=as_(ALICE))
+            assert again.status_code == 429 and error_code(again) == "too_many_streams"
+            async with http.stream("GET", f"/api/v2/jobs/{bobs['id']}/events", headers=as_(BOB)) as other:
+                assert other.status_code == 200, "another caller is not held to alice's streams"

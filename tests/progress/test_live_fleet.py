@@ -155,3 +155,18 @@ async def test_a_stopping_worker_flushes_what_it_counted(valkey_url, tmp_path):
         await fleet.worker.stop()
         counters = (await fleet.http.get("/api/v2/stats")).json()["tracking"].get("sim-0", {})
     assert counters.get("socket_connects") == 1
+
+
+async def test_a_queued_jobs_stream_counts_down_its_queue_position(default_fleet):
+    """Three jobs of about a second ahead on the one backend: the stream of the fourth tells each
+    step of its position as the jobs ahead leave the queue, not only at the 15 s keepalive."""
+    ahead = [await default_fleet.submit(workflow(10, seed=n)) for n in range(3)]
+    last = await default_fleet.submit(workflow(10, seed=3))
+    events = await default_fleet.events(last["id"], timeout_s=60)
+    statuses = [(data["status"], data.get("queue_position")) for kind, data in events if kind == "status"]
+    positions = [p for s, p in statuses if s == "queued"]
+    assert positions[-1] == 0 and len(positions) >= 2, statuses
+    assert positions == sorted(positions, reverse=True), statuses
+    assert statuses[-1] == ("succeeded", None)
+    for job in ahead:
+        assert (await default_fleet.wait(job["id"]))["status"] == "succeeded"

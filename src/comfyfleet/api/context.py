@@ -7,8 +7,10 @@ modules can depend on them without importing the app factory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -33,7 +35,8 @@ class ApiSettings:
     max_workflow_bytes: int = 5_000_000
     max_workflow_nodes: int = 2000
     sse_keepalive_s: float = 15.0
-    max_streams: int = 256
+    max_streams: int = 256  # open event streams and live feeds of one caller
+    max_streams_total: int = 4096  # of all callers of this process
     retention_s: float = RETENTION_S  # how long a finished job (and its outputs) is kept
     job_types: tuple[str, ...] = BUILTIN_JOB_TYPES  # metadata.type values accepted
     max_upload_bytes: int = 100 * 1024 * 1024  # one input asset (ComfyUI's own default limit)
@@ -46,8 +49,8 @@ class ApiSettings:
             raise ConfigError(f"public_base_url must be an absolute http(s) URL with no query; "
                               f"got {self.public_base_url!r}")
         object.__setattr__(self, "public_base_url", self.public_base_url.rstrip("/"))
-        if self.max_streams < 1 or self.sse_keepalive_s <= 0:
-            raise ConfigError("max_streams must be >= 1 and sse_keepalive_s > 0")
+        if self.max_streams < 1 or self.max_streams_total < 1 or self.sse_keepalive_s <= 0:
+            raise ConfigError("max_streams and max_streams_total must be >= 1 and sse_keepalive_s > 0")
 
 
 async def _no_cancel(_: Job) -> None:
@@ -88,12 +91,29 @@ class ApiContext:
     settings: ApiSettings
     services: ApiServices
     renderer: Renderer
-    open_streams: int = 0
+    open_streams: Counter[str] = field(default_factory=Counter)  # caller (owner_of) -> open
     closing: asyncio.Event = field(default_factory=asyncio.Event)
     fleet_now: SharedRead[dict[str, Any]] = field(init=False)
 
     def __post_init__(self) -> None:
         self.fleet_now = SharedRead(self._read_fleet, max_age_s=FLEET_MAX_AGE_S)
+
+    def streams_full(self, who: str) -> bool:
+        """Whether caller ``who`` may open no more event streams (its own limit, or the
+        process's)."""
+        return (self.open_streams[who] >= self.settings.max_streams
+                or self.open_streams.total() >= self.settings.max_streams_total)
+
+    @contextlib.contextmanager
+    def stream_of(self, who: str) -> Iterator[None]:
+        """Count an open stream of ``who`` while inside."""
+        self.open_streams[who] += 1
+        try:
+            yield
+        finally:
+            self.open_streams[who] -= 1
+            if self.open_streams[who] <= 0:
+                del self.open_streams[who]
 
     async def _read_fleet(self) -> dict[str, Any]:
         """Job counts by status, the backends and the workflow breakers (none without a fleet)."""

@@ -6,7 +6,8 @@ between them; records older than what was already sent are dropped by their vers
 changes, with identical consecutive progress and previews sent once. On a terminal status every
 output not yet sent goes out first, then the terminal ``status``, then the stream closes: the SDK
 stops reading at the terminal status. Each keepalive tick also re-reads the record, which catches
-a missed event and refreshes ``queue_position`` while the job waits.
+a missed event; while the job waits, the record and its ``queue_position`` are re-read every
+second, and a changed position is sent as a ``status`` event.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from fastapi import APIRouter, Depends, Response
 from fastapi.responses import StreamingResponse
 
 from ..domain.job import Job, JobStatus
-from .access import Caller, check_sees, get_caller
+from .access import Caller, check_sees, get_caller, owner_of
 from .context import ApiContext, JobId, get_context
 from .errors import error_response
 from .schemas import progress_json
@@ -29,6 +30,7 @@ from .schemas import progress_json
 router = APIRouter(tags=["jobs"])
 
 STREAMS_RETRY_AFTER_S = 5
+POSITION_REFRESH_S = 1.0  # a queued job's position is looked at again this often
 JOB_EVENT_KINDS = frozenset({"status", "progress", "update"})
 _CLOSED = object()
 
@@ -37,10 +39,11 @@ _CLOSED = object()
 async def job_events(job_id: JobId, ctx: ApiContext = Depends(get_context),
                      caller: Caller = Depends(get_caller)) -> Response:
     check_sees(caller, await ctx.services.store.get(job_id))  # 404 before any byte of the stream
-    if ctx.open_streams >= ctx.settings.max_streams:
+    who = owner_of(caller)
+    if ctx.streams_full(who):
         return error_response(429, "too_many_streams", "too many open event streams",
                               headers={"Retry-After": str(STREAMS_RETRY_AFTER_S)})
-    return StreamingResponse(JobStream(ctx, job_id).frames(), media_type="text/event-stream",
+    return StreamingResponse(JobStream(ctx, job_id).frames(who), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
@@ -62,10 +65,10 @@ class JobStream:
         self._node: str | None = None
         self.done = False
 
-    async def frames(self) -> AsyncIterator[str]:
+    async def frames(self, who: str) -> AsyncIterator[str]:
+        """The stream's frames, counted as an open stream of caller ``who``."""
         ctx = self._ctx
-        ctx.open_streams += 1
-        try:
+        with ctx.stream_of(who):
             async with ctx.services.events.subscription(self._job_id) as events:  # type: ignore[attr-defined]
                 inbox: asyncio.Queue[Any] = asyncio.Queue()
                 helpers = [asyncio.create_task(self._pump(events, inbox)),
@@ -77,19 +80,24 @@ class JobStream:
                     for task in helpers:
                         task.cancel()
                     await asyncio.gather(*helpers, return_exceptions=True)
-        finally:
-            ctx.open_streams -= 1
 
     async def _run(self, inbox: asyncio.Queue[Any]) -> AsyncIterator[str]:
         store, keepalive_s = self._ctx.services.store, self._ctx.settings.sse_keepalive_s
         for text in await self.on_job(await store.get(self._job_id), snapshot=True):
             yield text
+        loop = asyncio.get_running_loop()
+        keepalive_at = loop.time() + keepalive_s
         while not self.done:
+            wait_s = keepalive_at - loop.time()
+            if self._status is not None and self._status[0] == JobStatus.QUEUED.value:
+                wait_s = min(wait_s, POSITION_REFRESH_S)  # jobs ahead leave without telling us
             try:
-                async with asyncio.timeout(keepalive_s):
+                async with asyncio.timeout(max(0.0, wait_s)):
                     event = await inbox.get()
             except TimeoutError:
-                yield ": keepalive\n\n"
+                if loop.time() >= keepalive_at:
+                    keepalive_at = loop.time() + keepalive_s
+                    yield ": keepalive\n\n"
                 event = {"kind": "resync"}
             if event is _CLOSED:
                 for text in await self.on_job(await store.get(self._job_id)):

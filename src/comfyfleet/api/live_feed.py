@@ -33,7 +33,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from ..domain.job import Job, JobStatus
 from ..errors import ComfyFleetError
-from .access import Caller, bearer_token, identify
+from .access import Caller, bearer_token, identify, owner_of
 from .context import ApiContext
 from .schemas import progress_json
 
@@ -62,21 +62,20 @@ async def live_feed(websocket: WebSocket) -> None:
         await refuse(websocket, CLOSE_UNAUTHORIZED, "unauthorized",
                      "a valid API key is required: send {\"type\": \"auth\", \"token\": \"<key>\"} first")
         return
-    if ctx.open_streams >= ctx.settings.max_streams:
+    who = owner_of(caller)
+    if ctx.streams_full(who):
         await refuse(websocket, CLOSE_TRY_LATER, "too_many_streams", "too many open event streams")
         return
-    ctx.open_streams += 1
-    try:
-        await LiveFeed(ctx, caller, websocket).run()
-    except (WebSocketDisconnect, OSError):
-        pass  # the client went away, mid-send or between messages
-    except RuntimeError as exc:  # Starlette: a send after the socket closed under us
-        log.debug("live feed ended: %s", exc)
-    except ComfyFleetError as exc:  # the store went away: say so, the page reconnects
-        log.warning("live feed ended: %s", exc)
-        await refuse(websocket, CLOSE_TRY_LATER, "store_unavailable", "the job store is unavailable")
-    finally:
-        ctx.open_streams -= 1
+    with ctx.stream_of(who):
+        try:
+            await LiveFeed(ctx, caller, websocket).run()
+        except (WebSocketDisconnect, OSError):
+            pass  # the client went away, mid-send or between messages
+        except RuntimeError as exc:  # Starlette: a send after the socket closed under us
+            log.debug("live feed ended: %s", exc)
+        except ComfyFleetError as exc:  # the store went away: say so, the page reconnects
+            log.warning("live feed ended: %s", exc)
+            await refuse(websocket, CLOSE_TRY_LATER, "store_unavailable", "the job store is unavailable")
 
 
 async def authenticate(websocket: WebSocket, ctx: ApiContext) -> Caller | None:
