@@ -69,7 +69,7 @@ async def test_by_hash_and_from_hash_skip_sending_bytes_again(client):
     probe = await client.head(f"/api/v2/assets/by-hash/{b3(PNG)}")
     assert probe.status_code == 200, probe.headers
     minted = await client.post("/api/v2/assets/from-hash", json={"hash": b3(PNG), "file_path": "again.png"})
-    assert minted.status_code == 200, minted.text + str(minted.status_code)
+    assert minted.status_code == 201, minted.text + str(minted.status_code)  # a new asset over the blob
     assert minted.json()["hash"] == b3(PNG) and minted.json()["file_path"] == "again.png"
     assert (await client.get(f"/api/v2/assets/{minted.json()['id']}/content")).content == PNG
     for body in ({"hash": "md5:abc"}, {"nohash": 1}, {"hash": b3(PNG), "colour": "red"},
@@ -109,6 +109,11 @@ async def test_uploads_are_private_to_their_owner(api, client, tmp_path):
     assert refused.status_code == 422 and error_code(refused) == "missing_asset"
     accepted = await client.post("/api/v2/jobs", json={"workflow": workflow}, headers=as_alice)
     assert accepted.status_code == 201
+    # the same bytes sent by bob: new to him, whatever the server held for alice
+    bobs = await upload(client, headers=as_bob)
+    assert bobs.status_code == 201 and bobs.json()["created_new"] is True, bobs.text
+    again = await upload(client, headers=as_alice)
+    assert again.status_code == 200 and again.json()["created_new"] is False
 
 
 @pytest.mark.parametrize("settings_overrides", [{"max_upload_bytes": 1000}])

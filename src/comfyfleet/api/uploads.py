@@ -1,9 +1,10 @@
 """Input assets: upload, mint from a known hash, delete.
 
     POST   /assets            multipart: file, file_path?, content_type?, expected_hash?
-                              (blake3:<hex>), tags* , expires_in? (60-604800 s)   -> 201 new / 200 dedup
+                              (blake3:<hex>), tags* , expires_in? (60-604800 s)
+                              -> 201, or 200 when the owner already holds these bytes
     POST   /assets/from-hash  {hash, file_path?, tags?, expires_in?}  a record over bytes the owner
-                              sent before (blake3) or that this server holds (sha256)   -> 200
+                              sent before (blake3) or that this server holds (sha256)   -> 201
     DELETE /assets/{id}       the record (its bytes go once nothing needs them)       -> 204
 
 The bytes stream to a temporary file beside the blob store while both hashes are computed (the
@@ -86,7 +87,7 @@ async def upload_asset(request: Request, ctx: ApiContext = Depends(get_context),
                         status_code=201 if upload[1] else 200)
 
 
-@router.post("/assets/from-hash")
+@router.post("/assets/from-hash", status_code=201)
 async def upload_from_hash(request: Request, ctx: ApiContext = Depends(get_context),
                            caller: Caller = Depends(get_caller)) -> dict[str, Any]:
     uploads = uploads_of(ctx)
@@ -163,12 +164,15 @@ async def _store_file(ctx: ApiContext, caller: Caller, file: UploadFile, fields:
             raise ValidationFailed("the file's blake3 hash is not expected_hash", code="hash_mismatch",
                                    status_code=409, details={"expected": f"blake3:{fields['expected']}",
                                                              "received": f"blake3:{blake3_hex}"})
-        digest, created = await writer.commit(content_type=fields["content_type"])
+        digest, _ = await writer.commit(content_type=fields["content_type"])
     except BaseException:
         await writer.abort()
         raise
+    owner = owner_of(caller)
+    # new or not to this owner: whether anyone else holds the same bytes is not theirs to learn
+    created = await ctx.services.uploads.known(owner, blake3_hex) is None
     now = ctx.services.clock()
-    upload = Upload(id=str(uuid.uuid4()), owner=owner_of(caller), digest=digest,
+    upload = Upload(id=str(uuid.uuid4()), owner=owner, digest=digest,
                     blake3=f"blake3:{blake3_hex}", size_bytes=writer.size,
                     content_type=fields["content_type"], file_path=fields["file_path"],
                     created_at=now, expires_at=now + expires_in, tags=fields["tags"])
