@@ -159,3 +159,23 @@ async def test_unreachable_backend_is_waited_for_not_abandoned(r, sims):
     await sims[0].set_refusing(False)
     assert (await r.runner.run(job.id)).done
     assert (await r.store.get(job.id)).status is JobStatus.SUCCEEDED and posts(sims) == 1
+
+
+async def test_a_job_cancelled_while_it_waits_for_a_slot_ends_quietly_and_frees_it(r, sims, caplog):
+    """The cancel lands while the runner waits for the one slot; the slot then frees and the
+    runner's write-ahead finds the job cancelled: nothing is sent, the slot is given back, and
+    no error is logged (it was an 'unexpected error' with a traceback)."""
+    dispatcher = r.services.dispatcher
+    fleet = dispatcher.fleet
+    for name in ("sim-0", "sim-1"):  # both backends busy
+        assert await fleet.acquire([(name, 1, 0)], "someone-else") == name
+    job = await r.new_job(image_workflow(2, seed=13))
+    running = asyncio.create_task(r.runner.run(job.id))
+    await asyncio.sleep(0.3)  # waiting for the slot
+    assert (await r.store.apply(job.id, t.RequestCancel(), time.time())).status is JobStatus.CANCELED
+    await fleet.release("sim-0", "someone-else")  # wakes the waiting runner
+    verdict = await asyncio.wait_for(running, 30)
+    assert verdict.done
+    assert not await r.slot_held(job)
+    assert sims[0].records == [] and sims[1].records == []
+    assert not [rec for rec in caplog.records if rec.levelname == "ERROR"]

@@ -145,9 +145,12 @@ class Runner:
         try:
             job = await self._store.apply(job.id, t.Dispatch(attempt), now, known=job)  # write ahead
             self._records.hold(job)
-        except BaseException:
+        except BaseException as exc:
             await opening.discard()
             await self._placement.release(backend.name, job.id)
+            if isinstance(exc, InvalidTransition):  # cancelled while it waited for the slot
+                ended = await self._store.get(job.id)
+                return DONE if ended.is_terminal else Verdict(run_at=self._clock())
             raise
         return await self._attempt(job, backend, submit=True, fence=fence, workflow=workflow,
                                    opening=opening)
