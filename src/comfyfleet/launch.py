@@ -157,7 +157,8 @@ def build_worker(services: Services, settings: Settings) -> Worker:
     runner = Runner(store=services.store, events=services.events, blobs=services.blobs,
                     dispatcher=services.dispatcher, worker_id=worker_id,
                     settings=runner_settings(settings),
-                    stats=TrackingStats(services.redis, services.keys), cancels=services.cancels)
+                    stats=TrackingStats(services.redis, services.keys), cancels=services.cancels,
+                    uploads=services.uploads)
     claims = Claims(connect(services.config.redis_url, max_connections=4), services.keys,
                     lease_s=settings.lease_s, owns_client=True)
     recovery = Recovery(store=services.store, claims=claims, dispatcher=services.dispatcher,
@@ -182,7 +183,7 @@ def runner_settings(settings: Settings) -> RunnerSettings:
     return RunnerSettings(progress_throttle_s=settings.progress_throttle_s, tracker=tracker,
                           stats_flush_s=settings.stats_flush_s,
                           node_weights_by_type=settings.progress_node_weights,
-                          retry_by_type=settings.fleet_file().retry)
+                          retry_by_type=settings.fleet_file().retry, retention_s=settings.retention_s)
 
 
 def maintenance_for(services: Services, settings: Settings) -> Maintenance:

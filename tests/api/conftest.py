@@ -17,6 +17,7 @@ from typing import Any
 from uuid import uuid4
 
 import httpx
+from blake3 import blake3
 import pytest
 import uvicorn
 
@@ -107,7 +108,8 @@ def make_finished_job(store, blobs) -> Callable[..., Any]:  # type: ignore[no-un
             digest = await blobs.put(data, content_type=content_type)
             outputs.append(Output(id=asset_id_for(job.id, index), node_id="9", name=name,
                                   type="image", content_type=content_type,
-                                  size_bytes=len(data), hash=digest))
+                                  size_bytes=len(data), hash=digest,
+                                  blake3=f"blake3:{blake3(data).hexdigest()}"))
         return await store.apply(job.id, t.Succeed(tuple(outputs)), created_at + 5)
 
     return make

@@ -6,6 +6,7 @@ from datetime import datetime
 from uuid import uuid4
 
 import pytest
+from blake3 import blake3
 from api_helpers import BASE_URL, JOB_KEYS, WORKFLOW, attempt, error_code
 from comfy_low.models import Asset as SdkAsset
 from comfy_low.models import Output as SdkOutput
@@ -57,7 +58,7 @@ async def test_succeeded_job_json_outputs_timestamps_and_metrics(client, make_fi
     first = job["outputs"][0]
     assert first["id"] == f"{done.id}.0" and first["job_id"] == done.id
     assert first["url"] == f"{BASE_URL}/api/v2/assets/{done.id}.0/content"
-    assert first["hash"].startswith("sha256:") and first["size_bytes"] == 8
+    assert first["hash"] == "blake3:" + blake3(b"\x89PNG-one").hexdigest() and first["size_bytes"] == 8
     assert first["url_expires_at"] == job["expires_at"]
 
 

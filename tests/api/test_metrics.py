@@ -88,7 +88,7 @@ async def test_refusals_and_uploads_are_counted(valkey_url, tmp_path):
             uploaded = await fleet.http.post("/api/v2/assets", files={"file": ("in.png", data, "image/png")})
             assert uploaded.status_code in (200, 201)
         minted = await fleet.http.post("/api/v2/assets/from-hash", json={"hash": uploaded.json()["hash"]})
-        assert minted.status_code == 200
+        assert minted.status_code == 201
         await fleet.http.post(f"/api/v2/jobs/{first['id']}/cancel")
         got = samples((await fleet.http.get("/metrics")).text)
     assert got[("comfyfleet_jobs_refused_total", (("reason", "queue_full"),))] == 1

@@ -8,6 +8,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from blake3 import blake3
 from comfy_sdk import Comfy
 
 from comfyfleet.blobs import LocalBlobStore
@@ -160,3 +161,20 @@ async def test_a_large_output_streams_into_the_blob_store_intact(fleet):
     assert output["size_bytes"] == produced.stat().st_size > 10_000_000
     downloaded = await fleet.http.get(output["url"])
     assert downloaded.content == produced.read_bytes()
+
+
+async def test_an_outputs_hash_is_its_blake3_and_its_owner_may_mint_from_it(fleet):
+    """Output.hash is the contract's blake3 of the bytes served, and the job's owner can reuse
+    them by hash (HEAD by-hash, from-hash) without sending them again."""
+    workflow = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 2}},
+                "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "h"}}}
+    job = await fleet.wait((await fleet.submit(workflow))["id"])
+    assert job["status"] == "succeeded", job["error"]
+    output = job["outputs"][0]
+    content = (await fleet.http.get(output["url"])).content
+    assert output["hash"] == "blake3:" + blake3(content).hexdigest()
+    assert (await fleet.http.get(f"/api/v2/assets/{output['id']}")).json()["hash"] == output["hash"]
+    assert (await fleet.http.head(f"/api/v2/assets/by-hash/{output['hash']}")).status_code == 200
+    minted = await fleet.http.post("/api/v2/assets/from-hash", json={"hash": output["hash"], "file_path": "again.png"})
+    assert minted.status_code == 201, minted.text
+    assert (await fleet.http.get(f"/api/v2/assets/{minted.json()['id']}/content")).content == content

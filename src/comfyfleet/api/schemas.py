@@ -117,7 +117,7 @@ class Renderer:
             "content_type": output.content_type,
             "size_bytes": output.size_bytes,
             "id": output.id,
-            "hash": output.hash,
+            "hash": output.blake3,
             "url": self.content_url(output.id),
             "url_expires_at": iso(self.expires_at(job)),
             "job_id": job.id,
@@ -127,7 +127,7 @@ class Renderer:
         expires = iso(self.expires_at(job))
         return {
             "id": output.id,
-            "hash": output.hash,
+            "hash": output.blake3,
             "size_bytes": output.size_bytes,
             "content_type": output.content_type,
             "file_path": output.name,

@@ -75,7 +75,8 @@ class Output:
     type: str  # image | video | audio | text | file | latent
     content_type: str
     size_bytes: int
-    hash: str  # "sha256:<hex>"
+    hash: str  # "sha256:<hex>", the blob's name
+    blake3: str | None = None  # "blake3:<hex>", the contract's content hash (None: not computed)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,11 +87,12 @@ class Output:
             "content_type": self.content_type,
             "size_bytes": self.size_bytes,
             "hash": self.hash,
+            "blake3": self.blake3,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Output":
-        return cls(**{k: data[k] for k in cls.__slots__})
+        return cls(**{k: data[k] for k in cls.__slots__ if k in data})
 
 
 @dataclass(frozen=True, slots=True)

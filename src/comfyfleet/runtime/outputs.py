@@ -1,12 +1,15 @@
 """Collect a finished prompt's output files from its backend into the blob store.
 
 Files stream from ``/view`` to disk chunk by chunk (a video can be gigabytes; a worker tracks
-dozens of jobs at once), hashed on the way, and are named by their digest once complete."""
+dozens of jobs at once), hashed on the way (sha256 names the blob; blake3 is the contract's
+content hash), and are named by their digest once complete."""
 
 from __future__ import annotations
 
 import mimetypes
 from typing import Any
+
+from blake3 import blake3
 
 from ..comfy.client import ComfyClient
 from ..domain.job import Output
@@ -55,23 +58,26 @@ async def collect_outputs(client: ComfyClient, blobs: BlobStore, *, job_id: str,
         if isinstance(ref, str):
             data, content_type, name = ref.encode(), "text/plain", f"{node_id}.txt"
             digest, size = await blobs.put(data, content_type=content_type), len(data)
+            content_hash = blake3(data).hexdigest()
         else:
             name = ref["filename"]
-            digest, size, content_type = await _download(client, blobs, ref)
+            digest, size, content_type, content_hash = await _download(client, blobs, ref)
         collected.append(Output(id=asset_id(job_id, index), node_id=node_id, name=name,
                                 type=output_type(content_type, name), content_type=content_type,
-                                size_bytes=size, hash=digest))
+                                size_bytes=size, hash=digest, blake3=f"blake3:{content_hash}"))
     return tuple(collected)
 
 
-async def _download(client: ComfyClient, blobs: BlobStore, ref: dict[str, Any]) -> tuple[str, int, str]:
-    """(digest, size, content type) of one output file, streamed into the blob store."""
+async def _download(client: ComfyClient, blobs: BlobStore,
+                    ref: dict[str, Any]) -> tuple[str, int, str, str]:
+    """(digest, size, content type, blake3 hex) of one output file, streamed into the blob store."""
     name = ref["filename"]
-    writer = blobs.writer()
+    writer, hasher = blobs.writer(), blake3()
     try:
         async with client.download(name, subfolder=str(ref.get("subfolder") or ""),
                                    folder_type=str(ref.get("type") or "output")) as (content_type, chunks):
             async for chunk in chunks:
+                hasher.update(chunk)
                 await writer.write(chunk)
         if content_type in ("application/octet-stream", ""):
             content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
@@ -79,7 +85,7 @@ async def _download(client: ComfyClient, blobs: BlobStore, ref: dict[str, Any]) 
     except BaseException:
         await writer.abort()
         raise
-    return digest, writer.size, content_type
+    return digest, writer.size, content_type, hasher.hexdigest()
 
 
 def _node_order(node_id: str) -> tuple[int, str]:

@@ -8,6 +8,7 @@ prompt the backend lost), so a worker that dies at any instant costs no job and 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 import uuid
@@ -20,11 +21,11 @@ from ..comfy.socket import SocketOpening, open_socket
 from ..comfy.tracker import Outcome, PromptTracker, TrackerCounters, TrackerSettings
 from ..domain import transitions as t
 from ..domain.failures import Failure, FailureKind, classify, error_code
-from ..domain.job import Attempt, Job, JobError, JobStatus, Phase, Progress
+from ..domain.job import Attempt, Job, JobError, JobStatus, Output, Phase, Progress
 from ..domain.policy import RetryPolicy, jitter_unit
 from ..domain.progress import ProgressModel, node_weights_for
 from ..errors import (BackendError, BackendProtocolError, BackendTimeout, BackendUnavailable,
-                      InvalidTransition, PromptRejected)
+                      InvalidTransition, PromptRejected, StoreError)
 from ..ports import BlobStore, JobStore
 from ..store.claims import ClaimLost
 from ..store.stats import TrackingStats
@@ -40,6 +41,7 @@ from .staging import InputMissing, stage_inputs, submit_staged
 from .tracking_stats import CounterFlusher
 
 Fence = Callable[[], Awaitable[bool]]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,6 +55,7 @@ class RunnerSettings:
     submitted_shown_after_s: float = 0.25  # not executing this long after POST /prompt: phase submitted
     collecting_shown_after_s: float = 0.25  # outputs still downloading after this: phase collecting
     stats_flush_s: float = 1.0  # tracker counters reach the shared totals this soon after a job
+    retention_s: float = 7 * 86400.0  # a finished job (and its outputs) is kept this long
     tracker: TrackerSettings = field(default_factory=TrackerSettings)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     retry_by_type: Mapping[str, RetryPolicy] = field(default_factory=dict)
@@ -78,9 +81,11 @@ class Runner:
     def __init__(self, *, store: JobStore, events, blobs: BlobStore, dispatcher: Dispatcher,
                  worker_id: str, settings: RunnerSettings = RunnerSettings(),
                  clock: Callable[[], float] = time.time, rng: random.Random | None = None,
-                 stats: TrackingStats | None = None, cancels=None) -> None:
+                 stats: TrackingStats | None = None, cancels=None, uploads=None) -> None:
         """``cancels``: the bus a running job's cancel request arrives on (the cancel channel);
-        by default ``events``, where it arrives as the job's status event."""
+        by default ``events``, where it arrives as the job's status event. ``uploads``: an
+        ``UploadStore``, told of each job's outputs so their owner may mint assets from them."""
+        self._uploads = uploads
         self._store = store
         self._events = events
         self._cancels = cancels or events
@@ -327,6 +332,7 @@ class Runner:
                 collecting.cancel()
             await self._apply(job_id, t.Succeed(outputs, progress))
             await self._placement.succeeded(backend.name, job)
+            await self._index_outputs(job, outputs)
             return DONE
         job = await self._store.get(job_id)
         if outcome.kind == "expired":
@@ -335,6 +341,17 @@ class Runner:
             await self._apply(job_id, t.Canceled())
             return DONE
         return await self._failed(job, failure_of_outcome(outcome))
+
+    async def _index_outputs(self, job: Job, outputs: tuple[Output, ...]) -> None:
+        """Let the owner mint from these outputs' bytes by hash while the job is kept. The job
+        has succeeded already: a store that fails here costs only that shortcut."""
+        if self._uploads is None or not outputs or self._settings.retention_s <= 0:
+            return
+        try:
+            await self._uploads.remember_outputs(job.owner or "", outputs,
+                                                 self._clock() + self._settings.retention_s)
+        except StoreError as exc:
+            log.warning("job %s: its outputs' hashes were not indexed: %s", job.id, exc)
 
     async def _failed(self, job: Job, failure: Failure) -> Verdict:
         failure_class = classify(failure)

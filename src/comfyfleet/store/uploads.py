@@ -4,15 +4,20 @@ An upload is a record over a blob (``sha256:`` digest in the blob store): ``Keys
 expiring at the upload's ``expires_at``). ``Keys.upload_hash`` maps an owner's content hash to
 the blob (until the latest expiry among that owner's uploads of it), so ``HEAD /assets/by-hash``
 and ``POST /assets/from-hash`` let a client skip sending bytes it sent before (per owner: whether
-someone else holds a file is not told). ``Keys.blobs_held`` scores each blob digest with the time until which something still needs
+someone else holds a file is not told); a job's outputs are in it too, for as long as the job
+is kept. ``Keys.blobs_held`` scores each blob digest with the time until which something still needs
 it (an upload record, or a queued job that will stage it); cleanup keeps those blobs.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+
 import redis.asyncio as aioredis
+
+from ..domain.job import Output
 
 from .connection import translated
 from .job_counters import UPLOADED_BYTES_FIELD, UPLOADED_FIELD
@@ -68,20 +73,37 @@ class UploadStore:
     async def save(self, upload: Upload, *, received_bytes: int = 0) -> None:
         """Store the record, remember the content for its owner, hold the blob until it expires;
         count it (``received_bytes``: what came over the wire, 0 for a mint from a known hash)."""
-        known = json.dumps({"digest": upload.digest, "size_bytes": upload.size_bytes,
-                            "content_type": upload.content_type})
+        known = KnownContent(upload.digest, upload.size_bytes, upload.content_type)
         expire_ms = int(upload.expires_at * 1000)
         with translated(self._redis, "write of an upload"):
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.set(self._record(upload.id), upload.to_json(), pxat=expire_ms)
-                # the index lives as long as the owner's longest-lived upload of these bytes:
-                # pushed later when it exists (GT), created with this expiry when it does not
-                by_hash = self._by_hash(upload.owner, upload.blake3.removeprefix("blake3:"))
-                pipe.pexpireat(by_hash, expire_ms, gt=True)
-                pipe.set(by_hash, known, pxat=expire_ms, nx=True)
+                self._index(pipe, upload.owner, upload.blake3, known, expire_ms)
                 pipe.zadd(self._held, {upload.digest: upload.expires_at}, gt=True)  # GT adds new ones too
                 pipe.hincrby(self._keys.job_stats, UPLOADED_FIELD, 1)
                 pipe.hincrby(self._keys.job_stats, UPLOADED_BYTES_FIELD, received_bytes)
+                await pipe.execute()
+
+    def _index(self, pipe, owner: str, blake3: str, known: KnownContent, expire_ms: int) -> None:  # type: ignore[no-untyped-def]
+        """Remember ``blake3`` for ``owner``. The entry lives as long as the longest-lived of
+        that owner's assets with these bytes: pushed later when it exists (GT), created with this
+        expiry when it does not."""
+        by_hash = self._by_hash(owner, blake3.removeprefix("blake3:"))
+        pipe.pexpireat(by_hash, expire_ms, gt=True)
+        pipe.set(by_hash, json.dumps(asdict(known)), pxat=expire_ms, nx=True)
+
+    async def remember_outputs(self, owner: str, outputs: Iterable[Output], until: float) -> None:
+        """Let ``owner`` mint from the bytes of its job's outputs (by their blake3 hash) until
+        ``until``, when the job and its outputs are gone."""
+        outputs = [o for o in outputs if o.blake3]
+        if not outputs:
+            return
+        with translated(self._redis, "write of the upload hash index"):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for output in outputs:
+                    self._index(pipe, owner, output.blake3 or "",
+                                KnownContent(output.hash, output.size_bytes, output.content_type),
+                                int(until * 1000))
                 await pipe.execute()
 
     async def get(self, upload_id: str) -> Upload | None:
