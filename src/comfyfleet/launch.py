@@ -138,7 +138,7 @@ def build_app(services: Services, settings: Settings):
                                fleet=FleetAdmin(services),
                                readings=lambda: read_deployment(services),
                                keys=KeyRing(settings.api_keys_file).lookup if settings.api_keys_file else None,
-                               uploads=services.uploads)
+                               uploads=services.uploads, partner_keys=services.partner_keys)
     api_settings = ApiSettings(public_base_url=settings.base_url,
                                max_workflow_bytes=settings.max_workflow_bytes,
                                max_workflow_nodes=settings.max_workflow_nodes,
@@ -158,7 +158,7 @@ def build_worker(services: Services, settings: Settings) -> Worker:
                     dispatcher=services.dispatcher, worker_id=worker_id,
                     settings=runner_settings(settings),
                     stats=TrackingStats(services.redis, services.keys), cancels=services.cancels,
-                    uploads=services.uploads)
+                    uploads=services.uploads, partner_keys=services.partner_asks.ask)
     claims = Claims(connect(services.config.redis_url, max_connections=4), services.keys,
                     lease_s=settings.lease_s, owns_client=True)
     recovery = Recovery(store=services.store, claims=claims, dispatcher=services.dispatcher,

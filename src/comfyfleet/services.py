@@ -20,6 +20,7 @@ from .store.events import EventBus
 from .store.fleet import BackendRecord, FleetStore
 from .store.jobs import RedisJobStore
 from .store.keys import Keys
+from .store.partner_keys import PartnerKeyHolder, PartnerKeys
 from .store.uploads import UploadStore
 
 
@@ -49,6 +50,8 @@ class Services:
     http: aiohttp.ClientSession
     fleet: FleetStore
     uploads: UploadStore
+    partner_keys: PartnerKeyHolder  # the keys of jobs this process accepted (API)
+    partner_asks: PartnerKeys  # asking for a job's key (workers)
 
     def clock(self) -> float:
         return time.time()
@@ -79,9 +82,14 @@ async def open_services(config: ServiceConfig) -> AsyncIterator[Services]:
         await dispatcher.start()
         stack.push_async_callback(dispatcher.close)
         blobs = LocalBlobStore(config.data_dir / "blobs")
+        partner_keys = PartnerKeyHolder(redis, keys)  # listens only once it holds a key
+        stack.push_async_callback(partner_keys.close)
+        partner_asks = PartnerKeys(redis, keys)
+        stack.push_async_callback(partner_asks.close)
         yield Services(config=config, redis=redis, keys=keys, store=store, events=events,
                        cancels=cancels, blobs=blobs, queue=queue, dispatcher=dispatcher, http=http, fleet=fleet,
-                       uploads=UploadStore(redis, keys))
+                       uploads=UploadStore(redis, keys), partner_keys=partner_keys,
+                       partner_asks=partner_asks)
 
 
 __all__ = ["ServiceConfig", "Services", "open_services", "StoreError"]

@@ -26,6 +26,7 @@ from comfyfleet.api.schemas import asset_id_for
 from comfyfleet.blobs import LocalBlobStore
 from comfyfleet.domain import transitions as t
 from comfyfleet.domain.job import Job, JobStatus, Output
+from comfyfleet.store.partner_keys import PartnerKeyHolder
 from comfyfleet.store.uploads import UploadStore
 
 from api_helpers import BASE_URL, WORKFLOW, attempt
@@ -54,12 +55,21 @@ def settings_overrides() -> dict[str, Any]:
 
 
 @pytest.fixture
-def api(store, event_bus, blobs, enqueued, settings_overrides, redis, keys) -> Api:  # type: ignore[no-untyped-def]
+async def partner_keys(redis, keys) -> AsyncIterator[PartnerKeyHolder]:  # type: ignore[no-untyped-def]
+    holder = PartnerKeyHolder(redis, keys)
+    try:
+        yield holder
+    finally:
+        await holder.close()
+
+
+@pytest.fixture
+def api(store, event_bus, blobs, enqueued, settings_overrides, redis, keys, partner_keys) -> Api:  # type: ignore[no-untyped-def]
     async def enqueue(job: Job) -> None:
         enqueued.append(job)
 
     services = ApiServices(store=store, events=event_bus, blobs=blobs, enqueue=enqueue,
-                           health=_health, uploads=UploadStore(redis, keys))
+                           health=_health, uploads=UploadStore(redis, keys), partner_keys=partner_keys)
     settings = ApiSettings(public_base_url=BASE_URL, **settings_overrides)
     return Api(create_app(services, settings), services, settings)
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from api_helpers import WORKFLOW, error_code
 
+from comfyfleet.store.partner_keys import PartnerKeys
 from comfyfleet.domain.job import JobStatus
 
 JOBS = "/api/v2/jobs"
@@ -29,11 +30,19 @@ async def test_submit_creates_a_queued_job_and_enqueues_it(client, enqueued, sto
     assert await store.workflow(job["id"]) == WORKFLOW
 
 
-async def test_partner_key_is_accepted_and_never_stored(client, redis):
+async def test_partner_key_is_held_in_memory_handed_to_an_asker_and_never_stored(client, redis, keys,
+                                                                                  partner_keys):
     secret = "partner-secret-123"
     response = await client.post(JOBS, json={"workflow": WORKFLOW,
                                              "extra_data": {"api_key_comfy_org": secret}})
     assert response.status_code == 201
+    job_id = response.json()["id"]
+    assert job_id in partner_keys
+    asker = PartnerKeys(redis, keys)
+    try:
+        assert await asker.ask(job_id) == secret
+    finally:
+        await asker.close()
     for key in await redis.keys("*"):
         kind = await redis.type(key)
         if kind == "string":

@@ -119,3 +119,14 @@ async def test_the_submitted_phase_is_written_only_when_the_prompt_waits_in_comf
     assert waiting["status"] == "succeeded"
     assert list(dict.fromkeys(await phases(fleet, waiting["id"]))) == ["dispatching", "submitted", "executing"]
     assert (await fleet.wait(first["id"], timeout_s=60))["status"] == "succeeded"
+
+
+async def test_a_partner_key_reaches_comfyui_with_the_prompt(fleet):
+    """extra_data.api_key_comfy_org goes to ComfyUI in the prompt's extra_data (API nodes read it
+    there); comfyfleet keeps it only in the API process's memory."""
+    job = await fleet.submit(image_workflow(2), extra_data={"api_key_comfy_org": "partner-secret"})
+    plain = await fleet.submit(image_workflow(2, seed=7))
+    for submitted in (job, plain):
+        assert (await fleet.wait(submitted["id"]))["status"] == "succeeded"
+    sent = {record.with_partner_key for sim in fleet.sims for record in sim.records}
+    assert sent == {True, False}

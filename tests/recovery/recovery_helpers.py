@@ -31,10 +31,11 @@ class Rig:
     def store(self):  # type: ignore[no-untyped-def]
         return self.services.store
 
-    async def new_job(self, workflow: dict, *, deadline_s: float = 600.0, max_attempts: int = 3) -> Job:
+    async def new_job(self, workflow: dict, *, deadline_s: float = 600.0, max_attempts: int = 3,
+                      has_partner_key: bool = False) -> Job:
         now = time.time()
         job = Job(id=str(uuid.uuid4()), status=JobStatus.QUEUED, created_at=now, updated_at=now,
-                  max_attempts=max_attempts, deadline_at=now + deadline_s)
+                  max_attempts=max_attempts, deadline_at=now + deadline_s, has_partner_key=has_partner_key)
         return await self.store.create(job, workflow)
 
     async def slot_held(self, job: Job, backend: int = 0) -> bool:
@@ -72,6 +73,7 @@ async def rig(valkey_url: str, data_dir: Path, sims: list[Simulator], *,
     async with open_services(config) as services:
         runner = Runner(store=services.store, events=services.events, blobs=services.blobs,
                         dispatcher=services.dispatcher, worker_id=worker_id,
+                        partner_keys=services.partner_asks.ask,
                         settings=RunnerSettings(progress_throttle_s=0.05, cancel_grace_s=2.0,
                                                 tracker=TrackerSettings(history_wait_s=2.0)))
         yield Rig(services, sims, runner)

@@ -179,3 +179,20 @@ async def test_a_job_cancelled_while_it_waits_for_a_slot_ends_quietly_and_frees_
     assert not await r.slot_held(job)
     assert sims[0].records == [] and sims[1].records == []
     assert not [rec for rec in caplog.records if rec.levelname == "ERROR"]
+
+
+async def test_a_job_whose_partner_key_is_held_by_no_one_fails_at_once_and_sends_nothing(r, sims):
+    """Its API process restarted and took the key with it: the job fails (not retried), no
+    prompt goes to a backend without the key, the slot is free and no breaker learns from it."""
+    job = await r.new_job(image_workflow(2, seed=14), has_partner_key=True)
+    assert (await r.runner.run(job.id)).done
+    failed = await r.store.get(job.id)
+    assert failed.status is JobStatus.FAILED and failed.error.code == "partner_key_lost", failed.error
+    assert failed.attempt == 1 and "submit the job again" in failed.error.message
+    assert sims[0].records == [] and sims[1].records == []
+    assert not await r.slot_held(job) and not await r.slot_held(job, backend=1)
+    again = await r.new_job(image_workflow(2, seed=15), has_partner_key=True)
+    await r.services.partner_keys.hold(again.id, "partner-key", until=time.time() + 60)
+    assert (await r.runner.run(again.id)).done
+    assert (await r.store.get(again.id)).status is JobStatus.SUCCEEDED
+    assert [rec.with_partner_key for sim in sims for rec in sim.records] == [True]

@@ -29,7 +29,7 @@ def test_line_is_readable_while_the_log_stays_open(tmp_path):
     lines = _lines(path)
     assert [line["event"] for line in lines] == ["start", "end"]
     assert list(lines[1]) == ["event", "server", "pid", "t", "prompt_id", "client_id", "number",
-                              "started_at", "ended_at", "outcome", "models_loaded"]
+                              "started_at", "ended_at", "outcome", "models_loaded", "with_partner_key"]
     assert lines[1]["server"] == "sim-7" and lines[1]["pid"] == os.getpid()
     assert (lines[1]["client_id"], lines[1]["number"], lines[1]["outcome"]) == ("client-1", 3, "success")
     assert lines[0]["ended_at"] is None and lines[0]["outcome"] is None

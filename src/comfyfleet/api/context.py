@@ -84,6 +84,7 @@ class ApiServices:
     readings: Callable[[], Awaitable[Any]] | None = None  # the deployment now, for /metrics (absent: 404)
     keys: Callable[[str], Any] | None = None  # API key -> its KeyHolder or None (absent: an open server)
     uploads: Any = None  # an UploadStore: input assets (absent: uploads answer 404)
+    partner_keys: Any = None  # a PartnerKeyHolder (absent: a job sent with a partner key is refused)
 
 
 @dataclass

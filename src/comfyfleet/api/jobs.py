@@ -45,6 +45,9 @@ async def submit_job(request: Request, ctx: ApiContext = Depends(get_context),
                                details={"field": "metadata", "key": "type",
                                         "allowed": list(settings.job_types)})
     inputs = await resolve_inputs(ctx, submission.workflow, caller)
+    if submission.partner_key is not None and services.partner_keys is None:
+        raise ValidationFailed("this server cannot hand partner keys to its workers",
+                               code="invalid_request", details={"field": "extra_data"})
 
     owner = caller.owner_for(submission.metadata.get("user_id"), ANONYMOUS)
     defaults = services.job_defaults(job_type)
@@ -53,7 +56,8 @@ async def submit_job(request: Request, ctx: ApiContext = Depends(get_context),
               type=job_type, owner=owner, metadata=submission.metadata,
               priority=submission.priority, idempotency_key=key,
               max_attempts=int(defaults.get("max_attempts", 3)),
-              deadline_at=now + float(defaults.get("deadline_s", 600.0)))
+              deadline_at=now + float(defaults.get("deadline_s", 600.0)),
+              has_partner_key=submission.partner_key is not None)
     await hold_inputs(ctx, inputs, job.deadline_at)  # before the job exists: its blobs stay
     limit = caller.max_active or settings.max_active_per_owner
     # A key is the caller's, whatever owner the job names: on an open server every caller is
@@ -61,9 +65,13 @@ async def submit_job(request: Request, ctx: ApiContext = Depends(get_context),
     key_scope = owner_of(caller)
     job = await services.store.create(job, submission.workflow, max_active=limit, key_scope=key_scope)
     try:
+        if submission.partner_key is not None:  # in this process's memory only, till the deadline
+            await services.partner_keys.hold(job.id, submission.partner_key, job.deadline_at)
         await services.enqueue(job)
     except Exception:
         log.exception("job %s was stored but could not be enqueued", job.id)
+        if services.partner_keys is not None:
+            services.partner_keys.drop(job.id)
         await _undo_submission(ctx, job, key_scope)
         raise ValidationFailed("the work queue is unavailable; retry shortly",
                                code="queue_unavailable", status_code=503) from None

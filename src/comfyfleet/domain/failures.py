@@ -46,6 +46,7 @@ class FailureKind(str, enum.Enum):
     NO_BACKEND = "no_backend"  # no configured backend can ever take this job
     INVALID_INPUT = "invalid_input"
     CIRCUIT_OPEN = "circuit_open"  # this workflow keeps failing: its breaker stopped further tries
+    PARTNER_KEY_LOST = "partner_key_lost"  # the API process holding the job's partner key restarted
 
 
 OOM_EXCEPTION_TYPES = frozenset({"torch.OutOfMemoryError", "torch.cuda.OutOfMemoryError",
@@ -94,7 +95,8 @@ def classify(failure: Failure) -> FailureClass:
             return FailureClass.TRANSIENT
         case FailureKind.NO_BACKEND:
             return FailureClass.FATAL
-        case FailureKind.PROMPT_REJECTED | FailureKind.INVALID_INPUT | FailureKind.CIRCUIT_OPEN:
+        case (FailureKind.PROMPT_REJECTED | FailureKind.INVALID_INPUT | FailureKind.CIRCUIT_OPEN
+              | FailureKind.PARTNER_KEY_LOST):
             return FailureClass.PERMANENT
     return FailureClass.PERMANENT  # pragma: no cover - every kind is matched above
 
@@ -112,6 +114,7 @@ ERROR_CODES = {
     FailureKind.NO_BACKEND: "no_backend",
     FailureKind.INVALID_INPUT: "invalid_request",
     FailureKind.CIRCUIT_OPEN: "circuit_open",
+    FailureKind.PARTNER_KEY_LOST: "partner_key_lost",
 }
 
 

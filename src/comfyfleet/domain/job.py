@@ -171,6 +171,7 @@ class Job:
     outputs: tuple[Output, ...] = ()
     error: JobError | None = None
     cancel_requested: bool = False
+    has_partner_key: bool = False  # sent with a partner key, which only its API process holds
 
     @property
     def is_terminal(self) -> bool:
@@ -204,6 +205,7 @@ class Job:
             "outputs": [o.to_dict() for o in self.outputs],
             "error": self.error.to_dict() if self.error else None,
             "cancel_requested": self.cancel_requested,
+            "has_partner_key": self.has_partner_key,
         }
 
     @staticmethod
@@ -238,4 +240,5 @@ class Job:
             outputs=tuple(Output.from_dict(o) for o in data.get("outputs") or ()),
             error=JobError.from_dict(data.get("error")),
             cancel_requested=bool(data.get("cancel_requested")),
+            has_partner_key=bool(data.get("has_partner_key")),
         )

@@ -103,5 +103,7 @@ class Placement:
         backend = job.current.backend if job.current is not None else None
         if backend is not None:
             await self.release(backend, job.id)
+        if failure.kind is FailureKind.PARTNER_KEY_LOST:
+            return True  # nothing was sent: neither the backend nor the workflow is to blame
         await self._dispatcher.record(backend, job.type, fingerprint, failure_class)
         return not fingerprint or self._dispatcher.workflow_allows(job.type, fingerprint)

@@ -15,6 +15,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..comfy.client import HistoryEntry
 from ..comfy.socket import SocketOpening, open_socket
@@ -81,11 +82,15 @@ class Runner:
     def __init__(self, *, store: JobStore, events, blobs: BlobStore, dispatcher: Dispatcher,
                  worker_id: str, settings: RunnerSettings = RunnerSettings(),
                  clock: Callable[[], float] = time.time, rng: random.Random | None = None,
-                 stats: TrackingStats | None = None, cancels=None, uploads=None) -> None:
+                 stats: TrackingStats | None = None, cancels=None, uploads=None,
+                 partner_keys: Callable[[str], Awaitable[str | None]] | None = None) -> None:
         """``cancels``: the bus a running job's cancel request arrives on (the cancel channel);
         by default ``events``, where it arrives as the job's status event. ``uploads``: an
-        ``UploadStore``, told of each job's outputs so their owner may mint assets from them."""
+        ``UploadStore``, told of each job's outputs so their owner may mint assets from them.
+        ``partner_keys(job_id)``: the partner key of a job sent with one (``PartnerKeys.ask``),
+        None when no API process holds it any more."""
         self._uploads = uploads
+        self._partner_keys = partner_keys
         self._store = store
         self._events = events
         self._cancels = cancels or events
@@ -276,6 +281,15 @@ class Runner:
 
     async def _submit(self, job: Job, backend: Backend, workflow: dict) -> Failure | None:
         current = job.current
+        extra_data: dict[str, Any] = {"comfyfleet_job": job.id, "comfyfleet_attempt": current.number}
+        if job.has_partner_key:
+            key = await self._partner_keys(job.id) if self._partner_keys is not None else None
+            if key is None:
+                return Failure(FailureKind.PARTNER_KEY_LOST,
+                               "the job's partner key (extra_data.api_key_comfy_org) was held only "
+                               "by the API process that accepted the job, which no longer has it "
+                               "(it restarted); submit the job again")
+            extra_data["api_key_comfy_org"] = key
         try:
             prompt = await stage_inputs(backend.client, self._blobs, workflow)
         except InputMissing as exc:
@@ -285,7 +299,7 @@ class Runner:
         try:
             await submit_staged(backend.client, self._blobs, workflow, prompt,
                                 prompt_id=current.prompt_id, client_id=current.client_id,
-                                extra_data={"comfyfleet_job": job.id, "comfyfleet_attempt": current.number})
+                                extra_data=extra_data)
         except InputMissing as exc:
             return Failure(FailureKind.INVALID_INPUT, f"job {job.id}: {exc}")
         except PromptRejected as exc:

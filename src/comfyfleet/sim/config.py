@@ -31,3 +31,4 @@ class PromptRecord:
     ended_at: float | None = None
     outcome: str | None = None
     models_loaded: int = 0  # loader nodes that ran (not cached from the previous prompt)
+    with_partner_key: bool = False  # extra_data carried api_key_comfy_org (what API nodes read)

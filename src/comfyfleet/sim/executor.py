@@ -117,7 +117,8 @@ class Executor:
 
     async def execute(self, item: QueueItem) -> None:
         run = PromptRun(item)
-        record = PromptRecord(item.prompt_id, run.client_id, item.number, time.time())
+        record = PromptRecord(item.prompt_id, run.client_id, item.number, time.time(),
+                              with_partner_key=bool(item.extra_data.get("api_key_comfy_org")))
         self.records.append(record)
         self.current = record
         self.record_log.write("start", record)

@@ -19,6 +19,10 @@
     events_stream              {p}:events:stream                stream   the same events, capped ~10000
     cancel_channel             {p}:events:cancel                pubsub   {"job_id", "kind": "cancel"} when
                                                                          a running job is asked to cancel
+    partner_ask_channel        {p}:partner:ask                  pubsub   {"job_id", "kind": "ask"}: a worker
+                                                                         wants a job's partner key
+    partner_reply_channel      {p}:partner:reply                pubsub   {"job_id", "kind": "partner_key",
+                                                                         "key"} from the API process holding it
     bull_prefix                {p}:bull                         prefix   BullMQ queues live below this
     worker(id)                 {p}:worker:{id}                  string   worker liveness, with a TTL
     workers                    {p}:workers                      zset     worker id scored by liveness expiry ms
@@ -126,6 +130,14 @@ class Keys:
     @property
     def cancel_channel(self) -> str:
         return f"{self.prefix}:events:cancel"
+
+    @property
+    def partner_ask_channel(self) -> str:
+        return f"{self.prefix}:partner:ask"
+
+    @property
+    def partner_reply_channel(self) -> str:
+        return f"{self.prefix}:partner:reply"
 
     # -- queue, workers, meta ------------------------------------------------------------------
     @property
