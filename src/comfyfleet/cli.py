@@ -27,9 +27,9 @@ PORT = typer.Option(None, "--port", help="API port (default 8787)")
 PREFIX = typer.Option(None, "--key-prefix", help="Redis key prefix (default cf)")
 PUBLIC = typer.Option(None, "--public-url", help="Base URL put in links (default http://host:port)")
 BACKENDS_FILE = typer.Option(None, "--backends-file",
-                             help="TOML file of [[backends]] (name, url, capacity, tags, headers) and [job_types.*]")
+                             help=r"TOML file of \[\[backends]] (name, url, capacity, tags, headers), \[\[local]] and \[job_types.*]")
 API_KEYS = typer.Option(None, "--api-keys",
-                        help="TOML file of [[keys]] (owner, role, sha256); without it the API takes no key")
+                        help=r"TOML file of \[\[keys]] (owner, role, sha256); without it the API takes no key")
 
 
 def settings_from(**options: Any) -> Settings:
