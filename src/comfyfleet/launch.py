@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import logging
 import os
 import signal
@@ -28,7 +29,7 @@ from .config import Settings, check_data_dir, check_redis_url
 from .domain.job import Job
 from .domain.policy import CircuitBreaker
 from .domain.spec import policy_for
-from .errors import ConfigError, StoreError
+from .errors import ComfyFleetError, ConfigError, StoreError
 from .queue import QueueSettings
 from .runtime.dispatcher import DispatchSettings
 from .runtime.fleet_admin import FleetAdmin
@@ -261,12 +262,20 @@ def bound_port(api: ApiServer) -> int:
     raise ConfigError("the API is not listening")
 
 
-async def until_signalled() -> None:
+async def until_signalled(*, or_when: asyncio.Event | None = None) -> None:
+    """Return on SIGTERM or SIGINT, or once ``or_when`` is set."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    waits = [asyncio.ensure_future(stop.wait())]
+    if or_when is not None:
+        waits.append(asyncio.ensure_future(or_when.wait()))
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
 
 
 @contextlib.asynccontextmanager
@@ -320,6 +329,22 @@ async def run_worker(settings: Settings) -> None:
             await worker.stop()
 
 
+def worker_env(settings: Settings) -> dict[str, str]:
+    """The environment of serve's workers: serve's own, with every setting as serve resolved it
+    (its flags included). A worker reading the raw variables ran with other settings than serve
+    and died on one that serve's flag had overridden (``COMFYFLEET_PORT=abc serve --port 8080``)."""
+    env = dict(os.environ)
+    for name in Settings.model_fields:
+        variable, value = f"COMFYFLEET_{name.upper()}", getattr(settings, name)
+        if value is None:
+            env.pop(variable, None)
+        elif isinstance(value, (bool, list, dict)):
+            env[variable] = json.dumps(value)
+        else:
+            env[variable] = str(value)
+    return env
+
+
 def worker_argv(settings: Settings, redis_url: str) -> list[str]:
     argv = ["worker", "--redis-url", redis_url, "--data-dir", str(settings.data_dir),
             "--key-prefix", settings.key_prefix]
@@ -334,7 +359,9 @@ async def run_serve(settings: Settings) -> None:
     check_port_free(settings.host, settings.port)
     async with redis_for(settings) as url, open_services(service_config(settings, url)) as services, \
             local_comfyuis(settings, services):
-        supervisor = WorkerSupervisor(worker_argv(settings, url), count=settings.workers)
+        gave_up = asyncio.Event()
+        supervisor = WorkerSupervisor(worker_argv(settings, url), count=settings.workers,
+                                      env=worker_env(settings), on_give_up=lambda _: gave_up.set())
         await supervisor.start()
         try:
             api = await start_api(build_app(services, settings), settings.host, settings.port)
@@ -347,10 +374,12 @@ async def run_serve(settings: Settings) -> None:
                       "(--backend URL, --backends-file, or POST /api/v2/backends)",
                       file=sys.stderr, flush=True)
             try:
-                await until_signalled()
+                await until_signalled(or_when=gave_up)
             finally:
                 supervisor.stopping()
                 housekeeping.cancel()
                 await api.stop()
         finally:
             await supervisor.stop()
+        if gave_up.is_set():  # exit, so that whatever runs serve (systemd, a container) restarts it
+            raise ComfyFleetError("a worker process kept dying (see the log above): serve stopped")

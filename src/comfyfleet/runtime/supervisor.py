@@ -1,19 +1,43 @@
 """Supervise worker processes: start N, restart a dead one with backoff, escalate past the
-restart intensity (stop restarting that slot and report it), stop them in two phases."""
+restart intensity (stop restarting that slot and report it), stop them in two phases.
+
+A worker dies with its supervisor: on Linux the kernel sends it SIGTERM when the parent dies,
+even by SIGKILL (``PR_SET_PDEATHSIG``). A worker left behind kept running on its own, took jobs
+of whatever deployment later answered at its Redis address, and wrote their outputs into the
+old data dir."""
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from ..domain.policy import RestartIntensity
 
 log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
+
+
+def dying_with(parent_pid: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the child SIGTERMed when ``parent_pid`` dies (Linux); None
+    where the kernel cannot do it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def arrange() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent_pid:  # it died before the line above: do now what it would
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arrange
 
 
 @dataclass(slots=True)
@@ -28,12 +52,14 @@ class WorkerSlot:
 class WorkerSupervisor:
     """Runs ``argv`` N times as child processes (``python -m comfyfleet worker ...``)."""
 
-    def __init__(self, argv: list[str], *, count: int, stop_grace_s: float = 10.0,
+    def __init__(self, argv: list[str], *, count: int, env: Mapping[str, str] | None = None,
+                 stop_grace_s: float = 10.0,
                  clock: Callable[[], float] = time.monotonic,
                  intensity: Callable[[], RestartIntensity] = RestartIntensity,
                  backoff_base_s: float = 0.5,
                  on_give_up: Callable[[int], None] | None = None) -> None:
         self._argv = argv
+        self._env = dict(env) if env is not None else None
         self._slots = [WorkerSlot(i, intensity=intensity()) for i in range(count)]
         self._backoff_base_s = backoff_base_s
         self._stop_grace_s = stop_grace_s
@@ -53,7 +79,8 @@ class WorkerSupervisor:
 
     async def _spawn(self, slot: WorkerSlot) -> None:
         slot.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "comfyfleet", *self._argv, stdin=asyncio.subprocess.DEVNULL)
+            sys.executable, "-m", "comfyfleet", *self._argv, stdin=asyncio.subprocess.DEVNULL,
+            env=self._env, preexec_fn=dying_with(os.getpid()))
         log.info("worker %d started (pid %d)", slot.index, slot.process.pid)
 
     async def _watch(self, slot: WorkerSlot) -> None:

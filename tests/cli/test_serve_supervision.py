@@ -1,0 +1,109 @@
+"""``serve`` and its worker processes live and die together. Real processes, real embedded
+Valkey, a real simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import httpx
+
+from comfyfleet.sim import SimConfig, Simulator
+from helpers.fleet import TERMINAL, free_port, image_workflow
+from helpers.processes import Child
+
+
+def workers_of(pid: int) -> list[int]:
+    listing = subprocess.run(["ps", "--ppid", str(pid), "-o", "pid=,args="], capture_output=True,
+                             text=True, timeout=10).stdout
+    return [int(line.split()[0]) for line in listing.splitlines() if "comfyfleet worker" in line]
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def valkey_pid(data: Path) -> int:
+    return json.loads((data / "valkey" / "comfyfleet-valkey.json").read_text())["pid"]
+
+
+async def run_one_job(port: int) -> str:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        created = await http.post("/api/v2/jobs", json={"workflow": image_workflow(2)})
+        assert created.status_code == 201, created.text
+        async with asyncio.timeout(60):
+            while (job := (await http.get(f"/api/v2/jobs/{created.json()['id']}")).json())["status"] \
+                    not in TERMINAL:
+                await asyncio.sleep(0.1)
+    return job["status"]
+
+
+async def test_workers_stop_when_serve_is_sigkilled(tmp_path):
+    """A worker left running took the jobs of whatever deployment later answered at its Redis
+    address and wrote their outputs into this data dir."""
+    data = tmp_path / "data"
+    async with Simulator(SimConfig(step_s=0.01, name="sim-0")) as sim:
+        serve = Child(["comfyfleet", "serve", "--port", str(free_port()), "--data-dir", str(data),
+                       "--workers", "2", "--backend", f"sim-0={sim.url}"], tmp_path / "serve.log")
+        workers: list[int] = []
+        try:
+            await serve.wait_for("comfyfleet serving on", timeout_s=60)
+            async with asyncio.timeout(30):
+                while len(workers := workers_of(serve.process.pid)) < 2:
+                    await asyncio.sleep(0.1)
+            serve.process.send_signal(signal.SIGKILL)
+            async with asyncio.timeout(30):
+                while any(alive(pid) for pid in workers):
+                    await asyncio.sleep(0.1)
+        finally:
+            serve.kill()
+            for pid in workers:
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+            if (data / "valkey" / "comfyfleet-valkey.json").exists() and alive(valkey_pid(data)):
+                os.kill(valkey_pid(data), signal.SIGKILL)
+
+
+async def test_a_variable_that_a_flag_of_serve_overrides_does_not_reach_its_workers(tmp_path):
+    """Workers get the settings serve resolved: they died on COMFYFLEET_PORT=abc although
+    serve's --port overrode it, and jobs were never run."""
+    data = tmp_path / "data"
+    async with Simulator(SimConfig(step_s=0.01, name="sim-0")) as sim:
+        port = free_port()
+        serve = Child(["comfyfleet", "serve", "--port", str(port), "--data-dir", str(data),
+                       "--backend", f"sim-0={sim.url}"], tmp_path / "serve.log",
+                      env={"COMFYFLEET_PORT": "abc"})
+        try:
+            await serve.wait_for("comfyfleet serving on", timeout_s=60)
+            assert await run_one_job(port) == "succeeded"
+            assert "invalid port" not in serve.output()
+        finally:
+            assert await serve.stop() == 0
+
+
+async def test_serve_exits_when_its_workers_keep_dying(tmp_path):
+    """Its embedded Valkey killed, serve's workers die one after another; past the restart
+    intensity serve stops with an error, so what runs it (systemd, a container) starts it again
+    instead of it answering 503s with no worker forever."""
+    data = tmp_path / "data"
+    async with Simulator(SimConfig(step_s=0.01, name="sim-0")) as sim:
+        serve = Child(["comfyfleet", "serve", "--port", str(free_port()), "--data-dir", str(data),
+                       "--backend", f"sim-0={sim.url}"], tmp_path / "serve.log")
+        try:
+            await serve.wait_for("comfyfleet serving on", timeout_s=60)
+            os.kill(valkey_pid(data), signal.SIGKILL)
+            async with asyncio.timeout(150):
+                while serve.process.poll() is None:
+                    await asyncio.sleep(0.2)
+            assert serve.process.returncode == 1, serve.output()
+            assert "a worker process kept dying" in serve.output()
+        finally:
+            serve.kill()
