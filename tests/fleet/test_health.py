@@ -78,6 +78,17 @@ async def test_a_workflow_that_keeps_failing_trips_its_breaker_and_stops_running
         assert [(t["from"], t["to"]) for t in listed[0]["transitions"]] == [("closed", "open")]
 
 
+async def test_prompts_refused_for_their_values_leave_the_workflows_breaker_closed(valkey_url, tmp_path):
+    """The breaker's scope is the graph's shape: rejections of one user's bad values (steps -5)
+    opened it for every job of that shape, good ones included."""
+    async with running_fleet(valkey_url, tmp_path, sims=1, workflow_breaker_failures=2) as fleet:
+        refused = [await fleet.wait((await fleet.submit(image_workflow(-5, seed=n)))["id"]) for n in range(3)]
+        assert [j["error"]["code"] for j in refused] == ["invalid_workflow"] * 3
+        fine = await fleet.wait((await fleet.submit(image_workflow(2)))["id"])
+        assert fine["status"] == "succeeded", fine["error"]
+        assert (await fleet.http.get("/api/v2/backends")).json()["workflow_breakers"] == []
+
+
 def test_backends_file_parses_and_rejects_mistakes_plainly():
     parsed = parse_fleet({"backends": [{"name": "gpu-1", "url": "http://10.0.0.5:8188/", "capacity": 2,
                                         "tags": ["lora"], "headers": {"Authorization": "Bearer x"}},

@@ -30,6 +30,9 @@ class NoPlace:
     run_at: float | None = None
 
 
+NOT_THE_WORKFLOWS = frozenset({FailureKind.PROMPT_REJECTED, FailureKind.INVALID_INPUT})
+
+
 class Placement:
     def __init__(self, dispatcher: Dispatcher, *, no_slot_delay_s: float, no_backend_delay_s: float,
                  clock: Callable[[], float] = time.time) -> None:
@@ -105,5 +108,10 @@ class Placement:
             await self.release(backend, job.id)
         if failure.kind is FailureKind.PARTNER_KEY_LOST:
             return True  # nothing was sent: neither the backend nor the workflow is to blame
+        if failure.kind in NOT_THE_WORKFLOWS:
+            # Refused before it ran, for this job's own values or inputs (the fingerprint is
+            # the graph's shape only): counted, one user's bad input closed the workflow to all.
+            # Nothing ran, so nothing burns while the same mistake is made again.
+            fingerprint = None
         await self._dispatcher.record(backend, job.type, fingerprint, failure_class)
         return not fingerprint or self._dispatcher.workflow_allows(job.type, fingerprint)
