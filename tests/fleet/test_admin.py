@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from comfyfleet.sim import SimConfig
+from comfyfleet.sim import SimConfig, Simulator
 from helpers.fleet import image_workflow, running_fleet
 
 
@@ -79,30 +79,36 @@ async def test_removing_a_backend_fails_its_work_over(fleet):
 
 
 async def test_backends_added_at_run_time_take_work_and_bad_input_gets_4xx(fleet):
-    sim = fleet.sims[0]
-    created = await fleet.http.post("/api/v2/backends", json={"name": "extra", "url": sim.url,
-                                                              "capacity": 1, "tags": ["lora"]})
-    assert created.status_code == 201, created.text
-    assert created.json()["tags"] == ["lora"] and created.json()["source"] == "api"
-    tagged = await fleet.submit(image_workflow(2, seed=3), metadata={"tags": "lora"})
-    done = await fleet.wait(tagged["id"])
-    assert done["status"] == "succeeded" and done["attempts"][0]["backend"] == "extra"
-    nowhere = await fleet.submit(image_workflow(2, seed=4), metadata={"tags": "h100"})
-    failed = await fleet.wait(nowhere["id"])
-    assert failed["status"] == "failed" and failed["error"]["code"] == "no_backend"
+    async with Simulator(SimConfig(step_s=0.05, name="extra")) as sim:
+        created = await fleet.http.post("/api/v2/backends", json={"name": "extra", "url": sim.url,
+                                                                  "capacity": 1, "tags": ["lora"]})
+        assert created.status_code == 201, created.text
+        assert created.json()["tags"] == ["lora"] and created.json()["source"] == "api"
+        tagged = await fleet.submit(image_workflow(2, seed=3), metadata={"tags": "lora"})
+        done = await fleet.wait(tagged["id"])
+        assert done["status"] == "succeeded" and done["attempts"][0]["backend"] == "extra"
+        nowhere = await fleet.submit(image_workflow(2, seed=4), metadata={"tags": "h100"})
+        failed = await fleet.wait(nowhere["id"])
+        assert failed["status"] == "failed" and failed["error"]["code"] == "no_backend"
 
-    cases = [("POST", "/api/v2/backends", {"name": "extra", "url": sim.url}, 409),
-             ("POST", "/api/v2/backends", {"name": "x", "url": "ftp://nope"}, 422),
-             ("POST", "/api/v2/backends", {"name": "x", "url": sim.url, "capacity": 0}, 422),
-             ("POST", "/api/v2/backends", [1, 2], 400),
-             ("PATCH", "/api/v2/backends/extra", {"state": "sleeping"}, 422),
-             ("PATCH", "/api/v2/backends/extra", {"colour": "red"}, 422),
-             ("PATCH", "/api/v2/backends/ghost", {"state": "draining"}, 404),
-             ("DELETE", "/api/v2/backends/ghost", None, 404)]
-    for method, path, body, status in cases:
-        response = await fleet.http.request(method, path, json=body)
-        assert response.status_code == status, (method, path, body, response.text)
-        assert "code" in response.json()["error"]
+        registered = fleet.sims[0].url
+        same_server = registered + "/"
+        cases = [("POST", "/api/v2/backends", {"name": "extra", "url": sim.url}, 409),
+                 # one server under two names would be sent twice its capacity
+                 ("POST", "/api/v2/backends", {"name": "again", "url": same_server}, 409),
+                 ("PATCH", "/api/v2/backends/extra", {"url": registered}, 409),
+                 ("POST", "/api/v2/backends", {"name": "x", "url": "ftp://nope"}, 422),
+                 ("POST", "/api/v2/backends", {"name": "x", "url": sim.url, "capacity": 0}, 422),
+                 ("POST", "/api/v2/backends", [1, 2], 400),
+                 ("PATCH", "/api/v2/backends/extra", {"state": "sleeping"}, 422),
+                 ("PATCH", "/api/v2/backends/extra", {"colour": "red"}, 422),
+                 ("PATCH", "/api/v2/backends/ghost", {"state": "draining"}, 404),
+                 ("DELETE", "/api/v2/backends/ghost", None, 404)]
+        for method, path, body, status in cases:
+            response = await fleet.http.request(method, path, json=body)
+            assert response.status_code == status, (method, path, body, response.text)
+            assert "code" in response.json()["error"]
+        assert (await fleet.http.get("/api/v2/backends/extra")).json()["url"] == sim.url
 
 
 async def test_cli_lists_backends_with_state_load_and_breaker(fleet):
@@ -127,12 +133,12 @@ async def test_a_job_type_falls_back_to_its_next_group_when_the_first_has_no_hea
     async with running_fleet(valkey_url, tmp_path, sims=2, sim_config=SimConfig(step_s=0.01),
                              backends_file=fleet_file, health_interval_s=0.2) as fleet:
         first, second = fleet.sims
+        for name in ("sim-0", "sim-1"):  # the same servers come back tagged, under other names
+            await fleet.http.delete(f"/api/v2/backends/{name}")
         for name, sim, tag in (("p", first, "primary"), ("s", second, "spare")):
             created = await fleet.http.post("/api/v2/backends", json={"name": name, "url": sim.url,
                                                                       "tags": [tag]})
             assert created.status_code == 201
-        for name in ("sim-0", "sim-1"):  # the untagged entries of the same servers
-            await fleet.http.delete(f"/api/v2/backends/{name}")
         used = [(await fleet.wait((await fleet.submit(image_workflow(2, seed=i)))["id"]))["attempts"][-1]["backend"]
                 for i in range(3)]
         assert used == ["p", "p", "p"]  # the first group while it can take work

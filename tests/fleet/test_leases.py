@@ -247,3 +247,16 @@ async def test_a_slot_release_the_store_missed_lands_when_it_is_back(tmp_path, k
         await dispatcher.close()
         await redis.aclose()
         server.stop()
+
+
+async def test_configuration_does_not_register_a_server_twice_under_another_name(redis, keys, caplog):
+    """A second serve's --backend URL (named after its host) beside the same server already
+    registered as gpu-1 would have doubled what that server is sent."""
+    fleet = FleetStore(redis, keys)
+    await fleet.seed([BackendRecord(name="gpu-1", url="http://10.0.0.5:8188", capacity=2)])
+    await fleet.seed([BackendRecord(name="10.0.0.5:8188", url="HTTP://10.0.0.5:8188/"),
+                      BackendRecord(name="gpu-2", url="http://10.0.0.6:8188")])
+    assert sorted((await fleet.snapshot()).backends) == ["gpu-1", "gpu-2"]
+    assert "already registered as backend 'gpu-1'" in caplog.text
+    await fleet.seed([BackendRecord(name="gpu-1", url="http://10.0.0.5:8188/", capacity=3)])  # itself
+    assert (await fleet.get("gpu-1")).capacity == 3

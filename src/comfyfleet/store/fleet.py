@@ -11,11 +11,13 @@ them within milliseconds (and re-reads at least once a second anyway).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from typing import Any
+from urllib.parse import urlsplit
 
 from redis import exceptions as rex
 
@@ -30,6 +32,30 @@ HEALTH_STATES = ("unknown", "healthy", "degraded", "down")
 
 class BackendNotFound(ComfyFleetError):
     pass
+
+
+log = logging.getLogger(__name__)
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def server_of(url: str) -> tuple[str, str, int | None, str]:
+    """What makes two backend URLs the same ComfyUI server: scheme, host, port, path (case of
+    scheme and host, a default port and a trailing slash aside)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return (scheme, (parts.hostname or "").lower(), parts.port or DEFAULT_PORTS.get(scheme),
+            parts.path.rstrip("/"))
+
+
+def same_server_as(url: str, records: Iterable[BackendRecord], *, other_than: str) -> str | None:
+    """The name of a backend other than ``other_than`` at the server ``url`` names, if any."""
+    server = server_of(url)
+    return next((r.name for r in records if r.name != other_than and server_of(r.url) == server), None)
+
+
+def twice(name: str, url: str, registered: str) -> BackendExists:
+    return BackendExists(f"backend {name!r}: {url} is already registered as backend {registered!r}; "
+                         f"one server under two names would be sent twice its capacity")
 
 
 class BackendExists(ComfyFleetError):
@@ -146,9 +172,16 @@ class FleetStore:
         if not records:
             return
         with translated(self._redis, "seeding backends"):
+            registered = [BackendRecord.from_json(raw)
+                          for raw in (await self._redis.hgetall(self._keys.fleet_backends)).values()]
             existing = await self._redis.hmget(self._keys.fleet_backends, [r.name for r in records])
             updates = {}
             for record, raw in zip(records, existing):
+                other = same_server_as(record.url, registered, other_than=record.name)
+                if other is not None:  # the registered one stays: refusing would stop the process
+                    log.warning("%s; not registering it (remove one of them: "
+                                "comfyfleet backends --remove NAME)", twice(record.name, record.url, other))
+                    continue
                 if raw is None:
                     updates[record.name] = replace(record, added_at=now, changed_at=now).to_json()
                     continue
@@ -164,10 +197,25 @@ class FleetStore:
     async def add(self, record: BackendRecord, now: float | None = None) -> BackendRecord:
         now = time.time() if now is None else now
         record = replace(record, added_at=now, changed_at=now)
+        key = self._keys.fleet_backends
         with translated(self._redis, "adding a backend"):
-            added = await self._redis.hsetnx(self._keys.fleet_backends, record.name, record.to_json())
-        if not added:
-            raise BackendExists(f"backend {record.name!r} already exists")
+            async with self._redis.pipeline(transaction=True) as pipe:
+                while True:
+                    try:
+                        await pipe.watch(key)
+                        registered = {name: BackendRecord.from_json(raw)
+                                      for name, raw in (await pipe.hgetall(key)).items()}
+                        if record.name in registered:
+                            raise BackendExists(f"backend {record.name!r} already exists")
+                        other = same_server_as(record.url, registered.values(), other_than=record.name)
+                        if other is not None:
+                            raise twice(record.name, record.url, other)
+                        pipe.multi()
+                        pipe.hset(key, record.name, record.to_json())
+                        await pipe.execute()
+                        break
+                    except rex.WatchError:
+                        continue
         await self.notify_changed()
         return record
 
@@ -183,6 +231,11 @@ class FleetStore:
                         if raw is None:
                             raise BackendNotFound(f"no backend named {name!r}")
                         record = replace(BackendRecord.from_json(raw), **changes, changed_at=now)
+                        if "url" in changes:
+                            registered = [BackendRecord.from_json(r) for r in (await pipe.hgetall(key)).values()]
+                            other = same_server_as(record.url, registered, other_than=name)
+                            if other is not None:
+                                raise twice(name, record.url, other)
                         pipe.multi()
                         pipe.hset(key, name, record.to_json())
                         await pipe.execute()
