@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     tracker_watchdog_s: float = Field(30.0, gt=0)
     tracker_poll_min_s: float = Field(1.0, gt=0)
     tracker_poll_max_s: float = Field(5.0, gt=0)
+    # a running prompt's backend unreachable this long: the attempt is given up and the job
+    # retried elsewhere (shorter fails over sooner; longer rides out a network blip without
+    # risking the prompt running on two servers)
+    tracker_unreachable_grace_s: float = Field(60.0, gt=0)
     stats_flush_s: float = Field(1.0, gt=0)  # tracker counters reach GET /api/v2/stats this soon
     retention_s: float = Field(7 * 86400.0, ge=0)
     active_ttl_s: float = Field(2 * 3600.0, gt=0)  # a running job's record lives this long past its last heartbeat

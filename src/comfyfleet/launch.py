@@ -179,7 +179,8 @@ def build_worker(services: Services, settings: Settings) -> Worker:
 def runner_settings(settings: Settings) -> RunnerSettings:
     tracker = TrackerSettings(watchdog_s=settings.tracker_watchdog_s,
                               poll_min_s=settings.tracker_poll_min_s,
-                              poll_max_s=max(settings.tracker_poll_min_s, settings.tracker_poll_max_s))
+                              poll_max_s=max(settings.tracker_poll_min_s, settings.tracker_poll_max_s),
+                              unreachable_grace_s=settings.tracker_unreachable_grace_s)
     return RunnerSettings(progress_throttle_s=settings.progress_throttle_s, tracker=tracker,
                           stats_flush_s=settings.stats_flush_s,
                           node_weights_by_type=settings.progress_node_weights,

@@ -160,3 +160,21 @@ async def test_health_reports_each_backend_the_workers_and_what_keeps_jobs_from_
     finally:
         if server.is_running():
             server.stop()
+
+
+async def test_a_backend_gone_silent_under_a_prompt_fails_it_over_after_the_set_grace(valkey_url, tmp_path):
+    """The grace was 60 s and could not be set: a job stayed on a dead backend for a minute."""
+    async with running_fleet(valkey_url, tmp_path, sims=2, sim_config=SimConfig(step_s=0.2),
+                             tracker_unreachable_grace_s=1.0, tracker_poll_min_s=0.1,
+                             tracker_poll_max_s=0.2) as fleet:
+        job = await fleet.submit(image_workflow(100, seed=21))  # some 20 s
+        async with asyncio.timeout(20):
+            while not (attempts := (await fleet.job(job["id"]))["attempts"]) or not attempts[0]["submitted_at"]:
+                await asyncio.sleep(0.05)
+        first = attempts[0]["backend"]
+        await fleet.sims[int(first.removeprefix("sim-"))].set_refusing(True)
+        async with asyncio.timeout(15):  # well inside the old 60 s
+            while len((current := await fleet.job(job["id"]))["attempts"]) < 2:
+                await asyncio.sleep(0.1)
+        assert current["attempts"][0]["failure_class"] == "transient", current["attempts"][0]
+        assert current["attempts"][1]["backend"] != first
