@@ -151,9 +151,10 @@ def recover(backend: Optional[list[str]] = BACKEND, redis_url: Optional[str] = R
     run(go)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+             add_help_option=False)  # --help is the simulator's own: it lists its options
 def sim(ctx: typer.Context) -> None:
-    """Run a ComfyUI simulator (see --help of the simulator for options)."""
+    """Run a ComfyUI simulator (comfyfleet sim --help lists its options)."""
     from .sim.run import main as sim_main
 
     raise typer.Exit(sim_main(list(ctx.args), said_by="comfyfleet"))  # bad options: argparse's usage line, exit code 2

@@ -102,3 +102,10 @@ async def test_serve_without_any_backend_says_how_to_add_one(tmp_path):
     finally:
         await serve.stop()
         serve.kill()
+
+
+def test_help_shows_the_table_names_and_the_simulators_options_and_faults():
+    serve = comfyfleet("serve", "--help")
+    assert "[[backends]]" in serve.stdout and "[[keys]]" in serve.stdout, serve.stdout
+    sim = comfyfleet("sim", "--help")
+    assert sim.returncode == 0 and "--step-s" in sim.stdout and "/sim/faults" in sim.stdout, sim.stdout

@@ -7,8 +7,10 @@ import asyncio
 import math
 import signal
 import sys
+import textwrap
 
 from .config import SimConfig
+from .faults import FAULT_NAMES
 from .server import Simulator
 
 
@@ -28,8 +30,18 @@ def seconds(text: str) -> float:
     return value
 
 
+FAULTS_HELP = """faults, switched on and off while it runs:
+  curl -X POST http://HOST:PORT/sim/faults -d '{"http_error_status": 503, "retry_after_s": 5}'
+""" + textwrap.fill("keys: " + ", ".join(FAULT_NAMES) + ",", width=90, initial_indent="  ",
+                  subsequent_indent="    ") + """
+  refuse_for_s (refuse connections this long; refuse_connections: true refuses until a restart)
+  GET /sim/faults shows them; POST /sim/restart forgets the queue and history like a restart"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="comfyfleet-sim", description="A simulated ComfyUI server.")
+    parser = argparse.ArgumentParser(
+        prog="comfyfleet-sim", description="A simulated ComfyUI server.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=FAULTS_HELP)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=port_number, default=8188)
     parser.add_argument("--step-s", type=seconds, default=0.05, help="seconds per progress step")
