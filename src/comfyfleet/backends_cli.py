@@ -20,6 +20,12 @@ async def manage_backends(*, server: str, add: list[str], capacity: int, tags: l
     for name in (*drain, *disable, *enable, *remove):
         if not name.strip():
             raise ComfyFleetError(f"--drain, --disable, --enable and --remove take a backend name, got {name!r}")
+    asked = [(flag, name) for flag, names in (("--drain", drain), ("--disable", disable),
+                                              ("--enable", enable), ("--remove", remove)) for name in names]
+    for name in {name for _, name in asked}:
+        flags = sorted({flag for flag, named in asked if named == name})
+        if len(flags) > 1:
+            raise ComfyFleetError(f"{' and '.join(flags)} both name backend {name!r}: say which one")
     async with _client(server) as client:
         for config in configs:
             await _call(client, "POST", "/api/v2/backends",

@@ -283,16 +283,25 @@ async def list_jobs(*, server: str, status: str | None, limit: int, as_json: boo
         console.print_json(json.dumps(checked))
         return
     rows = []
+    errors = any(isinstance(job.get("error"), dict) for job in checked)  # the column when any failed
     for job in checked:
         progress = job.get("progress")
         value = progress.get("value") if isinstance(progress, dict) else None
-        rows.append([job["id"], job["status"], str(job.get("type") or ""),
-                     f"{100 * value:.0f}%" if isinstance(value, (int, float)) else "0%",
-                     moment(job.get("created_at"))])
-    print_listing(("id", "status", "type", "done", "created"), rows)
+        row = [job["id"], job["status"], str(job.get("type") or ""),
+               f"{100 * value:.0f}%" if isinstance(value, (int, float)) else "0%",
+               moment(job.get("created_at"))]
+        if errors:
+            error = job.get("error")
+            row.append(str(error.get("code")) if isinstance(error, dict) else "-")
+        rows.append(row)
+    print_listing(("id", "status", "type", "done", "created", *(("error",) if errors else ())), rows)
 
 
 async def cancel_job(job_id: str, *, server: str) -> None:
     async with _client(server) as client:
+        before = await _call(client, "GET", f"/api/v2/jobs/{segment(job_id)}")
+        if job_from(before, "GET /api/v2/jobs/{id}")["status"] in TERMINAL:
+            console.print(f"job {before['id']} had already ended ({before['status']}): nothing to cancel")
+            return
         job = await _call(client, "POST", f"/api/v2/jobs/{segment(job_id)}/cancel")
     report(job_from(job, "POST /api/v2/jobs/{id}/cancel"))

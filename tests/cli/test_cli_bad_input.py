@@ -266,6 +266,8 @@ LIVE_CASES = [
     Case("live-submit-bad-meta", ("submit", "{files}/wf.json", "--meta", "x", "--server", "{api}"),
          ("--meta takes key=value",)),
     Case("live-backends-drain-unknown", ("backends", "--drain", "nosuch", "--server", "{api}"), ("HTTP 404", "nosuch")),
+    Case("live-backends-drain-and-enable-one", ("backends", "--drain", "gpu-keep", "--enable", "gpu-keep",
+                                                "--server", "{api}"), ("--drain and --enable", "gpu-keep")),
     Case("live-backends-remove-trailing-slash", ("backends", "--remove", "gpu-keep/", "--server", "{api}"),
          ("gpu-keep",)),
     Case("live-backends-add-one-good-one-bad",

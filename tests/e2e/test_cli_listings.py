@@ -47,9 +47,18 @@ async def test_jobs_and_backends_fit_an_80_column_terminal_whole(valkey_url, tmp
             row = next(line for line in shown if job_id in line)  # whole, on one line
             assert "succeeded" in row and "100%" in row
 
+        await client_cli.cancel_job(ids[0], server=fleet.base_url)
+        assert " ".join(" ".join(lines(screen)).split()) == f"job {ids[0]} had already ended (succeeded): nothing to cancel"
+        failing = await fleet.submit(image_workflow(-1, seed=9))  # refused by the backend
+        await fleet.wait(failing["id"])
+        await list_jobs(server=fleet.base_url, status="failed", limit=10)
+        shown = "\n".join(lines(screen))
+        assert failing["id"] in shown and "error=invalid_workflow" in shown, "a listing with failures says why"
+        ids_failed = [failing["id"]]
+
         await list_jobs(server=fleet.base_url, status=None, limit=10, as_json=True)
         listed = json.loads("\n".join(lines(screen)))
-        assert sorted(job["id"] for job in listed) == sorted(ids)
+        assert sorted(job["id"] for job in listed) == sorted(ids + ids_failed)
 
         await manage_backends(server=fleet.base_url, add=[], capacity=1, tags=[], drain=[], disable=[],
                               enable=[], remove=[], as_json=False)
