@@ -130,3 +130,12 @@ async def test_a_partner_key_reaches_comfyui_with_the_prompt(fleet):
         assert (await fleet.wait(submitted["id"]))["status"] == "succeeded"
     sent = {record.with_partner_key for sim in fleet.sims for record in sim.records}
     assert sent == {True, False}
+
+
+async def test_a_refused_prompt_names_its_first_bad_node_in_the_error(fleet):
+    done = await fleet.wait((await fleet.submit(image_workflow(-1, seed=3)))["id"])
+    error = done["error"]
+    node_errors = error["details"]["node_errors"]
+    assert error["code"] == "invalid_workflow" and node_errors, error
+    first = next(iter(node_errors))
+    assert (error["node_id"], error["class_type"]) == (first, node_errors[first]["class_type"])

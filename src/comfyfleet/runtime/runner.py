@@ -303,8 +303,10 @@ class Runner:
         except InputMissing as exc:
             return Failure(FailureKind.INVALID_INPUT, f"job {job.id}: {exc}")
         except PromptRejected as exc:
+            node_id, node = next(iter((exc.node_errors or {}).items()), (None, None))
             return Failure(FailureKind.PROMPT_REJECTED, str(exc), status_code=400,
-                           exception_type=exc.error_type, node_errors=exc.node_errors)
+                           exception_type=exc.error_type, node_errors=exc.node_errors,
+                           node_id=node_id, node_type=node.get("class_type") if isinstance(node, dict) else None)
         except (BackendTimeout, BackendUnavailable, BackendProtocolError) as exc:
             if exc.status_code is not None:
                 return failure_of_error(exc)
