@@ -185,6 +185,7 @@ async def test_list_filters_by_status_type_and_metadata(client, store):
     assert await ids("") == [c.id, b.id, a.id]
     assert await ids("status=queued") == [b.id, a.id]
     assert await ids("status=canceled,succeeded") == [c.id]
+    assert await ids("status=canceled&status=queued") == [c.id, b.id, a.id]  # repeated: each counts
     assert await ids("type=video") == [b.id]
     assert await ids("metadata[team]=x") == [c.id, a.id]
     assert await ids("metadata[team]=x&metadata[run]=1") == [a.id]
@@ -227,6 +228,9 @@ async def test_list_cursor_with_metadata_filter(client, store):
     ("status=bogus", 400, "invalid_request"),
     ("cursor=!!notacursor", 400, "invalid_cursor"),
     ("metadata[a]=1&metadata[b]=2&metadata[c]=3&metadata[d]=4", 400, "invalid_metadata_filter"),
+    ("metadata[a b]=1", 400, "invalid_metadata_filter"),
+    ("metadata[]=1", 400, "invalid_metadata_filter"),
+    (f"metadata[{'k' * 41}]=1", 400, "invalid_metadata_filter"),
 ])
 async def test_list_refuses_bad_queries(client, query, status, code):
     response = await client.get(f"{JOBS}?{query}")

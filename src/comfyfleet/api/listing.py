@@ -20,13 +20,14 @@ from dataclasses import dataclass, field, replace
 from ..domain.job import Job, JobStatus
 from ..errors import ValidationFailed
 from ..ports import JobStore
+from .validation import METADATA_KEY
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 100
 MAX_METADATA_FILTERS = 3
 FILTERED_BATCH = 100
 MAX_SCANNED = 2000
-METADATA_PARAM = re.compile(r"^metadata\[(.+)\]$")
+METADATA_PARAM = re.compile(r"^metadata\[(.*)\]$")
 
 Position = tuple[float, str]
 
@@ -70,9 +71,15 @@ def decode_cursor(cursor: str) -> Position:
 
 def parse_query(params: Mapping[str, str]) -> JobQuery:
     limit = _limit(params.get("limit"))
-    statuses = _statuses(params.get("status"))
+    getlist = getattr(params, "getlist", None)  # a repeated status= adds to the list
+    statuses = _statuses(",".join(getlist("status")) if getlist else params.get("status"))
     metadata = {m.group(1): value for name, value in params.items()
                 if (m := METADATA_PARAM.match(name))}
+    bad = sorted(key for key in metadata if not METADATA_KEY.match(key))
+    if bad:
+        raise ValidationFailed(f"metadata filter key {bad[0]!r} is not a metadata key "
+                               f"(1-40 of A-Z a-z 0-9 _ . -)", code="invalid_metadata_filter",
+                               status_code=400)
     if len(metadata) > MAX_METADATA_FILTERS:
         raise ValidationFailed(f"at most {MAX_METADATA_FILTERS} metadata filters",
                                code="invalid_metadata_filter", status_code=400)
