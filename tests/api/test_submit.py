@@ -110,6 +110,19 @@ async def test_too_big_by_actual_body_is_413_whatever_the_header_says(client, se
     assert response.status_code == 413 and error_code(response) == "payload_too_large"
 
 
+@pytest.mark.parametrize("links, cycle", [
+    ({"1": "1"}, ["1", "1"]),
+    ({"1": "3", "2": "1", "3": "2"}, ["1", "3", "2", "1"]),
+])
+async def test_links_that_loop_are_an_invalid_workflow_at_once(client, enqueued, links, cycle):
+    """ComfyUI cannot order such a graph: accepted, the job never ended."""
+    workflow = {node: {"class_type": "Pass", "inputs": {"x": [upstream, 0]}} for node, upstream in links.items()}
+    response = await client.post(JOBS, json={"workflow": workflow})
+    assert response.status_code == 422 and error_code(response) == "invalid_workflow", response.text
+    assert response.json()["error"]["details"]["cycle"] == cycle
+    assert enqueued == []
+
+
 @pytest.mark.parametrize("settings_overrides", [{"max_workflow_nodes": 3}])
 async def test_too_many_nodes_is_invalid_workflow(client, settings_overrides):
     workflow = {**WORKFLOW, "10": {"class_type": "Note", "inputs": {}}}

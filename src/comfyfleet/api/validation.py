@@ -210,6 +210,38 @@ def check_workflow(workflow: dict[str, Any], *, max_nodes: int) -> None:
         reason = node_errors[first][0]
         raise invalid(f"node {first}: {reason['message']}", code="invalid_workflow",
                       details={"node_errors": node_errors})
+    cycle = _cycle(workflow)
+    if cycle:
+        raise invalid(f"the workflow's links form a cycle: {' -> '.join(cycle)}", code="invalid_workflow",
+                      details={"cycle": cycle})
+
+
+def _cycle(workflow: dict[str, Any]) -> list[str] | None:
+    """Node ids around a loop of links (its first node repeated at the end), or None. ComfyUI
+    cannot order such a graph; found here, it is a 422 rather than a prompt that never ends."""
+    inputs_of = {node_id: [value[0] for value in node["inputs"].values() if isinstance(value, list)]
+                 for node_id, node in workflow.items()}
+    done: set[str] = set()
+    for start in workflow:
+        if start in done:
+            continue
+        path, on_path = [start], {start}
+        stack = [iter(inputs_of[start])]
+        while stack:
+            upstream = next(stack[-1], None)
+            if upstream is None:  # every input of this node explored: it is on no loop
+                finished = path.pop()
+                on_path.discard(finished)
+                done.add(finished)
+                stack.pop()
+                continue
+            if upstream in on_path:
+                return [*path[path.index(upstream):], upstream]
+            if upstream not in done:
+                path.append(upstream)
+                on_path.add(upstream)
+                stack.append(iter(inputs_of[upstream]))
+    return None
 
 
 def _node_problems(workflow: dict[str, Any], node: Any) -> Iterator[dict[str, str]]:
