@@ -84,7 +84,7 @@ async def _run(*, once: bool, port: int, data_dir: Path, redis_url: str) -> None
                               soft_wrap=True)
                 jobs = await _submit_samples(base)
                 await _show_progress(base, jobs)
-                await _print_outputs(base, jobs, services.blobs)
+                await _print_outputs(base, jobs, services)
                 if not once:
                     console.print(f"API running on {base}, dashboard at {base}/dashboard (Ctrl-C to stop)")
                     await until_signalled()
@@ -135,13 +135,15 @@ async def _show_progress(base: str, jobs: list[str]) -> None:
             await follow_all(client, jobs)
 
 
-async def _print_outputs(base: str, jobs: list[str], blobs) -> None:
+async def _print_outputs(base: str, jobs: list[str], services) -> None:  # type: ignore[no-untyped-def]
     async with httpx.AsyncClient(base_url=base, timeout=10.0) as client:
         for job_id in jobs:
             job = (await client.get(f"/api/v2/jobs/{job_id}")).json()
             console.print(f"job {job_id} {job['status']} on {job.get('backend') or '-'}", soft_wrap=True)
             if job["status"] != "succeeded":
                 raise ComfyFleetError(f"demo job {job_id} ended {job['status']}: {job.get('error')}")
+            blob_of = {o.id: o.hash for o in (await services.store.get(job_id)).outputs}  # where it lies
             for output in job["outputs"]:
                 console.print(f"  {output['name']} ({output['size_bytes']} bytes) stored at "
-                              f"{blobs.path(output['hash'])}\n    download: {output['url']}", soft_wrap=True)
+                              f"{services.blobs.path(blob_of[output['id']])}\n    download: {output['url']}",
+                              soft_wrap=True)
