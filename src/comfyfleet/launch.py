@@ -134,7 +134,7 @@ def build_app(services: Services, settings: Settings):
     api_services = ApiServices(store=services.store, events=services.events, blobs=services.blobs,
                                enqueue=enqueue, cancel_running=cancel_running, health=health,
                                job_defaults=job_defaults, clock=services.clock,
-                               tracking_stats=TrackingStats(services.redis, services.keys).totals,
+                               tracking_stats=lambda: registered_tracking(services),
                                fleet=FleetAdmin(services),
                                readings=lambda: read_deployment(services),
                                keys=KeyRing(settings.api_keys_file).lookup if settings.api_keys_file else None,
@@ -327,6 +327,14 @@ async def run_worker(settings: Settings) -> None:
         finally:
             housekeeping.cancel()
             await worker.stop()
+
+
+async def registered_tracking(services: Services) -> dict:
+    """The tracking totals of the backends registered now (a removed one's are kept, not shown:
+    its workers may still add to them as its last prompts end)."""
+    totals, snapshot = await asyncio.gather(TrackingStats(services.redis, services.keys).totals(),
+                                            services.fleet.snapshot())
+    return {name: counters for name, counters in totals.items() if name in snapshot.backends}
 
 
 async def fleet_health(services: Services) -> dict:

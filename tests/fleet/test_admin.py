@@ -76,6 +76,7 @@ async def test_removing_a_backend_fails_its_work_over(fleet):
     names = [b["name"] for b in (await fleet.http.get("/api/v2/backends")).json()["backends"]]
     assert names == [survivor]
     assert (await fleet.http.get(f"/api/v2/backends/{victim}")).status_code == 404
+    assert list((await fleet.http.get("/api/v2/stats")).json()["tracking"]) == [survivor]
 
 
 async def test_backends_added_at_run_time_take_work_and_bad_input_gets_4xx(fleet):

