@@ -5,6 +5,7 @@ what the retry policy says."""
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 
 from comfyfleet.domain.policy import RetryPolicy, jitter_unit
 from comfyfleet.sim import SimConfig
@@ -88,3 +89,21 @@ async def test_mixed_faults_all_jobs_succeed_and_breakers_cycle(valkey_url, tmp_
                   if a.outcome == "retried"}
         assert retried > 0 and {"transient", "recoverable"} <= causes
         print(f"\n200 jobs succeeded after {retried} retries ({sorted(causes)})")
+
+
+async def test_a_backend_asking_to_be_left_alone_gets_nothing_until_its_retry_after(valkey_url, tmp_path):
+    """A 503 with Retry-After from one backend: no job is sent there until that time has passed.
+    Each job sent there meanwhile had collected the same 503 and spent an attempt on it."""
+    async with running_fleet(valkey_url, tmp_path, sims=2, sim_config=SimConfig(step_s=0.1)) as fleet:
+        busy, fine = fleet.sims
+        busy.faults.update({"http_error_status": 503, "retry_after_s": 3,
+                            "http_error_paths": ["POST /prompt"]})
+        submitted = [await fleet.submit(image_workflow(3, seed=n)) for n in range(6)]
+        jobs = [await fleet.wait(job["id"], timeout_s=60) for job in submitted]
+        assert [j["status"] for j in jobs] == ["succeeded"] * 6
+        refused = sorted(datetime.fromisoformat(a["started_at"]).timestamp() for j in jobs
+                         for a in j["attempts"] if a["backend"] == "sim-0")
+        assert len(refused) == busy.faults.injected  # every prompt sent there got the 503
+        gaps = [later - earlier for earlier, later in zip(refused, refused[1:])]
+        assert all(gap >= 3.0 for gap in gaps), f"sent there within its Retry-After: {gaps}"
+        assert len(refused) <= 2  # once, and perhaps once more after the 3 s

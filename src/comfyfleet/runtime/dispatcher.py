@@ -447,6 +447,17 @@ class Dispatcher:
         if self._snapshot is not None and self._snapshot.warm.pop(name, None) is not None:
             self._roster = None
 
+    async def rest(self, name: str, until: float) -> None:
+        """Send ``name`` nothing until ``until`` (it answered 429/503 with Retry-After), here at
+        once and in every other dispatcher with the next snapshot."""
+        try:
+            await self.fleet.rest(name, until)
+        except StoreError as exc:
+            log.warning("fleet: could not record the Retry-After of %s: %s", name, exc)
+        if self._snapshot is not None:
+            self._snapshot.resting[name] = until
+            self._roster = None
+
     async def record_backend(self, name: str, *, ok: bool) -> None:
         await self._record(backend_breaker(name), self.settings.backend_breaker, ok=ok)
 

@@ -32,10 +32,12 @@ class FleetAdmin:
         snapshot = await self._fleet.snapshot()
         loads = await self._fleet.loads(snapshot.backends)
         breaker = self._dispatcher.settings.backend_breaker
-        return [self._describe(record, snapshot.health.get(name, BackendHealth()),
-                               breaker.current(snapshot.breakers.get(backend_breaker(name), BreakerState()),
-                                               time.time()),
-                               loads.get(name, 0), snapshot.warm.get(name, frozenset()))
+        now = time.time()
+        return [{**self._describe(record, snapshot.health.get(name, BackendHealth()),
+                                  breaker.current(snapshot.breakers.get(backend_breaker(name), BreakerState()), now),
+                                  loads.get(name, 0), snapshot.warm.get(name, frozenset())),
+                 # it answered 429/503 with Retry-After: sent nothing until then
+                 "resting_until": until if (until := snapshot.resting.get(name, 0.0)) > now else None}
                 for name, record in snapshot.backends.items()]
 
     async def workflow_breakers(self) -> list[dict[str, Any]]:

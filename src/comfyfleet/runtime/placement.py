@@ -31,6 +31,10 @@ class NoPlace:
 
 
 NOT_THE_WORKFLOWS = frozenset({FailureKind.PROMPT_REJECTED, FailureKind.INVALID_INPUT})
+# A backend answering these with Retry-After is sent nothing (by any worker) until then: each job
+# sent there meanwhile would only collect the same answer and spend an attempt on it.
+RESTING_STATUSES = frozenset({429, 503})
+MAX_REST_S = 300.0
 
 
 class Placement:
@@ -96,6 +100,12 @@ class Placement:
         await self._dispatcher.record(backend, job.type, self._fingerprints.pop(job.id, None), None)
         await self._dispatcher.note_warm(backend, self._models.pop(job.id, NO_MODELS))
 
+    async def rest_if_asked(self, backend: str, failure: Failure) -> None:
+        """A 429/503 with Retry-After: send ``backend`` nothing until then. Called before its
+        slot is given back, so no job waiting for the slot is sent there."""
+        if failure.retry_after_s and failure.status_code in RESTING_STATUSES:
+            await self._dispatcher.rest(backend, self._clock() + min(failure.retry_after_s, MAX_REST_S))
+
     async def failed(self, job: Job, failure: Failure, failure_class: FailureClass) -> bool:
         """Free the slot, feed the breakers; False when the workflow's breaker has opened, so
         this workflow stops burning retries."""
@@ -105,6 +115,7 @@ class Placement:
             return True  # no attempt ran: nothing to free and nothing learned
         backend = job.current.backend if job.current is not None else None
         if backend is not None:
+            await self.rest_if_asked(backend, failure)
             await self.release(backend, job.id)
         if failure.kind is FailureKind.PARTNER_KEY_LOST:
             return True  # nothing was sent: neither the backend nor the workflow is to blame

@@ -242,6 +242,7 @@ class Runner:
                 failure = await self._submit(job, backend, workflow)
                 if failure is not None:
                     await tracker.close()
+                    await self._placement.rest_if_asked(backend.name, failure)
                     await self._placement.release(backend.name, job.id)
                     return await self._failed(job, failure)
                 outcome = await self._follow(job, backend, tracker)

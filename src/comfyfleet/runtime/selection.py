@@ -49,8 +49,9 @@ class Roster:
     """Every registered backend's tags, and which of them may take work now.
 
     ``usable``: name -> (slot limit, health tier), in registry order; a half-open breaker allows
-    one probe (limit 1), a degraded backend is tier 1. ``valid_until``: the time an open breaker's
-    cool-down ends (the roster must be made again then)."""
+    one probe (limit 1), a degraded backend is tier 1; one resting after a Retry-After is left
+    out. ``valid_until``: the time an open breaker's cool-down or a rest ends (the roster must be
+    made again then)."""
 
     tags: dict[str, frozenset[str]]
     usable: dict[str, tuple[int, int]]
@@ -69,6 +70,10 @@ class Roster:
                 continue
             health = snapshot.health.get(name, _UNKNOWN_HEALTH).state
             if health not in DISPATCHABLE_HEALTH:
+                continue
+            resting_until = snapshot.resting.get(name, 0.0)
+            if resting_until > now:  # it answered 429/503 with a Retry-After that has not passed
+                valid_until = min(valid_until, resting_until)
                 continue
             state = breaker.current(snapshot.breakers.get(backend_breaker(name), _CLOSED), now)
             if state.status is BreakerStatus.OPEN:

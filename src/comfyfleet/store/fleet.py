@@ -132,6 +132,14 @@ class FleetSnapshot:
     breakers: dict[str, BreakerState]
     read_at: float
     warm: dict[str, frozenset[str]] = field(default_factory=dict)  # name -> models of its last success
+    resting: dict[str, float] = field(default_factory=dict)  # name -> left alone until (Retry-After)
+
+
+def _moment(raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        return 0.0
 
 
 def _models(raw: str) -> frozenset[str]:
@@ -253,6 +261,7 @@ class FleetStore:
                 pipe.hdel(self._keys.fleet_health, name)
                 pipe.hdel(self._keys.fleet_breakers, backend_breaker(name))
                 pipe.hdel(self._keys.fleet_warm, name)
+                pipe.hdel(self._keys.fleet_resting, name)
                 raw, *_ = await pipe.execute()
         if raw is None:
             raise BackendNotFound(f"no backend named {name!r}")
@@ -273,13 +282,15 @@ class FleetStore:
                 pipe.hgetall(self._keys.fleet_health)
                 pipe.hgetall(self._keys.fleet_breakers)
                 pipe.hgetall(self._keys.fleet_warm)
-                backends, health, breakers, warm = await pipe.execute()
+                pipe.hgetall(self._keys.fleet_resting)
+                backends, health, breakers, warm, resting = await pipe.execute()
         return FleetSnapshot(
             backends=self._parsed("backends", dict(sorted(backends.items())), BackendRecord.from_json),
             health=self._parsed("health", health, BackendHealth.from_json),
             breakers=self._parsed("breakers", breakers, lambda r: BreakerState.from_dict(json.loads(r))),
             read_at=time.time(),
-            warm=self._parsed("warm", warm, _models))
+            warm=self._parsed("warm", warm, _models),
+            resting=self._parsed("resting", resting, _moment))
 
     def _parsed(self, kind: str, raw_by_name: dict[str, str], parse: Callable[[str], Any]) -> dict[str, Any]:
         """Parse each stored value, reusing what the last snapshot parsed from the same text
@@ -324,6 +335,13 @@ class FleetStore:
                 await self._redis.hset(self._keys.fleet_warm, name, json.dumps(sorted(models)))
             else:
                 await self._redis.hdel(self._keys.fleet_warm, name)
+
+    async def rest(self, name: str, until: float) -> None:
+        """``name`` asked to be sent nothing until ``until`` (a 429/503 with Retry-After): every
+        dispatcher skips it till then."""
+        with translated(self._redis, "recording a backend's Retry-After"):
+            await self._redis.hset(self._keys.fleet_resting, name, repr(until))
+        await self.notify_changed()
 
     # -- breakers ------------------------------------------------------------------------------
     async def update_breaker(self, scope: str,

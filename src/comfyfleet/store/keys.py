@@ -35,6 +35,8 @@
     fleet_health               {p}:fleet:health                 hash     backend name -> last health (JSON)
     fleet_breakers             {p}:fleet:breakers               hash     breaker scope -> state (JSON)
     fleet_warm                 {p}:fleet:warm                   hash     backend name -> models loaded (JSON list)
+    fleet_resting              {p}:fleet:resting                hash     backend name -> time it asked to be left
+                                                                         alone until (its Retry-After)
     lease(backend)             {p}:fleet:lease:{backend}        zset     holder (job id) scored by expiry ms
     health_claim(backend)      {p}:fleet:check:{backend}        string   who checks the backend now, PX
     fleet_channel              {p}:fleet:changed                pubsub   registry/health/breaker changed
@@ -182,6 +184,10 @@ class Keys:
     @property
     def fleet_warm(self) -> str:
         return f"{self.prefix}:fleet:warm"
+
+    @property
+    def fleet_resting(self) -> str:
+        return f"{self.prefix}:fleet:resting"
 
     def lease(self, backend: str) -> str:
         return f"{self.prefix}:fleet:lease:{backend}"
