@@ -138,6 +138,16 @@ def http_url_parts(url: object) -> SplitResult | None:
     return parts
 
 
+def without_password(url: str) -> str:
+    """``url`` with any password in it replaced by ``***``, for what is printed or logged."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = (parts.username or "")
+    return parts._replace(netloc=f"{user}:***@{netloc[-1]}").geturl()
+
+
 def check_http_url(url: str, *, what: str, example: str = "http://127.0.0.1:8188") -> None:
     """``http_url_parts`` or a ``ConfigError`` naming ``what``."""
     if http_url_parts(url) is None:

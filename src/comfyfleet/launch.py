@@ -25,7 +25,7 @@ from redis import exceptions as rex
 from .api.app import ApiServices, ApiSettings, create_app
 from .apikeys import KeyRing
 from .comfy.tracker import TrackerSettings
-from .config import Settings, check_data_dir, check_redis_url
+from .config import Settings, check_data_dir, check_redis_url, without_password
 from .domain.job import Job
 from .domain.policy import CircuitBreaker
 from .domain.spec import policy_for
@@ -357,10 +357,12 @@ async def fleet_health(services: Services) -> dict:
             "workers": len(workers), "backends": listed}
 
 
-def worker_env(settings: Settings) -> dict[str, str]:
+def worker_env(settings: Settings, redis_url: str) -> dict[str, str]:
     """The environment of serve's workers: serve's own, with every setting as serve resolved it
-    (its flags included). A worker reading the raw variables ran with other settings than serve
-    and died on one that serve's flag had overridden (``COMFYFLEET_PORT=abc serve --port 8080``)."""
+    (its flags included), and the Redis URL (here, not in the arguments every local user sees:
+    an embedded Valkey's has its password). A worker reading the raw variables ran with other
+    settings than serve and died on one that serve's flag had overridden
+    (``COMFYFLEET_PORT=abc serve --port 8080``)."""
     env = dict(os.environ)
     for name in Settings.model_fields:
         variable, value = f"COMFYFLEET_{name.upper()}", getattr(settings, name)
@@ -370,12 +372,13 @@ def worker_env(settings: Settings) -> dict[str, str]:
             env[variable] = json.dumps(value)
         else:
             env[variable] = str(value)
+    env["COMFYFLEET_REDIS_URL"] = redis_url
     return env
 
 
-def worker_argv(settings: Settings, redis_url: str) -> list[str]:
-    argv = ["worker", "--redis-url", redis_url, "--data-dir", str(settings.data_dir),
-            "--key-prefix", settings.key_prefix]
+def worker_argv(settings: Settings) -> list[str]:
+    """The worker's arguments; its Redis URL is in its environment (``worker_env``)."""
+    argv = ["worker", "--data-dir", str(settings.data_dir), "--key-prefix", settings.key_prefix]
     for backend in settings.backends:
         argv += ["--backend", backend]
     if settings.backends_file:
@@ -388,14 +391,14 @@ async def run_serve(settings: Settings) -> None:
     async with redis_for(settings) as url, open_services(service_config(settings, url)) as services, \
             local_comfyuis(settings, services):
         gave_up = asyncio.Event()
-        supervisor = WorkerSupervisor(worker_argv(settings, url), count=settings.workers,
-                                      env=worker_env(settings), on_give_up=lambda _: gave_up.set())
+        supervisor = WorkerSupervisor(worker_argv(settings), count=settings.workers,
+                                      env=worker_env(settings, url), on_give_up=lambda _: gave_up.set())
         await supervisor.start()
         try:
             api = await start_api(build_app(services, settings), settings.host, settings.port)
             housekeeping = asyncio.create_task(maintenance_for(services, settings).loop())
             print(f"comfyfleet serving on {settings.base_url} "
-                  f"({settings.workers} worker(s), Redis {url})", flush=True)
+                  f"({settings.workers} worker(s), Redis {without_password(url)})", flush=True)
             warn_if_open(settings)
             if not (await services.dispatcher.refresh()).backends:
                 print("comfyfleet: no ComfyUI backend is registered; jobs fail until one is added "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 
 import httpx
 
@@ -14,16 +15,16 @@ from comfyfleet.domain.job import Job, JobStatus
 from comfyfleet.sim import SimConfig, Simulator
 from comfyfleet.store import Keys, RedisJobStore, connect
 from helpers.fleet import free_port, image_workflow
-from helpers.processes import Child
+from helpers.processes import Child, embedded_redis_url
 
 STEPS, STEP_S = 60, 0.2  # about 12 s per job
 
 
 def redis_url_of(child: Child) -> str:
-    for line in child.output().splitlines():
-        if line.startswith("comfyfleet serving on"):
-            return line.rsplit("Redis ", 1)[1].rstrip(")")
-    raise AssertionError(child.output())
+    """The embedded Valkey's URL (the banner shows it without its password)."""
+    banner = next((line for line in child.output().splitlines() if line.startswith("comfyfleet serving on")), None)
+    assert banner is not None and ":***@" in banner, child.output()
+    return embedded_redis_url(Path(child.process.args[child.process.args.index("--data-dir") + 1]))
 
 
 async def read_jobs(url: str, ids: list[str]) -> list[Job]:

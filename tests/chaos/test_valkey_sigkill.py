@@ -13,7 +13,7 @@ import httpx
 from comfyfleet.sim import SimConfig, Simulator
 from comfyfleet.store import connect
 from helpers.fleet import TERMINAL, free_port, image_workflow
-from helpers.processes import Child
+from helpers.processes import Child, embedded_redis_url
 
 
 async def submit_until(http: httpx.AsyncClient, accepted: list[str], stop: asyncio.Event) -> int:
@@ -67,8 +67,7 @@ async def test_accepted_jobs_survive_a_sigkilled_embedded_valkey(tmp_path):
 
         second = Child(argv, tmp_path / "serve2.log")
         await second.wait_for("comfyfleet serving on", timeout_s=60)
-        url = next(line.rsplit("Redis ", 1)[1].rstrip(")") for line in second.output().splitlines()
-                   if line.startswith("comfyfleet serving on"))
+        url = embedded_redis_url(data_dir)
         redis = connect(url)
         try:  # the decision that makes a 201 durable: every write is fsynced before its reply
             assert (await redis.config_get("appendfsync"))["appendfsync"] == "always"

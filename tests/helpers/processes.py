@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
+
+
+def embedded_redis_url(data_dir: Path) -> str:
+    """The URL (with its password) of the embedded Valkey a ``serve`` runs in ``data_dir``."""
+    record = json.loads((data_dir / "valkey" / "comfyfleet-valkey.json").read_text())
+    return f"redis://:{record['password']}@127.0.0.1:{record['port']}"
 
 
 class Child:

@@ -145,3 +145,34 @@ def test_an_unusable_data_dir_is_a_config_error_naming_it(tmp_path):
     a_file.write_text("not a directory")
     with pytest.raises(ConfigError, match=r"cannot start the embedded Valkey in .*afile.*: Not a directory"):
         EmbeddedValkey(a_file).start()
+
+
+def test_each_server_has_a_password_of_its_own_and_a_stale_address_is_refused(tmp_path):
+    """Embedded ports come from a small range and are used again. A client still holding the
+    address of a stopped server read and wrote the jobs of whichever deployment's server took the
+    port next; with a password per server it is refused there. Nor can another local user in."""
+    first = EmbeddedValkey(tmp_path / "one")
+    url = first.start()
+    port = int(url.rsplit(":", 1)[1])
+    try:
+        assert ":" in url.split("@")[0].removeprefix("redis://") and "@127.0.0.1:" in url
+        assert client(url).ping()
+        with pytest.raises(sync_redis.AuthenticationError):
+            client(f"redis://127.0.0.1:{port}").set("k", "v")
+        assert os.stat(first.record_path).st_mode & 0o777 == 0o600, "the record holds the password"
+    finally:
+        first.stop()
+    other = EmbeddedValkey(tmp_path / "two", port=port)  # another data dir's server on that port
+    try:
+        assert other.start() != url
+        with pytest.raises(sync_redis.AuthenticationError):
+            client(url).set("k", "v")
+    finally:
+        other.stop()
+
+
+def test_what_is_printed_of_a_redis_url_hides_its_password():
+    from comfyfleet.config import without_password
+    assert without_password("redis://:s3cret@127.0.0.1:16379") == "redis://:***@127.0.0.1:16379"
+    assert without_password("rediss://app:s3cret@cache:6380/2") == "rediss://app:***@cache:6380/2"
+    assert without_password("redis://cache:6379/0") == "redis://cache:6379/0"

