@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from comfyfleet.sim import SimConfig, Simulator
-from helpers.fleet import TERMINAL, free_port, image_workflow
+from helpers.fleet import TERMINAL, free_port, image_workflow, run_one_job
 from helpers.processes import Child
 
 
@@ -33,17 +33,6 @@ def alive(pid: int) -> bool:
 
 def valkey_pid(data: Path) -> int:
     return json.loads((data / "valkey" / "comfyfleet-valkey.json").read_text())["pid"]
-
-
-async def run_one_job(port: int) -> str:
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
-        created = await http.post("/api/v2/jobs", json={"workflow": image_workflow(2)})
-        assert created.status_code == 201, created.text
-        async with asyncio.timeout(60):
-            while (job := (await http.get(f"/api/v2/jobs/{created.json()['id']}")).json())["status"] \
-                    not in TERMINAL:
-                await asyncio.sleep(0.1)
-    return job["status"]
 
 
 async def test_workers_stop_when_serve_is_sigkilled(tmp_path):
@@ -83,7 +72,7 @@ async def test_a_variable_that_a_flag_of_serve_overrides_does_not_reach_its_work
                       env={"COMFYFLEET_PORT": "abc"})
         try:
             await serve.wait_for("comfyfleet serving on", timeout_s=60)
-            assert await run_one_job(port) == "succeeded"
+            assert (await run_one_job(f"http://127.0.0.1:{port}"))["status"] == "succeeded"
             assert "invalid port" not in serve.output()
         finally:
             assert await serve.stop() == 0
@@ -107,7 +96,7 @@ async def test_serve_starts_its_embedded_valkey_again_when_it_dies(tmp_path):
                     while not (data / "valkey" / "comfyfleet-valkey.json").exists() or valkey_pid(data) == first \
                             or not alive(valkey_pid(data)):
                         await asyncio.sleep(0.1)
-                assert await run_one_job(port) == "succeeded"
+                assert (await run_one_job(f"http://127.0.0.1:{port}"))["status"] == "succeeded"
                 async with asyncio.timeout(30):
                     while (await http.get(f"/api/v2/jobs/{before}")).json()["status"] not in TERMINAL:
                         await asyncio.sleep(0.1)

@@ -8,13 +8,11 @@ import asyncio
 import subprocess
 import sys
 
-import httpx
 
 from comfyfleet.sim import SimConfig, Simulator
-from helpers.fleet import free_port, image_workflow
+from helpers.fleet import free_port, run_one_job
 from helpers.processes import Child
 
-TERMINAL = ("succeeded", "failed", "canceled", "expired")
 
 
 async def test_ops_commands_on_a_serving_data_dir_leave_its_valkey_running(tmp_path):
@@ -31,13 +29,7 @@ async def test_ops_commands_on_a_serving_data_dir_leave_its_valkey_running(tmp_p
                     capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
                 assert done.returncode == 0, done.stderr
 
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
-                created = await http.post("/api/v2/jobs", json={"workflow": image_workflow(2)})
-                assert created.status_code == 201, created.text
-                async with asyncio.timeout(30):
-                    while (job := (await http.get(f"/api/v2/jobs/{created.json()['id']}")).json())["status"] \
-                            not in TERMINAL:
-                        await asyncio.sleep(0.1)
+            job = await run_one_job(f"http://127.0.0.1:{port}", timeout_s=30)
             assert job["status"] == "succeeded"
             assert "connecting to" not in serve.output(), "serve lost its Redis"
         finally:

@@ -70,6 +70,18 @@ class Fleet:
         return found
 
 
+async def run_one_job(base_url: str, timeout_s: float = 60.0) -> dict[str, Any]:
+    """Submit a small image job to the server at ``base_url`` and return it once it has ended."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
+        created = await http.post("/api/v2/jobs", json={"workflow": image_workflow(2)})
+        assert created.status_code == 201, created.text
+        async with asyncio.timeout(timeout_s):
+            while (job := (await http.get(f"/api/v2/jobs/{created.json()['id']}")).json())["status"] \
+                    not in TERMINAL:
+                await asyncio.sleep(0.1)
+    return job
+
+
 @asynccontextmanager
 async def running_fleet(valkey_url: str, data_dir: Path, *, sims: int = 2,
                         sim_config: SimConfig | None = None,
