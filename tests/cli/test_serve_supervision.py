@@ -14,7 +14,7 @@ import httpx
 
 from comfyfleet.sim import SimConfig, Simulator
 from helpers.fleet import TERMINAL, free_port, image_workflow, run_one_job
-from helpers.processes import Child
+from helpers.processes import serve_child
 
 
 def workers_of(pid: int) -> list[int]:
@@ -40,8 +40,7 @@ async def test_workers_stop_when_serve_is_sigkilled(tmp_path):
     address and wrote their outputs into this data dir."""
     data = tmp_path / "data"
     async with Simulator(SimConfig(step_s=0.01, name="sim-0")) as sim:
-        serve = Child(["comfyfleet", "serve", "--port", str(free_port()), "--data-dir", str(data),
-                       "--workers", "2", "--backend", f"sim-0={sim.url}"], tmp_path / "serve.log")
+        serve = serve_child(data, sim.url, tmp_path / "serve.log", port=free_port(), workers=2)
         workers: list[int] = []
         try:
             await serve.wait_for("comfyfleet serving on", timeout_s=60)
@@ -67,9 +66,7 @@ async def test_a_variable_that_a_flag_of_serve_overrides_does_not_reach_its_work
     data = tmp_path / "data"
     async with Simulator(SimConfig(step_s=0.01, name="sim-0")) as sim:
         port = free_port()
-        serve = Child(["comfyfleet", "serve", "--port", str(port), "--data-dir", str(data),
-                       "--backend", f"sim-0={sim.url}"], tmp_path / "serve.log",
-                      env={"COMFYFLEET_PORT": "abc"})
+        serve = serve_child(data, sim.url, tmp_path / "serve.log", port=port, env={"COMFYFLEET_PORT": "abc"})
         try:
             await serve.wait_for("comfyfleet serving on", timeout_s=60)
             assert (await run_one_job(f"http://127.0.0.1:{port}"))["status"] == "succeeded"
@@ -84,8 +81,7 @@ async def test_serve_starts_its_embedded_valkey_again_when_it_dies(tmp_path):
     data = tmp_path / "data"
     async with Simulator(SimConfig(step_s=0.01, name="sim-0")) as sim:
         port = free_port()
-        serve = Child(["comfyfleet", "serve", "--port", str(port), "--data-dir", str(data),
-                       "--backend", f"sim-0={sim.url}"], tmp_path / "serve.log")
+        serve = serve_child(data, sim.url, tmp_path / "serve.log", port=port)
         try:
             await serve.wait_for("comfyfleet worker", timeout_s=60)  # up and running, not starting
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
@@ -110,8 +106,7 @@ async def test_serve_exits_when_its_workers_keep_dying(tmp_path):
     container) starts it again, instead of answering with no worker for ever."""
     data = tmp_path / "data"
     async with Simulator(SimConfig(step_s=0.01, name="sim-0")) as sim:
-        serve = Child(["comfyfleet", "serve", "--port", str(free_port()), "--data-dir", str(data),
-                       "--backend", f"sim-0={sim.url}"], tmp_path / "serve.log")
+        serve = serve_child(data, sim.url, tmp_path / "serve.log", port=free_port())
         try:
             await serve.wait_for("comfyfleet serving on", timeout_s=60)
             async with asyncio.timeout(150):

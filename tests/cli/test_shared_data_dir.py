@@ -11,7 +11,7 @@ import sys
 
 from comfyfleet.sim import SimConfig, Simulator
 from helpers.fleet import free_port, run_one_job
-from helpers.processes import Child
+from helpers.processes import serve_child
 
 
 
@@ -19,8 +19,7 @@ async def test_ops_commands_on_a_serving_data_dir_leave_its_valkey_running(tmp_p
     data = tmp_path / "data"
     async with Simulator(SimConfig(step_s=0.01, name="sim-0")) as sim:
         port = free_port()
-        serve = Child(["comfyfleet", "serve", "--port", str(port), "--data-dir", str(data),
-                       "--backend", f"sim-0={sim.url}"], tmp_path / "serve.log")
+        serve = serve_child(data, sim.url, tmp_path / "serve.log", port=port)
         try:
             await serve.wait_for("comfyfleet serving on", timeout_s=60)
             for command in (["cleanup", "--dry-run"], ["recover", "--dry-run"]):

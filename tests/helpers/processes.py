@@ -11,6 +11,13 @@ import sys
 from pathlib import Path
 
 
+def serve_child(data_dir: Path, backend_url: str, log_path: Path, *, port: int, workers: int = 1,
+                env: dict[str, str] | None = None) -> "Child":
+    """``comfyfleet serve`` on ``data_dir`` (embedded Valkey) with one backend named sim-0."""
+    return Child(["comfyfleet", "serve", "--port", str(port), "--data-dir", str(data_dir),
+                  "--workers", str(workers), "--backend", f"sim-0={backend_url}"], log_path, env=env)
+
+
 def embedded_redis_url(data_dir: Path) -> str:
     """The URL (with its password) of the embedded Valkey a ``serve`` runs in ``data_dir``."""
     record = json.loads((data_dir / "valkey" / "comfyfleet-valkey.json").read_text())
