@@ -54,7 +54,9 @@ class PartnerKeyHolder:
         waiting.cancel()
         if not self._listening.is_set():
             self._held.pop(job_id, None)
-            raise StoreError("cannot listen for partner key requests")
+            failed = self._answering
+            reason = failed.exception() if failed.done() and not failed.cancelled() else None
+            raise StoreError(f"cannot listen for partner key requests: {reason}")
 
     def drop(self, job_id: str) -> None:
         self._held.pop(job_id, None)
