@@ -36,7 +36,7 @@ from .runtime.fleet_admin import FleetAdmin
 from .runtime.health import HealthMonitor, HealthSettings
 from .runtime.local_comfyui import LocalComfyUI
 from .runtime.maintenance import Maintenance, MaintenanceSettings
-from .runtime.readings import read_deployment
+from .runtime.readings import fleet_health, read_deployment, registered_tracking
 from .runtime.recovery import Recovery
 from .runtime.runner import Runner, RunnerSettings
 from .runtime.supervisor import WorkerSupervisor
@@ -352,34 +352,6 @@ async def run_worker(settings: Settings) -> None:
         finally:
             housekeeping.cancel()
             await worker.stop()
-
-
-async def registered_tracking(services: Services) -> dict:
-    """The tracking totals of the backends registered now (a removed one's are kept, not shown:
-    its workers may still add to them as its last prompts end)."""
-    totals, snapshot = await asyncio.gather(TrackingStats(services.redis, services.keys).totals(),
-                                            services.fleet.snapshot())
-    return {name: counters for name, counters in totals.items() if name in snapshot.backends}
-
-
-async def fleet_health(services: Services) -> dict:
-    """Each backend's state, load and breaker, the live workers, and what keeps the service
-    from running jobs (``problems``: then the status is ``degraded``)."""
-    backends, workers = await asyncio.gather(
-        FleetAdmin(services).list(),
-        Claims(services.redis, services.keys).live_worker_ids())
-    listed = [{"name": b["name"], "url": b["url"], "state": b["state"], "load": b["load"],
-               "capacity": b["capacity"], "breaker": b["breaker"]["status"]} for b in backends]
-    usable = [b for b in listed if b["state"] in ("unknown", "healthy", "degraded") and b["breaker"] != "open"]
-    problems = []
-    if not workers:
-        problems.append("no worker is running: jobs wait in the queue")
-    if not usable:
-        problems.append("no backend can take work")
-    elif len(usable) < len(listed):
-        problems.append(f"{len(listed) - len(usable)} of {len(listed)} backends cannot take work")
-    return {"status": "degraded" if problems else "healthy", "problems": problems,
-            "workers": len(workers), "backends": listed}
 
 
 def worker_env(settings: Settings, redis_url: str) -> dict[str, str]:
