@@ -41,6 +41,7 @@ from .selection import Roster, TypeRouting
 log = logging.getLogger(__name__)
 
 UNRELEASED_RETRY_S = 0.5
+REST_SLACK_S = 1.0  # a backend's rest known to end this close to a new one is not written again
 
 
 @dataclass(slots=True)
@@ -449,7 +450,11 @@ class Dispatcher:
 
     async def rest(self, name: str, until: float) -> None:
         """Send ``name`` nothing until ``until`` (it answered 429/503 with Retry-After), here at
-        once and in every other dispatcher with the next snapshot."""
+        once and in every other dispatcher with the next snapshot. A rest already known to end
+        about then is not written again (a refused submit reports it twice: before its slot is
+        given back, and with the attempt's failure)."""
+        if self._snapshot is not None and self._snapshot.resting.get(name, 0.0) >= until - REST_SLACK_S:
+            return
         try:
             await self.fleet.rest(name, until)
         except StoreError as exc:
