@@ -6,8 +6,8 @@ between them; records older than what was already sent are dropped by their vers
 changes, with identical consecutive progress and previews sent once. On a terminal status every
 output not yet sent goes out first, then the terminal ``status``, then the stream closes: the SDK
 stops reading at the terminal status. Each keepalive tick also re-reads the record, which catches
-a missed event; while the job waits, the record and its ``queue_position`` are re-read every
-second, and a changed position is sent as a ``status`` event.
+a missed event; while the job waits, its ``queue_position`` is re-read every second (jobs ahead
+leave without an event on its channel), and a changed position is sent as a ``status`` event.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ class JobStream:
         self._preview: tuple[str, str] | None = None
         self._outputs: set[str] = set()
         self._node: str | None = None
+        self._queued: Job | None = None  # the record while it waits, for re-reading its position
         self.done = False
 
     async def frames(self, who: str) -> AsyncIterator[str]:
@@ -98,7 +99,9 @@ class JobStream:
                 if loop.time() >= keepalive_at:
                     keepalive_at = loop.time() + keepalive_s
                     yield ": keepalive\n\n"
-                event = {"kind": "resync"}
+                    event = {"kind": "resync"}
+                else:  # only the position can have moved unseen: no need to read the record
+                    event = {"kind": "position"}
             if event is _CLOSED:
                 for text in await self.on_job(await store.get(self._job_id)):
                     yield text
@@ -114,6 +117,8 @@ class JobStream:
             return self.on_preview(event)
         if kind == "resync":
             return await self.on_job(await self._ctx.services.store.get(self._job_id))
+        if kind == "position" and self._queued is not None:
+            return await self._status_frames(self._queued)
         return []
 
     async def on_job(self, job: Job, *, snapshot: bool = False) -> list[str]:
@@ -121,6 +126,7 @@ class JobStream:
         if self.done or job.version < self._version:
             return []
         self._version = job.version
+        self._queued = job if job.status is JobStatus.QUEUED else None
         self._node = job.progress.current_node
         out = self._progress_frames(job)
         if job.is_terminal:
