@@ -18,7 +18,7 @@ from helpers.fleet import image_workflow
 LEASE_S = 3.0
 
 
-def make_worker(r, name: str) -> Worker:  # type: ignore[no-untyped-def]
+def make_worker(r, name: str, sweep_s: float = 0.2) -> Worker:  # type: ignore[no-untyped-def]
     s = r.services
     claims = Claims(s.redis, s.keys, lease_s=LEASE_S)
     runner = Runner(store=s.store, events=s.events, blobs=s.blobs, dispatcher=s.dispatcher,
@@ -30,7 +30,7 @@ def make_worker(r, name: str) -> Worker:  # type: ignore[no-untyped-def]
     return Worker(redis_url=s.config.redis_url, keys=s.keys, runner=runner, claims=claims,
                   recovery=Recovery(store=s.store, claims=claims, dispatcher=s.dispatcher),
                   requeue=requeue,
-                  settings=WorkerSettings(worker_id=name, renew_s=0.2, sweep_s=0.2))
+                  settings=WorkerSettings(worker_id=name, renew_s=0.2, sweep_s=sweep_s))
 
 
 async def wait_for(predicate, timeout_s: float = 120.0) -> None:  # type: ignore[no-untyped-def]
@@ -105,6 +105,19 @@ async def test_stop_hands_running_jobs_back_at_once(r, sims):
     assert final.status is JobStatus.SUCCEEDED and final.attempt == 1
     assert final.history[0].worker == "w-second"
     assert sims[0].requests["POST /prompt"] == 1 and len(sims[0].records) == 1
+
+
+async def test_a_worker_stopped_while_it_sweeps_ends_at_once(r, sims, caplog):
+    """Stopped during its first sweep (a Redis call, which may swallow the cancel), the sweep
+    loop ends there: it neither sleeps out its period nor holds up stop()."""
+    for pause_s in (0.0, 0.001, 0.002, 0.004, 0.008, 0.016):
+        worker = make_worker(r, "w-brief", sweep_s=600.0)
+        await worker.start()
+        await asyncio.sleep(pause_s)
+        sweeping = next(t for t in asyncio.all_tasks() if t.get_name() == "orphan-sweep")
+        await worker.stop()
+        assert sweeping.done(), "the sweep loop outlived stop()"
+        assert "did not stop" not in caplog.text
 
 
 async def test_a_worker_that_loses_its_claim_stops_touching_the_job(r, sims):

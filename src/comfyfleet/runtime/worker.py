@@ -218,6 +218,8 @@ class Worker:
                 raise
             except Exception as exc:  # noqa: BLE001 - the next sweep tries again
                 log.warning("orphan sweep failed: %s", exc)
+            if self._stopping:  # stop() cancelled us mid-call and the Redis client swallowed it
+                return
             await asyncio.sleep(self._settings.sweep_s)
 
     async def _drive_orphan(self, job_id: str, claim: str, view, reattached) -> None:  # type: ignore[no-untyped-def]
