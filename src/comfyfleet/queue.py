@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from .domain.job import Job
 from .errors import StoreError
-from .store.connection import READ_TIMEOUT_S, translated, where
+from .store.connection import READ_TIMEOUT_S, bounded_sends, translated, where
 from .store.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -74,11 +74,13 @@ def bull_connection_url(redis_url: str) -> str:
     return f"{base}?{urlencode(kept)}"
 
 
-def reconnect_quickly(*clients) -> None:  # type: ignore[no-untyped-def]
-    """Give bullmq's clients our pauses between reconnects (see ``RECONNECT_PAUSE_S``)."""
+def fit_bull_clients(*clients) -> None:  # type: ignore[no-untyped-def]
+    """Give bullmq's clients our pauses between reconnects (see ``RECONNECT_PAUSE_S``) and
+    sends that never drop a cancel (``store.connection.bounded_sends``)."""
     tries = int(RECONNECT_FOR_S / (0.75 * RECONNECT_PAUSE_S))
     for client in clients:
         if client is not None:
+            bounded_sends(client.connection_pool)
             client.set_retry(Retry(EqualJitterBackoff(cap=RECONNECT_PAUSE_S, base=RECONNECT_PAUSE_S), tries,
                                    supported_errors=(rex.ConnectionError, rex.TimeoutError)))
 
@@ -102,7 +104,7 @@ class JobQueue:
     def __init__(self, redis_url: str, keys: Keys, *, call_timeout_s: float = CALL_TIMEOUT_S) -> None:
         self._queues = {lane: Queue(lane, {"connection": bull_connection_url(redis_url), "prefix": keys.bull_prefix})
                         for lane in LANES}
-        reconnect_quickly(*(queue.client for queue in self._queues.values()))
+        fit_bull_clients(*(queue.client for queue in self._queues.values()))
         self._call_timeout_s = call_timeout_s
         self._client = next(iter(self._queues.values())).client  # for naming the server in errors
 
@@ -197,7 +199,7 @@ class LaneConsumer(BullWorker):
 
     def __init__(self, name: str, processor, opts: dict) -> None:  # type: ignore[no-untyped-def, type-arg]
         super().__init__(name, processor, {"runRetryDelay": RUN_RETRY_DELAY_MS, **opts})
-        reconnect_quickly(self.client, self.bclient)
+        fit_bull_clients(self.client, self.bclient)
         self._fetching = asyncio.Lock()
 
     async def run(self):  # type: ignore[no-untyped-def]

@@ -172,7 +172,7 @@ class Dispatcher:
         return snapshot
 
     async def _every(self, period_s: float, action) -> None:
-        while True:
+        while not self._closing:  # checked too: a cancel the Redis client swallowed ends it here
             await asyncio.sleep(period_s)
             try:
                 await action()

@@ -271,7 +271,7 @@ class Worker:
 
     # -- claims and liveness -----------------------------------------------------------------
     async def _keep_claims(self) -> None:
-        while True:
+        while not self._stopping:  # checked too: a cancel the Redis client swallowed ends it here
             await asyncio.sleep(self._settings.renew_s)
             try:
                 lost = await self._claims.renew(dict(self._held))

@@ -10,11 +10,18 @@ twice with a short jittered backoff; the Lua scripts recognise a repeat of a wri
 landed. A read timeout is not retried: the server was given the whole timeout already, and
 retrying (each retry reconnects and times out on the handshake too) turned one silent Redis into
 minutes of waiting per command instead of ``read_timeout_s``.
+
+Sends are bounded by ``asyncio.timeout`` (``bounded_sends``), not by redis-py's ``asyncio.wait_for``:
+on Python 3.11 that runs each send as a task of its own and, when the send completes as the
+caller is cancelled, returns normally and drops the cancel. A task cancelled in a Redis call
+then went on running: a stopped worker's sweep slept its period out, a job's heartbeat loop could
+outlive its job.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import redis.asyncio as aioredis
@@ -50,9 +57,61 @@ def connect(url: str, *, connect_timeout_s: float = CONNECT_TIMEOUT_S,
             retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2,
                         supported_errors=(rex.ConnectionError,)),
         )
+        bounded_sends(pool)
         return aioredis.Redis.from_pool(pool)
     except ValueError as exc:
         raise StoreError(f"invalid Redis URL {url!r}: {exc}") from exc
+
+
+class _BoundedSend:
+    """redis-py's ``send_packed_command``, with the send bounded by ``asyncio.timeout``."""
+
+    async def send_packed_command(self, command: bytes | str | Iterable[bytes],  # type: ignore[override]
+                                  check_health: bool = True) -> None:
+        if not self.is_connected:  # type: ignore[attr-defined]
+            await self.connect_check_health(check_health=False)  # type: ignore[attr-defined]
+        if check_health:
+            await self.check_health()  # type: ignore[attr-defined]
+        if isinstance(command, str):
+            command = command.encode()
+        if isinstance(command, bytes):
+            command = [command]
+        try:
+            async with asyncio.timeout(self.socket_timeout or None):  # type: ignore[attr-defined]
+                self._writer.writelines(command)  # type: ignore[attr-defined]
+                await self._writer.drain()  # type: ignore[attr-defined]
+        except TimeoutError:
+            await self.disconnect(nowait=True)  # type: ignore[attr-defined]
+            raise rex.TimeoutError("Timeout writing to socket") from None
+        except OSError as exc:
+            await self.disconnect(nowait=True)  # type: ignore[attr-defined]
+            raise rex.ConnectionError(f"Error {exc.errno or 'UNKNOWN'} while writing to socket. "
+                                      f"{exc.strerror or exc}.") from exc
+        except BaseException:  # a send cut short leaves the connection unusable
+            await self.disconnect(nowait=True)  # type: ignore[attr-defined]
+            raise
+
+
+class BoundedSendConnection(_BoundedSend, aioredis.Connection):
+    pass
+
+
+class BoundedSendSSLConnection(_BoundedSend, aioredis.SSLConnection):
+    pass
+
+
+class BoundedSendUnixConnection(_BoundedSend, aioredis.UnixDomainSocketConnection):
+    pass
+
+
+_BOUNDED = {aioredis.Connection: BoundedSendConnection, aioredis.SSLConnection: BoundedSendSSLConnection,
+            aioredis.UnixDomainSocketConnection: BoundedSendUnixConnection}
+
+
+def bounded_sends(pool: aioredis.ConnectionPool) -> None:
+    """Make the pool's connections bound their sends with ``asyncio.timeout`` (see the module's
+    notes). Call before the pool makes its first connection."""
+    pool.connection_class = _BOUNDED.get(pool.connection_class, pool.connection_class)
 
 
 def where(client: aioredis.Redis) -> str:
