@@ -178,7 +178,8 @@ class LocalComfyUI:
         while not self._stopping:
             assert self.process is not None
             try:
-                await asyncio.wait_for(self.process.wait(), timeout=self._settings.check_every_s)
+                async with asyncio.timeout(self._settings.check_every_s):  # not wait_for: see store.connection
+                    await self.process.wait()
             except TimeoutError:
                 if self._too_big():
                     await self._recycle()
@@ -269,7 +270,8 @@ class LocalComfyUI:
             return
         process.send_signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(process.wait(), timeout=self._settings.stop_grace_s)
+            async with asyncio.timeout(self._settings.stop_grace_s):
+                await process.wait()
         except TimeoutError:
             process.kill()
             await process.wait()
