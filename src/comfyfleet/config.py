@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     blob_grace_s: float = Field(3600.0, ge=0)  # an unreferenced blob younger than this is kept
     maintenance_interval_s: float = Field(600.0, gt=0)  # retention, index and blob cleanup this often
     concurrency: int = Field(64, ge=1, le=10_000)
+    # serve restarts a dead worker process (after 0.5, 1, 2 ... s) up to this many times within
+    # the window; one more death and serve stops with exit status 1, for its own supervisor
+    worker_max_restarts: int = Field(5, ge=0, le=1000)
+    worker_restart_window_s: float = Field(60.0, gt=0)
     queue_lock_s: float = Field(10.0, ge=1, le=3600)  # bullmq's lock on a taken entry (a dead worker's go back after it)
     backends_file: Path | None = None  # TOML: [[backends]] and [job_types.*] (see fleetfile.py)
     api_keys_file: Path | None = None  # TOML: [[keys]] owner, role, sha256 (see apikeys.py); None: open

@@ -17,7 +17,7 @@ from comfyfleet.store import Keys, RedisJobStore, connect
 from helpers.fleet import free_port, image_workflow
 from helpers.processes import Child, embedded_redis_url
 
-STEPS, STEP_S = 60, 0.2  # about 12 s per job
+STEPS, STEP_S = 40, 0.2  # about 8 s per job
 
 
 def redis_url_of(child: Child) -> str:

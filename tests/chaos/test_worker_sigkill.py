@@ -1,6 +1,6 @@
 """Both worker processes SIGKILLed twice mid-run: every job still succeeds, no prompt runs twice.
 
-30 jobs of about 5 s (10 steps of 0.5 s) on 3 simulators with 2 worker processes: about 50 s of
+20 jobs of about 4 s (8 steps of 0.5 s) on 3 simulators with 2 worker processes: about 27 s of
 simulator time. Kills land at random moments while jobs are in flight; workers are started again
 at once. The test prints the recovery time of each kill
 (kill -> every in-flight job owned by a live worker again).
@@ -18,7 +18,7 @@ from comfyfleet.domain.job import JobStatus
 from comfyfleet.sim import SimConfig, Simulator
 from helpers.fleet import image_workflow
 
-JOBS, STEPS, STEP_S = 30, 10, 0.5
+JOBS, STEPS, STEP_S = 20, 8, 0.5
 
 
 async def test_sigkill_both_workers_twice_loses_and_duplicates_nothing(valkey_url, tmp_path):

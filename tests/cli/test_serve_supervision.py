@@ -102,11 +102,12 @@ async def test_serve_starts_its_embedded_valkey_again_when_it_dies(tmp_path):
 
 
 async def test_serve_exits_when_its_workers_keep_dying(tmp_path):
-    """Past the restart intensity serve stops with an error, so what runs it (systemd, a
-    container) starts it again, instead of answering with no worker for ever."""
+    """Past the restart intensity (here 2 restarts in 90 s) serve stops with an error, so what
+    runs it (systemd, a container) starts it again, instead of answering with no worker for ever."""
     data = tmp_path / "data"
+    intensity = {"COMFYFLEET_WORKER_MAX_RESTARTS": "2", "COMFYFLEET_WORKER_RESTART_WINDOW_S": "90"}
     async with Simulator(SimConfig(step_s=0.01, name="sim-0")) as sim:
-        serve = serve_child(data, sim.url, tmp_path / "serve.log", port=free_port())
+        serve = serve_child(data, sim.url, tmp_path / "serve.log", port=free_port(), env=intensity)
         try:
             await serve.wait_for("comfyfleet serving on", timeout_s=60)
             async with asyncio.timeout(150):
@@ -116,6 +117,7 @@ async def test_serve_exits_when_its_workers_keep_dying(tmp_path):
                     await asyncio.sleep(0.2)
             assert serve.process.returncode == 1, serve.output()
             assert "a worker process kept dying" in serve.output()
+            assert "died 3 times within 90 s" in serve.output()
         finally:
             serve.kill()
             if (data / "valkey" / "comfyfleet-valkey.json").exists() and alive(valkey_pid(data)):
