@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from .apikeys import KeyRing
 from .comfy.tracker import TrackerSettings
 from .config import Settings, check_data_dir, check_redis_url, without_password
 from .domain.job import Job
-from .domain.policy import CircuitBreaker
+from .domain.policy import CircuitBreaker, RestartIntensity
 from .domain.spec import policy_for
 from .errors import ComfyFleetError, ConfigError, StoreError
 from .queue import QueueSettings
@@ -388,8 +389,11 @@ async def run_serve(settings: Settings) -> None:
     gave_up = asyncio.Event()  # a worker was given up on, or the embedded Valkey could not restart
     async with redis_for(settings, lost=gave_up) as url, open_services(service_config(settings, url)) as services, \
             local_comfyuis(settings, services):
+        intensity = functools.partial(RestartIntensity, max_restarts=settings.worker_max_restarts,
+                                      window_s=settings.worker_restart_window_s)
         supervisor = WorkerSupervisor(worker_argv(settings), count=settings.workers,
-                                      env=worker_env(settings, url), on_give_up=lambda _: gave_up.set())
+                                      env=worker_env(settings, url), intensity=intensity,
+                                      on_give_up=lambda _: gave_up.set())
         await supervisor.start()
         try:
             api = await start_api(build_app(services, settings), settings.host, settings.port)
