@@ -9,7 +9,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +87,9 @@ async def running_fleet(valkey_url: str, data_dir: Path, *, sims: int = 2,
                         sim_config: SimConfig | None = None,
                         **settings_overrides: Any) -> AsyncIterator[Fleet]:
     async with AsyncExitStack() as stack:
+        # each its own name, which seeds its faults: simulators fault independently of each other
         simulators = [await stack.enter_async_context(
-            Simulator(sim_config or SimConfig(step_s=0.01, name=f"sim-{i}"), port=0))
+            Simulator(replace(sim_config or SimConfig(step_s=0.01), name=f"sim-{i}"), port=0))
             for i in range(sims)]
         port = free_port()
         settings = Settings(redis_url=valkey_url, data_dir=data_dir, port=port,

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from comfyfleet.sim import SimConfig
+from comfyfleet.sim.faults import Faults
 from sim_helpers import submit, workflow
 
 
@@ -26,12 +27,17 @@ async def test_http_error_status_with_retry_after(sim, http, connect):
 
 
 async def test_http_error_rate_is_deterministic(sim, http):
-    """http_error_rate fails a seeded fraction of requests: same sequence on every run."""
+    """http_error_rate fails a seeded fraction of requests: the same sequence on every run of a
+    simulator of that name, another for another name (simulators fault independently)."""
     sim.faults.http_error_status, sim.faults.http_error_rate = 500, 0.5
     codes = [(await http.get("/prompt")).status_code for _ in range(40)]
     assert 8 < codes.count(500) < 32 and set(codes) == {200, 500}
-    fresh = type(sim.faults)(http_error_status=500, http_error_rate=0.5)
-    assert [500 if fresh.roll_http_error() else 200 for _ in range(40)] == codes
+
+    def rolls(name: str) -> list[int]:
+        faults = Faults(http_error_status=500, http_error_rate=0.5, seed=name)
+        return [500 if faults.roll_http_error() else 200 for _ in range(40)]
+    assert rolls(sim.config.name) == codes
+    assert rolls(sim.config.name + "-other") != codes
 
 
 async def test_slow_response(sim, http):

@@ -41,7 +41,13 @@ class Faults:
     refuse_websocket: bool = False  # /ws answers 503: clients can only poll
     http_error_paths: list[str] | None = None  # e.g. ["POST /prompt", "GET /history/*"]: only there
     injected: int = field(default=0, repr=False)  # HTTP errors answered so far (not a fault)
-    _rng: random.Random = field(default_factory=lambda: random.Random(1234), repr=False)
+    # One deterministic sequence per seed: simulators seeded by their names fault independently
+    # (with one seed for all, a job retried across them met the same rolls on each in turn).
+    seed: str = field(default="", repr=False)
+    _rng: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(f"faults:{self.seed}")
 
     def roll_http_error(self, request_line: str | None = None) -> bool:
         """True when this request should get `http_error_status` (deterministic sequence).

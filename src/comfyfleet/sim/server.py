@@ -31,7 +31,7 @@ class Simulator:
         self.config = config or SimConfig()
         self.host = host
         self.port = port
-        self.faults = Faults()
+        self.faults = Faults(seed=self.config.name)
         self.records: list[PromptRecord] = []
         self.requests: Counter[str] = Counter()
         self.queue = PromptQueue()
