@@ -6,7 +6,8 @@ itself is taken atomically in Redis (see ``store/fleet.py``), so the choice is e
 workers.
 
 When no slot is free the job waits here for a release (published by Redis, so it starts within
-milliseconds of a slot freeing; each release wakes one waiting job) up to ``slot_wait_s``; then the
+milliseconds of a slot freeing; each release wakes one waiting job, chosen by ``slot_line.py``) up
+to ``slot_wait_s``; then the
 runner hands it back to the queue without spending an attempt. The first waiting job also looks
 again every ``recheck_s``, in case a release message was missed.
 
@@ -37,6 +38,7 @@ from ..domain.policy import BreakerState, CircuitBreaker
 from ..errors import StoreError
 from ..store.fleet import BackendRecord, FleetSnapshot, FleetStore, backend_breaker, workflow_breaker
 from .selection import Roster, TypeRouting
+from .slot_line import RECHECK, SlotLine
 
 log = logging.getLogger(__name__)
 
@@ -80,20 +82,6 @@ class Choice:
     circuit_open: str | None = None  # this job's workflow breaker is open
 
 
-_RECHECK = "\0recheck"  # woken_by of a waiter woken to look again, not by a release
-
-
-@dataclass(eq=False)
-class _Waiter:
-    eligible: frozenset[str]
-    priority: int
-    seq: int
-    event: asyncio.Event = field(default_factory=asyncio.Event)
-    woken_by: str | None = None
-    models: frozenset[str] = NO_MODELS  # what the job loads
-    passed_over_at: float | None = None  # first time a freed slot went to a later job for its models
-
-
 class Dispatcher:
     def __init__(self, fleet: FleetStore, *, http=None, settings: DispatchSettings = DispatchSettings(),
                  clock: Callable[[], float] = time.time,
@@ -113,8 +101,7 @@ class Dispatcher:
         self._roster: Roster | None = None  # made from the snapshot when first needed
         self._backends: dict[str, Backend] = {}
         self._turn = itertools.count()
-        self._seq = itertools.count()
-        self._waiters: list[_Waiter] = []
+        self._line = SlotLine(affinity_wait_s=settings.affinity_wait_s, clock=clock, warm_of=self._warm_of)
         self._held: dict[str, str] = {}  # holder (job id) -> backend name
         # holder -> backend: slot releases the store missed (it was away), retried every
         # half second so the slot frees when it is back, not when its lease runs out (30 s)
@@ -187,7 +174,7 @@ class Dispatcher:
                 await pubsub.subscribe(keys.fleet_channel, keys.slots_channel)
                 if self._subscribed.is_set():  # re-subscribed: catch up on what was missed
                     await self.refresh()
-                    self._wake_all()
+                    self._line.wake_all()
                 while not self._closing:
                     message = await pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
                     if message is None:
@@ -196,15 +183,15 @@ class Dispatcher:
                         self._subscribed.set()
                         continue
                     if message["channel"] == keys.slots_channel:
-                        self._wake_one(str(message["data"]))
+                        self._line.wake_one(str(message["data"]))
                         continue
                     # A registry change. A burst of them (an operator enabling fifty backends)
                     # costs one re-read: what else has arrived meanwhile is taken in first.
                     while (more := await pubsub.get_message(timeout=0.0)) is not None:
                         if more["type"] == "message" and more["channel"] == keys.slots_channel:
-                            self._wake_one(str(more["data"]))
+                            self._line.wake_one(str(more["data"]))
                     await self.refresh()
-                    self._wake_all()
+                    self._line.wake_all()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a lost subscription is re-made; polling covers the gap
@@ -245,6 +232,9 @@ class Dispatcher:
             roster = self._roster = Roster.of(self._snapshot, self.settings.backend_breaker, now)
         return roster
 
+    def _warm_of(self, name: str) -> frozenset[str]:
+        return self._snapshot.warm.get(name, NO_MODELS) if self._snapshot is not None else NO_MODELS
+
     def _breaker_state(self, scope: str) -> BreakerState:
         return (self._snapshot.breakers if self._snapshot else {}).get(scope, BreakerState())
 
@@ -266,8 +256,7 @@ class Dispatcher:
         if not self.settings.model_affinity:
             models = NO_MODELS
         warm_until = self._clock() + self.settings.affinity_wait_s if models else 0.0
-        waiter = _Waiter(frozenset(), job.priority, next(self._seq), models=models)
-        self._waiters.append(waiter)
+        waiter = self._line.join(job.priority, models)
         try:
             cause: str | None = None  # why this look: None (first, or the fleet changed) walks all
             while True:
@@ -281,12 +270,10 @@ class Dispatcher:
                     candidates = tuple(c for c in candidates if c[0] in warm) or candidates
                     if len(candidates) == len(plan.candidates):
                         warm_until = 0.0  # held nowhere it may run (or everywhere): no reason to wait
-                waiter.eligible = frozenset(name for name, _, _ in candidates)
-                waiter.event.clear()
-                waiter.woken_by = None
-                if cause is None and self._queue_ahead(waiter):
+                waiter.rearm(frozenset(name for name, _, _ in candidates))
+                if cause is None and self._line.queue_ahead(waiter):
                     candidates = ()  # jobs already wait for these backends: none has room
-                elif cause not in (None, _RECHECK):
+                elif cause not in (None, RECHECK):
                     # Woken by one backend's release: no other had room when this job last
                     # looked, so only that one is worth asking (not a walk of the whole fleet).
                     candidates = tuple(c for c in candidates if c[0] == cause)
@@ -299,10 +286,10 @@ class Dispatcher:
                     raise asyncio.CancelledError
                 if name is not None:
                     self._held[job.id] = name
-                    if _RECHECK in (cause, waiter.woken_by):  # a release was missed: maybe more
-                        self._wake_first(skip=waiter)
-                    if waiter.woken_by not in (None, _RECHECK):  # a release meant for a waiter
-                        self._wake_one(waiter.woken_by, skip=waiter)  # pass it on
+                    if RECHECK in (cause, waiter.woken_by):  # a release was missed: maybe more
+                        self._line.wake_first(skip=waiter)
+                    if waiter.woken_by not in (None, RECHECK):  # a release meant for a waiter
+                        self._line.wake_one(waiter.woken_by, skip=waiter)  # pass it on
                     return Choice(backend=self._backends.get(name))
                 remaining = until - self._clock()
                 if remaining <= 0:
@@ -314,7 +301,7 @@ class Dispatcher:
                         await waiter.event.wait()
                 cause = waiter.woken_by
         finally:
-            self._waiters.remove(waiter)
+            self._line.leave(waiter)
 
     async def release(self, name: str, holder: str) -> None:
         self._held.pop(holder, None)
@@ -358,42 +345,6 @@ class Dispatcher:
         await self.fleet.renew([(name, holder) for holder, name in list(self._held.items())],
                                self._clock())
 
-    def _wake_one(self, name: str, *, skip: _Waiter | None = None) -> None:
-        """Hand a freed slot on ``name`` to the first waiting job (priority, then arrival); with
-        ``affinity_wait_s``, to a job of the same priority that loads models ``name`` holds,
-        unless the first one has been passed over that long already (so no job waits more than
-        that for the sake of another's models)."""
-        ready = [w for w in self._waiters
-                 if w is not skip and not w.event.is_set() and name in w.eligible]
-        if not ready:
-            return
-        waiter = min(ready, key=lambda w: (-w.priority, w.seq))
-        wait_s = self.settings.affinity_wait_s
-        if wait_s > 0 and self._snapshot is not None:
-            held = self._snapshot.warm.get(name, NO_MODELS)
-            if held and not waiter.models & held:
-                warm = [w for w in ready if w.priority == waiter.priority and w.models & held]
-                now = self._clock()
-                if warm and now - (waiter.passed_over_at or now) < wait_s:
-                    waiter.passed_over_at = waiter.passed_over_at or now
-                    waiter = min(warm, key=lambda w: w.seq)
-        waiter.woken_by = name
-        waiter.event.set()
-
-    def _queue_ahead(self, waiter: _Waiter) -> bool:
-        """Another job of this process already waits for every backend ``waiter`` could use.
-        Slots free up only by a release (which wakes a waiting job), a registry change (which
-        wakes them all) or a lost message (the re-check), so none of them has room now."""
-        return bool(waiter.eligible) and any(
-            other is not waiter and waiter.eligible <= other.eligible for other in self._waiters)
-
-    def _wake_first(self, *, skip: _Waiter | None = None) -> None:
-        ready = [w for w in self._waiters if w is not skip and not w.event.is_set()]
-        if ready:
-            waiter = min(ready, key=lambda w: (-w.priority, w.seq))
-            waiter.woken_by = _RECHECK
-            waiter.event.set()
-
     async def _recheck_forever(self) -> None:
         """Release messages wake waiting jobs one by one; should one be missed (a dropped
         subscription), the first waiting job looks again every ``recheck_s``, and a slot found
@@ -401,11 +352,7 @@ class Dispatcher:
         every candidate twice a second cost more than the dispatching itself."""
         while True:
             await asyncio.sleep(self.settings.recheck_s * (0.5 + random.random()))
-            self._wake_first()
-
-    def _wake_all(self) -> None:
-        for waiter in self._waiters:
-            waiter.event.set()
+            self._line.wake_first()
 
     # -- outcomes ------------------------------------------------------------------------------
     async def record(self, backend: str | None, job_type: str, fingerprint: str | None,

@@ -1,0 +1,95 @@
+"""The jobs of one process waiting for a capacity slot, and which of them a freed slot wakes.
+
+A release (published by Redis) wakes one waiting job that may use that backend: the first by
+priority, then arrival; with ``affinity_wait_s``, a job of the same priority that loads models the
+backend holds may go first, but no job is passed over longer than that. A registry change wakes
+them all; a re-check (a release message may have been lost) wakes the first. The line decides
+only whom to wake: the woken job asks Redis for the slot itself (``Dispatcher.acquire``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..domain.models import NO_MODELS
+
+RECHECK = "\0recheck"  # woken_by of a waiter woken to look again, not by a release
+
+
+@dataclass(eq=False)
+class SlotWaiter:
+    priority: int
+    seq: int
+    models: frozenset[str] = NO_MODELS  # what the job loads
+    eligible: frozenset[str] = frozenset()  # the backends it may use, as of its last look
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    woken_by: str | None = None  # the backend whose release woke it, or RECHECK
+    passed_over_at: float | None = None  # first time a freed slot went to a later job for its models
+
+    def rearm(self, eligible: frozenset[str]) -> None:
+        """About to look (again) for a slot on ``eligible``: forget the last wake-up."""
+        self.eligible = eligible
+        self.event.clear()
+        self.woken_by = None
+
+
+class SlotLine:
+    def __init__(self, *, affinity_wait_s: float, clock: Callable[[], float],
+                 warm_of: Callable[[str], frozenset[str]]) -> None:
+        """``warm_of(backend)``: the models that backend holds, as this process knows."""
+        self._affinity_wait_s = affinity_wait_s
+        self._clock = clock
+        self._warm_of = warm_of
+        self._seq = itertools.count()
+        self._waiters: list[SlotWaiter] = []
+
+    def join(self, priority: int, models: frozenset[str]) -> SlotWaiter:
+        waiter = SlotWaiter(priority, next(self._seq), models=models)
+        self._waiters.append(waiter)
+        return waiter
+
+    def leave(self, waiter: SlotWaiter) -> None:
+        self._waiters.remove(waiter)
+
+    def wake_one(self, name: str, *, skip: SlotWaiter | None = None) -> None:
+        """Hand a freed slot on ``name`` to the first waiting job (priority, then arrival); with
+        ``affinity_wait_s``, to a job of the same priority that loads models ``name`` holds,
+        unless the first one has been passed over that long already (so no job waits more than
+        that for the sake of another's models)."""
+        ready = [w for w in self._waiters
+                 if w is not skip and not w.event.is_set() and name in w.eligible]
+        if not ready:
+            return
+        waiter = min(ready, key=lambda w: (-w.priority, w.seq))
+        if self._affinity_wait_s > 0:
+            held = self._warm_of(name)
+            if held and not waiter.models & held:
+                warm = [w for w in ready if w.priority == waiter.priority and w.models & held]
+                now = self._clock()
+                if warm and now - (waiter.passed_over_at or now) < self._affinity_wait_s:
+                    waiter.passed_over_at = waiter.passed_over_at or now
+                    waiter = min(warm, key=lambda w: w.seq)
+        waiter.woken_by = name
+        waiter.event.set()
+
+    def wake_first(self, *, skip: SlotWaiter | None = None) -> None:
+        """Wake the first waiting job to look again (a release may have been missed)."""
+        ready = [w for w in self._waiters if w is not skip and not w.event.is_set()]
+        if ready:
+            waiter = min(ready, key=lambda w: (-w.priority, w.seq))
+            waiter.woken_by = RECHECK
+            waiter.event.set()
+
+    def wake_all(self) -> None:
+        for waiter in self._waiters:
+            waiter.event.set()
+
+    def queue_ahead(self, waiter: SlotWaiter) -> bool:
+        """Another job of this process already waits for every backend ``waiter`` could use.
+        Slots free up only by a release (which wakes a waiting job), a registry change (which
+        wakes them all) or a lost message (the re-check), so none of them has room now."""
+        return bool(waiter.eligible) and any(
+            other is not waiter and waiter.eligible <= other.eligible for other in self._waiters)
