@@ -6,10 +6,9 @@ itself is taken atomically in Redis (see ``store/fleet.py``), so the choice is e
 workers.
 
 When no slot is free the job waits here for a release (published by Redis, so it starts within
-milliseconds of a slot freeing; each release wakes one waiting job, chosen by ``slot_line.py``) up
-to ``slot_wait_s``; then the
-runner hands it back to the queue without spending an attempt. The first waiting job also looks
-again every ``recheck_s``, in case a release message was missed.
+milliseconds of a slot freeing; each release wakes one waiting job, chosen by ``slot_line.py``)
+up to ``slot_wait_s``; then the runner hands it back to the queue without spending an attempt.
+The first waiting job also looks again every ``recheck_s``, in case a release message was missed.
 
 Model affinity: what each backend holds (the models of its last successful prompt) is part of the
 snapshot; selection puts the backends holding a job's models first among equals, and with
