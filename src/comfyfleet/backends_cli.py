@@ -50,13 +50,14 @@ async def manage_backends(*, server: str, add: list[str], capacity: int, tags: l
 
 
 def show_workflow_breakers(breakers: object) -> None:
-    """The breakers of (job type, workflow shape) that have seen failures, if any."""
+    """The breakers of (job type, workflow shape, owner) that have seen failures, if any."""
     if not isinstance(breakers, list) or not breakers:
         return
     console.print("\nworkflow breakers", highlight=False)
-    print_listing(("job type", "workflow", "breaker", "failures"),
-                  [[str(b.get("job_type")), str(b.get("workflow")), str(b.get("status")), str(b.get("failures"))]
-                   for b in breakers if isinstance(b, dict)], keys=2)
+    print_listing(("job type", "workflow", "owner", "breaker", "failures"),
+                  [[str(b.get("job_type")), str(b.get("workflow")), str(b.get("owner") or "-"),
+                    str(b.get("status")), str(b.get("failures"))]
+                   for b in breakers if isinstance(b, dict)], keys=3)
 
 
 def _models(models: list[str]) -> str:

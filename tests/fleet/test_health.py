@@ -89,7 +89,45 @@ async def test_a_workflow_that_keeps_failing_trips_its_breaker_and_stops_running
                                            disable=[], enable=[], remove=[], as_json=False)
         shown = out.getvalue().splitlines()
         row = shown[shown.index("workflow breakers") + 3].split()  # its header, a rule, the row
-        assert row == ["image", listed[0]["workflow"], "open", "2"], shown
+        assert row == ["image", listed[0]["workflow"], "anonymous", "open", "2"], shown
+
+
+def failing(workflow: dict) -> dict:
+    """The same graph (same fingerprint) with a value its sampler fails on."""
+    workflow["2"]["inputs"]["fail"] = True
+    return workflow
+
+
+async def test_one_owners_failing_jobs_close_the_workflow_to_that_owner_only(valkey_url, tmp_path):
+    """Each owner's runs of a workflow feed a breaker of their own: alice's jobs failing on her
+    values opened the workflow's breaker for bob too, and his good job failed unrun."""
+    async with running_fleet(valkey_url, tmp_path, sims=1, workflow_breaker_failures=2) as fleet:
+        alice = {"metadata": {"user_id": "alice:team-1"}}
+        failed = [await fleet.wait((await fleet.submit(failing(image_workflow(2, seed=n)), **alice))["id"])
+                  for n in range(2)]
+        assert [j["error"]["code"] for j in failed] == ["node_execution_error"] * 2
+        blocked = await fleet.wait((await fleet.submit(image_workflow(2), **alice))["id"])
+        assert blocked["error"]["code"] == "circuit_open" and "alice:team-1" in blocked["error"]["message"]
+        bobs = await fleet.wait((await fleet.submit(image_workflow(2), metadata={"user_id": "bob"}))["id"])
+        assert bobs["status"] == "succeeded", bobs["error"]
+        listed = (await fleet.http.get("/api/v2/backends")).json()["workflow_breakers"]
+        assert [(b["owner"], b["status"], b["failures"]) for b in listed] == [("alice:team-1", "open", 2)]
+
+
+async def test_a_workflow_breaker_cleared_by_a_success_is_not_kept(valkey_url, tmp_path):
+    """One breaker per owner and workflow: a cleared one is deleted, not kept in the hash every
+    process reads each second."""
+    async with running_fleet(valkey_url, tmp_path, sims=1, workflow_breaker_failures=3) as fleet:
+        carol = {"metadata": {"user_id": "carol"}}
+        failed = await fleet.wait((await fleet.submit(failing(image_workflow(2)), **carol))["id"])
+        assert failed["error"]["code"] == "node_execution_error"
+        listed = (await fleet.http.get("/api/v2/backends")).json()["workflow_breakers"]
+        assert [(b["owner"], b["status"], b["failures"]) for b in listed] == [("carol", "closed", 1)]
+        fine = await fleet.wait((await fleet.submit(image_workflow(2), **carol))["id"])
+        assert fine["status"] == "succeeded", fine["error"]
+        assert (await fleet.http.get("/api/v2/backends")).json()["workflow_breakers"] == []
+        redis, keys = fleet.services.redis, fleet.services.keys
+        assert await redis.hkeys(keys.fleet_breakers) == []
 
 
 async def test_prompts_refused_for_their_values_leave_the_workflows_breaker_closed(valkey_url, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfyfleet.domain.fingerprint import workflow_fingerprint
 from comfyfleet.domain.policy import (BreakerState, BreakerStatus, CircuitBreaker, RetryPolicy,
                                       jitter_unit)
+from comfyfleet.store.fleet import WorkflowScope, workflow_breaker, workflow_scope_of
 
 BREAKER = CircuitBreaker(failure_threshold=3, window_s=10.0, cooldown_s=5.0)
 
@@ -69,3 +70,15 @@ def test_workflow_fingerprint_is_the_shape_not_the_values():
     other_graph = {**base, "2": {"class_type": "KSamplerAdvanced", "inputs": {"image": ["1", 0]}}}
     assert workflow_fingerprint(base) == workflow_fingerprint(other_values)
     assert workflow_fingerprint(base) != workflow_fingerprint(other_graph)
+
+
+def test_a_workflow_breakers_field_names_its_job_type_shape_and_owner_whatever_they_hold():
+    for scope in (WorkflowScope("image", "0123456789abcdef", "alice"),
+                  WorkflowScope("lora:sdxl", "0123456789abcdef", 'bob:"x" \\ y'),
+                  WorkflowScope("image", "0123456789abcdef", None)):
+        field_name = workflow_breaker(scope)
+        assert workflow_scope_of(field_name) == scope
+    assert workflow_breaker(WorkflowScope("image", "f", "a")) != workflow_breaker(WorkflowScope("image", "f", "b"))
+    # written before breakers were kept per owner
+    assert workflow_scope_of("workflow:image:0123456789abcdef") == WorkflowScope("image", "0123456789abcdef")
+    assert workflow_scope_of("backend:gpu-1") is None

@@ -656,7 +656,7 @@
 
     const breakers = fleet.workflow_breakers || [];
     dom.wfSection.hidden = breakers.length === 0;
-    syncRows(dom.wfBody, rows.wf, breakers, (w) => w.job_type + "\u0000" + w.workflow,
+    syncRows(dom.wfBody, rows.wf, breakers, (w) => w.job_type + "\u0000" + w.workflow + "\u0000" + (w.owner ?? ""),
       createBreakerRow, updateBreakerRow);
   }
 
@@ -760,7 +760,7 @@
   }
 
   function createBreakerRow() {
-    const row = makeRow(["jobtype", "workflow", "status", "failures", "changed"]);
+    const row = makeRow(["jobtype", "workflow", "owner", "status", "failures", "changed"]);
     row.status = el("span");
     row.cells.status.appendChild(row.status);
     row.cells.workflow.classList.add("mono");
@@ -773,6 +773,7 @@
     setText(c.jobtype, w.job_type || "—");
     setText(c.workflow, shortId(w.workflow) + (String(w.workflow || "").length > 8 ? "…" : ""));
     setTitle(c.workflow, w.workflow || "");
+    setText(c.owner, w.owner || "—");
     setBadge(row.status, w.status);
     setTitle(row.status, transitionsText(w.transitions));
     setText(c.failures, w.failures ?? 0);

@@ -35,7 +35,8 @@ from ..domain.job import Job
 from ..domain.models import NO_MODELS
 from ..domain.policy import BreakerState, CircuitBreaker
 from ..errors import StoreError
-from ..store.fleet import BackendRecord, FleetSnapshot, FleetStore, backend_breaker, workflow_breaker
+from ..store.fleet import (BackendRecord, FleetSnapshot, FleetStore, WorkflowScope, backend_breaker,
+                           workflow_breaker)
 from .selection import Roster, TypeRouting
 from .slot_line import RECHECK, SlotLine
 
@@ -218,8 +219,8 @@ class Dispatcher:
     def routing_for(self, job_type: str) -> TypeRouting:
         return self.settings.routing.get(job_type, TypeRouting())
 
-    def workflow_allows(self, job_type: str, fingerprint: str) -> bool:
-        state = self._breaker_state(workflow_breaker(job_type, fingerprint))
+    def workflow_allows(self, scope: WorkflowScope) -> bool:
+        state = self._breaker_state(workflow_breaker(scope))
         return self.settings.workflow_breaker.allows(state, self._clock())
 
     def roster(self, now: float) -> Roster:
@@ -238,7 +239,7 @@ class Dispatcher:
         return (self._snapshot.breakers if self._snapshot else {}).get(scope, BreakerState())
 
     # -- slots ---------------------------------------------------------------------------------
-    async def acquire(self, job: Job, *, fingerprint: str | None = None,
+    async def acquire(self, job: Job, *, workflow: WorkflowScope | None = None,
                       models: frozenset[str] = NO_MODELS, wait_s: float | None = None) -> Choice:
         """A backend with a slot taken for ``job`` (which loads ``models``), waiting up to
         ``wait_s`` for one."""
@@ -246,9 +247,10 @@ class Dispatcher:
             await self.refresh()
         if job.id in self._unreleased:
             await self._release_missed(job.id)
-        if fingerprint is not None and not self.workflow_allows(job.type, fingerprint):
-            return Choice(circuit_open=f"the circuit breaker of this workflow ({job.type}, "
-                                       f"{fingerprint}) is open after repeated failures")
+        if workflow is not None and not self.workflow_allows(workflow):
+            return Choice(circuit_open=f"the circuit breaker of this workflow ({workflow.job_type}, "
+                                       f"{workflow.fingerprint}) is open after repeated failures "
+                                       f"of {workflow.owner or 'its'} jobs")
         wait_s = self.settings.slot_wait_s if wait_s is None else wait_s
         until = self._clock() + wait_s
         routing = self.routing_for(job.type)
@@ -354,7 +356,7 @@ class Dispatcher:
             self._line.wake_first()
 
     # -- outcomes ------------------------------------------------------------------------------
-    async def record(self, backend: str | None, job_type: str, fingerprint: str | None,
+    async def record(self, backend: str | None, workflow: WorkflowScope | None,
                      failure_class: FailureClass | None) -> None:
         """Feed an attempt's outcome to the breakers of its backend and of its workflow."""
         try:
@@ -363,8 +365,8 @@ class Dispatcher:
                     await self.record_backend(backend, ok=False)
                 elif failure_class is None:
                     await self.record_backend(backend, ok=True)
-            if fingerprint is not None:
-                scope = workflow_breaker(job_type, fingerprint)
+            if workflow is not None:
+                scope = workflow_breaker(workflow)
                 if failure_class is FailureClass.PERMANENT:
                     await self._record(scope, self.settings.workflow_breaker, ok=False)
                 elif failure_class is None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..domain.policy import BreakerState
 from ..errors import BackendError, ComfyFleetError, JobNotFound
-from ..store.fleet import BackendHealth, BackendRecord, backend_breaker
+from ..store.fleet import BackendHealth, BackendRecord, backend_breaker, workflow_scope_of
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +41,17 @@ class FleetAdmin:
                 for name, record in snapshot.backends.items()]
 
     async def workflow_breakers(self) -> list[dict[str, Any]]:
-        """Breakers of (job type, workflow shape) that have seen failures."""
+        """Breakers of (job type, workflow shape, owner) that have seen failures."""
         snapshot = await self._fleet.snapshot()
         breaker = self._dispatcher.settings.workflow_breaker
         found = []
-        for scope, state in sorted(snapshot.breakers.items()):
-            if not scope.startswith("workflow:") or state.pristine:
+        for field_name, state in snapshot.breakers.items():
+            if (scope := workflow_scope_of(field_name)) is None or state.pristine:
                 continue
-            _, job_type, fingerprint = scope.split(":", 2)
             state = breaker.current(state, time.time())
-            found.append({"job_type": job_type, "workflow": fingerprint, **_breaker_json(state)})
-        return found
+            found.append({"job_type": scope.job_type, "workflow": scope.fingerprint, "owner": scope.owner,
+                          **_breaker_json(state)})
+        return sorted(found, key=lambda b: (b["job_type"], b["workflow"], b["owner"] or ""))
 
     async def get(self, name: str) -> dict[str, Any]:
         for item in await self.list():

@@ -3,9 +3,9 @@
 The runner asks ``take`` for a capacity slot before each new attempt and hands the slot back
 (``release``) once the prompt is over, or lets it go unreleased (``forget``) when the job is handed
 to another runner while its prompt still runs. Outcomes go to ``succeeded`` and ``failed``, which
-feed the backend's breaker and the breaker of the job's workflow shape (type + fingerprint). The
-fingerprint of each job's workflow, and the models it loads, are kept here while the job runs; a
-success tells the dispatcher which models its backend holds now.
+feed the backend's breaker and the breaker of the job's workflow shape (type + fingerprint) for
+the job's owner. The scope of each job's workflow breaker, and the models it loads, are kept here
+while the job runs; a success tells the dispatcher which models its backend holds now.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from ..domain.failures import Failure, FailureClass, FailureKind
 from ..domain.fingerprint import workflow_fingerprint
 from ..domain.job import Job
 from ..domain.models import NO_MODELS, models_of
+from ..store.fleet import WorkflowScope
 from .dispatcher import Backend, Dispatcher
 
 
@@ -37,6 +38,11 @@ RESTING_STATUSES = frozenset({429, 503})
 MAX_REST_S = 300.0
 
 
+def workflow_scope(job: Job, workflow: dict) -> WorkflowScope:
+    """The breaker a job's runs feed: its type and graph shape, for its owner alone."""
+    return WorkflowScope(job.type, workflow_fingerprint(workflow), job.owner)
+
+
 class Placement:
     def __init__(self, dispatcher: Dispatcher, *, no_slot_delay_s: float, no_backend_delay_s: float,
                  clock: Callable[[], float] = time.time) -> None:
@@ -44,16 +50,16 @@ class Placement:
         self._no_slot_delay_s = no_slot_delay_s
         self._no_backend_delay_s = no_backend_delay_s
         self._clock = clock
-        self._fingerprints: dict[str, str] = {}  # job id -> workflow fingerprint, while it runs
+        self._workflows: dict[str, WorkflowScope] = {}  # job id -> its workflow breaker, while it runs
         self._models: dict[str, frozenset[str]] = {}  # job id -> models it loads, while it runs
 
     async def take(self, job: Job, workflow: dict) -> Backend | NoPlace:
         """A slot on a backend for the job's next attempt. None free anywhere: look again
         shortly, without spending an attempt. A retry landing on the backend that just failed
         it checks that backend's health first."""
-        fingerprint = self._fingerprints[job.id] = workflow_fingerprint(workflow)
+        scope = self._workflows[job.id] = workflow_scope(job, workflow)
         models = self._models[job.id] = models_of(workflow)
-        choice = await self._dispatcher.acquire(job, fingerprint=fingerprint, models=models)
+        choice = await self._dispatcher.acquire(job, workflow=scope, models=models)
         if choice.fatal:
             return NoPlace(failure=Failure(FailureKind.NO_BACKEND, choice.fatal))
         if choice.circuit_open:
@@ -76,13 +82,13 @@ class Placement:
                 return NoPlace(run_at=self._clock() + self._no_backend_delay_s)
         return choice.backend
 
-    async def keep(self, backend: Backend, job_id: str, workflow: dict) -> None:
+    async def keep(self, backend: Backend, job: Job, workflow: dict) -> None:
         """The job runs on ``backend`` (a new attempt or a reattached one): its slot is held.
-        A new attempt's fingerprint and models were worked out by ``take`` already."""
-        if job_id not in self._fingerprints:
-            self._fingerprints[job_id] = workflow_fingerprint(workflow)
-            self._models[job_id] = models_of(workflow)
-        await self._dispatcher.hold(backend.name, job_id)
+        A new attempt's workflow scope and models were worked out by ``take`` already."""
+        if job.id not in self._workflows:
+            self._workflows[job.id] = workflow_scope(job, workflow)
+            self._models[job.id] = models_of(workflow)
+        await self._dispatcher.hold(backend.name, job.id)
 
     async def release(self, backend: str, job_id: str) -> None:
         """The prompt is over there: free the slot (idempotent)."""
@@ -93,11 +99,11 @@ class Placement:
         self._dispatcher.forget(job_id)
 
     def done(self, job_id: str) -> None:
-        self._fingerprints.pop(job_id, None)
+        self._workflows.pop(job_id, None)
         self._models.pop(job_id, None)
 
     async def succeeded(self, backend: str, job: Job) -> None:
-        await self._dispatcher.record(backend, job.type, self._fingerprints.pop(job.id, None), None)
+        await self._dispatcher.record(backend, self._workflows.pop(job.id, None), None)
         await self._dispatcher.note_warm(backend, self._models.pop(job.id, NO_MODELS))
 
     async def rest_if_asked(self, backend: str, failure: Failure) -> None:
@@ -109,7 +115,7 @@ class Placement:
     async def failed(self, job: Job, failure: Failure, failure_class: FailureClass) -> bool:
         """Free the slot, feed the breakers; False when the workflow's breaker has opened, so
         this workflow stops burning retries."""
-        fingerprint = self._fingerprints.pop(job.id, None)
+        workflow = self._workflows.pop(job.id, None)
         self._models.pop(job.id, None)
         if failure.kind in (FailureKind.NO_BACKEND, FailureKind.CIRCUIT_OPEN):
             return True  # no attempt ran: nothing to free and nothing learned
@@ -121,8 +127,8 @@ class Placement:
             return True  # nothing was sent: neither the backend nor the workflow is to blame
         if failure.kind in NOT_THE_WORKFLOWS:
             # Refused before it ran, for this job's own values or inputs (the fingerprint is
-            # the graph's shape only): counted, one user's bad input closed the workflow to all.
+            # the graph's shape only): counted, a run of one mistake closed the workflow.
             # Nothing ran, so nothing burns while the same mistake is made again.
-            fingerprint = None
-        await self._dispatcher.record(backend, job.type, fingerprint, failure_class)
-        return not fingerprint or self._dispatcher.workflow_allows(job.type, fingerprint)
+            workflow = None
+        await self._dispatcher.record(backend, workflow, failure_class)
+        return workflow is None or self._dispatcher.workflow_allows(workflow)

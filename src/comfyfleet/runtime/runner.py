@@ -215,11 +215,11 @@ class Runner:
         if submit:
             if workflow is None:
                 workflow = await self._store.workflow(job.id)
-            await self._placement.keep(backend, job.id, workflow)
+            await self._placement.keep(backend, job, workflow)
         else:  # a start-up sweep may reattach thousands: a few at a time
             async with self._attach_gate:
                 workflow = workflow or await self._store.workflow(job.id)
-                await self._placement.keep(backend, job.id, workflow)  # a reattached job keeps its slot
+                await self._placement.keep(backend, job, workflow)  # a reattached job keeps its slot
         sink = ProgressSink(self._store, self._events, job.id, apply=lambda e: self._apply(job.id, e),
                             executing=job.phase is Phase.EXECUTING,
                             throttle_s=self._settings.progress_throttle_s, clock=self._clock)
