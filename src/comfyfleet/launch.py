@@ -196,6 +196,8 @@ def maintenance_for(services: Services, settings: Settings) -> Maintenance:
                         dispatcher=services.dispatcher, clock=services.clock)
     return Maintenance(redis=services.redis, keys=services.keys, store=services.store,
                        blobs=services.blobs, queue=services.queue, recovery=recovery,
+                       fleet=services.dispatcher.fleet,
+                       workflow_breaker=services.dispatcher.settings.workflow_breaker,
                        settings=MaintenanceSettings(retention_s=settings.retention_s,
                                                     blob_grace_s=settings.blob_grace_s,
                                                     interval_s=settings.maintenance_interval_s),

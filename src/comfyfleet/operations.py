@@ -22,7 +22,8 @@ async def run_cleanup(settings: Settings, *, dry_run: bool, as_json: bool) -> No
         print(json.dumps({"dry_run": report.dry_run, "jobs_deleted": report.jobs_deleted,
                           "index_entries_repaired": report.index_entries_repaired,
                           "blobs_deleted": report.blobs_deleted, "bytes_freed": report.bytes_freed,
-                          "requeued": report.requeued}, indent=2))
+                          "requeued": report.requeued,
+                          "workflow_breakers_forgotten": report.workflow_breakers_forgotten}, indent=2))
     else:
         print(report.summary())
 

@@ -82,3 +82,15 @@ def test_a_workflow_breakers_field_names_its_job_type_shape_and_owner_whatever_t
     # written before breakers were kept per owner
     assert workflow_scope_of("workflow:image:0123456789abcdef") == WorkflowScope("image", "0123456789abcdef")
     assert workflow_scope_of("backend:gpu-1") is None
+
+
+def test_a_breaker_is_forgettable_once_nothing_in_it_would_change_a_decision():
+    breaker = CircuitBreaker(failure_threshold=3, window_s=10.0, cooldown_s=5.0)
+    assert breaker.forgettable(BreakerState(), 100.0)
+    assert not breaker.forgettable(failures(BreakerState(), 95.0), 100.0)  # one failure counts still
+    assert breaker.forgettable(failures(BreakerState(), 89.0), 100.0)  # out of the window
+    opened = failures(BreakerState(), 90.0, 91.0, 92.0)
+    assert opened.status is BreakerStatus.OPEN
+    assert not breaker.forgettable(opened, 100.0)  # half-open by now: a probe decides
+    assert not breaker.forgettable(opened, 92.0 + 5.0 + 10.0 - 0.1)
+    assert breaker.forgettable(opened, 92.0 + 5.0 + 10.0)  # left alone a cool-down and a window

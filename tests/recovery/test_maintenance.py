@@ -202,3 +202,36 @@ async def test_held_blobs_stay_until_their_hold_runs_out(services):
     assert not stale.exists() and fresh.exists()
     assert later.blobs_deleted == [held.hash]
     assert await services.redis.zcard(services.keys.blobs_held) == 0, "the ended hold is forgotten"
+
+
+async def test_idle_workflow_breakers_are_forgotten_and_live_ones_kept(services):
+    """One workflow breaker per owner and workflow that ever failed: housekeeping deletes those
+    nothing depends on any more, so the hash every process reads each second stays small."""
+    from comfyfleet.domain.policy import BreakerState, CircuitBreaker
+    from comfyfleet.store.fleet import WorkflowScope, backend_breaker, workflow_breaker
+
+    now = time.time()
+    breaker = CircuitBreaker(failure_threshold=2, window_s=300.0, cooldown_s=60.0)
+    states = {
+        workflow_breaker(WorkflowScope("image", "a" * 16, "idle")): breaker.record_failure(BreakerState(), now - 400),
+        workflow_breaker(WorkflowScope("image", "a" * 16, "recent")): breaker.record_failure(BreakerState(), now - 10),
+        workflow_breaker(WorkflowScope("image", "a" * 16, "open")): breaker.record_failure(
+            breaker.record_failure(BreakerState(), now - 30), now - 20),
+        workflow_breaker(WorkflowScope("image", "a" * 16, "long-open")): breaker.record_failure(
+            breaker.record_failure(BreakerState(), now - 3600), now - 3599),
+        backend_breaker("gpu-1"): breaker.record_failure(BreakerState(), now - 4000),
+    }
+    key = services.keys.fleet_breakers
+    await services.redis.hset(key, mapping={f: json.dumps(s.to_dict()) for f, s in states.items()})
+    housekeeping = Maintenance(redis=services.redis, keys=services.keys, store=services.store,
+                               blobs=services.blobs, fleet=services.dispatcher.fleet,
+                               workflow_breaker=breaker, clock=lambda: now)
+
+    dry = await housekeeping.run_once(dry_run=True)
+    assert dry.workflow_breakers_forgotten == 2 and len(await services.redis.hkeys(key)) == 5
+    report = await housekeeping.run_once()
+    assert report.workflow_breakers_forgotten == 2
+    assert "deleted 2 idle workflow breaker(s)" in report.summary()
+    kept = await services.redis.hkeys(key)
+    owners = sorted(json.loads(f.removeprefix("workflow:"))[2] for f in kept if f.startswith("workflow:"))
+    assert owners == ["open", "recent"] and backend_breaker("gpu-1") in kept

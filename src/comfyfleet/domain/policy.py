@@ -127,6 +127,15 @@ class CircuitBreaker:
     def allows(self, state: BreakerState, now: float) -> bool:
         return self.current(state, now).status is not BreakerStatus.OPEN
 
+    def forgettable(self, state: BreakerState, now: float) -> bool:
+        """Nothing in ``state`` would change a decision any more, so it may be dropped: closed
+        with no failure inside the window, or opened and left alone for a cool-down and a
+        window since (dropped, it counts failures afresh instead of letting one probe through)."""
+        if state.status is BreakerStatus.CLOSED:
+            return not any(now - t < self.window_s for t in state.failures)
+        last = max((state.opened_at or 0.0, state.changed_at or 0.0, *state.failures))
+        return now - last >= self.cooldown_s + self.window_s
+
     def record_success(self, state: BreakerState, now: float) -> BreakerState:
         state = self.current(state, now)
         if state.status is BreakerStatus.OPEN:

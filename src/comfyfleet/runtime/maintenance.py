@@ -10,7 +10,10 @@ One pass (``Maintenance.run_once``, also ``comfyfleet cleanup``):
    (``Keys.blobs_held``), are deleted once older than ``blob_grace_s`` (a blob written a moment
    ago may belong to a job that is being collected right now);
 4. queued jobs whose queue entry is missing (an unsynced Redis write lost in a crash) are
-   enqueued again.
+   enqueued again;
+5. workflow breakers nothing depends on any more (``CircuitBreaker.forgettable``: no failure
+   inside their window, or opened and left alone since) are deleted: there is one per owner
+   and workflow that ever failed, in a hash every process reads each second.
 
 ``loop`` runs a pass every ``interval_s``; a lock key with the same lease makes one pass per
 interval per deployment however many processes run the loop.
@@ -27,7 +30,9 @@ from dataclasses import dataclass, field
 
 from ..blobs import LocalBlobStore
 from ..domain.job import TERMINAL_STATUSES
+from ..domain.policy import CircuitBreaker
 from ..store.connection import translated
+from ..store.fleet import FleetStore
 from ..store.jobs import RedisJobStore
 from ..store.keys import Keys
 from ..store.uploads import UploadStore
@@ -51,6 +56,7 @@ class MaintenanceReport:
     blobs_deleted: list[str] = field(default_factory=list)
     bytes_freed: int = 0
     requeued: list[str] = field(default_factory=list)
+    workflow_breakers_forgotten: int = 0
     dry_run: bool = False
 
     def summary(self) -> str:
@@ -59,12 +65,14 @@ class MaintenanceReport:
                 f"{len(self.index_entries_repaired)} orphaned index entr(y/ies), "
                 f"{len(self.blobs_deleted)} orphaned blob(s) ({self.bytes_freed} bytes); "
                 f"{'would requeue' if self.dry_run else 'requeued'} {len(self.requeued)} queued job(s) "
-                f"missing from the queue")
+                f"missing from the queue; {verb} {self.workflow_breakers_forgotten} idle workflow "
+                f"breaker(s)")
 
 
 class Maintenance:
     def __init__(self, *, redis, keys: Keys, store: RedisJobStore, blobs: LocalBlobStore,  # type: ignore[no-untyped-def]
                  queue=None, recovery: Recovery | None = None,  # type: ignore[no-untyped-def]
+                 fleet: FleetStore | None = None, workflow_breaker: CircuitBreaker | None = None,
                  settings: MaintenanceSettings = MaintenanceSettings(),
                  clock: Callable[[], float] = time.time) -> None:
         self._redis = redis
@@ -73,6 +81,8 @@ class Maintenance:
         self._blobs = blobs
         self._queue = queue
         self._recovery = recovery
+        self._fleet = fleet
+        self._workflow_breaker = workflow_breaker
         self._settings = settings
         self._clock = clock
 
@@ -96,6 +106,11 @@ class Maintenance:
         if self._queue is not None and self._recovery is not None:
             report.requeued = (await self._recovery.missing_from_queue(self._queue) if dry_run
                                else await self._recovery.requeue_missing(self._queue))
+        if self._fleet is not None and self._workflow_breaker is not None:
+            breaker = self._workflow_breaker
+            forgotten = await self._fleet.forget_workflow_breakers(
+                lambda state: breaker.forgettable(state, now), dry_run=dry_run)
+            report.workflow_breakers_forgotten = len(forgotten)
         return report
 
     async def loop(self) -> None:

@@ -190,6 +190,7 @@ class FleetStore:
         self.lease_ttl_s = lease_ttl_s
         self._acquire = redis.register_script(_script("lease_acquire.lua"))
         self._release = redis.register_script(_script("lease_release.lua"))
+        self._hdel_if_unchanged = redis.register_script(_script("hdel_if_unchanged.lua"))
         self._last_parsed: dict[str, dict[str, Any]] = {}  # kind -> stored text -> parsed value
 
     @property
@@ -400,6 +401,26 @@ class FleetStore:
         if new.status != old.status:
             await self.notify_changed()
         return old, new
+
+    async def forget_workflow_breakers(self, forgettable: Callable[[BreakerState], bool], *,
+                                       dry_run: bool = False) -> list[WorkflowScope]:
+        """Delete the workflow breakers ``forgettable`` says nothing depends on any more (one
+        per owner and workflow that ever failed would otherwise pile up in a hash every process
+        reads each second). Each goes only if unchanged since it was read."""
+        key = self._keys.fleet_breakers
+        forgotten: list[WorkflowScope] = []
+        with translated(self._redis, "forgetting idle workflow breakers"):
+            async for field_name, raw in self._redis.hscan_iter(key, match=WORKFLOW_SCOPE + "*", count=500):
+                scope = workflow_scope_of(field_name)
+                try:
+                    state = BreakerState.from_dict(json.loads(raw))
+                except (ValueError, TypeError, KeyError):
+                    state = BreakerState()  # unreadable: nothing can depend on it
+                if scope is None or not forgettable(state):
+                    continue
+                if dry_run or await self._hdel_if_unchanged(keys=[key], args=[field_name, raw]):
+                    forgotten.append(scope)
+        return forgotten
 
     # -- capacity leases -----------------------------------------------------------------------
     async def acquire(self, candidates: Sequence[tuple[str, int, int]], holder: str,
