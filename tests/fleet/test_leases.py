@@ -165,7 +165,7 @@ async def test_the_kept_roster_follows_a_breaker_opening_here_and_its_cool_down_
         await dispatcher.start()
         try:
             assert set(await chosen(4)) == {"a", "b"}  # equals take turns
-            await dispatcher.record_backend("a", ok=False)  # opens a's breaker
+            await dispatcher.memory.record_backend("a", ok=False)  # opens a's breaker
             assert await chosen(4) == ["b"] * 4  # before the change comes back by pubsub
             await asyncio.sleep(0.5)  # it has: the snapshot is re-read, the roster made anew
             assert await chosen(2) == ["b"] * 2

@@ -72,8 +72,8 @@ async def test_a_backend_that_goes_down_forgets_its_models_one_that_stays_up_kee
         try:
             monitor = HealthMonitor(dispatcher, settings=HealthSettings(interval_s=60.0, timeout_s=0.5), owner="w")
             await monitor.round()  # both healthy
-            await dispatcher.note_warm("up", sdxl)
-            await dispatcher.note_warm("gone", sdxl)
+            await dispatcher.memory.note_warm("up", sdxl)
+            await dispatcher.memory.note_warm("gone", sdxl)
             assert (await fleet.snapshot()).warm == {"up": sdxl, "gone": sdxl}
             gone.faults.update({"slow_response_s": 5.0})  # hangs past the check timeout
             await monitor.check("up")
@@ -100,7 +100,7 @@ async def test_a_job_waits_a_while_for_the_busy_backend_holding_its_model_then_t
         dispatcher = Dispatcher(fleet, http=http, settings=settings)
         await dispatcher.start()
         try:
-            await dispatcher.note_warm("warm", sdxl)
+            await dispatcher.memory.note_warm("warm", sdxl)
 
             def job(job_id: str) -> Job:
                 return Job(id=job_id, status=JobStatus.QUEUED, created_at=0.0)
@@ -154,7 +154,7 @@ async def test_a_freed_backend_goes_to_a_job_loading_its_model_unless_the_first_
             return served
 
         try:
-            await dispatcher.note_warm("solo", sdxl)
+            await dispatcher.memory.note_warm("solo", sdxl)
             assert (await dispatcher.acquire(job("busy"), models=sdxl, wait_s=0)).backend.name == "solo"
             waiting["a"] = asyncio.create_task(dispatcher.acquire(job("a"), models=frozenset({CHECKPOINTS[1]})))
             await asyncio.sleep(0.1)

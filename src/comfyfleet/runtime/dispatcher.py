@@ -10,6 +10,9 @@ milliseconds of a slot freeing; each release wakes one waiting job, chosen by ``
 up to ``slot_wait_s``; then the runner hands it back to the queue without spending an attempt.
 The first waiting job also looks again every ``recheck_s``, in case a release message was missed.
 
+What attempts and health checks teach (breakers, warm models, rests) is noted by
+``fleet_memory.py`` (``Dispatcher.memory``), in Redis and in this process's snapshot.
+
 Model affinity: what each backend holds (the models of its last successful prompt) is part of the
 snapshot; selection puts the backends holding a job's models first among equals, and with
 ``affinity_wait_s`` a job may wait a bounded time for one of them (see ``DispatchSettings``).
@@ -30,20 +33,18 @@ import aiohttp
 
 from ..comfy.client import ComfyClient
 from ..comfy.transport import open_session
-from ..domain.failures import FailureClass
 from ..domain.job import Job
 from ..domain.models import NO_MODELS
-from ..domain.policy import BreakerState, CircuitBreaker
+from ..domain.policy import CircuitBreaker
 from ..errors import StoreError
-from ..store.fleet import (BackendRecord, FleetSnapshot, FleetStore, WorkflowScope, backend_breaker,
-                           workflow_breaker)
+from ..store.fleet import BackendRecord, FleetSnapshot, FleetStore, WorkflowScope
+from .fleet_memory import FleetMemory
 from .selection import Roster, TypeRouting
 from .slot_line import RECHECK, SlotLine
 
 log = logging.getLogger(__name__)
 
 UNRELEASED_RETRY_S = 0.5
-REST_SLACK_S = 1.0  # a backend's rest known to end this close to a new one is not written again
 
 
 @dataclass(slots=True)
@@ -101,7 +102,13 @@ class Dispatcher:
         self._roster: Roster | None = None  # made from the snapshot when first needed
         self._backends: dict[str, Backend] = {}
         self._turn = itertools.count()
-        self._line = SlotLine(affinity_wait_s=settings.affinity_wait_s, clock=clock, warm_of=self._warm_of)
+        # what outcomes and health checks teach: written for all, patched into the snapshot here
+        self.memory = FleetMemory(fleet, backend_breaker=settings.backend_breaker,
+                                  workflow_breaker=settings.workflow_breaker,
+                                  model_affinity=settings.model_affinity,
+                                  snapshot=lambda: self._snapshot, changed=self._fleet_changed, clock=clock)
+        self._line = SlotLine(affinity_wait_s=settings.affinity_wait_s, clock=clock,
+                              warm_of=self.memory.warm_of)
         self._held: dict[str, str] = {}  # holder (job id) -> backend name
         # holder -> backend: slot releases the store missed (it was away), retried every
         # half second so the slot frees when it is back, not when its lease runs out (30 s)
@@ -219,10 +226,6 @@ class Dispatcher:
     def routing_for(self, job_type: str) -> TypeRouting:
         return self.settings.routing.get(job_type, TypeRouting())
 
-    def workflow_allows(self, scope: WorkflowScope) -> bool:
-        state = self._breaker_state(workflow_breaker(scope))
-        return self.settings.workflow_breaker.allows(state, self._clock())
-
     def roster(self, now: float) -> Roster:
         """The fleet as selection sees it at ``now`` (made again after a refresh, a breaker
         change, or the end of an open breaker's cool-down)."""
@@ -232,11 +235,9 @@ class Dispatcher:
             roster = self._roster = Roster.of(self._snapshot, self.settings.backend_breaker, now)
         return roster
 
-    def _warm_of(self, name: str) -> frozenset[str]:
-        return self._snapshot.warm.get(name, NO_MODELS) if self._snapshot is not None else NO_MODELS
-
-    def _breaker_state(self, scope: str) -> BreakerState:
-        return (self._snapshot.breakers if self._snapshot else {}).get(scope, BreakerState())
+    def _fleet_changed(self) -> None:
+        """What this process knows of the fleet changed (a lesson noted): make the roster again."""
+        self._roster = None
 
     # -- slots ---------------------------------------------------------------------------------
     async def acquire(self, job: Job, *, workflow: WorkflowScope | None = None,
@@ -247,7 +248,7 @@ class Dispatcher:
             await self.refresh()
         if job.id in self._unreleased:
             await self._release_missed(job.id)
-        if workflow is not None and not self.workflow_allows(workflow):
+        if workflow is not None and not self.memory.workflow_allows(workflow):
             return Choice(circuit_open=f"the circuit breaker of this workflow ({workflow.job_type}, "
                                        f"{workflow.fingerprint}) is open after repeated failures "
                                        f"of {workflow.owner or 'its'} jobs")
@@ -354,75 +355,3 @@ class Dispatcher:
         while True:
             await asyncio.sleep(self.settings.recheck_s * (0.5 + random.random()))
             self._line.wake_first()
-
-    # -- outcomes ------------------------------------------------------------------------------
-    async def record(self, backend: str | None, workflow: WorkflowScope | None,
-                     failure_class: FailureClass | None) -> None:
-        """Feed an attempt's outcome to the breakers of its backend and of its workflow."""
-        try:
-            if backend is not None:
-                if failure_class in (FailureClass.TRANSIENT, FailureClass.FATAL):
-                    await self.record_backend(backend, ok=False)
-                elif failure_class is None:
-                    await self.record_backend(backend, ok=True)
-            if workflow is not None:
-                scope = workflow_breaker(workflow)
-                if failure_class is FailureClass.PERMANENT:
-                    await self._record(scope, self.settings.workflow_breaker, ok=False)
-                elif failure_class is None:
-                    await self._record(scope, self.settings.workflow_breaker, ok=True)
-        except StoreError as exc:
-            log.warning("fleet: could not record an outcome on %s: %s", backend, exc)
-
-    async def note_warm(self, name: str, models: frozenset[str]) -> None:
-        """A prompt loading ``models`` succeeded on ``name``: they are loaded there now. Written
-        only when that changes what the fleet knows (a run of like jobs writes nothing)."""
-        if not models or not self.settings.model_affinity or self._snapshot is None:
-            return
-        if self._snapshot.warm.get(name, NO_MODELS) == models:
-            return
-        try:
-            await self.fleet.set_warm(name, models)
-        except StoreError as exc:  # a hint only: the next success writes it again
-            log.warning("fleet: could not record the models of %s: %s", name, exc)
-            return
-        self._snapshot.warm[name] = models
-        self._roster = None
-
-    async def forget_warm(self, name: str) -> None:
-        """``name`` went down: whatever it held may be gone (a restarted ComfyUI holds nothing).
-        Written whatever this process's snapshot says (it may be a second behind)."""
-        await self.fleet.set_warm(name, NO_MODELS)
-        if self._snapshot is not None and self._snapshot.warm.pop(name, None) is not None:
-            self._roster = None
-
-    async def rest(self, name: str, until: float) -> None:
-        """Send ``name`` nothing until ``until`` (it answered 429/503 with Retry-After), here at
-        once and in every other dispatcher with the next snapshot. A rest already known to end
-        about then is not written again (a refused submit reports it twice: before its slot is
-        given back, and with the attempt's failure)."""
-        if self._snapshot is not None and self._snapshot.resting.get(name, 0.0) >= until - REST_SLACK_S:
-            return
-        try:
-            await self.fleet.rest(name, until)
-        except StoreError as exc:
-            log.warning("fleet: could not record the Retry-After of %s: %s", name, exc)
-        if self._snapshot is not None:
-            self._snapshot.resting[name] = until
-            self._roster = None
-
-    async def record_backend(self, name: str, *, ok: bool) -> None:
-        await self._record(backend_breaker(name), self.settings.backend_breaker, ok=ok)
-
-    async def _record(self, scope: str, breaker: CircuitBreaker, *, ok: bool) -> None:
-        now = self._clock()
-        if ok and self._breaker_state(scope).pristine:
-            return  # nothing to clear: no write on the hot path
-        change = (lambda s: breaker.record_success(s, now)) if ok else (lambda s: breaker.record_failure(s, now))
-        old, new = await self.fleet.update_breaker(scope, change)
-        if new.status != old.status:
-            log.warning("circuit breaker %s: %s -> %s", scope, old.status.value, new.status.value)
-        if self._snapshot is not None:
-            self._snapshot.breakers[scope] = new
-            self._roster = None
-

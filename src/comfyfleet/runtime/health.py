@@ -115,8 +115,8 @@ class HealthMonitor:
         if changed:
             log.info("backend %s: %s -> %s", name, previous.state, health.state)
             if health.state == "down":
-                await self._dispatcher.forget_warm(name)
-        await self._dispatcher.record_backend(name, ok=health.state != "down")
+                await self._dispatcher.memory.forget_warm(name)
+        await self._dispatcher.memory.record_backend(name, ok=health.state != "down")
         return health
 
     def _judge(self, stats: dict, queue, latency_ms: float) -> BackendHealth:

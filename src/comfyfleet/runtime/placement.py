@@ -103,14 +103,14 @@ class Placement:
         self._models.pop(job_id, None)
 
     async def succeeded(self, backend: str, job: Job) -> None:
-        await self._dispatcher.record(backend, self._workflows.pop(job.id, None), None)
-        await self._dispatcher.note_warm(backend, self._models.pop(job.id, NO_MODELS))
+        await self._dispatcher.memory.record(backend, self._workflows.pop(job.id, None), None)
+        await self._dispatcher.memory.note_warm(backend, self._models.pop(job.id, NO_MODELS))
 
     async def rest_if_asked(self, backend: str, failure: Failure) -> None:
         """A 429/503 with Retry-After: send ``backend`` nothing until then. Called before its
         slot is given back, so no job waiting for the slot is sent there."""
         if failure.retry_after_s and failure.status_code in RESTING_STATUSES:
-            await self._dispatcher.rest(backend, self._clock() + min(failure.retry_after_s, MAX_REST_S))
+            await self._dispatcher.memory.rest(backend, self._clock() + min(failure.retry_after_s, MAX_REST_S))
 
     async def failed(self, job: Job, failure: Failure, failure_class: FailureClass) -> bool:
         """Free the slot, feed the breakers; False when the workflow's breaker has opened, so
@@ -130,5 +130,5 @@ class Placement:
             # the graph's shape only): counted, a run of one mistake closed the workflow.
             # Nothing ran, so nothing burns while the same mistake is made again.
             workflow = None
-        await self._dispatcher.record(backend, workflow, failure_class)
-        return workflow is None or self._dispatcher.workflow_allows(workflow)
+        await self._dispatcher.memory.record(backend, workflow, failure_class)
+        return workflow is None or self._dispatcher.memory.workflow_allows(workflow)

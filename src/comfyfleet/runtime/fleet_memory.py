@@ -1,0 +1,122 @@
+"""What attempts and health checks teach the fleet: breaker outcomes, warm models and rests.
+
+Each lesson is written to Redis for every process, and into this process's fleet snapshot at
+once (its next re-read would bring it a second later, and a job dispatched meanwhile would not
+know). The dispatcher owns the snapshot; this module only patches it and says so (``changed``),
+so the dispatcher makes its roster again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from ..domain.failures import FailureClass
+from ..domain.models import NO_MODELS
+from ..domain.policy import BreakerState, CircuitBreaker
+from ..errors import StoreError
+from ..store.fleet import FleetSnapshot, FleetStore, WorkflowScope, backend_breaker, workflow_breaker
+
+log = logging.getLogger(__name__)
+
+REST_SLACK_S = 1.0  # a backend's rest known to end this close to a new one is not written again
+
+
+class FleetMemory:
+    def __init__(self, fleet: FleetStore, *, backend_breaker: CircuitBreaker,
+                 workflow_breaker: CircuitBreaker, model_affinity: bool,
+                 snapshot: Callable[[], FleetSnapshot | None], changed: Callable[[], None],
+                 clock: Callable[[], float]) -> None:
+        self._fleet = fleet
+        self._backend_breaker = backend_breaker
+        self._workflow_breaker = workflow_breaker
+        self._model_affinity = model_affinity
+        self._snapshot = snapshot
+        self._changed = changed
+        self._clock = clock
+
+    # -- reads ---------------------------------------------------------------------------------
+    def workflow_allows(self, scope: WorkflowScope) -> bool:
+        return self._workflow_breaker.allows(self._breaker_state(workflow_breaker(scope)), self._clock())
+
+    def warm_of(self, name: str) -> frozenset[str]:
+        snapshot = self._snapshot()
+        return snapshot.warm.get(name, NO_MODELS) if snapshot is not None else NO_MODELS
+
+    def _breaker_state(self, scope: str) -> BreakerState:
+        snapshot = self._snapshot()
+        return (snapshot.breakers if snapshot else {}).get(scope, BreakerState())
+
+    # -- outcomes ------------------------------------------------------------------------------
+    async def record(self, backend: str | None, workflow: WorkflowScope | None,
+                     failure_class: FailureClass | None) -> None:
+        """Feed an attempt's outcome to the breakers of its backend and of its workflow."""
+        try:
+            if backend is not None:
+                if failure_class in (FailureClass.TRANSIENT, FailureClass.FATAL):
+                    await self.record_backend(backend, ok=False)
+                elif failure_class is None:
+                    await self.record_backend(backend, ok=True)
+            if workflow is not None:
+                scope = workflow_breaker(workflow)
+                if failure_class is FailureClass.PERMANENT:
+                    await self._record(scope, self._workflow_breaker, ok=False)
+                elif failure_class is None:
+                    await self._record(scope, self._workflow_breaker, ok=True)
+        except StoreError as exc:
+            log.warning("fleet: could not record an outcome on %s: %s", backend, exc)
+
+    async def record_backend(self, name: str, *, ok: bool) -> None:
+        await self._record(backend_breaker(name), self._backend_breaker, ok=ok)
+
+    async def _record(self, scope: str, breaker: CircuitBreaker, *, ok: bool) -> None:
+        now = self._clock()
+        if ok and self._breaker_state(scope).pristine:
+            return  # nothing to clear: no write on the hot path
+        change = (lambda s: breaker.record_success(s, now)) if ok else (lambda s: breaker.record_failure(s, now))
+        old, new = await self._fleet.update_breaker(scope, change)
+        if new.status != old.status:
+            log.warning("circuit breaker %s: %s -> %s", scope, old.status.value, new.status.value)
+        if (snapshot := self._snapshot()) is not None:
+            snapshot.breakers[scope] = new
+            self._changed()
+
+    async def note_warm(self, name: str, models: frozenset[str]) -> None:
+        """A prompt loading ``models`` succeeded on ``name``: they are loaded there now. Written
+        only when that changes what the fleet knows (a run of like jobs writes nothing)."""
+        snapshot = self._snapshot()
+        if not models or not self._model_affinity or snapshot is None:
+            return
+        if snapshot.warm.get(name, NO_MODELS) == models:
+            return
+        try:
+            await self._fleet.set_warm(name, models)
+        except StoreError as exc:  # a hint only: the next success writes it again
+            log.warning("fleet: could not record the models of %s: %s", name, exc)
+            return
+        snapshot.warm[name] = models
+        self._changed()
+
+    async def forget_warm(self, name: str) -> None:
+        """``name`` went down: whatever it held may be gone (a restarted ComfyUI holds nothing).
+        Written whatever this process's snapshot says (it may be a second behind)."""
+        await self._fleet.set_warm(name, NO_MODELS)
+        snapshot = self._snapshot()
+        if snapshot is not None and snapshot.warm.pop(name, None) is not None:
+            self._changed()
+
+    async def rest(self, name: str, until: float) -> None:
+        """Send ``name`` nothing until ``until`` (it answered 429/503 with Retry-After), here at
+        once and in every other dispatcher with the next snapshot. A rest already known to end
+        about then is not written again (a refused submit reports it twice: before its slot is
+        given back, and with the attempt's failure)."""
+        snapshot = self._snapshot()
+        if snapshot is not None and snapshot.resting.get(name, 0.0) >= until - REST_SLACK_S:
+            return
+        try:
+            await self._fleet.rest(name, until)
+        except StoreError as exc:
+            log.warning("fleet: could not record the Retry-After of %s: %s", name, exc)
+        if (snapshot := self._snapshot()) is not None:
+            snapshot.resting[name] = until
+            self._changed()
