@@ -249,9 +249,9 @@ class Dispatcher:
         if job.id in self._unreleased:
             await self._release_missed(job.id)
         if workflow is not None and not self.memory.workflow_allows(workflow):
+            whose = f" of jobs owned by {workflow.owner}" if workflow.owner else ""
             return Choice(circuit_open=f"the circuit breaker of this workflow ({workflow.job_type}, "
-                                       f"{workflow.fingerprint}) is open after repeated failures "
-                                       f"of {workflow.owner or 'its'} jobs")
+                                       f"{workflow.fingerprint}) is open after repeated failures{whose}")
         wait_s = self.settings.slot_wait_s if wait_s is None else wait_s
         until = self._clock() + wait_s
         routing = self.routing_for(job.type)
