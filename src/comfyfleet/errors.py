@@ -6,6 +6,7 @@
     │   └── ConcurrentUpdate        a job record changed under us (version or status mismatch)
     ├── BackendError                anything a ComfyUI server did wrong or could not do
     │   ├── BackendUnavailable      connection refused/reset, DNS, HTTP 502/503/504/429
+    │   │   └── BackendRefused      no connection made at all: nothing of the request was sent
     │   ├── BackendTimeout          no answer in time
     │   ├── BackendProtocolError    an answer we cannot understand
     │   └── PromptRejected          POST /prompt refused the workflow (node_errors)
@@ -51,6 +52,11 @@ class BackendError(ComfyFleetError):
 
 class BackendUnavailable(BackendError):
     """The backend could not be reached or said it cannot serve now."""
+
+
+class BackendRefused(BackendUnavailable):
+    """No connection could be made (refused, no route, name unknown, TLS handshake failed):
+    nothing of the request reached the server."""
 
 
 class BackendTimeout(BackendError):

@@ -9,7 +9,7 @@ from datetime import datetime
 
 from comfyfleet.domain.policy import RetryPolicy, jitter_unit
 from comfyfleet.sim import SimConfig
-from helpers.fleet import image_workflow, running_fleet
+from helpers.fleet import free_port, image_workflow, running_fleet
 
 RETRY_AFTER_S = 0.3
 FAILING = {"2": {"class_type": "SimFailingNode", "inputs": {"image": ["1", 0], "message": "bad model"}}}
@@ -107,3 +107,26 @@ async def test_a_backend_asking_to_be_left_alone_gets_nothing_until_its_retry_af
         gaps = [later - earlier for earlier, later in zip(refused, refused[1:])]
         assert all(gap >= 3.0 for gap in gaps), f"sent there within its Retry-After: {gaps}"
         assert len(refused) <= 2  # once, and perhaps once more after the 3 s
+
+
+async def test_a_prompt_that_could_not_be_sent_moves_on_at_once(valkey_url, tmp_path):
+    """A backend no connection can be made to (a new one with a wrong URL, not yet found down by
+    a health check) refuses before anything is sent: the attempt fails there and then and the
+    job goes elsewhere. It was taken for a prompt whose answer was lost, and the job waited out
+    the unreachable grace (here 600 s, so the wait below would run out) for a prompt that was
+    never sent."""
+    async with running_fleet(valkey_url, tmp_path, sims=1, health_interval_s=600,
+                             tracker_unreachable_grace_s=600) as fleet:
+        ghost = await fleet.http.post("/api/v2/backends", json={"name": "ghost",
+                                                                 "url": f"http://127.0.0.1:{free_port()}"})
+        assert ghost.status_code == 201, ghost.text
+        async with asyncio.timeout(5):
+            while "ghost" not in fleet.services.dispatcher.snapshot.backends:
+                await asyncio.sleep(0.05)
+        jobs = [await fleet.wait((await fleet.submit(image_workflow(1, seed=n)))["id"], timeout_s=30)
+                for n in range(4)]
+    assert [j["status"] for j in jobs] == ["succeeded"] * 4
+    sent_to_ghost = [a for j in jobs for a in j["attempts"] if a["backend"] == "ghost"]
+    assert sent_to_ghost, "round-robin sent no job to the unreachable backend"
+    assert all(a["failure_class"] == "transient" and "cannot connect" in a["message"]
+               for a in sent_to_ghost), sent_to_ghost

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from ..errors import BackendError, BackendTimeout, BackendUnavailable
+from ..errors import BackendError, BackendRefused, BackendTimeout, BackendUnavailable
 
 KEEPALIVE_S = 30.0  # an idle pooled connection is closed after this long
 
@@ -51,6 +51,8 @@ def translate(exc: BaseException, backend: str) -> BackendError:
         return BackendTimeout(f"{backend}: timed out ({kind})", backend=backend)
     if isinstance(exc, aiohttp.InvalidURL):
         return BackendError(f"{backend}: invalid URL {exc}", backend=backend)
+    if isinstance(exc, aiohttp.ClientConnectorError):  # raised only while connecting: nothing sent
+        return BackendRefused(f"{backend}: cannot connect to the server ({kind}: {exc})", backend=backend)
     if isinstance(exc, TRANSPORT_ERRORS):
         return BackendUnavailable(f"{backend}: cannot reach the server ({kind}: {exc})", backend=backend)
     return BackendError(f"{backend}: {kind}: {exc}", backend=backend)

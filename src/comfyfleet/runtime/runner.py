@@ -25,7 +25,7 @@ from ..domain.failures import Failure, FailureKind, classify, error_code
 from ..domain.job import Attempt, Job, JobError, JobStatus, Output, Phase, Progress
 from ..domain.policy import RetryPolicy, jitter_unit
 from ..domain.progress import ProgressModel, node_weights_for
-from ..errors import (BackendError, BackendProtocolError, BackendTimeout, BackendUnavailable,
+from ..errors import (BackendError, BackendProtocolError, BackendRefused, BackendTimeout, BackendUnavailable,
                       InvalidTransition, PromptRejected, StoreError)
 from ..ports import BlobStore, JobStore
 from ..store.claims import ClaimLost
@@ -308,6 +308,8 @@ class Runner:
             return Failure(FailureKind.PROMPT_REJECTED, str(exc), status_code=400,
                            exception_type=exc.error_type, node_errors=exc.node_errors,
                            node_id=node_id, node_type=node.get("class_type") if isinstance(node, dict) else None)
+        except BackendRefused as exc:  # no connection was made: the prompt was never sent
+            return failure_of_error(exc)
         except (BackendTimeout, BackendUnavailable, BackendProtocolError) as exc:
             if exc.status_code is not None:
                 return failure_of_error(exc)
