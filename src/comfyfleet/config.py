@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     backends_file: Path | None = None  # TOML: [[backends]] and [job_types.*] (see fleetfile.py)
     api_keys_file: Path | None = None  # TOML: [[keys]] owner, role, sha256 (see apikeys.py); None: open
     health_interval_s: float = Field(5.0, gt=0)
+    # Refuse (422) a workflow naming a node class no backend's /object_info lists, read again
+    # this often and whenever a backend comes up
+    check_node_classes: bool = True
+    node_catalog_refresh_s: float = Field(600.0, ge=1)
     breaker_failures: int = Field(5, ge=1)
     breaker_cooldown_s: float = Field(30.0, ge=0)
     workflow_breaker_failures: int = Field(5, ge=1)  # per (job type, workflow shape)

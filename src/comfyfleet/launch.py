@@ -24,6 +24,7 @@ import uvicorn
 from redis import exceptions as rex
 
 from .api.app import ApiServices, ApiSettings, create_app
+from .api.node_classes import check_node_classes
 from .apikeys import KeyRing
 from .comfy.tracker import TrackerSettings
 from .config import Settings, check_data_dir, check_redis_url, without_password
@@ -134,6 +135,10 @@ def build_app(services: Services, settings: Settings):
         return {"max_attempts": retry.max_attempts if retry else policy.max_attempts,
                 "deadline_s": policy.deadline_s}
 
+    async def check_classes(workflow: dict) -> None:
+        snapshot = services.dispatcher.snapshot
+        await check_node_classes(workflow, services.node_catalogs, snapshot.backends if snapshot else ())
+
     api_services = ApiServices(store=services.store, events=services.events, blobs=services.blobs,
                                enqueue=enqueue, cancel_running=cancel_running, health=health,
                                job_defaults=job_defaults, clock=services.clock,
@@ -141,7 +146,8 @@ def build_app(services: Services, settings: Settings):
                                fleet=FleetAdmin(services),
                                readings=lambda: read_deployment(services),
                                keys=KeyRing(settings.api_keys_file).lookup if settings.api_keys_file else None,
-                               uploads=services.uploads, partner_keys=services.partner_keys)
+                               uploads=services.uploads, partner_keys=services.partner_keys,
+                               check_node_classes=check_classes if settings.check_node_classes else None)
     api_settings = ApiSettings(public_base_url=settings.base_url,
                                max_workflow_bytes=settings.max_workflow_bytes,
                                max_workflow_nodes=settings.max_workflow_nodes,
@@ -153,8 +159,9 @@ def build_app(services: Services, settings: Settings):
 
 def build_worker(services: Services, settings: Settings) -> Worker:
     worker_id = _worker_id()
-    health = HealthMonitor(services.dispatcher, owner=worker_id,
-                           settings=HealthSettings(interval_s=settings.health_interval_s))
+    health = HealthMonitor(services.dispatcher, owner=worker_id, catalogs=services.node_catalogs,
+                           settings=HealthSettings(interval_s=settings.health_interval_s,
+                                                   node_catalog_refresh_s=settings.node_catalog_refresh_s))
     services.dispatcher.health = health
     health.start()
     runner = Runner(store=services.store, events=services.events, blobs=services.blobs,
@@ -198,6 +205,7 @@ def maintenance_for(services: Services, settings: Settings) -> Maintenance:
                        blobs=services.blobs, queue=services.queue, recovery=recovery,
                        fleet=services.dispatcher.fleet,
                        workflow_breaker=services.dispatcher.settings.workflow_breaker,
+                       node_catalogs=services.node_catalogs,
                        settings=MaintenanceSettings(retention_s=settings.retention_s,
                                                     blob_grace_s=settings.blob_grace_s,
                                                     interval_s=settings.maintenance_interval_s),

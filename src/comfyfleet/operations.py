@@ -23,7 +23,8 @@ async def run_cleanup(settings: Settings, *, dry_run: bool, as_json: bool) -> No
                           "index_entries_repaired": report.index_entries_repaired,
                           "blobs_deleted": report.blobs_deleted, "bytes_freed": report.bytes_freed,
                           "requeued": report.requeued,
-                          "workflow_breakers_forgotten": report.workflow_breakers_forgotten}, indent=2))
+                          "workflow_breakers_forgotten": report.workflow_breakers_forgotten,
+                          "node_sets_deleted": report.node_sets_deleted}, indent=2))
     else:
         print(report.summary())
 

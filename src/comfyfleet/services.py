@@ -20,6 +20,7 @@ from .store.events import EventBus
 from .store.fleet import BackendRecord, FleetStore
 from .store.jobs import RedisJobStore
 from .store.keys import Keys
+from .store.node_catalogs import NodeCatalogs
 from .store.partner_keys import PartnerKeyHolder, PartnerKeys
 from .store.uploads import UploadStore
 
@@ -49,6 +50,7 @@ class Services:
     dispatcher: Dispatcher
     http: aiohttp.ClientSession
     fleet: FleetStore
+    node_catalogs: NodeCatalogs  # which node classes each backend has
     uploads: UploadStore
     partner_keys: PartnerKeyHolder  # the keys of jobs this process accepted (API)
     partner_asks: PartnerKeys  # asking for a job's key (workers)
@@ -88,6 +90,7 @@ async def open_services(config: ServiceConfig) -> AsyncIterator[Services]:
         stack.push_async_callback(partner_asks.close)
         yield Services(config=config, redis=redis, keys=keys, store=store, events=events,
                        cancels=cancels, blobs=blobs, queue=queue, dispatcher=dispatcher, http=http, fleet=fleet,
+                       node_catalogs=NodeCatalogs(redis, keys),
                        uploads=UploadStore(redis, keys), partner_keys=partner_keys,
                        partner_asks=partner_asks)
 

@@ -32,10 +32,10 @@ async def test_counters_match_the_job_records_and_gauges_the_fleet(valkey_url, t
         fleet.sims[0].faults.update({"http_error_status": 503, "http_error_rate": 1.0,
                                      "http_error_paths": ["POST /prompt"], "retry_after_s": 0})
         for sim in fleet.sims:
-            sim.faults.update({"fail_class_type": "SaveBroken"})
+            sim.faults.update({"fail_class_type": "SaveAnimatedWEBP"})
         ids = [(await fleet.submit(image_workflow(2, seed=n)))["id"] for n in range(4)]
         ids.append((await fleet.submit(image_workflow(2, extra_node={
-            "9": {"class_type": "SaveBroken", "inputs": {"image": ["2", 0]}}})))["id"])
+            "9": {"class_type": "SaveAnimatedWEBP", "inputs": {"image": ["2", 0]}}})))["id"])
         jobs = [await fleet.wait(job_id, timeout_s=60) for job_id in ids]
         response = await fleet.http.get("/metrics")
 

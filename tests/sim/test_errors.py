@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import httpx
 from sim_helpers import submit, workflow
+
+from comfyfleet.sim import SimConfig, Simulator
+from helpers.traces import trace_lines
 
 OOM_TIP = "This error means you ran out of memory on your GPU."
 
@@ -115,3 +119,23 @@ async def test_validation_errors(sim, http):
     assert (await http.get(f"/history/{prompt_id}")).json()[prompt_id]["prompt"][4] == ["3"]
     assert (await http.get("/prompt")).json() == {"exec_info": {"queue_remaining": 0}}
     assert r.json()["number"] == 5  # the counter advanced on every parsed request, failed ones too
+
+
+async def test_a_node_class_the_server_lacks_is_refused_as_comfyui_refuses_it(http):
+    """Trace 05 (`unknown_class_type`): the same request gets the same 400 body."""
+    captured = next(line for line in trace_lines("05_validation_failure.jsonl")
+                    if line.get("label") == "unknown_class_type")
+    r = await http.post("/prompt", json=captured["req"])
+    assert (r.status_code, r.json()) == (captured["status"], captured["resp"])
+
+
+async def test_object_info_lists_the_configured_node_classes():
+    config = SimConfig(step_s=0.01, node_classes=("EmptyImage", "SaveImage", "KSampler"))
+    async with Simulator(config) as sim, httpx.AsyncClient(base_url=sim.url, timeout=5) as http:
+        info = (await http.get("/object_info")).json()
+        assert sorted(info) == ["EmptyImage", "KSampler", "SaveImage"]
+        assert info["SaveImage"]["output_node"] is True and info["KSampler"]["output_node"] is False
+        refused = await http.post("/prompt", json={"prompt": workflow(steps=1)})  # SimSlowPassthrough
+        assert refused.json()["error"]["message"] == "Cannot execute because node SimSlowPassthrough does not exist."
+    async with Simulator(SimConfig(step_s=0.01)) as sim, httpx.AsyncClient(base_url=sim.url, timeout=5) as http:
+        assert {"KSampler", "SimSlowPassthrough", "OrchSlowPassthrough"} <= set((await http.get("/object_info")).json())

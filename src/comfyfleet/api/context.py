@@ -85,6 +85,8 @@ class ApiServices:
     keys: Callable[[str], Any] | None = None  # API key -> its KeyHolder or None (absent: an open server)
     uploads: Any = None  # an UploadStore: input assets (absent: uploads answer 404)
     partner_keys: Any = None  # a PartnerKeyHolder (absent: a job sent with a partner key is refused)
+    # raises invalid_workflow when no backend has one of a workflow's node classes (absent: not checked)
+    check_node_classes: Callable[[dict[str, Any]], Awaitable[None]] | None = None
 
 
 @dataclass

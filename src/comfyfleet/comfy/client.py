@@ -212,6 +212,16 @@ class ComfyClient:
             raise BackendProtocolError(f"{self.name}: malformed /system_stats", backend=self.name)
         return data
 
+    async def node_classes(self, *, timeout_s: float = 60.0) -> frozenset[str]:
+        """The node classes this server has (the names ``/object_info`` lists). The answer
+        describes every input of every node, file lists included: megabytes on a server with
+        many custom nodes, built on ComfyUI's event loop, so ask rarely."""
+        data = self._json(await self._request("GET", "/object_info",
+                                              timeout=aiohttp.ClientTimeout(total=timeout_s)))
+        if not isinstance(data, dict):
+            raise BackendProtocolError(f"{self.name}: malformed /object_info", backend=self.name)
+        return frozenset(str(name) for name in data)
+
     def ws_url(self, client_id: str) -> str:
         parts = urlsplit(self.base_url)
         scheme = "wss" if parts.scheme == "https" else "ws"

@@ -6,6 +6,12 @@ health. Free VRAM and RAM are recorded. Each interval, one process fleet-wide ch
 backend (a short Redis claim), so a hundred workers do not probe a pod a hundred times. The
 outcome also feeds the backend's circuit breaker: failures count, and a success closes a
 half-open breaker. ``check(name)`` runs a check now (before retrying on the same backend).
+
+A backend that answers also has its node catalog read (``/object_info``: which node classes it
+has, for the API to refuse a workflow no backend can run) when none is known, when it has just
+come up (a restart is how ComfyUI gains custom nodes), and every ``node_catalog_refresh_s``. The
+read runs beside the checks, one per backend at a time; a failed one is tried again a tenth of
+that period later.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from dataclasses import dataclass
 
 from ..errors import BackendError, StoreError
 from ..store.fleet import BackendHealth
-from .dispatcher import Dispatcher
+from ..store.node_catalogs import NodeCatalogs
+from .dispatcher import Backend, Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +38,18 @@ class HealthSettings:
     timeout_s: float = 3.0
     degraded_latency_s: float = 2.0
     min_free_vram_bytes: int | None = None
+    node_catalog_refresh_s: float = 600.0
+    node_catalog_timeout_s: float = 60.0
 
 
 class HealthMonitor:
     def __init__(self, dispatcher: Dispatcher, *, settings: HealthSettings = HealthSettings(),
-                 clock: Callable[[], float] = time.time, owner: str | None = None) -> None:
+                 clock: Callable[[], float] = time.time, owner: str | None = None,
+                 catalogs: NodeCatalogs | None = None) -> None:
         self._dispatcher = dispatcher
+        self._catalogs = catalogs
+        self._reading: dict[str, asyncio.Task] = {}  # backend -> its catalog being read
+        self._catalog_failed_at: dict[str, float] = {}
         self._fleet = dispatcher.fleet
         self.settings = settings
         self._clock = clock
@@ -54,10 +67,12 @@ class HealthMonitor:
                 await self._first_round.wait()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        tasks = [t for t in (self._task, *self._reading.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = None
+        self._reading.clear()
 
     async def _run(self) -> None:
         spread_s = 0.0  # the first round checks everything at once; later ones spread out
@@ -117,7 +132,33 @@ class HealthMonitor:
             if health.state == "down":
                 await self._dispatcher.memory.forget_warm(name)
         await self._dispatcher.memory.record_backend(name, ok=health.state != "down")
+        if self._catalogs is not None and health.state != "down" and name not in self._reading:
+            came_up = previous.state in ("unknown", "down")
+            self._reading[name] = asyncio.create_task(self._read_catalog(name, backend, came_up=came_up),
+                                                      name=f"node-catalog-{name}")
         return health
+
+    async def _read_catalog(self, name: str, backend: Backend, *, came_up: bool) -> None:
+        """Read ``name``'s node catalog if it is due (see the module's doc)."""
+        assert self._catalogs is not None
+        settings = self.settings
+        try:
+            now = self._clock()
+            if now - self._catalog_failed_at.get(name, float("-inf")) < settings.node_catalog_refresh_s / 10:
+                return
+            known = (await self._catalogs.catalogs()).get(name)
+            if not came_up and known is not None and now - known.read_at < settings.node_catalog_refresh_s:
+                return
+            classes = await backend.client.node_classes(timeout_s=settings.node_catalog_timeout_s)
+            catalog = await self._catalogs.record(name, classes, self._clock())
+            self._catalog_failed_at.pop(name, None)
+            if known is None or known.digest != catalog.digest:
+                log.info("backend %s: %d node classes", name, catalog.count)
+        except (BackendError, StoreError, TimeoutError) as exc:
+            self._catalog_failed_at[name] = self._clock()
+            log.warning("backend %s: could not read its node catalog: %s", name, exc)
+        finally:
+            self._reading.pop(name, None)
 
     def _judge(self, stats: dict, queue, latency_ms: float) -> BackendHealth:
         system = stats.get("system") if isinstance(stats.get("system"), dict) else {}

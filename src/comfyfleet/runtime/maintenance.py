@@ -13,7 +13,8 @@ One pass (``Maintenance.run_once``, also ``comfyfleet cleanup``):
    enqueued again;
 5. workflow breakers nothing depends on any more (``CircuitBreaker.forgettable``: no failure
    inside their window, or opened and left alone since) are deleted: there is one per owner
-   and workflow that ever failed, in a hash every process reads each second.
+   and workflow that ever failed, in a hash every process reads each second;
+6. node class lists no backend's catalog names any more are deleted.
 
 ``loop`` runs a pass every ``interval_s``; a lock key with the same lease makes one pass per
 interval per deployment however many processes run the loop.
@@ -35,6 +36,7 @@ from ..store.connection import translated
 from ..store.fleet import FleetStore
 from ..store.jobs import RedisJobStore
 from ..store.keys import Keys
+from ..store.node_catalogs import NodeCatalogs
 from ..store.uploads import UploadStore
 from .recovery import Recovery
 
@@ -57,6 +59,7 @@ class MaintenanceReport:
     bytes_freed: int = 0
     requeued: list[str] = field(default_factory=list)
     workflow_breakers_forgotten: int = 0
+    node_sets_deleted: int = 0
     dry_run: bool = False
 
     def summary(self) -> str:
@@ -66,13 +69,14 @@ class MaintenanceReport:
                 f"{len(self.blobs_deleted)} orphaned blob(s) ({self.bytes_freed} bytes); "
                 f"{'would requeue' if self.dry_run else 'requeued'} {len(self.requeued)} queued job(s) "
                 f"missing from the queue; {verb} {self.workflow_breakers_forgotten} idle workflow "
-                f"breaker(s)")
+                f"breaker(s) and {self.node_sets_deleted} unused node class list(s)")
 
 
 class Maintenance:
     def __init__(self, *, redis, keys: Keys, store: RedisJobStore, blobs: LocalBlobStore,  # type: ignore[no-untyped-def]
                  queue=None, recovery: Recovery | None = None,  # type: ignore[no-untyped-def]
                  fleet: FleetStore | None = None, workflow_breaker: CircuitBreaker | None = None,
+                 node_catalogs: NodeCatalogs | None = None,
                  settings: MaintenanceSettings = MaintenanceSettings(),
                  clock: Callable[[], float] = time.time) -> None:
         self._redis = redis
@@ -83,6 +87,7 @@ class Maintenance:
         self._recovery = recovery
         self._fleet = fleet
         self._workflow_breaker = workflow_breaker
+        self._node_catalogs = node_catalogs
         self._settings = settings
         self._clock = clock
 
@@ -111,6 +116,8 @@ class Maintenance:
             forgotten = await self._fleet.forget_workflow_breakers(
                 lambda state: breaker.forgettable(state, now), dry_run=dry_run)
             report.workflow_breakers_forgotten = len(forgotten)
+        if self._node_catalogs is not None and not dry_run:
+            report.node_sets_deleted = await self._node_catalogs.forget_unused_sets()
         return report
 
     async def loop(self) -> None:

@@ -18,6 +18,9 @@ class SimConfig:
     send_previews: bool = False
     time_scale: float = 1.0  # every simulated duration is multiplied by this (0.01: minutes in seconds)
     model_load_s: float = 0.0  # a loader node (an input naming a model file) that is not cached takes this
+    # The node classes this server has (what /object_info lists); a prompt naming another is
+    # refused as ComfyUI refuses it. None: ``catalog.DEFAULT_NODE_CLASSES``.
+    node_classes: tuple[str, ...] | None = None
 
 
 @dataclass

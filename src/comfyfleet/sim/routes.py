@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
 
+from .catalog import object_info
 from .files import file_response
 from .hub import Connection
 from .queue import QueueItem
@@ -107,7 +108,8 @@ class ComfyRoutes:
         prompt_id = str(body.get("prompt_id", uuid.uuid4()))
         try:
             outputs, node_errors = validate_prompt(body["prompt"], body.get("partial_execution_targets"),
-                                                   input_exists=self._input_exists)
+                                                   input_exists=self._input_exists,
+                                                   node_exists=self.sim.node_classes.__contains__)
         except PromptInvalid as exc:
             return web.json_response(exc.body, status=400)
         extra_data = dict(body.get("extra_data") or {})
@@ -224,9 +226,7 @@ class ComfyRoutes:
         return web.json_response(SERVER_FEATURES)
 
     async def get_object_info(self, request: web.Request) -> web.Response:
-        info = {name: {"input": {"required": spec}, "output": out, "output_node": name.startswith(("Save", "Preview")),
-                       "name": name, "display_name": name, "category": "sim", "python_module": "sim"}
-                for name, (spec, out) in OBJECT_INFO.items()}
+        info = object_info(self.sim.node_classes)
         wanted = request.match_info.get("node_class")
         if wanted is not None:
             return web.json_response({wanted: info[wanted]} if wanted in info else {})
@@ -315,14 +315,3 @@ def _dedupe_name(folder: str, name: str, data: bytes) -> str:
         candidate = f"{stem} ({index}){ext}"
         index += 1
     return candidate
-
-
-_IMAGE = ["IMAGE"]
-OBJECT_INFO = {
-    "EmptyImage": ({"width": ["INT", {"default": 512, "min": 1}], "height": ["INT", {"default": 512, "min": 1}]}, ["IMAGE"]),
-    "SimSlowPassthrough": ({"image": _IMAGE, "steps": ["INT", {"default": 5, "min": 1, "max": 10000}]}, ["IMAGE"]),
-    "SimFailingNode": ({"image": _IMAGE, "message": ["STRING", {"default": "boom"}]}, ["IMAGE"]),
-    "SaveImage": ({"images": _IMAGE, "filename_prefix": ["STRING", {"default": "ComfyUI"}]}, []),
-    "PreviewImage": ({"images": _IMAGE}, []),
-    "PreviewAny": ({"source": ["*", {}]}, []),
-}

@@ -14,6 +14,7 @@ from collections.abc import Coroutine
 
 from aiohttp import web
 
+from .catalog import DEFAULT_NODE_CLASSES
 from .config import PromptRecord, SimConfig
 from .executor import Executor
 from .faults import Faults
@@ -32,6 +33,8 @@ class Simulator:
         self.host = host
         self.port = port
         self.faults = Faults(seed=self.config.name)
+        self.node_classes: frozenset[str] = (DEFAULT_NODE_CLASSES if self.config.node_classes is None
+                                             else frozenset(self.config.node_classes))
         self.records: list[PromptRecord] = []
         self.requests: Counter[str] = Counter()
         self.queue = PromptQueue()

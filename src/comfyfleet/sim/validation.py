@@ -101,15 +101,20 @@ def _validate_tree(prompt: dict, node_id: str, results: dict[str, tuple[bool, li
 
 
 def validate_prompt(prompt: object, partial_targets: list | None = None, *,
-                    input_exists: Callable[[str], bool] | None = None) -> tuple[list[str], dict]:
+                    input_exists: Callable[[str], bool] | None = None,
+                    node_exists: Callable[[str], bool] | None = None) -> tuple[list[str], dict]:
     """Return (outputs_to_execute, node_errors) or raise PromptInvalid with the 400 body.
-    ``input_exists(name)``: whether the input directory holds a file a loader names."""
+    ``input_exists(name)``: whether the input directory holds a file a loader names;
+    ``node_exists(class_type)``: whether this server has that node class."""
     if not isinstance(prompt, dict):
         raise _rejection("invalid_prompt", "Cannot execute because the prompt is not an object.")
     for node_id, node in prompt.items():
         if not isinstance(node, dict) or "class_type" not in node:
             raise _rejection("invalid_prompt",
                              "Cannot execute because a node is missing the class_type property.",
+                             f"Node ID '#{node_id}'")
+        if node_exists is not None and not node_exists(str(node["class_type"])):
+            raise _rejection("invalid_prompt", f"Cannot execute because node {node['class_type']} does not exist.",
                              f"Node ID '#{node_id}'")
     if partial_targets is not None:
         outputs = [str(t) for t in partial_targets if str(t) in prompt]

@@ -292,6 +292,7 @@ class FleetStore:
                 pipe.hdel(self._keys.fleet_breakers, backend_breaker(name))
                 pipe.hdel(self._keys.fleet_warm, name)
                 pipe.hdel(self._keys.fleet_resting, name)
+                pipe.hdel(self._keys.fleet_nodes, name)
                 raw, *_ = await pipe.execute()
         if raw is None:
             raise BackendNotFound(f"no backend named {name!r}")

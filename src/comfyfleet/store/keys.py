@@ -37,6 +37,10 @@
     fleet_warm                 {p}:fleet:warm                   hash     backend name -> models loaded (JSON list)
     fleet_resting              {p}:fleet:resting                hash     backend name -> time it asked to be left
                                                                          alone until (its Retry-After)
+    fleet_nodes                {p}:fleet:nodes                  hash     backend name -> its node catalog: digest,
+                                                                         when read, class count (JSON)
+    fleet_node_sets            {p}:fleet:node_sets              hash     catalog digest -> node class names (JSON
+                                                                         list); backends alike share one
     lease(backend)             {p}:fleet:lease:{backend}        zset     holder (job id) scored by expiry ms
     health_claim(backend)      {p}:fleet:check:{backend}        string   who checks the backend now, PX
     fleet_channel              {p}:fleet:changed                pubsub   registry/health/breaker changed
@@ -188,6 +192,14 @@ class Keys:
     @property
     def fleet_resting(self) -> str:
         return f"{self.prefix}:fleet:resting"
+
+    @property
+    def fleet_nodes(self) -> str:
+        return f"{self.prefix}:fleet:nodes"
+
+    @property
+    def fleet_node_sets(self) -> str:
+        return f"{self.prefix}:fleet:node_sets"
 
     def lease(self, backend: str) -> str:
         return f"{self.prefix}:fleet:lease:{backend}"

@@ -1,0 +1,44 @@
+"""Refuse a workflow at submission when no backend of the fleet has one of its node classes.
+
+Without this, a misspelt class or a custom node the fleet lacks is found only when a backend
+refuses the prompt: seconds later on an idle fleet, behind the whole queue on a busy one. The
+classes each backend has come from its ``/object_info`` (read by the health checks,
+``store/node_catalogs.py``). The check is lenient by design, so a good workflow is never
+refused: it judges only when the catalog of every registered backend is known (one unknown
+backend might have the class), and a class any backend has passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from ..errors import ValidationFailed
+from ..store.node_catalogs import NodeCatalogs
+
+
+async def check_node_classes(workflow: dict[str, Any], catalogs: NodeCatalogs, backends: Iterable[str]) -> None:
+    """Raise ``invalid_workflow`` (422, one entry per node in ``details.node_errors``) when some
+    node's class is listed by none of ``backends``."""
+    names = list(backends)
+    if not names:
+        return
+    known_catalogs = await catalogs.catalogs()
+    known: set[str] = set()
+    for name in names:
+        catalog = known_catalogs.get(name)
+        classes = await catalogs.classes(catalog) if catalog is not None else None
+        if classes is None:
+            return  # this backend's classes are not known: it might have any
+        known |= classes
+    missing = {node_id: str(node["class_type"]) for node_id, node in workflow.items()
+               if str(node["class_type"]) not in known}
+    if not missing:
+        return
+    node_errors = {node_id: [{"field": "class_type", "reason": "unknown_node_class",
+                              "message": f"no backend of this fleet has the node class {class_type!r}"}]
+                   for node_id, class_type in missing.items()}
+    first = next(iter(missing))
+    more = f" (and {len(missing) - 1} more node(s))" if len(missing) > 1 else ""
+    raise ValidationFailed(f"node {first}: no backend of this fleet has the node class {missing[first]!r}{more}",
+                           code="invalid_workflow", details={"node_errors": node_errors})
