@@ -75,7 +75,7 @@ def show(backends: list[dict[str, Any]]) -> None:
         raise ComfyFleetError("no backends are registered")
     tags = any(b.get("tags") for b in backends)
     models = any(b.get("warm_models") for b in backends)
-    headers = ("name", "url", "state", "load", "breaker", "VRAM", "ping",
+    headers = ("name", "url", "state", "load", "breaker", "VRAM", "ping", "nodes",
                *(("tags",) if tags else ()), *(("models",) if models else ()))
     rows = []
     for b in backends:
@@ -84,7 +84,8 @@ def show(backends: list[dict[str, Any]]) -> None:
         row = [b["name"], b["url"], b["state"], f"{b['load']}/{b['capacity']}",
                str((b.get("breaker") or {}).get("status") or "-"),
                "-" if vram is None else f"{vram / 1024**3:.1f}G",
-               "-" if health.get("latency_ms") is None else f"{health['latency_ms']:.0f} ms"]
+               "-" if health.get("latency_ms") is None else f"{health['latency_ms']:.0f} ms",
+               str((b.get("node_classes") or {}).get("count", "-"))]  # classes its /object_info lists
         if tags:
             row.append(",".join(b.get("tags") or ()) or "-")
         if models:

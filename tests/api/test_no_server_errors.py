@@ -37,6 +37,7 @@ from comfyfleet.domain.job import BUILTIN_JOB_TYPES, JobStatus
 from comfyfleet.runtime.dispatcher import Dispatcher
 from comfyfleet.runtime.fleet_admin import FleetAdmin
 from comfyfleet.store.fleet import FleetStore
+from comfyfleet.store.node_catalogs import NodeCatalogs
 
 API = "/api/v2"
 JOBS = f"{API}/jobs"
@@ -115,7 +116,7 @@ def fleet(api, store, redis, keys) -> FleetAdmin:  # type: ignore[no-untyped-def
     """The /backends routes over a real FleetStore (the dispatcher is built but never started)."""
     fleet_store = FleetStore(redis, keys)
     admin = FleetAdmin(SimpleNamespace(fleet=fleet_store, dispatcher=Dispatcher(fleet_store),
-                                       store=store))
+                                       store=store, node_catalogs=NodeCatalogs(redis, keys)))
     api.services.fleet = admin
     return admin
 

@@ -63,11 +63,12 @@ async def test_jobs_and_backends_fit_an_80_column_terminal_whole(valkey_url, tmp
         await manage_backends(server=fleet.base_url, add=[], capacity=1, tags=[], drain=[], disable=[],
                               enable=[], remove=[], as_json=False)
         shown = lines(screen)
-        assert shown[0].split() == ["name", "url", "state", "load", "breaker", "VRAM", "ping"], \
+        assert shown[0].split() == ["name", "url", "state", "load", "breaker", "VRAM", "ping", "nodes"], \
             "no backend has tags or models: no columns for them"
         for n, sim in enumerate(fleet.sims):
             row = next(line for line in shown if line.split() and line.split()[0] == f"sim-{n}")
             assert sim.url in row and "healthy" in row and "closed" in row and "…" not in row
+            assert row.split()[-1] == str(len(sim.node_classes)), "the classes its /object_info lists"
 
         long_url = "http://gpu-box-with-a-long-name.internal.example:8188"
         await manage_backends(server=fleet.base_url, add=[f"gpu-far={long_url}"], capacity=2,

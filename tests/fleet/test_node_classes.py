@@ -45,6 +45,9 @@ async def test_a_class_no_backend_has_is_refused_and_one_any_backend_has_passes(
             # only "custom" has it: accepted, and it runs there
             job = await fleet.wait((await fleet.submit(with_node("CustomUpscale")))["id"])
             assert job["status"] == "succeeded" and job["attempts"][-1]["backend"] == "custom"
+            listed = {b["name"]: b["node_classes"] for b in (await fleet.http.get("/api/v2/backends")).json()["backends"]}
+            assert {name: c["count"] for name, c in listed.items()} == {
+                "sim-0": len(fleet.sims[0].node_classes), "custom": len(CUSTOM)}
             # alike backends share one stored list: two catalogs, two sets
             assert await fleet.services.redis.hlen(fleet.services.keys.fleet_node_sets) == 2
 

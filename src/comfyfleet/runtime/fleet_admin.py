@@ -32,12 +32,16 @@ class FleetAdmin:
         snapshot = await self._fleet.snapshot()
         loads = await self._fleet.loads(snapshot.backends)
         breaker = self._dispatcher.settings.backend_breaker
+        catalogs = await self._services.node_catalogs.catalogs()
         now = time.time()
         return [{**self._describe(record, snapshot.health.get(name, BackendHealth()),
                                   breaker.current(snapshot.breakers.get(backend_breaker(name), BreakerState()), now),
                                   loads.get(name, 0), snapshot.warm.get(name, frozenset())),
                  # it answered 429/503 with Retry-After: sent nothing until then
-                 "resting_until": until if (until := snapshot.resting.get(name, 0.0)) > now else None}
+                 "resting_until": until if (until := snapshot.resting.get(name, 0.0)) > now else None,
+                 # how many node classes its /object_info listed, and when (null: not read yet)
+                 "node_classes": ({"count": c.count, "read_at": c.read_at}
+                                  if (c := catalogs.get(name)) is not None else None)}
                 for name, record in snapshot.backends.items()]
 
     async def workflow_breakers(self) -> list[dict[str, Any]]:
