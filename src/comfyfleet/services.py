@@ -80,7 +80,8 @@ async def open_services(config: ServiceConfig) -> AsyncIterator[Services]:
         stack.push_async_callback(http.close)
         fleet = FleetStore(redis, keys, lease_ttl_s=config.lease_ttl_s)
         await fleet.seed(config.backends)  # configured backends join the registry
-        dispatcher = Dispatcher(fleet, settings=config.dispatch)  # an HTTP pool per backend
+        node_catalogs = NodeCatalogs(redis, keys)
+        dispatcher = Dispatcher(fleet, settings=config.dispatch, catalogs=node_catalogs)  # an HTTP pool per backend
         await dispatcher.start()
         stack.push_async_callback(dispatcher.close)
         blobs = LocalBlobStore(config.data_dir / "blobs")
@@ -90,7 +91,7 @@ async def open_services(config: ServiceConfig) -> AsyncIterator[Services]:
         stack.push_async_callback(partner_asks.close)
         yield Services(config=config, redis=redis, keys=keys, store=store, events=events,
                        cancels=cancels, blobs=blobs, queue=queue, dispatcher=dispatcher, http=http, fleet=fleet,
-                       node_catalogs=NodeCatalogs(redis, keys),
+                       node_catalogs=node_catalogs,
                        uploads=UploadStore(redis, keys), partner_keys=partner_keys,
                        partner_asks=partner_asks)
 

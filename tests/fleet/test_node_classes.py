@@ -1,7 +1,7 @@
 """A workflow naming a node class no backend has is refused at submission (422), from the node
 catalogs the health checks read off each backend's /object_info; a class any backend has
-passes; nothing is judged while some backend's catalog is unknown; catalogs are read again when
-a backend comes up."""
+passes, and the job goes only to backends that have all its classes; nothing is judged while
+some backend's catalog is unknown; catalogs are read again when a backend comes up."""
 
 from __future__ import annotations
 
@@ -42,9 +42,16 @@ async def test_a_class_no_backend_has_is_refused_and_one_any_backend_has_passes(
                 "field": "class_type", "reason": "unknown_node_class",
                 "message": "no backend of this fleet has the node class 'NoSuchNode'"}]}
             assert (await fleet.http.get("/api/v2/jobs")).json()["jobs"] == []  # nothing was created
-            # only "custom" has it: accepted, and it runs there
-            job = await fleet.wait((await fleet.submit(with_node("CustomUpscale")))["id"])
-            assert job["status"] == "succeeded" and job["attempts"][-1]["backend"] == "custom"
+            # only "custom" has it: accepted, and sent there alone (sim-0 would refuse it)
+            jobs = [await fleet.wait((await fleet.submit(with_node("CustomUpscale")))["id"]) for _ in range(4)]
+            assert [(j["status"], [a["backend"] for a in j["attempts"]]) for j in jobs] == \
+                [("succeeded", ["custom"])] * 4
+            # each class is on some backend, but none has both: it can run nowhere
+            both = with_node("CustomUpscale")
+            both["5"] = {"class_type": "OrchSlowPassthrough", "inputs": {"image": ["1", 0], "steps": 1}}
+            nowhere = await fleet.wait((await fleet.submit(both))["id"])
+            assert nowhere["status"] == "failed" and nowhere["error"]["code"] == "no_backend"
+            assert nowhere["attempts"] == [] and "CustomUpscale" in nowhere["error"]["message"]
             listed = {b["name"]: b["node_classes"] for b in (await fleet.http.get("/api/v2/backends")).json()["backends"]}
             assert {name: c["count"] for name, c in listed.items()} == {
                 "sim-0": len(fleet.sims[0].node_classes), "custom": len(CUSTOM)}

@@ -26,3 +26,9 @@ def workflow_fingerprint(workflow: Mapping[str, Any]) -> str:
 
 def _is_link(value: Any) -> bool:
     return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
+
+
+def node_classes_of(workflow: Mapping[str, Any]) -> frozenset[str]:
+    """The node classes a workflow uses (what a backend must have to run it)."""
+    return frozenset(str(node.get("class_type")) for node in workflow.values()
+                     if isinstance(node, Mapping) and node.get("class_type") is not None)

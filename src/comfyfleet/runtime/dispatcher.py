@@ -38,6 +38,7 @@ from ..domain.models import NO_MODELS
 from ..domain.policy import CircuitBreaker
 from ..errors import StoreError
 from ..store.fleet import BackendRecord, FleetSnapshot, FleetStore, WorkflowScope
+from ..store.node_catalogs import NodeCatalog, NodeCatalogs
 from .fleet_memory import FleetMemory
 from .selection import Roster, TypeRouting
 from .slot_line import RECHECK, SlotLine
@@ -86,12 +87,16 @@ class Choice:
 class Dispatcher:
     def __init__(self, fleet: FleetStore, *, http=None, settings: DispatchSettings = DispatchSettings(),
                  clock: Callable[[], float] = time.time,
-                 client_factory: Callable[[BackendRecord], ComfyClient] | None = None) -> None:
+                 client_factory: Callable[[BackendRecord], ComfyClient] | None = None,
+                 catalogs: NodeCatalogs | None = None) -> None:
         """Backend clients come from ``client_factory``, else share ``http``, else each backend
         gets an HTTP connection pool of its own (the default for a fleet: one pool shared by many
         backends scans all its connections on every request)."""
         self.fleet = fleet
         self.settings = settings
+        self._catalogs = catalogs  # which node classes each backend has (None: not consulted)
+        self._lacking_seen_with: tuple[object, object] | None = None  # what _lacking_by_classes came from
+        self._lacking_by_classes: dict[frozenset[str], tuple[frozenset[str], frozenset[str]]] = {}
         self._clock = clock
         self._pools: list[aiohttp.ClientSession] = []
         if client_factory is None and http is not None:
@@ -241,9 +246,10 @@ class Dispatcher:
 
     # -- slots ---------------------------------------------------------------------------------
     async def acquire(self, job: Job, *, workflow: WorkflowScope | None = None,
-                      models: frozenset[str] = NO_MODELS, wait_s: float | None = None) -> Choice:
-        """A backend with a slot taken for ``job`` (which loads ``models``), waiting up to
-        ``wait_s`` for one."""
+                      models: frozenset[str] = NO_MODELS, classes: frozenset[str] = frozenset(),
+                      wait_s: float | None = None) -> Choice:
+        """A backend with a slot taken for ``job`` (which loads ``models`` and uses the node
+        ``classes``), waiting up to ``wait_s`` for one."""
         if self._snapshot is None:
             await self.refresh()
         if job.id in self._unreleased:
@@ -252,6 +258,10 @@ class Dispatcher:
             whose = f" of jobs owned by {workflow.owner}" if workflow.owner else ""
             return Choice(circuit_open=f"the circuit breaker of this workflow ({workflow.job_type}, "
                                        f"{workflow.fingerprint}) is open after repeated failures{whose}")
+        lacking, missing = await self._lacking(classes)
+        if missing:
+            return Choice(fatal=f"no backend has every node class this workflow uses "
+                                f"(each lacks one of: {', '.join(sorted(missing))})")
         wait_s = self.settings.slot_wait_s if wait_s is None else wait_s
         until = self._clock() + wait_s
         routing = self.routing_for(job.type)
@@ -267,6 +277,8 @@ class Dispatcher:
                 if plan.fatal:
                     return Choice(fatal=plan.fatal)
                 candidates = plan.candidates
+                if lacking:  # known to lack a class the workflow uses: it would refuse the prompt
+                    candidates = tuple(c for c in candidates if c[0] not in lacking)
                 if now < warm_until:  # only the backends holding its models, for a while
                     warm = self.roster(now).holding(models)
                     candidates = tuple(c for c in candidates if c[0] in warm) or candidates
@@ -304,6 +316,39 @@ class Dispatcher:
                 cause = waiter.woken_by
         finally:
             self._line.leave(waiter)
+
+    async def _lacking(self, classes: frozenset[str]) -> tuple[frozenset[str], frozenset[str]]:
+        """The backends whose node catalog lacks one of ``classes``; and, when every registered
+        backend's catalog is known and each lacks one, the classes some backend lacks (the job
+        can run nowhere). A backend whose catalog is not known yet is not held back."""
+        if not classes or self._catalogs is None or self._snapshot is None:
+            return frozenset(), frozenset()
+        catalogs = await self._catalogs.catalogs()
+        seen = self._lacking_seen_with  # catalogs and registry: replaced when they change, not edited
+        if seen is None or seen[0] is not catalogs or seen[1] is not self._snapshot:
+            self._lacking_seen_with, self._lacking_by_classes = (catalogs, self._snapshot), {}
+        if (found := self._lacking_by_classes.get(classes)) is not None:
+            return found
+        self._lacking_by_classes[classes] = found = await self._lacking_in(catalogs, classes)
+        return found
+
+    async def _lacking_in(self, catalogs: Mapping[str, NodeCatalog],
+                          classes: frozenset[str]) -> tuple[frozenset[str], frozenset[str]]:
+        assert self._catalogs is not None and self._snapshot is not None
+        lacking: set[str] = set()
+        missing: set[str] = set()
+        unknown = False
+        for name in self._snapshot.backends:
+            catalog = catalogs.get(name)
+            known = await self._catalogs.classes(catalog) if catalog is not None else None
+            if known is None:
+                unknown = True
+            elif not classes <= known:
+                lacking.add(name)
+                missing |= classes - known
+        if unknown or len(lacking) < len(self._snapshot.backends):
+            return frozenset(lacking), frozenset()
+        return frozenset(lacking), frozenset(missing)
 
     async def release(self, name: str, holder: str) -> None:
         self._held.pop(holder, None)

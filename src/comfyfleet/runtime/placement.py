@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..domain.failures import Failure, FailureClass, FailureKind
-from ..domain.fingerprint import workflow_fingerprint
+from ..domain.fingerprint import node_classes_of, workflow_fingerprint
 from ..domain.job import Job
 from ..domain.models import NO_MODELS, models_of
 from ..store.fleet import WorkflowScope
@@ -59,7 +59,8 @@ class Placement:
         it checks that backend's health first."""
         scope = self._workflows[job.id] = workflow_scope(job, workflow)
         models = self._models[job.id] = models_of(workflow)
-        choice = await self._dispatcher.acquire(job, workflow=scope, models=models)
+        choice = await self._dispatcher.acquire(job, workflow=scope, models=models,
+                                                classes=node_classes_of(workflow))
         if choice.fatal:
             return NoPlace(failure=Failure(FailureKind.NO_BACKEND, choice.fatal))
         if choice.circuit_open:

@@ -65,11 +65,12 @@ class NodeCatalogs:
                           json.dumps({"digest": catalog.digest, "read_at": read_at, "count": catalog.count}))
                 await pipe.execute()
         self._sets[catalog.digest] = classes
-        self._catalogs[backend] = catalog
+        self._catalogs = {**self._catalogs, backend: catalog}  # replaced, never changed in place
         return catalog
 
     async def catalogs(self) -> dict[str, NodeCatalog]:
-        """Backend name -> its catalog, for the backends whose catalog was ever read."""
+        """Backend name -> its catalog, for the backends whose catalog was ever read. The same
+        object until something changed (then a new one): callers may key on its identity."""
         if self._clock() - self._catalogs_read_at >= CATALOGS_FRESH_S:
             with translated(self._redis, "reading the node catalogs"):
                 raw = await self._redis.hgetall(self._keys.fleet_nodes)
@@ -97,7 +98,7 @@ class NodeCatalogs:
         """``backend`` was removed: its catalog goes (its set, when unused, with housekeeping)."""
         with translated(self._redis, "forgetting a node catalog"):
             await self._redis.hdel(self._keys.fleet_nodes, backend)
-        self._catalogs.pop(backend, None)
+        self._catalogs = {name: c for name, c in self._catalogs.items() if name != backend}
 
     async def forget_unused_sets(self) -> int:
         """Delete the class sets no backend names any more; how many went."""
