@@ -6,6 +6,7 @@ some backend's catalog is unknown; catalogs are read again when a backend comes 
 from __future__ import annotations
 
 import asyncio
+import time
 
 from comfyfleet.comfy.transport import open_session
 from comfyfleet.runtime.dispatcher import Dispatcher, DispatchSettings
@@ -104,3 +105,29 @@ async def test_a_catalog_is_read_once_per_period_and_again_when_its_backend_come
         finally:
             await monitor.close()
             await dispatcher.close()
+
+
+async def test_a_backend_refusing_a_class_it_lacks_hands_the_job_to_one_that_has_it(valkey_url, tmp_path):
+    """With a catalog out of date (here sim-0's claims a class it has not: a node removed since
+    it was read, with no health round to notice for an hour), a job may reach a backend without
+    its node class: the refusal is retried on another backend, not failed, and the refusing
+    backend's catalog is dropped so that its next check reads it again."""
+    async with running_fleet(valkey_url, tmp_path, sims=1, health_interval_s=3600) as fleet:
+        await catalogs_known(fleet, 1)
+        catalogs = fleet.services.node_catalogs
+        await catalogs.record("sim-0", fleet.sims[0].node_classes | {"CustomUpscale"}, read_at=time.time())
+        async with Simulator(SimConfig(step_s=0.01, name="custom", node_classes=CUSTOM)) as custom:
+            added = await fleet.http.post("/api/v2/backends", json={"name": "custom", "url": custom.url})
+            assert added.status_code == 201, added.text
+            async with asyncio.timeout(5):
+                while "custom" not in fleet.services.dispatcher.snapshot.backends:
+                    await asyncio.sleep(0.05)
+            jobs = [await fleet.wait((await fleet.submit(with_node("CustomUpscale")))["id"]) for _ in range(4)]
+            assert [j["status"] for j in jobs] == ["succeeded"] * 4
+            refused = [a for j in jobs for a in j["attempts"] if a["backend"] == "sim-0"]
+            assert refused, "round-robin sent no job to the backend without the class"
+            assert all(a["failure_class"] == "recoverable" and "CustomUpscale does not exist" in a["message"]
+                       for a in refused), refused
+            assert all(j["attempts"][-1]["backend"] == "custom" for j in jobs)
+            stored = await NodeCatalogs(fleet.services.redis, fleet.services.keys).catalogs()
+            assert "sim-0" not in stored, "the catalog that misled the dispatcher is gone"

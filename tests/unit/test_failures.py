@@ -1,9 +1,10 @@
 """One test per failure class, from the real error payloads in the captures."""
 
 from comfyfleet.comfy.client import HistoryEntry
-from comfyfleet.domain.failures import Failure, FailureClass, FailureKind, classify, error_code
+from comfyfleet.domain.failures import (Failure, FailureClass, FailureKind, classify, error_code,
+                                       lacks_node_class)
 
-from helpers.traces import history_answers
+from helpers.traces import history_answers, trace_lines
 
 
 def node_failure(entry: HistoryEntry) -> Failure:
@@ -82,3 +83,20 @@ def test_success_history_entry_has_outputs():
     success = [e for e in entries if e.outcome == "success"]
     assert success and success[0].outputs["3"]["images"][0]["filename"].endswith(".png")
     assert success[0].outputs_to_execute == ("3",)
+
+
+def test_a_prompt_refused_for_a_node_class_the_backend_lacks_is_recoverable():
+    """Trace 05 `unknown_class_type`: another backend may have the class (backends need not have
+    the same custom nodes), so it is retried elsewhere; every other refusal stays permanent."""
+    refusals = {line["label"]: line["resp"]["error"] for line in trace_lines("05_validation_failure.jsonl")
+                if line.get("src") == "http" and line.get("status") == 400}
+    lacking = refusals.pop("unknown_class_type")
+    failure = Failure(FailureKind.PROMPT_REJECTED, f"gpu-1 rejected the prompt: {lacking['message']}",
+                      exception_type=lacking["type"])
+    assert classify(failure) is FailureClass.RECOVERABLE and lacks_node_class(failure)
+    assert error_code(failure) == "invalid_workflow"  # its code should every backend refuse it
+    assert refusals, "trace 05 holds other refusals"
+    for label, error in refusals.items():
+        other = Failure(FailureKind.PROMPT_REJECTED, f"gpu-1 rejected the prompt: {error['message']}",
+                        exception_type=error["type"])
+        assert classify(other) is FailureClass.PERMANENT, label

@@ -5,7 +5,9 @@ answers or from a translated exception) to a ``FailureClass``:
 
     transient    connection refused/reset, timeouts, HTTP 429/502/503/504, socket drop,
                  a prompt lost by a restarted backend          -> retry with backoff, prefer another backend
-    recoverable  GPU out of memory, backend busy               -> retry on a different backend
+    recoverable  GPU out of memory, backend busy, a node class
+                 the backend lacks (ComfyUI's "Cannot execute
+                 because node X does not exist")               -> retry on a different backend
     permanent    POST /prompt validation errors (node_errors), node exceptions,
                  input that fails our validation, a workflow
                  whose circuit breaker is open                 -> fail at once, never retried
@@ -16,6 +18,7 @@ answers or from a translated exception) to a ``FailureClass``:
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +56,8 @@ OOM_EXCEPTION_TYPES = frozenset({"torch.OutOfMemoryError", "torch.cuda.OutOfMemo
                                  "OutOfMemoryError"})
 OOM_MESSAGE_MARKERS = ("Allocation on device", "CUDA out of memory",
                        "This error means you ran out of memory on your GPU")
+# ComfyUI's refusal of a prompt naming a class it has not loaded (execution.py, invalid_prompt)
+MISSING_NODE_CLASS = re.compile(r"Cannot execute because node (.+) does not exist\.")
 TRANSIENT_HTTP = frozenset({408, 425, 429, 500, 502, 503, 504})
 FATAL_HTTP = frozenset({401, 403})
 
@@ -76,6 +81,13 @@ def is_out_of_memory(exception_type: str | None, message: str | None) -> bool:
     return any(marker in (message or "") for marker in OOM_MESSAGE_MARKERS)
 
 
+def lacks_node_class(failure: Failure) -> bool:
+    """The backend refused the prompt for a node class it does not have: another may have it
+    (a fleet's backends need not have the same custom nodes)."""
+    return (failure.kind is FailureKind.PROMPT_REJECTED and failure.exception_type == "invalid_prompt"
+            and MISSING_NODE_CLASS.search(failure.message) is not None)
+
+
 def classify(failure: Failure) -> FailureClass:
     match failure.kind:
         case FailureKind.UNREACHABLE | FailureKind.TIMEOUT | FailureKind.SOCKET_DROP | \
@@ -95,6 +107,8 @@ def classify(failure: Failure) -> FailureClass:
             return FailureClass.TRANSIENT
         case FailureKind.NO_BACKEND:
             return FailureClass.FATAL
+        case FailureKind.PROMPT_REJECTED if lacks_node_class(failure):
+            return FailureClass.RECOVERABLE
         case (FailureKind.PROMPT_REJECTED | FailureKind.INVALID_INPUT | FailureKind.CIRCUIT_OPEN
               | FailureKind.PARTNER_KEY_LOST):
             return FailureClass.PERMANENT

@@ -350,6 +350,16 @@ class Dispatcher:
             return frozenset(lacking), frozenset()
         return frozenset(lacking), frozenset(missing)
 
+    async def forget_node_catalog(self, name: str) -> None:
+        """``name`` refused a node class: what is known of its classes goes, so its next health
+        check reads them again (meanwhile it is not held back, nor are workflows judged by it)."""
+        if self._catalogs is None:
+            return
+        try:
+            await self._catalogs.forget(name)
+        except StoreError as exc:
+            log.warning("fleet: could not forget the node catalog of %s: %s", name, exc)
+
     async def release(self, name: str, holder: str) -> None:
         self._held.pop(holder, None)
         try:

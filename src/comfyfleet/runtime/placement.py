@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..domain.failures import Failure, FailureClass, FailureKind
+from ..domain.failures import Failure, FailureClass, FailureKind, lacks_node_class
 from ..domain.fingerprint import node_classes_of, workflow_fingerprint
 from ..domain.job import Job
 from ..domain.models import NO_MODELS, models_of
@@ -126,6 +126,9 @@ class Placement:
             await self.release(backend, job.id)
         if failure.kind is FailureKind.PARTNER_KEY_LOST:
             return True  # nothing was sent: neither the backend nor the workflow is to blame
+        if backend is not None and lacks_node_class(failure):
+            # its catalog was not known yet, or is out of date (a node removed): read it again
+            await self._dispatcher.forget_node_catalog(backend)
         if failure.kind in NOT_THE_WORKFLOWS:
             # Refused before it ran, for this job's own values or inputs (the fingerprint is
             # the graph's shape only): counted, a run of one mistake closed the workflow.
