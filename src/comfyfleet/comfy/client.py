@@ -8,6 +8,8 @@ carries a timeout from ``ClientTimeouts``.
 
 from __future__ import annotations
 
+import asyncio
+
 import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -216,8 +218,8 @@ class ComfyClient:
         """The node classes this server has (the names ``/object_info`` lists). The answer
         describes every input of every node, file lists included: megabytes on a server with
         many custom nodes, built on ComfyUI's event loop, so ask rarely."""
-        data = self._json(await self._request("GET", "/object_info",
-                                              timeout=aiohttp.ClientTimeout(total=timeout_s)))
+        answer = await self._request("GET", "/object_info", timeout=aiohttp.ClientTimeout(total=timeout_s))
+        data = await asyncio.to_thread(self._json, answer)  # megabytes: parsed off the event loop
         if not isinstance(data, dict):
             raise BackendProtocolError(f"{self.name}: malformed /object_info", backend=self.name)
         return frozenset(str(name) for name in data)

@@ -10,8 +10,8 @@ half-open breaker. ``check(name)`` runs a check now (before retrying on the same
 A backend that answers also has its node catalog read (``/object_info``: which node classes it
 has, for the API to refuse a workflow no backend can run) when none is known, when it has just
 come up (a restart is how ComfyUI gains custom nodes), and every ``node_catalog_refresh_s``. The
-read runs beside the checks, one per backend at a time; a failed one is tried again a tenth of
-that period later.
+read runs beside the checks, one per backend at a time and a few at once per process; a failed
+one is tried again a tenth of that period later.
 """
 
 from __future__ import annotations
@@ -31,6 +31,10 @@ from .dispatcher import Backend, Dispatcher
 
 log = logging.getLogger(__name__)
 
+# /object_info is megabytes on a server with many custom nodes: a process starting beside a
+# hundred backends whose classes are not known reads a few at a time, not all at once
+CATALOG_READS_AT_ONCE = 4
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HealthSettings:
@@ -49,6 +53,7 @@ class HealthMonitor:
         self._dispatcher = dispatcher
         self._catalogs = catalogs
         self._reading: dict[str, asyncio.Task] = {}  # backend -> its catalog being read
+        self._readers = asyncio.Semaphore(CATALOG_READS_AT_ONCE)
         self._catalog_failed_at: dict[str, float] = {}
         self._fleet = dispatcher.fleet
         self.settings = settings
@@ -149,7 +154,8 @@ class HealthMonitor:
             known = (await self._catalogs.catalogs()).get(name)
             if not came_up and known is not None and now - known.read_at < settings.node_catalog_refresh_s:
                 return
-            classes = await backend.client.node_classes(timeout_s=settings.node_catalog_timeout_s)
+            async with self._readers:
+                classes = await backend.client.node_classes(timeout_s=settings.node_catalog_timeout_s)
             catalog = await self._catalogs.record(name, classes, self._clock())
             self._catalog_failed_at.pop(name, None)
             if known is None or known.digest != catalog.digest:
