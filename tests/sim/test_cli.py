@@ -62,7 +62,20 @@ async def test_sigterm_exits_cleanly(tmp_path):
         assert await proc.wait() == 0
 
 
+async def test_extra_node_classes_join_the_built_in_ones(tmp_path):
+    proc, url = await _start(tmp_path, "--extra-node-classes", "CustomUpscale, MyLoader")
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=5) as http:
+            listed = set((await http.get("/object_info")).json())
+    finally:
+        proc.kill()
+        async with asyncio.timeout(5):
+            await proc.wait()
+    assert {"CustomUpscale", "MyLoader", "KSampler", "SaveImage"} <= listed
+
+
 @pytest.mark.parametrize(("args", "code", "says"), [
+    (("--extra-node-classes", "A,,B"), 2, "expected class names separated by commas"),
     (("--port", "70000"), 2, "70000 is not a port"),
     (("--port", "-1"), 2, "-1 is not a port"),
     (("--port", "http"), 2, "--port"),

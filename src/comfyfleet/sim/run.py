@@ -9,6 +9,7 @@ import signal
 import sys
 import textwrap
 
+from .catalog import DEFAULT_NODE_CLASSES
 from .config import SimConfig
 from .faults import FAULT_NAMES
 from .server import Simulator
@@ -55,7 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds a loader node takes when its model is not already loaded")
     parser.add_argument("--time-scale", type=seconds, default=1.0,
                         help="multiply every simulated duration (0.01 runs a 10 min prompt in 6 s)")
+    parser.add_argument("--extra-node-classes", type=class_names, default=(), metavar="A,B",
+                        help="node classes this server has besides the built-in ones (a custom "
+                             "node only some servers of a fleet have)")
     return parser
+
+
+def class_names(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(","))
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected class names separated by commas, got {text!r}")
+    return names
 
 
 async def serve(config: SimConfig, host: str, port: int) -> None:
@@ -76,7 +87,9 @@ def main(argv: list[str] | None = None, *, said_by: str = "comfyfleet-sim") -> i
     config = SimConfig(step_s=args.step_s, name=args.name, output_dir=args.output_dir,
                        record_file=args.record_file, history_delay_s=args.history_delay_s,
                        legacy_events=args.legacy_events, send_previews=args.send_previews,
-                       time_scale=args.time_scale, model_load_s=args.model_load_s)
+                       time_scale=args.time_scale, model_load_s=args.model_load_s,
+                       node_classes=(tuple(sorted(DEFAULT_NODE_CLASSES | set(args.extra_node_classes)))
+                                     if args.extra_node_classes else None))
     try:
         asyncio.run(serve(config, args.host, args.port))
     except OSError as exc:  # cannot bind the host/port, cannot make --output-dir or --record-file
