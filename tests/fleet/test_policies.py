@@ -5,7 +5,7 @@ from __future__ import annotations
 from comfyfleet.domain.fingerprint import workflow_fingerprint
 from comfyfleet.domain.policy import (BreakerState, BreakerStatus, CircuitBreaker, RetryPolicy,
                                       jitter_unit)
-from comfyfleet.store.fleet import WorkflowScope, workflow_breaker, workflow_scope_of
+from comfyfleet.domain.breaker_scopes import WorkflowScope, workflow_breaker, workflow_scope_of
 
 BREAKER = CircuitBreaker(failure_threshold=3, window_s=10.0, cooldown_s=5.0)
 

@@ -208,7 +208,7 @@ async def test_idle_workflow_breakers_are_forgotten_and_live_ones_kept(services)
     """One workflow breaker per owner and workflow that ever failed: housekeeping deletes those
     nothing depends on any more, so the hash every process reads each second stays small."""
     from comfyfleet.domain.policy import BreakerState, CircuitBreaker
-    from comfyfleet.store.fleet import WorkflowScope, backend_breaker, workflow_breaker
+    from comfyfleet.domain.breaker_scopes import WorkflowScope, backend_breaker, workflow_breaker
 
     now = time.time()
     breaker = CircuitBreaker(failure_threshold=2, window_s=300.0, cooldown_s=60.0)

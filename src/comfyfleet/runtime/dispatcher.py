@@ -37,7 +37,8 @@ from ..domain.job import Job
 from ..domain.models import NO_MODELS
 from ..domain.policy import CircuitBreaker
 from ..errors import StoreError
-from ..store.fleet import BackendRecord, FleetSnapshot, FleetStore, WorkflowScope
+from ..domain.breaker_scopes import WorkflowScope
+from ..store.fleet import BackendRecord, FleetSnapshot, FleetStore
 from ..store.node_catalogs import NodeCatalog, NodeCatalogs
 from .fleet_memory import FleetMemory
 from .selection import Roster, TypeRouting

@@ -15,7 +15,8 @@ from typing import Any
 
 from ..domain.policy import BreakerState
 from ..errors import BackendError, ComfyFleetError, JobNotFound
-from ..store.fleet import BackendHealth, BackendRecord, backend_breaker, workflow_scope_of
+from ..domain.breaker_scopes import backend_breaker, workflow_scope_of
+from ..store.fleet import BackendHealth, BackendRecord
 
 log = logging.getLogger(__name__)
 

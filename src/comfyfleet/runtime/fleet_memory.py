@@ -15,7 +15,8 @@ from ..domain.failures import FailureClass
 from ..domain.models import NO_MODELS
 from ..domain.policy import BreakerState, CircuitBreaker
 from ..errors import StoreError
-from ..store.fleet import FleetSnapshot, FleetStore, WorkflowScope, backend_breaker, workflow_breaker
+from ..domain.breaker_scopes import WorkflowScope, backend_breaker, workflow_breaker
+from ..store.fleet import FleetSnapshot, FleetStore
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from ..domain.job import Job
 from ..domain.models import NO_MODELS, warmth
 from ..domain.policy import BreakerState, BreakerStatus, CircuitBreaker
-from ..store.fleet import BackendHealth, FleetSnapshot, backend_breaker
+from ..domain.breaker_scopes import backend_breaker
+from ..store.fleet import BackendHealth, FleetSnapshot
 
 DISPATCHABLE_HEALTH = ("healthy", "unknown", "degraded")
 _UNKNOWN_HEALTH = BackendHealth()

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from redis import exceptions as rex
 
+from ..domain.breaker_scopes import WORKFLOW_SCOPE, WorkflowScope, backend_breaker, workflow_scope_of
 from ..domain.policy import BreakerState
 from ..errors import ComfyFleetError
 from .connection import translated
@@ -113,43 +114,6 @@ class BackendHealth:
             return cls()
         data = json.loads(raw)
         return cls(**{k: data[k] for k in cls.__slots__ if k in data})
-
-
-def backend_breaker(name: str) -> str:
-    return f"backend:{name}"
-
-
-WORKFLOW_SCOPE = "workflow:"
-
-
-@dataclass(frozen=True, slots=True)
-class WorkflowScope:
-    """Whose runs of which workflow shape one workflow breaker counts: each owner has its own,
-    so one user's jobs failing on their own values never close a workflow to anyone else."""
-
-    job_type: str
-    fingerprint: str
-    owner: str | None = None
-
-
-def workflow_breaker(scope: WorkflowScope) -> str:
-    """The breaker's field in Redis; JSON, as job types and owners may hold any character."""
-    return WORKFLOW_SCOPE + json.dumps([scope.job_type, scope.fingerprint, scope.owner],
-                                       separators=(",", ":"))
-
-
-def workflow_scope_of(field_name: str) -> WorkflowScope | None:
-    """The scope a breaker field stands for; None for a backend's breaker. A field written
-    before breakers were kept per owner (``workflow:<type>:<fingerprint>``) has no owner."""
-    if not field_name.startswith(WORKFLOW_SCOPE):
-        return None
-    rest = field_name[len(WORKFLOW_SCOPE):]
-    try:
-        job_type, fingerprint, owner = json.loads(rest)
-        return WorkflowScope(str(job_type), str(fingerprint), None if owner is None else str(owner))
-    except (ValueError, TypeError):
-        job_type, _, fingerprint = rest.rpartition(":")
-        return WorkflowScope(job_type, fingerprint)
 
 
 @dataclass(frozen=True, slots=True)
