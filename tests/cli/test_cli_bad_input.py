@@ -193,6 +193,7 @@ BAD_VALUES: dict[str, list[Bad]] = {
     "--history-delay-s": [bad("negative", "-1", "--history-delay-s", code=2)],
     "--time-scale": [bad("negative", "-1", "--time-scale", code=2)],
     "--model-load-s": [bad("nan", "nan", "--model-load-s", code=2)],
+    "--extra-node-classes": [bad("an-empty-name", "A,,B", "expected class names separated by commas", code=2)],
     "--output-dir": [bad("a-file", "{files}/afile", "cannot start the simulator", "afile")],
 }
 # Options any value of which is fine here, or that only the server can judge (see LIVE_CASES).
