@@ -33,11 +33,11 @@ import aiohttp
 
 from ..comfy.client import ComfyClient
 from ..comfy.transport import open_session
+from ..domain.breaker_scopes import WorkflowScope
 from ..domain.job import Job
 from ..domain.models import NO_MODELS
 from ..domain.policy import CircuitBreaker
 from ..errors import StoreError
-from ..domain.breaker_scopes import WorkflowScope
 from ..store.fleet import BackendRecord, FleetSnapshot, FleetStore
 from ..store.node_catalogs import NodeCatalog, NodeCatalogs
 from .fleet_memory import FleetMemory

@@ -13,9 +13,9 @@ import time
 from dataclasses import asdict, replace
 from typing import Any
 
+from ..domain.breaker_scopes import backend_breaker, workflow_scope_of
 from ..domain.policy import BreakerState
 from ..errors import BackendError, ComfyFleetError, JobNotFound
-from ..domain.breaker_scopes import backend_breaker, workflow_scope_of
 from ..store.fleet import BackendHealth, BackendRecord
 
 log = logging.getLogger(__name__)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from ..domain.breaker_scopes import WorkflowScope, backend_breaker, workflow_breaker
 from ..domain.failures import FailureClass
 from ..domain.models import NO_MODELS
 from ..domain.policy import BreakerState, CircuitBreaker
 from ..errors import StoreError
-from ..domain.breaker_scopes import WorkflowScope, backend_breaker, workflow_breaker
 from ..store.fleet import FleetSnapshot, FleetStore
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..domain.failures import Failure, FailureClass, FailureKind, lacks_node_class
 from ..domain.breaker_scopes import WorkflowScope
+from ..domain.failures import Failure, FailureClass, FailureKind, lacks_node_class
 from ..domain.fingerprint import node_classes_of, workflow_fingerprint
 from ..domain.job import Job
 from ..domain.models import NO_MODELS, models_of

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..domain.breaker_scopes import backend_breaker
 from ..domain.job import Job
 from ..domain.models import NO_MODELS, warmth
 from ..domain.policy import BreakerState, BreakerStatus, CircuitBreaker
-from ..domain.breaker_scopes import backend_breaker
 from ..store.fleet import BackendHealth, FleetSnapshot
 
 DISPATCHABLE_HEALTH = ("healthy", "unknown", "degraded")
