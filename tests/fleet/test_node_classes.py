@@ -53,6 +53,17 @@ async def test_a_class_no_backend_has_is_refused_and_one_any_backend_has_passes(
             nowhere = await fleet.wait((await fleet.submit(both))["id"])
             assert nowhere["status"] == "failed" and nowhere["error"]["code"] == "no_backend"
             assert nowhere["attempts"] == [] and "CustomUpscale" in nowhere["error"]["message"]
+            # only "custom" has the class, and the job's tags rule it out: no backend it may use
+            # has it (sim-0 has the tags, and would refuse the prompt)
+            tagged = await fleet.http.patch("/api/v2/backends/sim-0", json={"tags": ["sdxl"]})
+            assert tagged.status_code == 200, tagged.text
+            async with asyncio.timeout(5):
+                while fleet.services.dispatcher.snapshot.backends["sim-0"].tags != ("sdxl",):
+                    await asyncio.sleep(0.05)
+            ruled_out = await fleet.wait((await fleet.submit(with_node("CustomUpscale"),
+                                                             metadata={"tags": "sdxl"}))["id"])
+            assert ruled_out["status"] == "failed" and ruled_out["error"]["code"] == "no_backend"
+            assert "may use" in ruled_out["error"]["message"], ruled_out["error"]
             listed = {b["name"]: b["node_classes"] for b in (await fleet.http.get("/api/v2/backends")).json()["backends"]}
             assert {name: c["count"] for name, c in listed.items()} == {
                 "sim-0": len(fleet.sims[0].node_classes), "custom": len(CUSTOM)}

@@ -39,7 +39,7 @@ from ..domain.models import NO_MODELS
 from ..domain.policy import CircuitBreaker
 from ..errors import StoreError
 from ..store.fleet import BackendRecord, FleetSnapshot, FleetStore
-from ..store.node_catalogs import NodeCatalog, NodeCatalogs
+from ..store.node_catalogs import NodeCatalogs
 from .fleet_memory import FleetMemory
 from .selection import Roster, TypeRouting
 from .slot_line import RECHECK, SlotLine
@@ -96,8 +96,8 @@ class Dispatcher:
         self.fleet = fleet
         self.settings = settings
         self._catalogs = catalogs  # which node classes each backend has (None: not consulted)
-        self._lacking_seen_with: tuple[object, object] | None = None  # what _lacking_by_classes came from
-        self._lacking_by_classes: dict[frozenset[str], tuple[frozenset[str], frozenset[str]]] = {}
+        self._gaps_seen_with: tuple[object, object] | None = None  # what _gaps_by_classes came from
+        self._gaps_by_classes: dict[frozenset[str], dict[str, frozenset[str] | None]] = {}
         self._clock = clock
         self._pools: list[aiohttp.ClientSession] = []
         if client_factory is None and http is not None:
@@ -259,13 +259,17 @@ class Dispatcher:
             whose = f" of jobs owned by {workflow.owner}" if workflow.owner else ""
             return Choice(circuit_open=f"the circuit breaker of this workflow ({workflow.job_type}, "
                                        f"{workflow.fingerprint}) is open after repeated failures{whose}")
-        lacking, missing = await self._lacking(classes)
-        if missing:
-            return Choice(fatal=f"no backend has every node class this workflow uses "
-                                f"(each lacks one of: {', '.join(sorted(missing))})")
+        routing = self.routing_for(job.type)
+        gaps = await self._class_gaps(classes)
+        lacking = frozenset(name for name, gap in gaps.items() if gap)  # would refuse the prompt
+        if lacking:
+            allowed = self.roster(self._clock()).allowed(job, routing)  # by tags, whatever their state
+            if allowed and all(gaps.get(name) for name in allowed):  # each known, and each lacks one
+                missing = sorted(set().union(*(gaps[name] or () for name in allowed)))
+                return Choice(fatal=f"no backend this job may use has every node class its workflow "
+                                    f"uses (each lacks one of: {', '.join(missing)})")
         wait_s = self.settings.slot_wait_s if wait_s is None else wait_s
         until = self._clock() + wait_s
-        routing = self.routing_for(job.type)
         if not self.settings.model_affinity:
             models = NO_MODELS
         warm_until = self._clock() + self.settings.affinity_wait_s if models else 0.0
@@ -278,7 +282,7 @@ class Dispatcher:
                 if plan.fatal:
                     return Choice(fatal=plan.fatal)
                 candidates = plan.candidates
-                if lacking:  # known to lack a class the workflow uses: it would refuse the prompt
+                if lacking:
                     candidates = tuple(c for c in candidates if c[0] not in lacking)
                 if now < warm_until:  # only the backends holding its models, for a while
                     warm = self.roster(now).holding(models)
@@ -318,38 +322,25 @@ class Dispatcher:
         finally:
             self._line.leave(waiter)
 
-    async def _lacking(self, classes: frozenset[str]) -> tuple[frozenset[str], frozenset[str]]:
-        """The backends whose node catalog lacks one of ``classes``; and, when every registered
-        backend's catalog is known and each lacks one, the classes some backend lacks (the job
-        can run nowhere). A backend whose catalog is not known yet is not held back."""
+    async def _class_gaps(self, classes: frozenset[str]) -> Mapping[str, frozenset[str] | None]:
+        """Registered backend -> which of ``classes`` its node catalog lacks (empty: it has them
+        all; None: its catalog is not known yet, so it is not held back). Empty when nothing is
+        to be judged. Worked out once per class set until the catalogs or the registry change."""
         if not classes or self._catalogs is None or self._snapshot is None:
-            return frozenset(), frozenset()
+            return {}
         catalogs = await self._catalogs.catalogs()
-        seen = self._lacking_seen_with  # catalogs and registry: replaced when they change, not edited
+        seen = self._gaps_seen_with  # catalogs and registry: replaced when they change, not edited
         if seen is None or seen[0] is not catalogs or seen[1] is not self._snapshot:
-            self._lacking_seen_with, self._lacking_by_classes = (catalogs, self._snapshot), {}
-        if (found := self._lacking_by_classes.get(classes)) is not None:
+            self._gaps_seen_with, self._gaps_by_classes = (catalogs, self._snapshot), {}
+        if (found := self._gaps_by_classes.get(classes)) is not None:
             return found
-        self._lacking_by_classes[classes] = found = await self._lacking_in(catalogs, classes)
-        return found
-
-    async def _lacking_in(self, catalogs: Mapping[str, NodeCatalog],
-                          classes: frozenset[str]) -> tuple[frozenset[str], frozenset[str]]:
-        assert self._catalogs is not None and self._snapshot is not None
-        lacking: set[str] = set()
-        missing: set[str] = set()
-        unknown = False
+        gaps: dict[str, frozenset[str] | None] = {}
         for name in self._snapshot.backends:
             catalog = catalogs.get(name)
             known = await self._catalogs.classes(catalog) if catalog is not None else None
-            if known is None:
-                unknown = True
-            elif not classes <= known:
-                lacking.add(name)
-                missing |= classes - known
-        if unknown or len(lacking) < len(self._snapshot.backends):
-            return frozenset(lacking), frozenset()
-        return frozenset(lacking), frozenset(missing)
+            gaps[name] = None if known is None else classes - known
+        self._gaps_by_classes[classes] = gaps
+        return gaps
 
     async def forget_node_catalog(self, name: str) -> None:
         """``name`` refused a node class: what is known of its classes goes, so its next health

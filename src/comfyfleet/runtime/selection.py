@@ -109,6 +109,13 @@ class Roster:
             candidates += [(name, limit, tier) for name, limit in members]
         return Plan(tuple(candidates))
 
+    def allowed(self, job: Job, routing: TypeRouting) -> frozenset[str]:
+        """Every registered backend whose tags let it take ``job`` in some group, whatever its
+        state now (one down or drained may come back)."""
+        need = required_tags(job, routing)
+        groups = [frozenset(g) for g in routing.fallback] or [_NO_TAGS]
+        return frozenset(name for group in groups for name in self._matching(need | group))
+
     def holding(self, models: frozenset[str]) -> frozenset[str]:
         """Names of the usable backends holding any of ``models``."""
         return frozenset(name for name, warm in self.warm.items() if warm & models)
