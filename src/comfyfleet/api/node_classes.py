@@ -20,19 +20,12 @@ from ..store.node_catalogs import NodeCatalogs
 async def check_node_classes(workflow: dict[str, Any], catalogs: NodeCatalogs, backends: Iterable[str]) -> None:
     """Raise ``invalid_workflow`` (422, one entry per node in ``details.node_errors``) when some
     node's class is listed by none of ``backends``."""
-    names = list(backends)
-    if not names:
-        return
-    known_catalogs = await catalogs.catalogs()
-    known: set[str] = set()
-    for name in names:
-        catalog = known_catalogs.get(name)
-        classes = await catalogs.classes(catalog) if catalog is not None else None
-        if classes is None:
-            return  # this backend's classes are not known: it might have any
-        known |= classes
+    known = await catalogs.classes_of(backends)
+    if not known or any(classes is None for classes in known.values()):
+        return  # no backend, or one whose classes are not known: it might have any
+    lists = set(known.values())  # one per distinct catalog: alike backends share theirs
     missing = {node_id: str(node["class_type"]) for node_id, node in workflow.items()
-               if str(node["class_type"]) not in known}
+               if not any(str(node["class_type"]) in classes for classes in lists)}
     if not missing:
         return
     node_errors = {node_id: [{"field": "class_type", "reason": "unknown_node_class",

@@ -79,6 +79,18 @@ class DispatchSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ClassGaps:
+    """Which of a job's node classes each registered backend lacks (empty: it has them all;
+    None: its catalog is not known yet, so it is not held back), and the backends lacking one."""
+
+    by_backend: Mapping[str, frozenset[str] | None]
+    lacking: frozenset[str]
+
+
+NO_GAPS = ClassGaps({}, frozenset())
+
+
+@dataclass(frozen=True, slots=True)
 class Choice:
     backend: Backend | None = None
     fatal: str | None = None  # no backend can ever take this job
@@ -97,7 +109,7 @@ class Dispatcher:
         self.settings = settings
         self._catalogs = catalogs  # which node classes each backend has (None: not consulted)
         self._gaps_seen_with: tuple[object, object] | None = None  # what _gaps_by_classes came from
-        self._gaps_by_classes: dict[frozenset[str], dict[str, frozenset[str] | None]] = {}
+        self._gaps_by_classes: dict[frozenset[str], ClassGaps] = {}
         self._clock = clock
         self._pools: list[aiohttp.ClientSession] = []
         if client_factory is None and http is not None:
@@ -261,11 +273,12 @@ class Dispatcher:
                                        f"{workflow.fingerprint}) is open after repeated failures{whose}")
         routing = self.routing_for(job.type)
         gaps = await self._class_gaps(classes)
-        lacking = frozenset(name for name, gap in gaps.items() if gap)  # would refuse the prompt
+        lacking = gaps.lacking  # would refuse the prompt
         if lacking:
             allowed = self.roster(self._clock()).allowed(job, routing)  # by tags, whatever their state
-            if allowed and all(gaps.get(name) for name in allowed):  # each known, and each lacks one
-                missing = sorted(set().union(*(gaps[name] or () for name in allowed)))
+            by_backend = gaps.by_backend
+            if allowed and all(by_backend.get(name) for name in allowed):  # each known, each lacks one
+                missing = sorted(set().union(*(by_backend[name] or () for name in allowed)))
                 return Choice(fatal=f"no backend this job may use has every node class its workflow "
                                     f"uses (each lacks one of: {', '.join(missing)})")
         wait_s = self.settings.slot_wait_s if wait_s is None else wait_s
@@ -322,25 +335,22 @@ class Dispatcher:
         finally:
             self._line.leave(waiter)
 
-    async def _class_gaps(self, classes: frozenset[str]) -> Mapping[str, frozenset[str] | None]:
-        """Registered backend -> which of ``classes`` its node catalog lacks (empty: it has them
-        all; None: its catalog is not known yet, so it is not held back). Empty when nothing is
-        to be judged. Worked out once per class set until the catalogs or the registry change."""
+    async def _class_gaps(self, classes: frozenset[str]) -> ClassGaps:
+        """Which of ``classes`` each registered backend lacks. Worked out once per class set
+        until the catalogs or the registry change."""
         if not classes or self._catalogs is None or self._snapshot is None:
-            return {}
+            return NO_GAPS
         catalogs = await self._catalogs.catalogs()
         seen = self._gaps_seen_with  # catalogs and registry: replaced when they change, not edited
         if seen is None or seen[0] is not catalogs or seen[1] is not self._snapshot:
             self._gaps_seen_with, self._gaps_by_classes = (catalogs, self._snapshot), {}
         if (found := self._gaps_by_classes.get(classes)) is not None:
             return found
-        gaps: dict[str, frozenset[str] | None] = {}
-        for name in self._snapshot.backends:
-            catalog = catalogs.get(name)
-            known = await self._catalogs.classes(catalog) if catalog is not None else None
-            gaps[name] = None if known is None else classes - known
-        self._gaps_by_classes[classes] = gaps
-        return gaps
+        known = await self._catalogs.classes_of(self._snapshot.backends)
+        by_backend = {name: None if has is None else classes - has for name, has in known.items()}
+        found = self._gaps_by_classes[classes] = ClassGaps(
+            by_backend, frozenset(name for name, gap in by_backend.items() if gap))
+        return found
 
     async def forget_node_catalog(self, name: str) -> None:
         """``name`` refused a node class: what is known of its classes goes, so its next health

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -58,9 +58,11 @@ class NodeCatalogs:
     async def record(self, backend: str, classes: frozenset[str], read_at: float) -> NodeCatalog:
         """``backend``'s ``/object_info`` listed ``classes`` at ``read_at``."""
         catalog = NodeCatalog(catalog_digest(classes), read_at, len(classes))
+        previous = self._catalogs.get(backend)
         with translated(self._redis, "recording a node catalog"):
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(self._keys.fleet_node_sets, catalog.digest, json.dumps(sorted(classes)))
+                if previous is None or previous.digest != catalog.digest:  # else stored, and in use
+                    pipe.hset(self._keys.fleet_node_sets, catalog.digest, json.dumps(sorted(classes)))
                 pipe.hset(self._keys.fleet_nodes, backend,
                           json.dumps({"digest": catalog.digest, "read_at": read_at, "count": catalog.count}))
                 await pipe.execute()
@@ -77,6 +79,13 @@ class NodeCatalogs:
             self._catalogs = {name: c for name, text in raw.items() if (c := NodeCatalog.from_json(text))}
             self._catalogs_read_at = self._clock()
         return self._catalogs
+
+    async def classes_of(self, backends: Iterable[str]) -> dict[str, frozenset[str] | None]:
+        """Backend -> the classes it has; None where not known (no catalog read, or its list
+        being replaced). Alike backends share one set object."""
+        catalogs = await self.catalogs()
+        return {name: await self.classes(catalog) if (catalog := catalogs.get(name)) is not None else None
+                for name in backends}
 
     async def classes(self, catalog: NodeCatalog) -> frozenset[str] | None:
         """The classes of ``catalog``; None when its set is gone (a catalog being replaced)."""
