@@ -135,9 +135,14 @@ def build_app(services: Services, settings: Settings):
         return {"max_attempts": retry.max_attempts if retry else policy.max_attempts,
                 "deadline_s": policy.deadline_s}
 
-    async def check_classes(workflow: dict) -> None:
+    async def check_classes(workflow: dict, job_type: str, metadata: dict) -> None:
         snapshot = services.dispatcher.snapshot
-        await check_node_classes(workflow, services.node_catalogs, snapshot.backends if snapshot else ())
+        if snapshot is None:
+            return
+        allowed = services.dispatcher.allowed_backends(job_type, metadata)
+        where = ("no backend of this fleet" if allowed == snapshot.backends.keys()
+                 else "no backend this job's tags allow")
+        await check_node_classes(workflow, services.node_catalogs, allowed, where=where)
 
     api_services = ApiServices(store=services.store, events=services.events, blobs=services.blobs,
                                enqueue=enqueue, cancel_running=cancel_running, health=health,

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from comfyfleet.comfy.transport import open_session
 from comfyfleet.runtime.dispatcher import Dispatcher, DispatchSettings
 from comfyfleet.runtime.health import HealthMonitor, HealthSettings
@@ -53,22 +55,42 @@ async def test_a_class_no_backend_has_is_refused_and_one_any_backend_has_passes(
             nowhere = await fleet.wait((await fleet.submit(both))["id"])
             assert nowhere["status"] == "failed" and nowhere["error"]["code"] == "no_backend"
             assert nowhere["attempts"] == [] and "CustomUpscale" in nowhere["error"]["message"]
-            # only "custom" has the class, and the job's tags rule it out: no backend it may use
-            # has it (sim-0 has the tags, and would refuse the prompt)
-            tagged = await fleet.http.patch("/api/v2/backends/sim-0", json={"tags": ["sdxl"]})
-            assert tagged.status_code == 200, tagged.text
-            async with asyncio.timeout(5):
-                while fleet.services.dispatcher.snapshot.backends["sim-0"].tags != ("sdxl",):
-                    await asyncio.sleep(0.05)
-            ruled_out = await fleet.wait((await fleet.submit(with_node("CustomUpscale"),
-                                                             metadata={"tags": "sdxl"}))["id"])
-            assert ruled_out["status"] == "failed" and ruled_out["error"]["code"] == "no_backend"
-            assert "may use" in ruled_out["error"]["message"], ruled_out["error"]
             listed = {b["name"]: b["node_classes"] for b in (await fleet.http.get("/api/v2/backends")).json()["backends"]}
             assert {name: c["count"] for name, c in listed.items()} == {
                 "sim-0": len(fleet.sims[0].node_classes), "custom": len(CUSTOM)}
             # alike backends share one stored list: two catalogs, two sets
             assert await fleet.services.redis.hlen(fleet.services.keys.fleet_node_sets) == 2
+
+
+@pytest.mark.parametrize("checked", [True, False], ids=["at-submission", "at-dispatch"])
+async def test_a_class_held_only_by_a_backend_the_jobs_tags_rule_out_counts_for_nothing(valkey_url, tmp_path, checked):
+    """Only "custom" has the class, and the job's tags allow only sim-0 (which would refuse the
+    prompt): the submission is refused, or, unchecked, the job fails at once with no_backend
+    rather than waiting for a backend until its deadline."""
+    async with running_fleet(valkey_url, tmp_path, sims=1, check_node_classes=checked) as fleet:
+        async with Simulator(SimConfig(step_s=0.01, name="custom", node_classes=CUSTOM)) as custom:
+            added = await fleet.http.post("/api/v2/backends", json={"name": "custom", "url": custom.url})
+            assert added.status_code == 201, added.text
+            tagged = await fleet.http.patch("/api/v2/backends/sim-0", json={"tags": ["sdxl"]})
+            assert tagged.status_code == 200, tagged.text
+            await catalogs_known(fleet, 2)
+            async with asyncio.timeout(5):
+                while fleet.services.dispatcher.snapshot.backends["sim-0"].tags != ("sdxl",):
+                    await asyncio.sleep(0.05)
+            untagged = await fleet.submit(with_node("CustomUpscale"))  # may go to custom: fine
+            assert (await fleet.wait(untagged["id"]))["attempts"][-1]["backend"] == "custom"
+            sent = await fleet.http.post("/api/v2/jobs", json={"workflow": with_node("CustomUpscale"),
+                                                               "metadata": {"tags": "sdxl"}})
+            if checked:
+                assert sent.status_code == 422, sent.text
+                assert sent.json()["error"]["details"]["node_errors"]["4"][0]["message"] == \
+                    "no backend this job's tags allow has the node class 'CustomUpscale'"
+                return
+            assert sent.status_code == 201, sent.text
+            ruled_out = await fleet.wait(sent.json()["id"])
+            assert ruled_out["status"] == "failed" and ruled_out["error"]["code"] == "no_backend"
+            assert "may use" in ruled_out["error"]["message"], ruled_out["error"]
+            assert ruled_out["attempts"] == []
 
 
 async def test_nothing_is_judged_while_a_backends_catalog_is_unknown_or_when_turned_off(valkey_url, tmp_path):

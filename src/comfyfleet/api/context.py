@@ -85,8 +85,9 @@ class ApiServices:
     keys: Callable[[str], Any] | None = None  # API key -> its KeyHolder or None (absent: an open server)
     uploads: Any = None  # an UploadStore: input assets (absent: uploads answer 404)
     partner_keys: Any = None  # a PartnerKeyHolder (absent: a job sent with a partner key is refused)
-    # raises invalid_workflow when no backend has one of a workflow's node classes (absent: not checked)
-    check_node_classes: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+    # (workflow, job type, metadata): raises invalid_workflow when no backend the job may use has
+    # one of its node classes (absent: not checked)
+    check_node_classes: Callable[[dict[str, Any], str, dict[str, Any]], Awaitable[None]] | None = None
 
 
 @dataclass

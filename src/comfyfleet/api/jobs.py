@@ -45,7 +45,7 @@ async def submit_job(request: Request, ctx: ApiContext = Depends(get_context),
                                details={"field": "metadata", "key": "type",
                                         "allowed": list(settings.job_types)})
     if services.check_node_classes is not None:
-        await services.check_node_classes(submission.workflow)
+        await services.check_node_classes(submission.workflow, job_type, submission.metadata)
     inputs = await resolve_inputs(ctx, submission.workflow, caller)
     if submission.partner_key is not None and services.partner_keys is None:
         raise ValidationFailed("this server cannot hand partner keys to its workers",

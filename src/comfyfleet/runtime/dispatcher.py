@@ -28,6 +28,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 
@@ -41,7 +42,7 @@ from ..errors import StoreError
 from ..store.fleet import BackendRecord, FleetSnapshot, FleetStore
 from ..store.node_catalogs import NodeCatalogs
 from .fleet_memory import FleetMemory
-from .selection import Roster, TypeRouting
+from .selection import Roster, TypeRouting, required_tags, tags_wanted
 from .slot_line import RECHECK, SlotLine
 
 log = logging.getLogger(__name__)
@@ -244,6 +245,14 @@ class Dispatcher:
     def routing_for(self, job_type: str) -> TypeRouting:
         return self.settings.routing.get(job_type, TypeRouting())
 
+    def allowed_backends(self, job_type: str, metadata: Mapping[str, Any] | None) -> frozenset[str]:
+        """Every registered backend that a job of ``job_type`` with ``metadata`` may run on by
+        its tags, whatever its state now; none before the registry was first read."""
+        if self._snapshot is None:
+            return frozenset()
+        routing = self.routing_for(job_type)
+        return self.roster(self._clock()).allowed(tags_wanted(metadata, routing), routing)
+
     def roster(self, now: float) -> Roster:
         """The fleet as selection sees it at ``now`` (made again after a refresh, a breaker
         change, or the end of an open breaker's cool-down)."""
@@ -275,7 +284,7 @@ class Dispatcher:
         gaps = await self._class_gaps(classes)
         lacking = gaps.lacking  # would refuse the prompt
         if lacking:
-            allowed = self.roster(self._clock()).allowed(job, routing)  # by tags, whatever their state
+            allowed = self.roster(self._clock()).allowed(required_tags(job, routing), routing)  # by tags, whatever their state
             by_backend = gaps.by_backend
             if allowed and all(by_backend.get(name) for name in allowed):  # each known, each lacks one
                 missing = sorted(set().union(*(by_backend[name] or () for name in allowed)))

@@ -16,7 +16,9 @@ not re-derive every backend's health and breaker state.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..domain.breaker_scopes import backend_breaker
 from ..domain.job import Job
@@ -109,10 +111,10 @@ class Roster:
             candidates += [(name, limit, tier) for name, limit in members]
         return Plan(tuple(candidates))
 
-    def allowed(self, job: Job, routing: TypeRouting) -> frozenset[str]:
-        """Every registered backend whose tags let it take ``job`` in some group, whatever its
-        state now (one down or drained may come back)."""
-        need = required_tags(job, routing)
+    def allowed(self, need: frozenset[str], routing: TypeRouting) -> frozenset[str]:
+        """Every registered backend whose tags let it take a job needing the tags ``need`` (see
+        ``required_tags``) in some group, whatever its state now (one down or drained may come
+        back)."""
         groups = [frozenset(g) for g in routing.fallback] or [_NO_TAGS]
         return frozenset(name for group in groups for name in self._matching(need | group))
 
@@ -164,7 +166,12 @@ class Roster:
 
 
 def required_tags(job: Job, routing: TypeRouting) -> frozenset[str]:
-    from_metadata = (job.metadata or {}).get("tags") or ""
+    return tags_wanted(job.metadata, routing)
+
+
+def tags_wanted(metadata: Mapping[str, Any] | None, routing: TypeRouting) -> frozenset[str]:
+    """The tags a job's backend must have: its type's, and those its ``metadata.tags`` names."""
+    from_metadata = (metadata or {}).get("tags") or ""
     if not from_metadata and not routing.tags:
         return _NO_TAGS
     return frozenset(t.strip() for t in from_metadata.split(",") if t.strip()) | set(routing.tags)
