@@ -163,7 +163,7 @@ def sim(ctx: typer.Context) -> None:
 @app.command()
 def demo(once: bool = typer.Option(False, "--once", help="run the sample jobs, then exit"),
          port: int = typer.Option(0, min=0, max=65535, help="API port (default: a free one)"),
-         data_dir: Optional[Path] = typer.Option(None, help="keep data here (default: a temp dir)")) -> None:
+         data_dir: Optional[Path] = typer.Option(None, help="keep data here (default ./.comfyfleet-demo)")) -> None:
     """Start Valkey, two simulated ComfyUI servers and the service; run sample jobs."""
     from .demo import run_demo
 

@@ -2,8 +2,12 @@
 
 The job record in the store is the truth; the queue only says "this job wants a worker".
 bullmq job id = our job id, so enqueueing an id twice is a no-op. Lock and stall settings
-follow the measurements in the design (lockDuration 10 s, stalledInterval 5 s,
-maxStalledCount 2): a worker killed mid-job has its jobs handed to another in about 10 s.
+(``QueueSettings``): lockDuration 10 s (``COMFYFLEET_QUEUE_LOCK_S``) and stalledInterval 5 s, so
+the entries a killed worker had taken go back to the queue 10-15 s later; maxStalledCount
+1,000,000, in effect no limit: bullmq fails a job that stalls more than maxStalledCount times,
+and a stall is a dead worker, not a failure of the job. A dead worker's running jobs do not wait
+for the stall check: their claims lapse and the orphan sweep (``runtime/recovery.py``) hands
+them over in seconds.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What a job's backend knows about its prompt, and what to do about it (DESIGN.md section 5).
+"""What a job's backend knows about its prompt, and what to do about it.
 
     backend says about prompt_id           action
     -------------------------------------  -----------------------------------------------------

@@ -41,7 +41,7 @@ FAULTS_HELP = """faults, switched on and off while it runs:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="comfyfleet-sim", description="A simulated ComfyUI server.",
+        prog="comfyfleet sim", description="A simulated ComfyUI server.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=FAULTS_HELP)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=port_number, default=8188)

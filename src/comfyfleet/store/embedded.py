@@ -10,10 +10,12 @@ object is collected) so it outlives a killed parent, and its pid and port are re
 recorded server that is still alive, is a ``valkey-server``, answers PING on the recorded port
 and serves this directory; any other record is stale and is removed before a fresh start.
 
-Several processes may use one data dir's server (``comfyfleet api`` and ``comfyfleet worker``
-side by side): each holds a shared lock on ``<data_dir>/valkey/comfyfleet-valkey.users`` while it
-uses the server, and ``stop()`` shuts the server down only for its last user (the one that gets
-the lock exclusively); the others leave it running. The kernel lets go of a killed process's
+Several processes may use one data dir's server (several ``comfyfleet api`` processes side by
+side, or ``comfyfleet cleanup`` / ``recover --dry-run`` beside a live ``serve``; a
+``comfyfleet worker`` always needs ``--redis-url`` and never starts one): each holds a shared
+lock on ``<data_dir>/valkey/comfyfleet-valkey.users`` while it uses the server, and ``stop()``
+shuts the server down only for its last user (the one that gets the lock exclusively); the
+others leave it running. The kernel lets go of a killed process's
 lock, so a server whose users all died runs on until the next ``start()`` adopts it.
 Whatever stops it starting (an unusable directory, a port in use, no binary) is a ``ConfigError``.
 
