@@ -89,4 +89,6 @@ async def _download(client: ComfyClient, blobs: BlobStore,
 
 
 def _node_order(node_id: str) -> tuple[int, str]:
-    return (int(node_id), "") if node_id.isdigit() else (1 << 62, node_id)
+    # isdigit() alone is also true for superscripts such as "²", which int() refuses
+    numeric = node_id.isascii() and node_id.isdigit()
+    return (int(node_id), "") if numeric else (1 << 62, node_id)
