@@ -164,3 +164,13 @@ async def test_a_job_reference_is_completed_with_its_blob_and_the_blob_is_held(c
     assert held_until >= record.deadline_at
     echoed = await client.get(f"/api/v2/jobs/{job['id']}/workflow")
     assert echoed.json()["workflow"]["5"]["inputs"]["image"] == {"__type": "core/ASSET", "info": {"id": asset["id"]}}
+
+
+@pytest.mark.parametrize("file_path", ["a\nb.png", "a\rb.png", "tab\there.png", "del\x7f.png"])
+async def test_a_file_path_with_a_control_character_is_422(client, file_path):
+    response = await upload(client, b"x", file_path=file_path)
+    assert response.status_code == 422 and error_code(response) == "invalid_request"
+    assert response.json()["error"]["details"] == {"field": "file_path"}
+    assert (await upload(client, b"x", file_path="ab.png")).status_code == 201
+    minted = await client.post("/api/v2/assets/from-hash", json={"hash": b3(b"x"), "file_path": file_path})
+    assert minted.status_code == 422, minted.text

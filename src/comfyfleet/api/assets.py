@@ -20,7 +20,7 @@ from ..blobs import parse_digest
 from ..errors import JobNotFound
 from .access import Caller, get_caller, owner_of
 from .asset_lookup import find_asset
-from .uploads import parse_blake3
+from .uploads import CONTROL_CHARACTERS, parse_blake3
 from .context import ApiContext, get_context
 from .errors import error_response
 
@@ -107,7 +107,12 @@ def _offset(digits: str) -> int:
 
 
 def content_disposition(name: str) -> str:
-    ascii_name = name.encode("ascii", "replace").decode().replace('"', "'").replace("\\", "_")
+    """The name quoted in ASCII for old clients, exact in ``filename*`` (percent-encoded).
+
+    An output's name is whatever its ComfyUI server wrote; a control character in a header makes
+    h11 drop the connection without an answer, so the ASCII name has ``_`` in its place."""
+    ascii_name = CONTROL_CHARACTERS.sub("_", name).encode("ascii", "replace").decode() \
+        .replace('"', "'").replace("\\", "_")
     return f"inline; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name)}"
 
 

@@ -42,6 +42,7 @@ MAX_TAGS, MAX_TAG_CHARS, MAX_PATH_CHARS = 16, 64, 255
 FROM_HASH_MAX_BYTES = 64 * 1024
 BLAKE3 = re.compile(r"^blake3:([0-9a-f]{64})$")
 CONTENT_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+$")
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 FIELDS = {"file", "file_path", "content_type", "expected_hash", "tags", "expires_in"}
 
 
@@ -200,10 +201,11 @@ async def _known_content(ctx: ApiContext, caller: Caller, claimed: str) -> tuple
 def _file_path(value: Any, *, default: str) -> str:
     if value is None or value == "":
         return default
-    if not isinstance(value, str) or len(value) > MAX_PATH_CHARS or "\x00" in value \
+    if not isinstance(value, str) or len(value) > MAX_PATH_CHARS or CONTROL_CHARACTERS.search(value) \
             or value.startswith(("/", "\\")) or ".." in value.replace("\\", "/").split("/"):
         raise validation.invalid(f"file_path must be a relative path of at most {MAX_PATH_CHARS} "
-                                 f"characters without '..'", details={"field": "file_path"})
+                                 f"characters without '..' or control characters",
+                                 details={"field": "file_path"})
     return value
 
 
