@@ -174,3 +174,21 @@ async def test_a_file_path_with_a_control_character_is_422(client, file_path):
     assert (await upload(client, b"x", file_path="ab.png")).status_code == 201
     minted = await client.post("/api/v2/assets/from-hash", json={"hash": b3(b"x"), "file_path": file_path})
     assert minted.status_code == 422, minted.text
+
+
+@pytest.mark.parametrize("content_type", ["text/plain; charset=utf-8", "audio/L16; rate=16000",
+                                          'multipart/mixed; boundary="a b;c"', "audio/L16;rate=8000"])
+async def test_a_content_type_with_parameters_is_kept_and_served_back(client, content_type):
+    asset = await upload(client, b"x", content_type=content_type)
+    assert asset.status_code == 201 and asset.json()["content_type"] == content_type, asset.text
+    content = await client.get(f"/api/v2/assets/{asset.json()['id']}/content")
+    assert content.status_code == 200 and content.headers["content-type"] == content_type
+
+
+@pytest.mark.parametrize("content_type", ["png", "image/", "text/plain;", "text/plain; charset",
+                                          "text/plain; a=b c", 'text/plain; a="open', "text/plain; a=é",
+                                          "图/png", "image/png\n", "image/png\r\nX-Other: 1"])
+async def test_a_content_type_that_is_not_a_media_type_is_422(client, content_type):
+    response = await upload(client, b"x", content_type=content_type)
+    assert response.status_code == 422 and error_code(response) == "invalid_request"
+    assert response.json()["error"]["details"] == {"field": "content_type"}

@@ -41,7 +41,11 @@ MIN_EXPIRES_S, MAX_EXPIRES_S = 60, 604_800
 MAX_TAGS, MAX_TAG_CHARS, MAX_PATH_CHARS = 16, 64, 255
 FROM_HASH_MAX_BYTES = 64 * 1024
 BLAKE3 = re.compile(r"^blake3:([0-9a-f]{64})$")
-CONTENT_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+$")
+# RFC 9110's media type, parameters and all ("audio/L16; rate=16000"), in ASCII only: it is sent
+# back as the Content-Type of the asset's content
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_QUOTED = r'"(?:[ !#-\[\]-~]|\\[ -~])*"'
+CONTENT_TYPE = re.compile(rf"{_TOKEN}/{_TOKEN}(?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|{_QUOTED}))*")
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 FIELDS = {"file", "file_path", "content_type", "expected_hash", "tags", "expires_in"}
 
@@ -143,8 +147,9 @@ def _fields(form: Any, file: UploadFile) -> dict[str, Any]:
     file_path = _file_path(texts.get("file_path") or file.filename, default="upload")
     if not content_type or content_type == DEFAULT_CONTENT_TYPE:
         content_type = mimetypes.guess_type(file_path)[0] or DEFAULT_CONTENT_TYPE
-    if not CONTENT_TYPE.match(content_type) or len(content_type) > 127:
-        raise validation.invalid("content_type must look like type/subtype", details={"field": "content_type"})
+    if not CONTENT_TYPE.fullmatch(content_type) or len(content_type) > 127:
+        raise validation.invalid("content_type must look like type/subtype, with optional ; name=value "
+                                 "parameters", details={"field": "content_type"})
     return {"expected": parse_blake3(expected) if expected else None, "content_type": content_type,
             "file_path": file_path, "tags": _tags(form.getlist("tags")),
             "expires_in": texts.get("expires_in")}
