@@ -45,7 +45,9 @@ class Settings(BaseSettings):
     tracker_unreachable_grace_s: float = Field(60.0, gt=0)
     stats_flush_s: float = Field(1.0, gt=0)  # tracker counters reach GET /api/v2/stats this soon
     retention_s: float = Field(7 * 86400.0, ge=0)
-    active_ttl_s: float = Field(2 * 3600.0, gt=0)  # a running job's record lives this long past its last heartbeat
+    # a job not finished is kept this long past its last write (a running job's heartbeat), and
+    # at least this long past its deadline (a queued job is not written while it waits)
+    active_ttl_s: float = Field(2 * 3600.0, gt=0)
     lease_s: float = Field(6.0, gt=0)  # a job's claim outlives its worker's last heartbeat by this much
     blob_grace_s: float = Field(3600.0, ge=0)  # an unreferenced blob younger than this is kept
     maintenance_interval_s: float = Field(600.0, gt=0)  # retention, index and blob cleanup this often

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 
@@ -326,3 +327,55 @@ async def test_a_save_repeated_after_a_lost_reply_counts_once(store, make_job, r
         ("attempt", "gpu:1", "failed", "permanent"): 1,
         ("queue_wait", kind, "2"): 1, ("queue_wait_ms", kind): 1500,  # 1.5 s: the "le 2 s" bucket
         ("duration", kind, "failed", "60"): 1, ("duration_ms", kind, "failed"): 40000}
+
+
+# -- a job that is not finished lives until its deadline (plus active_ttl), however long it waits --
+async def test_a_queued_record_outlives_active_ttl_until_its_deadline(redis, keys, make_job):
+    """A job waits in the queue without any save; its record, workflow and idempotency key must
+    not expire active_ttl after creation when its deadline is later (a lora_training job: 3 h,
+    against the 2 h default active_ttl)."""
+    store = RedisJobStore(redis, keys, active_ttl_s=2.0, retention_s=1000.0, idempotency_ttl_s=1.0)
+    job = make_job(owner="alice", type="lora_training", idempotency_key="k1",
+                   deadline_at=time.time() + 3 * 3600.0)
+    await store.create(job, WF)
+    floor_ms = 3 * 3600 * 1000 - 60_000  # the deadline, less a minute for a slow machine
+    for key in (keys.job(job.id), keys.workflow(job.id), keys.idempotency("alice", "k1")):
+        assert await redis.pttl(key) > floor_ms, key
+    for key in (keys.job(job.id), keys.workflow(job.id)):  # the deadline plus active_ttl, no more
+        assert await redis.pttl(key) <= 3 * 3600 * 1000 + 2_000, key
+    # every later save of a job that is not finished keeps it to the deadline too
+    running = await store.apply(job.id, t.Dispatch(attempt()), time.time())
+    queued = await store.apply(job.id, t.Retry(time.time(), "transient", "try again"), time.time(),
+                               known=running)
+    for key in (keys.job(job.id), keys.workflow(job.id)):
+        assert await redis.pttl(key) > floor_ms, key
+    assert queued.status is Q and await store.get(job.id) == queued
+    # finished: the retention TTL, shorter here than the deadline, as before
+    await store.apply(job.id, t.Fail(JobError("boom", "node error")), time.time(), known=queued)
+    for key in (keys.job(job.id), keys.workflow(job.id)):
+        assert 999_000 < await redis.pttl(key) <= 1_000_000, key
+
+
+async def test_a_queued_record_is_still_there_after_active_ttl_has_passed(redis, keys, make_job):
+    """The reported loss: nothing saves a queued job, and it vanished active_ttl after its
+    creation (404, out of the listing) though its deadline was hours away."""
+    store = RedisJobStore(redis, keys, active_ttl_s=0.2)
+    job = make_job(owner="alice", type="lora_training", deadline_at=time.time() + 3600.0)
+    await store.create(job, WF)
+    await asyncio.sleep(0.5)  # past active_ttl: a longer wait only makes the old loss surer
+    assert await store.get_with_workflow(job.id) == (job, WF)
+    assert [j.id for j in await store.list(owner="alice")] == [job.id]
+    assert await store.expired_index_entries() == []
+
+
+async def test_a_record_without_a_deadline_or_past_it_keeps_the_active_ttl(redis, keys, make_job):
+    store = RedisJobStore(redis, keys, active_ttl_s=100.0)
+    undated, late = make_job(), make_job(deadline_at=time.time() - 3600.0)
+    for job in (undated, late):
+        await store.create(job, WF)
+        for key in (keys.job(job.id), keys.workflow(job.id)):
+            assert 90_000 < await redis.pttl(key) <= 100_000, key
+    # a save past the deadline (the runner is about to expire it) slides it active_ttl on
+    await redis.pexpire(keys.job(late.id), 5_000)
+    await store.apply(late.id, t.Dispatch(attempt()), time.time(), known=late)
+    assert 90_000 < await redis.pttl(keys.job(late.id)) <= 100_000

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import json
+import math
 from importlib import resources
 from typing import Any
 
@@ -25,6 +26,7 @@ from .keys import Keys
 
 STREAM_MAXLEN = 10_000
 QUEUE_FULL_RETRY_AFTER_S = 5
+_LATEST_EXPIRY_MS = 2**62  # an absurd deadline keeps the record for good, not a failed write
 
 
 def _script(name: str) -> str:
@@ -69,7 +71,8 @@ class RedisJobStore:
                 repr(job.created_at), job.priority, json.dumps(job.to_dict()),
                 json.dumps(workflow), self._active_ttl_ms, job.idempotency_key or "",
                 self._idem_ttl_ms, self._event(None, job), k.events_channel, STREAM_MAXLEN,
-                submitted_field(job), max(0, int(max_active)), refused_field("queue_full")]
+                submitted_field(job), max(0, int(max_active)), refused_field("queue_full"),
+                self._kept_until_ms(job)]
         with translated(self._redis, f"create of job {job.id}"):
             reply = await self._create(keys=keys, args=args)
         if reply[0] == "idempotency_key_reuse":
@@ -140,8 +143,19 @@ class RedisJobStore:
                 data, "1" if terminal else "0",
                 self._retention_ms if terminal else self._active_ttl_ms,
                 self._event(before, after, data), k.events_channel, STREAM_MAXLEN, k.cancel_channel,
-                json.dumps(change_counts(before, after))]
+                json.dumps(change_counts(before, after)), self._kept_until_ms(after)]
         return keys, args
+
+    def _kept_until_ms(self, job: Job) -> str:
+        """The epoch ms before which a record that is not finished may not expire: its deadline
+        plus ``active_ttl`` (nothing saves a queued job while it waits for a backend, and its
+        deadline may lie further off than ``active_ttl``: it must last until the runner expires
+        it). The scripts set this as a floor under the TTL (``PEXPIREAT … GT``), so the TTL is
+        max(active_ttl, deadline - now + active_ttl). '' (no floor): finished, or no deadline."""
+        deadline = job.deadline_at
+        if job.status in TERMINAL_STATUSES or deadline is None or not math.isfinite(deadline):
+            return ""
+        return str(min(max(0, int(deadline * 1000) + self._active_ttl_ms), _LATEST_EXPIRY_MS))
 
     async def apply(self, job_id: str, event: transitions.Event, now: float, *,
                     known: Job | None = None, max_retries: int = 5) -> Job:

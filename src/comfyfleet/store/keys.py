@@ -52,7 +52,8 @@
     blobs_held                 {p}:blobs:held                   zset     blob digest scored by the time until
                                                                          which an upload or a job needs it
 
-Indexes have no TTL: records expire (active 2 h sliding, terminal 7 days) and
+Indexes have no TTL: records and workflows expire (not finished: 2 h past the last write, and
+never before the deadline plus those 2 h; finished: 7 days) and
 ``RedisJobStore.repair_indexes`` drops index entries whose record is gone.
 
 Redis Cluster: use a hash-tagged prefix such as ``Keys(prefix="{cf}")`` so every key of a

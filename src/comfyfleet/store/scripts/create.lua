@@ -20,6 +20,8 @@
 -- ARGV[16] the counter (a field of KEYS[10]) a new job adds 1 to
 -- ARGV[17] at most this many queued/running jobs per owner ('0' = no limit)
 -- ARGV[18] the counter (a field of KEYS[10]) a refusal for that limit adds 1 to
+-- ARGV[19] epoch ms the record, its workflow and its idempotency key last at least until: the
+--          job's deadline plus the active TTL ('' = none, the job has no deadline)
 --
 -- Returns {'ok'}, {'exists'} (another record has this id), {'idempotency_key_reuse', job id}
 -- or {'queue_full', active count} (nothing written).
@@ -53,6 +55,12 @@ redis.call('HSET', KEYS[1], 'status', ARGV[2], 'version', ARGV[3], 'owner', ARGV
 redis.call('SET', KEYS[2], ARGV[9])
 redis.call('PEXPIRE', KEYS[1], ARGV[10])
 redis.call('PEXPIRE', KEYS[2], ARGV[10])
+if ARGV[19] ~= '' then
+  -- nothing saves a queued job while it waits: it must last until its deadline is handled
+  redis.call('PEXPIREAT', KEYS[1], ARGV[19], 'GT')
+  redis.call('PEXPIREAT', KEYS[2], ARGV[19], 'GT')
+  if ARGV[11] ~= '' then redis.call('PEXPIREAT', KEYS[8], ARGV[19], 'GT') end
+end
 
 local score = ARGV[6]
 redis.call('ZADD', KEYS[3], score, ARGV[1])

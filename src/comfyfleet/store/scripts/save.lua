@@ -19,6 +19,8 @@
 -- ARGV[12] TTL (ms)            ARGV[13] event (JSON)    ARGV[14] events channel
 -- ARGV[15] stream max length   ARGV[16] cancel channel: told the job id when it turns canceling
 -- ARGV[17] counters this change adds to (JSON object: field of KEYS[7] -> integer)
+-- ARGV[18] epoch ms a record that is not finished lasts at least until: its deadline plus the
+--          active TTL ('' = none: finished, or no deadline)
 --
 -- Returns {'ok'}, {'missing'}, {'conflict', stored status, stored version},
 -- {'bad_version'} or {'forbidden'} (a status move the table refuses).
@@ -59,6 +61,10 @@ end
 
 redis.call('PEXPIRE', KEYS[1], ARGV[12])
 redis.call('PEXPIRE', KEYS[2], ARGV[12])
+if ARGV[18] ~= '' then  -- GT: only ever later than the sliding TTL just set, never sooner
+  redis.call('PEXPIREAT', KEYS[1], ARGV[18], 'GT')
+  redis.call('PEXPIREAT', KEYS[2], ARGV[18], 'GT')
+end
 if ARGV[17] ~= '{}' then
   for field, amount in pairs(cjson.decode(ARGV[17])) do
     redis.call('HINCRBY', KEYS[7], field, amount)
