@@ -192,3 +192,36 @@ async def test_a_content_type_that_is_not_a_media_type_is_422(client, content_ty
     response = await upload(client, b"x", content_type=content_type)
     assert response.status_code == 422 and error_code(response) == "invalid_request"
     assert response.json()["error"]["details"] == {"field": "content_type"}
+
+
+def multipart_head(boundary: str, name: str = "photo.png") -> bytes:
+    return (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode()
+
+
+@pytest.mark.parametrize("settings_overrides", [{"max_upload_bytes": 1000}])
+async def test_a_chunked_upload_is_taken_and_refused_past_the_limit_before_it_is_all_read(
+        client, settings_overrides):
+    boundary = "chunked-boundary"
+    headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+
+    async def chunked(size: int):  # streamed: no Content-Length, chunked transfer
+        for part in (multipart_head(boundary), b"x" * size, f"\r\n--{boundary}--\r\n".encode()):
+            yield part
+
+    taken = await client.post("/api/v2/assets", content=chunked(1000), headers=headers)
+    assert taken.status_code == 201 and taken.json()["size_bytes"] == 1000, taken.text
+    too_big = await client.post("/api/v2/assets", content=chunked(1001), headers=headers)
+    assert too_big.status_code == 413 and error_code(too_big) == "payload_too_large"
+
+    sent = []
+
+    async def endless():
+        yield multipart_head(boundary)
+        while len(sent) < 1000:  # 64 MiB unless the server stops reading
+            sent.append(1)
+            yield b"y" * (64 * 1024)
+
+    refused = await client.post("/api/v2/assets", content=endless(), headers=headers)
+    assert refused.status_code == 413 and error_code(refused) == "payload_too_large"
+    assert len(sent) <= 3, "the body is refused once past the limit, not read to its end"

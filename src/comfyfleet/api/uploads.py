@@ -25,6 +25,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
+from starlette.types import Message
 
 from ..blobs import DEFAULT_CONTENT_TYPE, parse_digest
 from ..errors import JobNotFound, ValidationFailed
@@ -40,6 +41,7 @@ CHUNK_BYTES = 1 << 20
 MIN_EXPIRES_S, MAX_EXPIRES_S = 60, 604_800
 MAX_TAGS, MAX_TAG_CHARS, MAX_PATH_CHARS = 16, 64, 255
 FROM_HASH_MAX_BYTES = 64 * 1024
+FORM_FIELDS_BYTES = 64 * 1024  # what an upload's body may hold past its file
 BLAKE3 = re.compile(r"^blake3:([0-9a-f]{64})$")
 # RFC 9110's media type, parameters and all ("audio/L16; rate=16000"), in ASCII only: it is sent
 # back as the Content-Type of the asset's content
@@ -69,15 +71,14 @@ async def upload_asset(request: Request, ctx: ApiContext = Depends(get_context),
     limit = ctx.settings.max_upload_bytes
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         raise validation.invalid("send the file as multipart/form-data (a part named file)")
-    length = request.headers.get("content-length")
-    if length is None:
-        raise validation.invalid("an upload needs a Content-Length", code="length_required", status_code=411)
-    validation.check_declared_size(length, limit + 64 * 1024)  # the file and its form fields
+    validation.check_declared_size(request.headers.get("content-length"), limit + FORM_FIELDS_BYTES)
     try:
-        form = await request.form(max_files=1, max_fields=len(FIELDS) + MAX_TAGS,
-                                  max_part_size=64 * 1024)
+        form = await _bounded(request, limit + FORM_FIELDS_BYTES).form(
+            max_files=1, max_fields=len(FIELDS) + MAX_TAGS, max_part_size=64 * 1024)
     except ClientDisconnect:
         raise validation.invalid("the client went away mid-upload", status_code=400) from None
+    except ValidationFailed:
+        raise
     except Exception as exc:  # python-multipart's and Starlette's parse errors: malformed input
         raise validation.invalid(f"the multipart body cannot be read: {exc}", status_code=400) from None
     try:
@@ -130,6 +131,22 @@ async def delete_asset(asset_id: str, ctx: ApiContext = Depends(get_context),
 
 
 # -- helpers ----------------------------------------------------------------------------------
+def _bounded(request: Request, max_bytes: int) -> Request:
+    """The request, its body refused with a 413 once it grows past ``max_bytes``: the form parser
+    spools a file to disk whole before the file is read, and a chunked body declares no size."""
+    received = 0
+
+    async def receive() -> Message:
+        nonlocal received
+        message = await request.receive()
+        received += len(message.get("body", b""))
+        if received > max_bytes:
+            raise validation.too_large(max_bytes)
+        return message
+
+    return Request(request.scope, receive)
+
+
 def _fields(form: Any, file: UploadFile) -> dict[str, Any]:
     unknown = sorted(set(form.keys()) - FIELDS)
     if unknown:
