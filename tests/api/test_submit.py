@@ -234,6 +234,7 @@ async def test_key_is_released_when_enqueueing_fails(client, api, store, enqueue
     refused = await client.post(JOBS, json={"workflow": WORKFLOW, "metadata": {"user_id": "u"}},
                                 headers=headers)
     assert refused.status_code == 503 and error_code(refused) == "queue_unavailable"
+    assert refused.headers["retry-after"] == "5"
     failed = await store.list(statuses=[JobStatus.FAILED])
     assert [j.error.code for j in failed] == ["enqueue_failed"]
 

@@ -3,7 +3,8 @@
 Submission order: validate everything first (no key is claimed for a request that fails
 validation), then ``store.create`` claims the idempotency key and records the job atomically,
 then ``enqueue``. If enqueueing fails the job definitely will not run: it is failed on the spot,
-its key is released so the client may retry with the same key, and the answer is a 503.
+its key is released so the client may retry with the same key, and the answer is a 503 with
+``Retry-After``.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ async def submit_job(request: Request, ctx: ApiContext = Depends(get_context),
             services.partner_keys.drop(job.id)
         await _undo_submission(ctx, job, key_scope)
         raise ValidationFailed("the work queue is unavailable; retry shortly",
-                               code="queue_unavailable", status_code=503) from None
+                               code="queue_unavailable", status_code=503,
+                               headers={"Retry-After": str(ENQUEUE_RETRY_AFTER_S)}) from None
     return JSONResponse(await ctx.render_job(job), status_code=201)
 
 
