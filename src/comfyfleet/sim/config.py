@@ -21,6 +21,8 @@ class SimConfig:
     # The node classes this server has (what /object_info lists); a prompt naming another is
     # refused as ComfyUI refuses it. None: ``catalog.DEFAULT_NODE_CLASSES``.
     node_classes: tuple[str, ...] | None = None
+    # As ComfyUI before 0.3.56: /interrupt ignores the prompt id it is given and stops whatever runs
+    interrupt_ignores_id: bool = False
 
 
 @dataclass

@@ -11,7 +11,7 @@ FAULT_NAMES = (
     "fail_class_type", "history_delay_s",
     # live-progress faults (a node input of the same name scripts one prompt instead)
     "deafen_socket_at_step", "legacy_events", "send_previews", "expand_nodes", "refuse_websocket",
-    "http_error_paths",
+    "http_error_paths", "http_error_limit", "http_error_after_handling",
 )
 
 
@@ -40,6 +40,10 @@ class Faults:
     expand_nodes: int | None = None  # steps nodes run their steps in this many expanded (ephemeral) nodes
     refuse_websocket: bool = False  # /ws answers 503: clients can only poll
     http_error_paths: list[str] | None = None  # e.g. ["POST /prompt", "GET /history/*"]: only there
+    http_error_limit: int | None = None  # no more errors once this many were answered
+    # A gateway in front that forwarded the request, then answered the error in place of the
+    # server's answer (a 502/504 after ComfyUI queued the prompt)
+    http_error_after_handling: bool = False
     injected: int = field(default=0, repr=False)  # HTTP errors answered so far (not a fault)
     # One deterministic sequence per seed: simulators seeded by their names fault independently
     # (with one seed for all, a job retried across them met the same rolls on each in turn).
@@ -56,6 +60,8 @@ class Faults:
         an entry ending in ``*`` matches by prefix.
         """
         if self.http_error_status is None:
+            return False
+        if self.http_error_limit is not None and self.injected >= self.http_error_limit:
             return False
         if self.http_error_paths is not None and not any(
                 request_line == p or (p.endswith("*") and (request_line or "").startswith(p[:-1]))

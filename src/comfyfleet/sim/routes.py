@@ -88,6 +88,8 @@ class ComfyRoutes:
             if faults.slow_response_s > 0:
                 await asyncio.sleep(faults.slow_response_s)
             if faults.roll_http_error(f"{request.method} {path}"):
+                if faults.http_error_after_handling:
+                    await handler(request)  # done, and its answer lost on the way back
                 headers = {} if faults.retry_after_s is None else {"Retry-After": f"{faults.retry_after_s:g}"}
                 return web.Response(status=faults.http_error_status, text="simulated failure", headers=headers)
         return await handler(request)
@@ -145,7 +147,7 @@ class ComfyRoutes:
     async def post_interrupt(self, request: web.Request) -> web.Response:
         body = await _json_or_none(request)
         prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
-        self.sim.executor.interrupt(prompt_id)
+        self.sim.executor.interrupt(None if self.sim.config.interrupt_ignores_id else prompt_id)
         return web.Response(status=200)
 
     async def empty_ok(self, request: web.Request) -> web.Response:
