@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 
 from comfyfleet.domain import transitions as t
+from comfyfleet.domain.asset_refs import ASSET_TYPE, BLOB_KEY, NAME_KEY
 from comfyfleet.domain.job import JobStatus
 from comfyfleet.runtime.recovery import Recovery
 from comfyfleet.runtime.runner import Runner, RunnerSettings
 from comfyfleet.runtime.worker import Worker, WorkerSettings
-from comfyfleet.store.claims import Claims
+from comfyfleet.store.claims import ClaimLost, Claims
 from helpers.fleet import image_workflow
 
 LEASE_S = 3.0
@@ -191,3 +193,22 @@ async def test_a_queued_job_whose_holder_died_runs_a_lease_later_not_a_minute(r)
     finally:
         await w.stop()
     assert (await r.services.store.get(job.id)).attempt == 1
+
+
+async def test_the_claim_is_asked_after_the_inputs_are_staged_right_before_the_post(r, sims):
+    """Staging may upload for minutes: a runner that lost its claim meanwhile must find out
+    before POST /prompt, not before the uploads (the new owner would post the same prompt)."""
+    digest = await r.services.blobs.put(b"input bytes", content_type="image/png")
+    reference = {"__type": ASSET_TYPE, "info": {"id": "in", BLOB_KEY: digest, NAME_KEY: "in.png"}}
+    job = await r.new_job(image_workflow(2, extra_node={"9": {"class_type": "LoadImage",
+                                                              "inputs": {"image": reference}}}))
+    uploads_when_asked: list[int] = []
+
+    async def fence() -> bool:
+        uploads_when_asked.append(sum(s.requests["POST /upload/image"] for s in sims))
+        return False  # another runner took the job meanwhile
+
+    with pytest.raises(ClaimLost):
+        await r.runner.run(job.id, fence=fence)
+    assert uploads_when_asked == [1]
+    assert sum(s.requests["POST /prompt"] for s in sims) == 0

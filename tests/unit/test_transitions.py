@@ -86,3 +86,18 @@ def test_record_round_trips_through_dict():
     job = t.apply(new_job(), t.Dispatch(attempt()), 1.0)
     job = t.apply(job, t.Fail(JobError("node_execution_error", "boom", node_id="2")), 2.0)
     assert Job.from_dict(job.to_dict()) == job
+
+
+def test_node_counts_do_not_go_back_within_an_attempt_but_start_again_with_the_next():
+    """A runner that reattached counts from nothing (ComfyUI does not replay the nodes that ran
+    or were cached): its first snapshots must not take the job's node count backwards."""
+    running = t.apply(t.apply(new_job(), t.Dispatch(attempt()), 1.0), t.Executing(), 2.0)
+    before = t.apply(running, t.ProgressMade(Progress(value=0.65, nodes_done=2, nodes_total=4)), 3.0)
+    after = t.apply(before, t.ProgressMade(Progress(value=0.3, nodes_done=0, nodes_total=4, step=13)), 4.0)
+    assert (after.progress.value, after.progress.nodes_done, after.progress.step) == (0.65, 2, 13)
+    later = t.apply(after, t.ProgressMade(Progress(value=0.8, nodes_done=3, nodes_total=4)), 5.0)
+    assert (later.progress.value, later.progress.nodes_done) == (0.8, 3)
+    retried = t.apply(later, t.Retry(6.0, "transient", "lost"), 6.0)
+    again = t.apply(t.apply(retried, t.Dispatch(attempt(2)), 7.0), t.Executing(), 7.5)
+    fresh = t.apply(again, t.ProgressMade(Progress(value=0.1, nodes_done=1, nodes_total=4)), 8.0)
+    assert (fresh.progress.value, fresh.progress.nodes_done) == (0.1, 1)

@@ -172,7 +172,7 @@ class PromptTracker:
         heard_at = _now()  # last event of our prompt (the watchdog's reference)
         poll_interval = settings.poll_min_s
         next_poll_at = _now()
-        if self._socket is None:
+        if self._socket is None and not self.fallback:
             self._enter_fallback()
         while True:
             if self._socket is None and _now() >= self._next_reconnect_at:
@@ -228,6 +228,13 @@ class PromptTracker:
                     await self._renew_socket()  # reopened, yet deaf too
             poll_interval = min(poll_interval * 2, settings.poll_max_s)
             next_poll_at = _now() + poll_interval
+
+    def probe_soon(self) -> None:
+        """Whether the server has our prompt is not known (the answer to ``POST /prompt`` was
+        lost, and looking it up failed): ask ``/queue`` and ``/history`` from the start, not
+        after a watchdog's silence."""
+        if not self.fallback:
+            self._enter_fallback()
 
     def _enter_fallback(self) -> None:
         self.fallback = True

@@ -162,9 +162,7 @@ def _apply(job: Job, event: Event, now: float) -> Job:
             current = replace(job.current, heartbeat_at=now, worker=worker) if job.current else None
             return job.evolve(current=current)
         case ProgressMade(progress=progress):
-            if progress.value < job.progress.value:
-                progress = _keep_value(progress, job.progress.value)
-            return job.evolve(progress=progress)
+            return job.evolve(progress=_not_backwards(progress, job.progress))
         case Succeed(outputs=outputs, progress=seen):
             current, history = _end_current(job, now, "succeeded")
             done = seen if seen is not None and seen.nodes_total >= job.progress.nodes_total else job.progress
@@ -200,7 +198,11 @@ def _apply(job: Job, event: Event, now: float) -> Job:
     raise InvalidTransition(f"unknown event {event!r}")  # pragma: no cover
 
 
-def _keep_value(progress: Progress, floor: float) -> Progress:
-
-
-    return replace(progress, value=floor)
+def _not_backwards(progress: Progress, before: Progress) -> Progress:
+    """``progress``, never below ``before`` within one attempt (a runner that reattached counts
+    from nothing again: ComfyUI does not replay the nodes that ran or were cached)."""
+    if progress.value < before.value:
+        progress = replace(progress, value=before.value)
+    if progress.nodes_done < before.nodes_done and progress.nodes_total == before.nodes_total:
+        progress = replace(progress, nodes_done=before.nodes_done)
+    return progress

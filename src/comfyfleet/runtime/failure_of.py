@@ -5,7 +5,20 @@ from __future__ import annotations
 
 from ..comfy.tracker import Outcome
 from ..domain.failures import Failure, FailureKind
-from ..errors import BackendError, BackendProtocolError, BackendTimeout
+from ..errors import BackendError, BackendProtocolError, BackendRefused, BackendTimeout
+
+REFUSING_STATUSES = frozenset({429, 503})  # "not now": nothing was queued
+
+
+def answer_may_be_lost(exc: BackendError) -> bool:
+    """Whether ComfyUI may have queued a prompt whose ``POST /prompt`` raised ``exc``: no answer
+    came (a timeout, a connection cut mid-request), or one ComfyUI itself does not give after
+    refusing (a proxy's 500, 502 or 504; a 2xx body that is not JSON). A refused connection, a
+    4xx (ComfyUI's own 400 is a ``PromptRejected``), 429 or 503 mean nothing was queued."""
+    if isinstance(exc, BackendRefused):
+        return False
+    code = exc.status_code
+    return code is None or code < 400 or (code >= 500 and code not in REFUSING_STATUSES)
 
 
 def failure_of_error(exc: BackendError) -> Failure:

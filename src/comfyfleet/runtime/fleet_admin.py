@@ -15,8 +15,9 @@ from typing import Any
 
 from ..domain.breaker_scopes import backend_breaker, workflow_scope_of
 from ..domain.policy import BreakerState
-from ..errors import BackendError, ComfyFleetError, JobNotFound
+from ..errors import ComfyFleetError, JobNotFound
 from ..store.fleet import BackendHealth, BackendRecord
+from .following import stop_prompt
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +93,10 @@ class FleetAdmin:
                 continue
             if job.current is None or job.current.backend != record.name:
                 continue
-            try:
-                await backend.client.delete_pending([job.current.prompt_id])
-                await backend.client.interrupt(job.current.prompt_id)
+            if await stop_prompt(backend.client, job.current.prompt_id, looks=2):
                 moved += 1
-            except BackendError as exc:  # unreachable: its runner finds the prompt lost anyway
-                log.warning("removing %s: could not stop prompt of job %s: %s", record.name, job_id, exc)
+            else:  # unreachable: its runner finds the prompt lost anyway
+                log.warning("removing %s: could not stop prompt of job %s", record.name, job_id)
         return moved
 
     @staticmethod

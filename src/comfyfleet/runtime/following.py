@@ -1,6 +1,6 @@
 """Following one submitted prompt until its outcome, its job's deadline, or a cancel.
 
-A cancel or a deadline interrupts the prompt on its backend (``interrupt``), then gives the
+A cancel or a deadline stops the prompt on its backend (``stop_prompt``), then gives the
 interrupt ``cancel_grace_s`` to land: a prompt that still finishes meanwhile is reported as it
 ended. The cancel watch takes only a job really ``canceling`` for a cancel: a store error or an
 event stream that ends is watched again, never read as a cancel.
@@ -34,7 +34,7 @@ async def follow(tracker: PromptTracker, job: Job, client: ComfyClient, *, store
                                      return_when=asyncio.FIRST_COMPLETED)
         if following in done:
             return following.result()
-        await interrupt(client, job.current.prompt_id)
+        await stop_prompt(client, job.current.prompt_id, looks=1)
         try:  # let the interrupt land: a prompt that still finishes is reported as it ended
             async with asyncio.timeout(cancel_grace_s):
                 outcome = await asyncio.shield(following)
@@ -78,11 +78,36 @@ async def wait_for_cancel(store: JobStore, cancels, job_id: str) -> None:
         await asyncio.sleep(1.0)
 
 
-async def interrupt(client: ComfyClient, prompt_id: str) -> None:
-    """Drop the prompt from the backend's queue and interrupt it if it runs (best effort: an
-    unreachable backend has nothing of ours running anyway)."""
+STOP_LOOKS = 5  # lookups of a prompt being stopped before giving up on seeing it gone
+STOP_PAUSE_S = 0.5
+STOP_WITHIN_S = 10.0  # a backend that hangs does not hold a cancel longer than this
+
+
+async def stop_prompt(client: ComfyClient, prompt_id: str, *, looks: int = STOP_LOOKS,
+                      pause_s: float = STOP_PAUSE_S, within_s: float = STOP_WITHIN_S) -> bool:
+    """Take the prompt off its backend, and see it gone: dropped from the queue while it waits,
+    interrupted while it runs, looked up again after each move. ``/interrupt`` is sent only
+    while ``/queue`` shows the prompt running: a ComfyUI older than 0.3.56 ignores the id and
+    stops whatever runs, which may be another job's prompt. True once the prompt is neither
+    waiting nor running; False when ``looks`` lookups within ``within_s`` could not show that
+    (the backend did not answer, or the prompt went on running)."""
     try:
-        await client.delete_pending([prompt_id])
-        await client.interrupt(prompt_id)
-    except BackendError:
+        async with asyncio.timeout(within_s):
+            for look in range(looks):
+                if look:
+                    await asyncio.sleep(pause_s)
+                try:
+                    where = (await client.queue()).find(prompt_id)
+                    if where is None:
+                        return True
+                    if where[0] == "pending":
+                        await client.delete_pending([prompt_id])
+                    else:
+                        await client.interrupt(prompt_id)
+                except BackendError as exc:
+                    log.debug("stopping prompt %s on %s: %s", prompt_id, client.name, exc)
+    except TimeoutError:
         pass
+    log.warning("prompt %s on %s: not seen stopped (%d lookup(s) within %.0f s)",
+                prompt_id, client.name, looks, within_s)
+    return False

@@ -25,14 +25,13 @@ from ..domain.failures import Failure, FailureKind, classify, error_code
 from ..domain.job import Attempt, Job, JobError, JobStatus, Output, Phase, Progress
 from ..domain.policy import RetryPolicy, jitter_unit
 from ..domain.progress import ProgressModel, node_weights_for
-from ..errors import (BackendError, BackendProtocolError, BackendRefused, BackendTimeout, BackendUnavailable,
-                      InvalidTransition, PromptRejected, StoreError)
+from ..errors import (BackendError, InvalidTransition, PromptRejected, StoreError)
 from ..ports import BlobStore, JobStore
 from ..store.claims import ClaimLost
 from ..store.stats import TrackingStats
 from .dispatcher import Backend, Dispatcher
-from .failure_of import failure_of_error, failure_of_outcome
-from .following import follow, interrupt
+from .failure_of import answer_may_be_lost, failure_of_error, failure_of_outcome
+from .following import follow, stop_prompt
 from .job_records import JobRecords
 from .outputs import collect_outputs
 from .placement import NoPlace, Placement
@@ -55,6 +54,7 @@ class RunnerSettings:
     cancel_grace_s: float = 5.0
     submitted_shown_after_s: float = 0.25  # not executing this long after POST /prompt: phase submitted
     collecting_shown_after_s: float = 0.25  # outputs still downloading after this: phase collecting
+    collect_patience_s: float = 60.0  # a download that failed is tried again this long
     stats_flush_s: float = 1.0  # tracker counters reach the shared totals this soon after a job
     retention_s: float = 7 * 86400.0  # a finished job (and its outputs) is kept this long
     tracker: TrackerSettings = field(default_factory=TrackerSettings)
@@ -76,6 +76,8 @@ class Verdict:
 
 
 DONE = Verdict()
+COLLECT_FIRST_PAUSE_S = 0.5
+COLLECT_MAX_PAUSE_S = 10.0
 
 
 class Runner:
@@ -111,7 +113,7 @@ class Runner:
     async def run(self, job_id: str, *, view: BackendView | None = None,
                   fence: Fence | None = None, reattached: Job | None = None) -> Verdict:
         """Take the job one step further. ``fence`` answers whether this runner still owns the
-        job (its claim); it is asked just before ``POST /prompt`` (while the socket opens).
+        job (its claim); it is asked just before ``POST /prompt``, after the inputs are staged.
         ``view`` shares one ``/queue`` read per backend among many jobs reconciled at once;
         ``reattached`` is the record of a job already reconciled and marked ours by that sweep
         (track it straight away)."""
@@ -236,10 +238,8 @@ class Runner:
         outcome: Outcome | None = None
         try:
             if submit:
-                if fence is not None and not await fence():
-                    raise ClaimLost(f"job {job.id}: another runner owns it now; not submitting")
                 await tracker.connect()  # before POST /prompt, so no event is missed
-                failure = await self._submit(job, backend, workflow)
+                failure = await self._submit(job, backend, workflow, fence, tracker)
                 if failure is not None:
                     await tracker.close()
                     await self._placement.rest_if_asked(backend.name, failure)
@@ -280,7 +280,10 @@ class Runner:
         except BackendError:
             return None  # the tracker finds out
 
-    async def _submit(self, job: Job, backend: Backend, workflow: dict) -> Failure | None:
+    async def _submit(self, job: Job, backend: Backend, workflow: dict, fence: Fence | None,
+                      tracker: PromptTracker) -> Failure | None:
+        """POST the attempt's prompt; the failure, or None once ComfyUI has it (or may have it:
+        then the tracker finds out). Raises ``ClaimLost`` when another runner owns the job."""
         current = job.current
         extra_data: dict[str, Any] = {"comfyfleet_job": job.id, "comfyfleet_attempt": current.number}
         if job.has_partner_key:
@@ -297,10 +300,14 @@ class Runner:
             return Failure(FailureKind.INVALID_INPUT, f"job {job.id}: {exc}")
         except BackendError as exc:
             return failure_of_error(exc)
+        # Asked last thing before the POST (staging may upload for minutes): a runner that lost
+        # its claim meanwhile must not send the prompt the new owner sends too.
+        if fence is not None and not await fence():
+            raise ClaimLost(f"job {job.id}: another runner owns it now; not submitting")
         try:
-            await submit_staged(backend.client, self._blobs, workflow, prompt,
-                                prompt_id=current.prompt_id, client_id=current.client_id,
-                                extra_data=extra_data)
+            accepted = await submit_staged(backend.client, self._blobs, workflow, prompt,
+                                           prompt_id=current.prompt_id, client_id=current.client_id,
+                                           extra_data=extra_data)
         except InputMissing as exc:
             return Failure(FailureKind.INVALID_INPUT, f"job {job.id}: {exc}")
         except PromptRejected as exc:
@@ -308,23 +315,37 @@ class Runner:
             return Failure(FailureKind.PROMPT_REJECTED, str(exc), status_code=400,
                            exception_type=exc.error_type, node_errors=exc.node_errors,
                            node_id=node_id, node_type=node.get("class_type") if isinstance(node, dict) else None)
-        except BackendRefused as exc:  # no connection was made: the prompt was never sent
-            return failure_of_error(exc)
-        except (BackendTimeout, BackendUnavailable, BackendProtocolError) as exc:
-            if exc.status_code is not None:
+        except BackendError as exc:
+            if not answer_may_be_lost(exc):
                 return failure_of_error(exc)
-            # The answer was lost, not refused: did ComfyUI accept the prompt? Look it up; while
-            # that cannot be answered, track it (the tracker resolves present or lost).
+            # Did ComfyUI accept the prompt? Look it up; while that cannot be answered, track it
+            # (the tracker resolves present or lost). Sending it again blind might run it twice.
             state = await lookup(backend.client, current.prompt_id)
             if state.where is Where.ABSENT:
                 return failure_of_error(exc)
             if state.where is Where.UNREACHABLE:
+                tracker.probe_soon()
                 return None
-        except BackendError as exc:
-            return failure_of_error(exc)
+        else:
+            if accepted.node_errors:
+                return await self._refuse_partial(job, backend, accepted.node_errors)
         self._records.note_accepted(job.id, self._clock(),
                                     show_after_s=self._settings.submitted_shown_after_s)
         return None
+
+    async def _refuse_partial(self, job: Job, backend: Backend, node_errors: dict[str, Any]) -> Failure:
+        """ComfyUI queued the prompt with only its valid outputs (200 with ``node_errors``): it
+        is stopped, and the job fails as if refused, rather than succeeding short of outputs."""
+        await stop_prompt(backend.client, job.current.prompt_id)
+        node_id, node = next(iter(node_errors.items()))
+        first = node.get("errors") if isinstance(node, dict) else None
+        first = first[0] if isinstance(first, list) and first and isinstance(first[0], dict) else {}
+        reason = first.get("message") or first.get("type") or "invalid"
+        return Failure(FailureKind.PROMPT_REJECTED,
+                       f"{backend.name} accepted only part of the prompt: node {node_id}: {reason}"
+                       + (f" (and {len(node_errors) - 1} more node(s))" if len(node_errors) > 1 else ""),
+                       exception_type="prompt_outputs_failed_validation", node_errors=node_errors,
+                       node_id=node_id, node_type=node.get("class_type") if isinstance(node, dict) else None)
 
     async def _follow(self, job: Job, backend: Backend, tracker: PromptTracker) -> Outcome | None:
         """Track until the outcome, the deadline, or a cancel (then None after interrupting)."""
@@ -336,8 +357,7 @@ class Runner:
                         progress: Progress | None = None) -> Verdict:
         if outcome.kind == "success":  # whatever moved meanwhile (a cancel), success stands
             job = self._records.newest(job_id) or await self._store.get(job_id)
-            collecting = asyncio.create_task(collect_outputs(
-                backend.client, self._blobs, job_id=job_id, outputs=outcome.history.outputs))
+            collecting = asyncio.create_task(self._collect(backend, job_id, outcome.history.outputs))
             try:
                 # The collecting phase is written only when it lasts: most outputs are in hand
                 # sooner, and the success write follows at once.
@@ -354,12 +374,29 @@ class Runner:
             await self._index_outputs(job, outputs)
             return DONE
         job = await self._store.get(job_id)
-        if outcome.kind == "expired":
-            return await self._expire(job, interrupted=True)
+        if outcome.kind == "expired":  # interrupted once: now seen stopped
+            return await self._expire(job)
         if job.status is JobStatus.CANCELING:
             await self._apply(job_id, t.Canceled())
             return DONE
         return await self._failed(job, failure_of_outcome(outcome))
+
+    async def _collect(self, backend: Backend, job_id: str, outputs: dict[str, Any]) -> tuple[Output, ...]:
+        """The prompt's outputs, fetched again after a failed download while the backend may
+        answer within ``collect_patience_s``: the prompt succeeded, and a new attempt would run
+        the whole workflow again for a blip on the way back."""
+        give_up_at = self._clock() + self._settings.collect_patience_s
+        pause_s = COLLECT_FIRST_PAUSE_S
+        while True:
+            try:
+                return await collect_outputs(backend.client, self._blobs, job_id=job_id, outputs=outputs)
+            except BackendError as exc:
+                fetchable = exc.status_code is None or exc.status_code >= 500 or exc.status_code == 429
+                if not fetchable or self._clock() + pause_s > give_up_at:  # a 404: the file is gone
+                    raise
+                log.warning("job %s: collecting its outputs again in %.1f s: %s", job_id, pause_s, exc)
+            await asyncio.sleep(pause_s)
+            pause_s = min(pause_s * 2, COLLECT_MAX_PAUSE_S)
 
     async def _index_outputs(self, job: Job, outputs: tuple[Output, ...]) -> None:
         """Let the owner mint from these outputs' bytes by hash while the job is kept. The job
@@ -408,19 +445,19 @@ class Runner:
         await self._apply(job.id, t.Canceled())
         return DONE
 
-    async def _expire(self, job: Job, *, interrupted: bool = False) -> Verdict:
-        if job.current is not None and not interrupted:
+    async def _expire(self, job: Job) -> Verdict:
+        if job.current is not None:
             await self._stop_prompt(job)
         await self._apply(job.id, t.Expire("deadline exceeded"))
         return DONE
 
     async def _stop_prompt(self, job: Job) -> None:
-        """Interrupt the job's prompt and free its slot (held still if a runner that died, or
-        this one, has not let it go; freeing is idempotent)."""
+        """Stop the job's prompt (see it gone, within bounds) and free its slot (held still if a
+        runner that died, or this one, has not let it go; freeing is idempotent)."""
         assert job.current is not None
         backend = self._dispatcher.by_name(job.current.backend)
         if backend is not None:
-            await interrupt(backend.client, job.current.prompt_id)
+            await stop_prompt(backend.client, job.current.prompt_id)
         await self._placement.release(job.current.backend, job.id)
 
     async def _heartbeat(self, job_id: str) -> None:
