@@ -50,6 +50,7 @@ class FailureKind(str, enum.Enum):
     INVALID_INPUT = "invalid_input"
     CIRCUIT_OPEN = "circuit_open"  # this workflow keeps failing: its breaker stopped further tries
     PARTNER_KEY_LOST = "partner_key_lost"  # the API process holding the job's partner key restarted
+    INTERNAL = "internal"  # running the job kept raising an error comfyfleet did not foresee
 
 
 OOM_EXCEPTION_TYPES = frozenset({"torch.OutOfMemoryError", "torch.cuda.OutOfMemoryError",
@@ -105,7 +106,7 @@ def classify(failure: Failure) -> FailureClass:
             return FailureClass.PERMANENT
         case FailureKind.INTERRUPTED:
             return FailureClass.TRANSIENT
-        case FailureKind.NO_BACKEND:
+        case FailureKind.NO_BACKEND | FailureKind.INTERNAL:
             return FailureClass.FATAL
         case FailureKind.PROMPT_REJECTED if lacks_node_class(failure):
             return FailureClass.RECOVERABLE
@@ -129,6 +130,7 @@ ERROR_CODES = {
     FailureKind.INVALID_INPUT: "invalid_request",
     FailureKind.CIRCUIT_OPEN: "circuit_open",
     FailureKind.PARTNER_KEY_LOST: "partner_key_lost",
+    FailureKind.INTERNAL: "internal_error",
 }
 
 

@@ -439,6 +439,24 @@ class Runner:
         await self._apply(job.id, t.Fail(error))
         return DONE
 
+    async def give_up(self, job_id: str, message: str) -> None:
+        """Fail the job for good: running it keeps raising an error nobody foresaw (a bug, or a
+        record or an answer unlike any expected), and retrying it until its deadline, or past it,
+        would only hide that. Its prompt, if any, is stopped and its slot freed."""
+        job = await self._store.get(job_id)
+        if job.is_terminal:
+            return
+        if job.current is not None:
+            await self._stop_prompt(job)
+        failure = Failure(FailureKind.INTERNAL, message)
+        error = JobError(code=error_code(failure), message=message, failure_class=classify(failure).value)
+        try:
+            await self._store.apply(job_id, t.Fail(error), self._clock())
+        except InvalidTransition:
+            pass  # it ended meanwhile
+        finally:
+            self._placement.done(job_id)
+
     async def _cancel(self, job: Job) -> Verdict:
         if job.current is not None:
             await self._stop_prompt(job)

@@ -61,6 +61,9 @@ class WorkerSettings:
     concurrency: int = 64
     queue: QueueSettings = field(default_factory=QueueSettings)
     error_retry_s: float = 2.0
+    # A job whose run raised an error nobody foresaw this many times in a row fails
+    # (internal_error) instead of being requeued until its record expires.
+    unforeseen_errors_max: int = 5
     worker_id: str = field(default_factory=lambda: f"w-{uuid.uuid4().hex[:10]}")
     renew_s: float = 1.5  # claims and liveness renewed this often (the lease is Claims.lease_s)
     sweep_s: float = 2.0  # orphaned running jobs looked for this often (and at start)
@@ -91,6 +94,7 @@ class Worker:
             claims=claims, store=store, taken_ids=taken_ids, window_s=4 * settings.sweep_s)
         self._consumers: list[LaneConsumer] = []
         self._held: dict[str, str] = {}  # job id -> claim token
+        self._unforeseen_errors: dict[str, int] = {}  # job id -> unexpected errors in a row
         # job id -> a claim token of ours whose release the store missed (it was away): released
         # when it is back, or before this worker claims the job again. Left to its lease, the
         # claim made the job's next turn here look owned by another runner, and wait 7 s.
@@ -237,6 +241,23 @@ class Worker:
                 log.warning("job %s: could not requeue: %s", job_id, exc)
 
     # -- running one job under its claim -----------------------------------------------------
+    async def _unforeseen(self, job_id: str, exc: Exception) -> float | None:
+        """The job's run raised ``exc``, which nothing expected: run it again a little later,
+        or, after ``unforeseen_errors_max`` in a row, fail it (None: nothing left to run)."""
+        count = self._unforeseen_errors[job_id] = self._unforeseen_errors.get(job_id, 0) + 1
+        if count < self._settings.unforeseen_errors_max:
+            log.exception("job %s: unexpected error (%d in a row), requeued: %s", job_id, count, exc)
+            return time.time() + self._settings.error_retry_s
+        log.exception("job %s: unexpected error (%d in a row), failing the job: %s", job_id, count, exc)
+        self._unforeseen_errors.pop(job_id, None)
+        try:
+            await self._runner.give_up(job_id, f"comfyfleet could not run this job: {type(exc).__name__}: "
+                                               f"{exc} ({count} times in a row; see the worker's log)")
+        except Exception as failed:  # noqa: BLE001 - looked at again later, as before
+            log.warning("job %s: could not fail the job: %s", job_id, failed)
+            return time.time() + self._settings.error_retry_s
+        return None
+
     async def _drive(self, job_id: str, claim: str, *, view=None,  # type: ignore[no-untyped-def]
                      reattached=None) -> float | None:
         """Run the job once under ``claim`` (already acquired); None when it is done, else when
@@ -248,6 +269,7 @@ class Worker:
             verdict: Verdict = await self._runner.run(
                 job_id, view=view, reattached=reattached,
                 fence=lambda: self._claims.holds(job_id, claim))
+            self._unforeseen_errors.pop(job_id, None)
             return verdict.run_at
         except JobNotFound:
             return None  # removed by retention: nothing left to run
@@ -257,8 +279,7 @@ class Worker:
         except (asyncio.CancelledError, StoreError):
             raise
         except Exception as exc:  # noqa: BLE001 - one job never takes down others
-            log.exception("job %s: unexpected error, requeued: %s", job_id, exc)
-            return time.time() + self._settings.error_retry_s
+            return await self._unforeseen(job_id, exc)
         finally:
             if self._tasks.get(job_id) is task:
                 del self._tasks[job_id]
