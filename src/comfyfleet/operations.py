@@ -24,7 +24,8 @@ async def run_cleanup(settings: Settings, *, dry_run: bool, as_json: bool) -> No
                           "blobs_deleted": report.blobs_deleted, "bytes_freed": report.bytes_freed,
                           "requeued": report.requeued,
                           "workflow_breakers_forgotten": report.workflow_breakers_forgotten,
-                          "node_sets_deleted": report.node_sets_deleted}, indent=2))
+                          "node_sets_deleted": report.node_sets_deleted,
+                          "expired": report.expired}, indent=2))
     else:
         print(report.summary())
 

@@ -235,3 +235,28 @@ async def test_idle_workflow_breakers_are_forgotten_and_live_ones_kept(services)
     kept = await services.redis.hkeys(key)
     owners = sorted(json.loads(f.removeprefix("workflow:"))[2] for f in kept if f.startswith("workflow:"))
     assert owners == ["open", "recent"] and backend_breaker("gpu-1") in kept
+
+
+async def test_queued_jobs_left_past_their_deadline_end_expired(services):
+    """No worker picked them up (all busy with long prompts, or none running): a queued job a
+    grace past its deadline is expired, not left to vanish when its record's TTL runs out; one
+    within the grace, or without a deadline, stays queued."""
+    now = time.time()
+
+    async def queued(*, deadline_in_s: float | None) -> Job:
+        job = Job(id=str(uuid.uuid4()), status=JobStatus.QUEUED, created_at=now - 3600, updated_at=now - 3600,
+                  deadline_at=None if deadline_in_s is None else now + deadline_in_s)
+        return await services.store.create(job, {"1": {"class_type": "X", "inputs": {}}})
+
+    overdue, within_grace, ahead, no_deadline = (
+        await queued(deadline_in_s=-120), await queued(deadline_in_s=-30),
+        await queued(deadline_in_s=600), await queued(deadline_in_s=None))
+    assert (await maintenance(services, now=now).run_once(dry_run=True)).expired == [overdue.id]
+    assert (await services.store.get(overdue.id)).status is JobStatus.QUEUED
+    report = await maintenance(services, now=now).run_once()
+    assert report.expired == [overdue.id] and "expired 1 queued job(s)" in report.summary()
+    ended = await services.store.get(overdue.id)
+    assert (ended.status, ended.error.code) == (JobStatus.EXPIRED, "deadline_exceeded")
+    for job in (within_grace, ahead, no_deadline):
+        assert (await services.store.get(job.id)).status is JobStatus.QUEUED
+    assert (await maintenance(services, now=now).run_once()).expired == []

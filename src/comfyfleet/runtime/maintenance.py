@@ -14,7 +14,11 @@ One pass (``Maintenance.run_once``, also ``comfyfleet cleanup``):
 5. workflow breakers nothing depends on any more (``CircuitBreaker.forgettable``: no failure
    inside their window, or opened and left alone since) are deleted: there is one per owner
    and workflow that ever failed, in a hash every process reads each second;
-6. node class lists no backend's catalog names any more are deleted.
+6. node class lists no backend's catalog names any more are deleted;
+7. queued jobs past their deadline by ``overdue_grace_s`` are expired: a worker expires a job
+   it picks up late, but none may pick it up (every worker busy with long prompts, or none
+   running), and the record, kept until its deadline plus ``active_ttl_s``, would then vanish
+   instead of ending ``expired``.
 
 ``loop`` runs a pass every ``interval_s``; a lock key with the same lease makes one pass per
 interval per deployment however many processes run the loop.
@@ -30,7 +34,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..blobs import LocalBlobStore
-from ..domain.job import TERMINAL_STATUSES
+from ..domain.job import TERMINAL_STATUSES, JobStatus
+from ..domain.transitions import Expire
+from ..errors import InvalidTransition, JobNotFound
 from ..domain.policy import CircuitBreaker
 from ..store.connection import translated
 from ..store.fleet import FleetStore
@@ -49,6 +55,7 @@ class MaintenanceSettings:
     blob_grace_s: float = 3600.0
     interval_s: float = 600.0
     first_pass_after_s: float = 30.0  # start-up belongs to reattaching jobs; housekeeping waits
+    overdue_grace_s: float = 60.0  # a queued job this far past its deadline was left by every worker
 
 
 @dataclass(slots=True)
@@ -60,6 +67,7 @@ class MaintenanceReport:
     requeued: list[str] = field(default_factory=list)
     workflow_breakers_forgotten: int = 0
     node_sets_deleted: int = 0
+    expired: list[str] = field(default_factory=list)
     dry_run: bool = False
 
     def summary(self) -> str:
@@ -69,7 +77,9 @@ class MaintenanceReport:
                 f"{len(self.blobs_deleted)} orphaned blob(s) ({self.bytes_freed} bytes); "
                 f"{'would requeue' if self.dry_run else 'requeued'} {len(self.requeued)} queued job(s) "
                 f"missing from the queue; {verb} {self.workflow_breakers_forgotten} idle workflow "
-                f"breaker(s) and {self.node_sets_deleted} unused node class list(s)")
+                f"breaker(s) and {self.node_sets_deleted} unused node class list(s); "
+                f"{'would expire' if self.dry_run else 'expired'} {len(self.expired)} queued job(s) "
+                f"past their deadline")
 
 
 class Maintenance:
@@ -118,6 +128,7 @@ class Maintenance:
             report.workflow_breakers_forgotten = len(forgotten)
         if self._node_catalogs is not None and not dry_run:
             report.node_sets_deleted = await self._node_catalogs.forget_unused_sets()
+        report.expired = await self._expire_overdue(now, dry_run=dry_run)
         return report
 
     async def loop(self) -> None:
@@ -155,6 +166,31 @@ class Maintenance:
                     break
                 offset += len(ids)
         return found
+
+    async def _expire_overdue(self, now: float, *, dry_run: bool) -> list[str]:
+        cutoff = now - self._settings.overdue_grace_s
+        overdue: list[str] = []
+        index = self._keys.status_index(JobStatus.QUEUED.value)
+        offset = 0
+        while True:  # scored by created_at: a job past its deadline was created before it
+            with translated(self._redis, "read of an index"):
+                ids = await self._redis.zrangebyscore(index, "-inf", cutoff, start=offset, num=1000)
+            overdue += [job.id for job in await self._store.get_many(ids)
+                        if job.status is JobStatus.QUEUED and job.deadline_at is not None
+                        and job.deadline_at <= cutoff]
+            if len(ids) < 1000:
+                break
+            offset += len(ids)
+        if dry_run:
+            return overdue
+        expired = []
+        for job_id in overdue:
+            try:  # a worker that picked it up meanwhile wins, or loses, on the record's version
+                await self._store.apply(job_id, Expire("deadline exceeded while queued"), now)
+            except (InvalidTransition, JobNotFound):
+                continue
+            expired.append(job_id)
+        return expired
 
     async def _referenced_blobs(self, exclude: set[str]) -> set[str]:
         referenced: set[str] = set()
