@@ -403,11 +403,25 @@ class Dispatcher:
         self._held.pop(holder, None)
 
     async def hold(self, name: str, holder: str) -> None:
-        """Make sure ``holder`` has a renewed slot on ``name`` (a reattached job)."""
+        """Make sure ``holder`` has a renewed slot on ``name`` (a reattached job: its prompt runs
+        there, whatever the load). Renewed from here on only once the first renewal landed."""
         if self._held.get(holder) == name:
             return
-        self._held[holder] = name
         await self.fleet.renew([(name, holder)], self._clock())
+        self._held[holder] = name
+
+    async def take_on(self, name: str, holder: str) -> bool:
+        """A slot on ``name`` alone for ``holder``, if it takes work and has room (or ``holder``
+        has one there still): for a prompt recorded as bound there but never sent."""
+        record = self._snapshot.backends.get(name) if self._snapshot is not None else None
+        if record is None:
+            return False
+        if self._held.get(holder) == name:
+            return True
+        if await self.fleet.acquire([(name, record.capacity, 0)], holder, self._clock()) is None:
+            return False
+        self._held[holder] = name
+        return True
 
     async def _renew(self) -> None:
         await self.fleet.renew([(name, holder) for holder, name in list(self._held.items())],

@@ -91,6 +91,11 @@ class Placement:
             self._models[job.id] = models_of(workflow)
         await self._dispatcher.hold(backend.name, job.id)
 
+    async def take_unsent(self, backend: str, job_id: str) -> bool:
+        """A slot on ``backend`` for an attempt written there whose prompt was never sent: it
+        needs room like any new prompt (a blind hold would put one over capacity)."""
+        return await self._dispatcher.take_on(backend, job_id)
+
     async def release(self, backend: str, job_id: str) -> None:
         """The prompt is over there: free the slot (idempotent)."""
         await self._dispatcher.release(backend, job_id)

@@ -6,18 +6,23 @@ never lost. Phase changes (``on_started``) go through at once and open a window.
 status changes, errors and completion do not pass through here at all (``close`` first writes
 what is pending).
 Previews are kept (latest only, with a TTL) and published at most once per ``throttle_s`` too.
+Both are best effort: a write the store refuses (it is unreachable for a moment) is logged and
+does not end the attempt; unwritten progress stays pending for the next write.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..domain import transitions as t
 from ..domain.job import Progress
-from ..errors import InvalidTransition
+from ..errors import InvalidTransition, StoreError
 from ..ports import JobStore
+
+log = logging.getLogger(__name__)
 
 
 class ProgressSink:
@@ -66,7 +71,10 @@ class ProgressSink:
         if now - self._last_preview < self._throttle_s:
             return
         self._last_preview = now
-        await self._events.set_preview(self._job_id, content_type, data, node_id=node_id)
+        try:
+            await self._events.set_preview(self._job_id, content_type, data, node_id=node_id)
+        except StoreError as exc:
+            log.warning("job %s: preview not kept: %s", self._job_id, exc)
 
     async def flush(self) -> None:
         async with self._lock:
@@ -75,7 +83,8 @@ class ProgressSink:
                 return
             self._last_write = self._clock()
             self.writes += 1
-            await self._apply(t.ProgressMade(progress))
+            if not await self._apply(t.ProgressMade(progress)) and self._pending is None:
+                self._pending = progress  # not written: the next write carries it
 
     async def close(self, *, superseded: bool = False) -> None:
         """Write what is pending now (the attempt is over). ``superseded``: drop it instead,
@@ -97,7 +106,8 @@ class ProgressSink:
         await self._sleep(wait_s)
         await self.flush()
 
-    async def _apply(self, event: t.Event) -> None:
+    async def _apply(self, event: t.Event) -> bool:
+        """Whether ``event`` was written (or is moot); False when the store refused it."""
         try:
             if self._apply_change is not None:
                 await self._apply_change(event)
@@ -105,3 +115,7 @@ class ProgressSink:
                 await self._store.apply(self._job_id, event, self._clock())
         except InvalidTransition:
             pass  # the job ended or was canceled meanwhile: its progress no longer matters
+        except StoreError as exc:
+            log.warning("job %s: progress not written (written with the next): %s", self._job_id, exc)
+            return False
+        return True

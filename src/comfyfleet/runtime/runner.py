@@ -121,6 +121,9 @@ class Runner:
             return await self._run(job_id, view=view, fence=fence, reattached=reattached)
         finally:
             self._records.forget(job_id)
+            # Whatever ended the run, this process renews the job's slot no longer (one it
+            # still held would be renewed for good, even once another runner finished the job).
+            self._placement.forget(job_id)
 
     async def _run(self, job_id: str, *, view: BackendView | None, fence: Fence | None,
                    reattached: Job | None) -> Verdict:
@@ -194,8 +197,19 @@ class Runner:
                 return await self._failed(job, Failure(FailureKind.PROMPT_LOST,
                                                        state.message or "the backend lost the prompt"))
         assert backend is not None
+        if action is Action.SUBMIT and not await self._placement.take_unsent(backend.name, job.id):
+            return await self._no_room_for_unsent(job, backend.name)
         job = await self._apply(job.id, t.Heartbeat(self._worker_id)) or job  # reattached: ours now
         return await self._attempt(job, backend, submit=action is Action.SUBMIT, fence=fence)
+
+    async def _no_room_for_unsent(self, job: Job, backend: str) -> Verdict:
+        """The attempt's prompt was never sent and its backend has no free slot now: wait for
+        one, unless that backend takes no new work any more (then the attempt moves on)."""
+        record = self._dispatcher.snapshot.backends.get(backend) if self._dispatcher.snapshot else None
+        if record is None or record.state != "active":
+            return await self._failed(job, Failure(
+                FailureKind.PROMPT_LOST, f"the prompt was never sent, and {backend} takes no new work"))
+        return Verdict(run_at=self._clock() + self._settings.no_backend_delay_s)
 
     # -- one attempt -------------------------------------------------------------------------
     async def _attempt(self, job: Job, backend: Backend, *, submit: bool,
@@ -259,14 +273,21 @@ class Runner:
         finally:
             heartbeat.cancel()
             await tracker.close()
-            if not handed_back:
-                await self._records.settle_accepted(job.id)
-            await sink.close(superseded=outcome is not None and outcome.kind == "success")
-            self._flush_soon()
-            if handed_back:  # the next runner holds the slot on; unheld, it expires
-                self._placement.forget(job.id)
-            else:  # the prompt is over on its backend: free the slot before collecting
-                await self._placement.release(backend.name, job.id)
+            try:
+                if not handed_back:
+                    await self._records.settle_accepted(job.id)
+                await sink.close(superseded=outcome is not None and outcome.kind == "success")
+            finally:
+                self._flush_soon()
+                if outcome is not None and outcome.kind != "expired":
+                    # the prompt is over on its backend: free the slot before collecting
+                    await self._placement.release(backend.name, job.id)
+                else:
+                    # Handed back, cancelled, past its deadline or cut short by an error: the
+                    # prompt may still run there. Not renewed from here; the runner that takes
+                    # the job on holds the slot, one that stops the prompt frees it, and
+                    # otherwise it expires.
+                    self._placement.forget(job.id)
         try:
             if outcome is None:
                 return await self._cancel(await self._store.get(job.id))

@@ -5,7 +5,8 @@
 -- ARGV[4 + 3i ..] per candidate i: name, slot limit (a half-open breaker passes 1), tier
 -- Candidates come ordered by tier (preference) and, inside a tier, in round-robin order. The
 -- first tier with any free slot wins; inside it the lowest load / capacity wins, ties to the
--- earlier candidate. Expired leases (a dead worker's) are dropped on the way.
+-- earlier candidate. Expired leases (a dead worker's) are dropped on the way. A holder that
+-- still holds a slot on a candidate (a runner that died left it) keeps that one.
 -- Returns the chosen name, or false when no candidate has a free slot.
 local now = tonumber(ARGV[1])
 local best, best_key, best_tier, best_ratio = nil, nil, nil, nil
@@ -23,6 +24,10 @@ for i = 2, #KEYS do
     if record['state'] == 'active' then
       local capacity = math.min(limit, tonumber(record['capacity']) or 1)
       redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+      if redis.call('ZSCORE', KEYS[i], ARGV[3]) then
+        redis.call('ZADD', KEYS[i], ARGV[2], ARGV[3])
+        return name
+      end
       local load = redis.call('ZCARD', KEYS[i])
       if load < capacity then
         local ratio = load / capacity
