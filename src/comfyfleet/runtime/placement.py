@@ -119,25 +119,29 @@ class Placement:
             await self._dispatcher.memory.rest(backend, self._clock() + min(failure.retry_after_s, MAX_REST_S))
 
     async def failed(self, job: Job, failure: Failure, failure_class: FailureClass) -> bool:
-        """Free the slot, feed the breakers; False when the workflow's breaker has opened, so
-        this workflow stops burning retries."""
+        """Feed the breakers, then free the slot (the job the freed slot wakes must find a
+        breaker that opened, or the half-open one this failure was the probe of, open again);
+        False when the workflow's breaker has opened, so this workflow stops burning retries."""
         workflow = self._workflows.pop(job.id, None)
         self._models.pop(job.id, None)
         if failure.kind in (FailureKind.NO_BACKEND, FailureKind.CIRCUIT_OPEN):
             return True  # no attempt ran: nothing to free and nothing learned
         backend = job.current.backend if job.current is not None else None
-        if backend is not None:
-            await self.rest_if_asked(backend, failure)
-            await self.release(backend, job.id)
-        if failure.kind is FailureKind.PARTNER_KEY_LOST:
-            return True  # nothing was sent: neither the backend nor the workflow is to blame
-        if backend is not None and lacks_node_class(failure):
-            # its catalog was not known yet, or is out of date (a node removed): read it again
-            await self._dispatcher.forget_node_catalog(backend)
-        if failure.kind in NOT_THE_WORKFLOWS:
-            # Refused before it ran, for this job's own values or inputs (the fingerprint is
-            # the graph's shape only): counted, a run of one mistake closed the workflow.
-            # Nothing ran, so nothing burns while the same mistake is made again.
-            workflow = None
-        await self._dispatcher.memory.record(backend, workflow, failure_class)
-        return workflow is None or self._dispatcher.memory.workflow_allows(workflow)
+        try:
+            if backend is not None:
+                await self.rest_if_asked(backend, failure)
+            if failure.kind is FailureKind.PARTNER_KEY_LOST:
+                return True  # nothing was sent: neither the backend nor the workflow is to blame
+            if backend is not None and lacks_node_class(failure):
+                # its catalog was not known yet, or is out of date (a node removed): read it again
+                await self._dispatcher.forget_node_catalog(backend)
+            if failure.kind in NOT_THE_WORKFLOWS:
+                # Refused before it ran, for this job's own values or inputs (the fingerprint is
+                # the graph's shape only): counted, a run of one mistake closed the workflow.
+                # Nothing ran, so nothing burns while the same mistake is made again.
+                workflow = None
+            await self._dispatcher.memory.record(backend, workflow, failure_class)
+            return workflow is None or self._dispatcher.memory.workflow_allows(workflow)
+        finally:
+            if backend is not None:
+                await self.release(backend, job.id)

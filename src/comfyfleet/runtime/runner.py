@@ -249,6 +249,7 @@ class Runner:
                                 opener=opening.opener if opening is not None else open_socket)
         heartbeat = asyncio.create_task(self._heartbeat(job.id))
         handed_back = False
+        release_after = False  # the prompt failed there: its slot is freed once that is recorded
         outcome: Outcome | None = None
         try:
             if submit:
@@ -257,8 +258,10 @@ class Runner:
                 if failure is not None:
                     await tracker.close()
                     await self._placement.rest_if_asked(backend.name, failure)
-                    await self._placement.release(backend.name, job.id)
-                    return await self._failed(job, failure)
+                    try:  # the breakers learn of it before the slot is anyone else's
+                        return await self._failed(job, failure)
+                    finally:
+                        await self._placement.release(backend.name, job.id)
                 outcome = await self._follow(job, backend, tracker)
             else:
                 # Reattach. Sockets open a few at a time (a start-up sweep may bring thousands);
@@ -279,9 +282,14 @@ class Runner:
                 await sink.close(superseded=outcome is not None and outcome.kind == "success")
             finally:
                 self._flush_soon()
-                if outcome is not None and outcome.kind != "expired":
+                if outcome is not None and outcome.kind == "success":
                     # the prompt is over on its backend: free the slot before collecting
                     await self._placement.release(backend.name, job.id)
+                elif outcome is not None and outcome.kind != "expired":
+                    # Over there too, but the failure is recorded first: a breaker that opens
+                    # (or a half-open one whose probe this was) must turn away the job the
+                    # freed slot wakes.
+                    release_after = True
                 else:
                     # Handed back, cancelled, past its deadline or cut short by an error: the
                     # prompt may still run there. Not renewed from here; the runner that takes
@@ -293,6 +301,8 @@ class Runner:
                 return await self._cancel(await self._store.get(job.id))
             return await self._conclude(job.id, backend, outcome, progress=sink.latest)
         finally:
+            if release_after:
+                await self._placement.release(backend.name, job.id)
             self._placement.done(job.id)
 
     async def _history_now(self, backend: Backend, prompt_id: str) -> HistoryEntry | None:
