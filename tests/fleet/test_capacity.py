@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from dataclasses import replace
 
 from chaos.chaos_helpers import api_only, start_worker
 from comfyfleet.domain.job import JobStatus
 from comfyfleet.sim import SimConfig, Simulator
-from helpers.fleet import image_workflow
+from helpers.fleet import image_workflow, running_fleet
 
 JOBS, STEPS, STEP_S = 24, 10, 0.08
 JOB_S = STEPS * STEP_S
@@ -65,3 +66,24 @@ async def test_four_workers_never_overfill_three_backends_and_keep_them_busy(val
     # Waking on the release message keeps these to tens of milliseconds on a quiet machine; a
     # worker that only re-checked (0.25-0.75 s) would average a third of a job or more.
     assert sum(gaps) / len(gaps) < JOB_S / 4 and max(gaps) < JOB_S, (gaps, to_dispatch)
+
+
+async def test_jobs_waiting_for_a_slot_start_when_the_capacity_is_raised(valkey_url, tmp_path):
+    """Room that appears without a release (here a raised capacity) is looked for at once by
+    every waiting job; none waits for the periodic re-check (set to an hour here)."""
+    async with running_fleet(valkey_url, tmp_path, sims=1, sim_config=SimConfig(step_s=0.1),
+                             health_interval_s=600) as fleet:
+        dispatcher = fleet.services.dispatcher
+        dispatcher.settings = replace(dispatcher.settings, recheck_s=3600.0)
+        jobs = [await fleet.submit(image_workflow(40, seed=70 + i)) for i in range(4)]  # 4 s each
+        async with asyncio.timeout(10):
+            while fleet.sims[0].requests["POST /prompt"] < 1:
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # the other three wait in the worker for the one slot
+        raised = await fleet.http.patch("/api/v2/backends/sim-0", json={"capacity": 4})
+        assert raised.status_code == 200, raised.text
+        async with asyncio.timeout(3):  # the first job runs for seconds yet: no release meanwhile
+            while fleet.sims[0].requests["POST /prompt"] < 4:
+                await asyncio.sleep(0.05)
+        for job in jobs:
+            assert (await fleet.wait(job["id"]))["status"] == "succeeded"

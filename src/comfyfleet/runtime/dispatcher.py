@@ -43,7 +43,7 @@ from ..store.fleet import BackendRecord, FleetSnapshot, FleetStore
 from ..store.node_catalogs import NodeCatalogs
 from .fleet_memory import FleetMemory
 from .selection import Roster, TypeRouting, required_tags, tags_wanted
-from .slot_line import RECHECK, SlotLine
+from .slot_line import CHANGED, RECHECK, SlotLine
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +297,7 @@ class Dispatcher:
         warm_until = self._clock() + self.settings.affinity_wait_s if models else 0.0
         waiter = self._line.join(job.priority, models)
         try:
-            cause: str | None = None  # why this look: None (first, or the fleet changed) walks all
+            cause: str | None = None  # why this look: None (the first), a release, RECHECK or CHANGED
             while True:
                 now = self._clock()
                 plan = self.roster(now).plan(job, routing, turn=next(self._turn), models=models)
@@ -314,7 +314,7 @@ class Dispatcher:
                 waiter.rearm(frozenset(name for name, _, _ in candidates))
                 if cause is None and self._line.queue_ahead(waiter):
                     candidates = ()  # jobs already wait for these backends: none has room
-                elif cause not in (None, RECHECK):
+                elif cause not in (None, RECHECK, CHANGED):
                     # Woken by one backend's release: no other had room when this job last
                     # looked, so only that one is worth asking (not a walk of the whole fleet).
                     candidates = tuple(c for c in candidates if c[0] == cause)
@@ -329,7 +329,7 @@ class Dispatcher:
                     self._held[job.id] = name
                     if RECHECK in (cause, waiter.woken_by):  # a release was missed: maybe more
                         self._line.wake_first(skip=waiter)
-                    if waiter.woken_by not in (None, RECHECK):  # a release meant for a waiter
+                    if waiter.woken_by not in (None, RECHECK, CHANGED):  # a release meant for a waiter
                         self._line.wake_one(waiter.woken_by, skip=waiter)  # pass it on
                     return Choice(backend=self._backends.get(name))
                 remaining = until - self._clock()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from ..domain.models import NO_MODELS
 
 RECHECK = "\0recheck"  # woken_by of a waiter woken to look again, not by a release
+CHANGED = "\0changed"  # woken_by of a waiter woken by a change of the fleet (room may be anywhere)
 
 
 @dataclass(eq=False)
@@ -26,7 +27,7 @@ class SlotWaiter:
     models: frozenset[str] = NO_MODELS  # what the job loads
     eligible: frozenset[str] = frozenset()  # the backends it may use, as of its last look
     event: asyncio.Event = field(default_factory=asyncio.Event)
-    woken_by: str | None = None  # the backend whose release woke it, or RECHECK
+    woken_by: str | None = None  # the backend whose release woke it, RECHECK or CHANGED
     passed_over_at: float | None = None  # first time a freed slot went to a later job for its models
 
     def rearm(self, eligible: frozenset[str]) -> None:
@@ -84,12 +85,15 @@ class SlotLine:
             waiter.event.set()
 
     def wake_all(self) -> None:
+        """The fleet changed (a capacity raised, a breaker closed, a backend back): room may have
+        appeared anywhere without a release, so every waiting job looks at all its backends."""
         for waiter in self._waiters:
+            waiter.woken_by = CHANGED
             waiter.event.set()
 
     def queue_ahead(self, waiter: SlotWaiter) -> bool:
         """Another job of this process already waits for every backend ``waiter`` could use.
-        Slots free up only by a release (which wakes a waiting job), a registry change (which
-        wakes them all) or a lost message (the re-check), so none of them has room now."""
+        Slots free up only by a release (which wakes a waiting job), a fleet change (which wakes
+        them all) or a lost message (the re-check), so on a job's first look none has room."""
         return bool(waiter.eligible) and any(
             other is not waiter and waiter.eligible <= other.eligible for other in self._waiters)
