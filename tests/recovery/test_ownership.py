@@ -212,3 +212,25 @@ async def test_the_claim_is_asked_after_the_inputs_are_staged_right_before_the_p
         await r.runner.run(job.id, fence=fence)
     assert uploads_when_asked == [1]
     assert sum(s.requests["POST /prompt"] for s in sims) == 0
+
+
+async def test_a_starting_worker_holds_the_slots_of_running_prompts_before_taking_queued_jobs(r, sims):
+    """Every worker was down longer than a slot's lease while ComfyUI ran on: the prompt still
+    running has no lease left. The starting worker holds its slot again before any queued job
+    may take one, so no queued job is sent to join it."""
+    orphan = await r.orphan(image_workflow(150, seed=31))  # 3 s of steps on sim-0
+    await r.services.redis.delete(r.services.keys.lease("sim-0"))  # its lease ran out
+    for n in range(4):
+        queued = await r.new_job(image_workflow(3, seed=40 + n))
+        await r.services.queue.enqueue(queued)
+    worker = make_worker(r, "w-new")
+    await worker.start()
+    try:
+        assert await r.services.dispatcher.fleet.holders("sim-0") == [orphan.id]
+        most = 0
+        for _ in range(40):
+            most = max(most, len(sims[0].queue.pending_items()) + (1 if sims[0].queue.running else 0))
+            await asyncio.sleep(0.05)
+        assert most == 1, "a queued job was sent where the orphan's prompt still ran"
+    finally:
+        await worker.stop()

@@ -410,6 +410,14 @@ class Dispatcher:
         await self.fleet.renew([(name, holder)], self._clock())
         self._held[holder] = name
 
+    async def hold_many(self, slots: list[tuple[str, str]]) -> None:
+        """``hold`` for many (backend, holder) pairs in one round."""
+        slots = [(name, holder) for name, holder in slots if self._held.get(holder) != name]
+        if not slots:
+            return
+        await self.fleet.renew(slots, self._clock())
+        self._held.update((holder, name) for name, holder in slots)
+
     async def take_on(self, name: str, holder: str) -> bool:
         """A slot on ``name`` alone for ``holder``, if it takes work and has room (or ``holder``
         has one there still): for a prompt recorded as bound there but never sent."""

@@ -84,7 +84,13 @@ class Recovery:
             if state is not None and decide(job, state, now) is Action.REATTACH:
                 changes.append((job, transitions.apply(job, transitions.Heartbeat(worker_id), now)))
         landed = await self._store.save_many(changes)
-        return {after.id: after for (_, after), ok in zip(changes, landed) if ok}
+        ready = {after.id: after for (_, after), ok in zip(changes, landed) if ok}
+        # Their prompts run there now, whatever the load: their slots are held at once, in one
+        # round, not as each runner gets to it (meanwhile a queued job could take a slot whose
+        # lease ran out while no worker was alive, and join a prompt that still runs there).
+        await self._dispatcher.hold_many([(job.current.backend, job.id) for job in ready.values()
+                                          if job.current is not None])
+        return ready
 
     async def plan(self) -> list[PlannedStep]:
         """What a reconcile would do to every active job now (read-only)."""

@@ -113,8 +113,15 @@ class Worker:
 
     async def start(self) -> None:
         await self._beat()
-        self._loops = [asyncio.create_task(self._keep_claims(), name="claims"),
-                       asyncio.create_task(self._sweep_forever(), name="orphan-sweep")]
+        self._loops = [asyncio.create_task(self._keep_claims(), name="claims")]
+        # The first sweep holds the slots of the prompts still running before any queued job
+        # may take one: after every worker was down longer than a slot's lease, a queued job
+        # would otherwise be sent where an orphan's prompt still runs.
+        try:  # bounded: every call it makes has a timeout
+            await self.sweep()
+        except StoreError as exc:
+            log.warning("first orphan sweep failed (the next is in %.0f s): %s", self._settings.sweep_s, exc)
+        self._loops.append(asyncio.create_task(self._sweep_forever(), name="orphan-sweep"))
         q = self._settings.queue
         opts = {"connection": bull_connection_url(self._redis_url), "prefix": self._keys.bull_prefix,
                 "concurrency": self._settings.concurrency, "lockDuration": q.lock_duration_ms,
