@@ -73,44 +73,76 @@ class BreakerStatus(str, enum.Enum):
     HALF_OPEN = "half_open"
 
 
+class OpenedBy(str, enum.Enum):
+    """What opened a breaker, which says what may close it again."""
+
+    JOBS = "jobs"  # failures of attempts (some at least): only a probe job that succeeds closes it
+    CHECKS = "checks"  # failed health checks alone (the backend was down): a check finding it up may
+
+
+OPENED_BY_VALUES = frozenset(o.value for o in OpenedBy)
 MAX_TRANSITIONS_KEPT = 20
 
 
 @dataclass(frozen=True, slots=True)
 class BreakerState:
-    """What a circuit breaker remembers; plain data so it can live in Redis as JSON."""
+    """What a circuit breaker remembers; plain data so it can live in Redis as JSON.
+
+    ``failures`` are the times of the consecutive failures still inside the window, of attempts
+    and of health checks alike; ``check_failures`` are those of them that were failed health
+    checks (what a health check that finds the backend up clears); ``opened_by`` says, while
+    open or half-open, what opened it (None: closed, or stored before it was recorded, taken as
+    jobs)."""
 
     status: BreakerStatus = BreakerStatus.CLOSED
-    failures: tuple[float, ...] = ()  # times of consecutive failures still inside the window
+    failures: tuple[float, ...] = ()
     opened_at: float | None = None
     changed_at: float | None = None
     transitions: tuple[tuple[float, str, str], ...] = ()  # (at, from, to), newest last
+    check_failures: tuple[float, ...] = ()  # a part of ``failures``
+    opened_by: OpenedBy | None = None
 
     @property
     def pristine(self) -> bool:
         return self.status is BreakerStatus.CLOSED and not self.failures
 
     def to_dict(self) -> dict:
-        return {"status": self.status.value, "failures": list(self.failures),
+        data = {"status": self.status.value, "failures": list(self.failures),
                 "opened_at": self.opened_at, "changed_at": self.changed_at,
                 "transitions": [list(t) for t in self.transitions]}
+        if self.check_failures:  # written only when there are some: a workflow's never has
+            data["check_failures"] = list(self.check_failures)
+        if self.opened_by is not None:
+            data["opened_by"] = self.opened_by.value
+        return data
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "BreakerState":
         if not data:
             return cls()
+        opened_by = data.get("opened_by")
         return cls(status=BreakerStatus(data.get("status", "closed")),
                    failures=tuple(float(x) for x in data.get("failures") or ()),
                    opened_at=data.get("opened_at"), changed_at=data.get("changed_at"),
-                   transitions=tuple((float(a), str(b), str(c)) for a, b, c in data.get("transitions") or ()))
+                   transitions=tuple((float(a), str(b), str(c)) for a, b, c in data.get("transitions") or ()),
+                   check_failures=tuple(float(x) for x in data.get("check_failures") or ()),
+                   opened_by=OpenedBy(opened_by) if opened_by in OPENED_BY_VALUES else None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CircuitBreaker:
     """closed -> open after ``failure_threshold`` consecutive failures within ``window_s``;
     open -> half_open once ``cooldown_s`` has passed (a probe may go through);
-    half_open -> closed on a success, back to open on a failure. A success while closed clears
-    the failure count. Pure: every method takes the state and the time and returns a new state.
+    half_open -> closed on a success, back to open on a failure. Pure: every method takes the
+    state and the time and returns a new state.
+
+    Two kinds of outcome feed it. Jobs (``record_success``, ``record_failure``): a success
+    clears every failure counted and closes a half-open breaker. Health checks of a backend
+    (``record_check_success``, ``record_check_failure``): their failures count like a job's,
+    but a check that finds the backend up clears only the failed checks and closes a half-open
+    breaker only when failed checks alone opened it. A backend may answer its checks and fail
+    every prompt; its checks must not wipe out what its jobs showed, nor let jobs in again
+    without a probe.
     """
 
     failure_threshold: int = 5
@@ -137,23 +169,71 @@ class CircuitBreaker:
         return now - last >= self.cooldown_s + self.window_s
 
     def record_success(self, state: BreakerState, now: float) -> BreakerState:
+        """A job succeeded (on the backend, or of the workflow)."""
         state = self.current(state, now)
         if state.status is BreakerStatus.OPEN:
             return state  # a late success of work started before the breaker opened proves little
         if state.status is BreakerStatus.HALF_OPEN:
-            return replace(_moved(state, BreakerStatus.CLOSED, now), failures=(), opened_at=None)
-        return replace(state, failures=()) if state.failures else state
+            return _closed(state, now)
+        return replace(state, failures=(), check_failures=()) if state.failures else state
 
     def record_failure(self, state: BreakerState, now: float) -> BreakerState:
+        """A job failed."""
+        return self._failed(state, now, OpenedBy.JOBS)
+
+    def record_check_success(self, state: BreakerState, now: float) -> BreakerState:
+        """A health check found the backend up. ``state`` itself (the same object) when that
+        changes nothing: failures of jobs stay counted, and a breaker they opened waits for
+        its probe job."""
+        current = self.current(state, now)
+        if current.status is BreakerStatus.HALF_OPEN and current.opened_by is OpenedBy.CHECKS:
+            return _closed(current, now)
+        if current.status is BreakerStatus.CLOSED and current.check_failures:
+            return replace(current, failures=_without(current.failures, current.check_failures),
+                           check_failures=())
+        return state
+
+    def record_check_failure(self, state: BreakerState, now: float) -> BreakerState:
+        """A health check found the backend down."""
+        return self._failed(state, now, OpenedBy.CHECKS)
+
+    def _failed(self, state: BreakerState, now: float, source: OpenedBy) -> BreakerState:
         state = self.current(state, now)
         if state.status is BreakerStatus.OPEN:
             return state
+        checks = (now,) if source is OpenedBy.CHECKS else ()
         if state.status is BreakerStatus.HALF_OPEN:
-            return replace(_moved(state, BreakerStatus.OPEN, now), opened_at=now, failures=(now,))
+            # opened by checks still only if checks opened it and a check failed again: one
+            # that jobs opened waits for a probe job whatever the checks say meanwhile
+            again_checks = source is OpenedBy.CHECKS and state.opened_by is OpenedBy.CHECKS
+            opened_by = OpenedBy.CHECKS if again_checks else OpenedBy.JOBS
+            return replace(_moved(state, BreakerStatus.OPEN, now), opened_at=now, failures=(now,),
+                           check_failures=checks, opened_by=opened_by)
         failures = tuple(t for t in state.failures if now - t < self.window_s) + (now,)
+        check_failures = tuple(t for t in state.check_failures if now - t < self.window_s) + checks
         if len(failures) >= self.failure_threshold:
-            return replace(_moved(state, BreakerStatus.OPEN, now), opened_at=now, failures=failures)
-        return replace(state, failures=failures)
+            opened_by = OpenedBy.CHECKS if len(check_failures) == len(failures) else OpenedBy.JOBS
+            return replace(_moved(state, BreakerStatus.OPEN, now), opened_at=now, failures=failures,
+                           check_failures=check_failures, opened_by=opened_by)
+        return replace(state, failures=failures, check_failures=check_failures)
+
+
+def _closed(state: BreakerState, now: float) -> BreakerState:
+    return replace(_moved(state, BreakerStatus.CLOSED, now), failures=(), check_failures=(),
+                   opened_at=None, opened_by=None)
+
+
+def _without(times: tuple[float, ...], taken: tuple[float, ...]) -> tuple[float, ...]:
+    """``times`` less one occurrence of each of ``taken`` (the failed checks among all failures;
+    two failures at the same moment are the same time, whichever is taken out)."""
+    left = list(taken)
+    kept = []
+    for t in times:
+        if t in left:
+            left.remove(t)
+        else:
+            kept.append(t)
+    return tuple(kept)
 
 
 def _moved(state: BreakerState, to: BreakerStatus, now: float) -> BreakerState:

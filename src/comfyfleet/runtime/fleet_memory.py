@@ -20,6 +20,7 @@ from ..store.fleet import FleetSnapshot, FleetStore
 
 log = logging.getLogger(__name__)
 
+Change = Callable[[BreakerState, float], BreakerState]  # a breaker's state and the time -> its next
 REST_SLACK_S = 1.0  # a backend's rest known to end this close to a new one is not written again
 
 
@@ -55,27 +56,45 @@ class FleetMemory:
         try:
             if backend is not None:
                 if failure_class in (FailureClass.TRANSIENT, FailureClass.FATAL):
-                    await self.record_backend(backend, ok=False)
+                    await self._record_backend(backend, self._backend_breaker.record_failure, ok=False)
                 elif failure_class is None:
-                    await self.record_backend(backend, ok=True)
+                    await self._record_backend(backend, self._backend_breaker.record_success, ok=True)
             if workflow is not None:
                 scope = workflow_breaker(workflow)
+                breaker = self._workflow_breaker
                 if failure_class is FailureClass.PERMANENT:
-                    await self._record(scope, self._workflow_breaker, ok=False)
+                    await self._record(scope, breaker.record_failure, ok=False)
                 elif failure_class is None:
-                    await self._record(scope, self._workflow_breaker, ok=True)
+                    await self._record(scope, breaker.record_success, ok=True)
         except StoreError as exc:
             log.warning("fleet: could not record an outcome on %s: %s", backend, exc)
 
     async def record_backend(self, name: str, *, ok: bool) -> None:
-        await self._record(backend_breaker(name), self._backend_breaker, ok=ok)
+        """What a health check of ``name`` found (``ok``: not down). Kept apart from the
+        outcomes of jobs (``record``): a check that finds the backend up clears only the failed
+        checks counted, and closes a half-open breaker only when failed checks alone opened it
+        (``CircuitBreaker.record_check_success``)."""
+        breaker = self._backend_breaker
+        await self._record_backend(name, breaker.record_check_success if ok else breaker.record_check_failure,
+                                   ok=ok)
 
-    async def _record(self, scope: str, breaker: CircuitBreaker, *, ok: bool) -> None:
+    async def _record_backend(self, name: str, change: Change, *, ok: bool) -> None:
+        """Feed ``name``'s breaker, while ``name`` is registered: the prompts a removal stops
+        end as failures there, and must neither bring back the breaker of the removed backend
+        nor be held against a backend added later under its name."""
+        snapshot = self._snapshot()
+        if snapshot is not None and name not in snapshot.backends:
+            return  # removed (as this process knows): the registry need not be asked
+        await self._record(backend_breaker(name), change, ok=ok, registered=name)
+
+    async def _record(self, scope: str, change: Change, *, ok: bool, registered: str | None = None) -> None:
         now = self._clock()
-        if ok and self._breaker_state(scope).pristine:
-            return  # nothing to clear: no write on the hot path
-        change = (lambda s: breaker.record_success(s, now)) if ok else (lambda s: breaker.record_failure(s, now))
-        old, new = await self._fleet.update_breaker(scope, change)
+        if ok and change(known := self._breaker_state(scope), now) is known:
+            return  # a success that changes nothing (the common case): no write on the hot path
+        changed = await self._fleet.update_breaker(scope, lambda s: change(s, now), registered=registered)
+        if changed is None:
+            return  # ``registered`` is no longer: nothing written
+        old, new = changed
         if new.status != old.status:
             log.warning("circuit breaker %s: %s -> %s", scope, old.status.value, new.status.value)
         if (snapshot := self._snapshot()) is not None:

@@ -178,6 +178,7 @@ class FleetStore:
                           for raw in (await self._redis.hgetall(self._keys.fleet_backends)).values()]
             existing = await self._redis.hmget(self._keys.fleet_backends, [r.name for r in records])
             updates = {}
+            afresh = []  # new, or at another server now: nothing kept under their names is about them
             for record, raw in zip(records, existing):
                 other = same_server_as(record.url, registered, other_than=record.name)
                 if other is not None:  # the registered one stays: refusing would stop the process
@@ -186,14 +187,21 @@ class FleetStore:
                     continue
                 if raw is None:
                     updates[record.name] = replace(record, added_at=now, changed_at=now).to_json()
+                    afresh.append(record.name)
                     continue
                 known = BackendRecord.from_json(raw)
                 fresh = replace(known, url=record.url, capacity=record.capacity, tags=record.tags,
                                 headers=record.headers)
                 if fresh != known:
                     updates[record.name] = replace(fresh, changed_at=now).to_json()
+                    if server_of(fresh.url) != server_of(known.url):
+                        afresh.append(record.name)
             if updates:
-                await self._redis.hset(self._keys.fleet_backends, mapping=updates)
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.hset(self._keys.fleet_backends, mapping=updates)
+                    for name in afresh:
+                        self._forget_side_entries(pipe, name)
+                    await pipe.execute()
                 await self.notify_changed()
 
     async def add(self, record: BackendRecord, now: float | None = None) -> BackendRecord:
@@ -214,6 +222,9 @@ class FleetStore:
                             raise twice(record.name, record.url, other)
                         pipe.multi()
                         pipe.hset(key, record.name, record.to_json())
+                        # whatever is left under the name (a health check or an outcome that
+                        # landed after a removal) is about another server or another time
+                        self._forget_side_entries(pipe, record.name)
                         await pipe.execute()
                         break
                     except rex.WatchError:
@@ -232,7 +243,9 @@ class FleetStore:
                         raw = await pipe.hget(key, name)
                         if raw is None:
                             raise BackendNotFound(f"no backend named {name!r}")
-                        record = replace(BackendRecord.from_json(raw), **changes, changed_at=now)
+                        known = BackendRecord.from_json(raw)
+                        record = replace(known, **changes, changed_at=now)
+                        moved = server_of(record.url) != server_of(known.url)
                         if "url" in changes:
                             registered = [BackendRecord.from_json(r) for r in (await pipe.hgetall(key)).values()]
                             other = same_server_as(record.url, registered, other_than=name)
@@ -240,6 +253,11 @@ class FleetStore:
                                 raise twice(name, record.url, other)
                         pipe.multi()
                         pipe.hset(key, name, record.to_json())
+                        if moved:
+                            # another server now: what was learnt of the old one (health,
+                            # breaker, models, rest, node classes) is not about it; its health
+                            # is unknown until checked, its classes read at its first answer
+                            self._forget_side_entries(pipe, name)
                         await pipe.execute()
                         break
                     except rex.WatchError:
@@ -252,16 +270,22 @@ class FleetStore:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.hget(self._keys.fleet_backends, name)
                 pipe.hdel(self._keys.fleet_backends, name)
-                pipe.hdel(self._keys.fleet_health, name)
-                pipe.hdel(self._keys.fleet_breakers, backend_breaker(name))
-                pipe.hdel(self._keys.fleet_warm, name)
-                pipe.hdel(self._keys.fleet_resting, name)
-                pipe.hdel(self._keys.fleet_nodes, name)
+                self._forget_side_entries(pipe, name)
                 raw, *_ = await pipe.execute()
         if raw is None:
             raise BackendNotFound(f"no backend named {name!r}")
         await self.notify_changed()
         return BackendRecord.from_json(raw)
+
+    def _forget_side_entries(self, pipe: Any, name: str) -> None:
+        """Queue on ``pipe`` the deletion of what the fleet learnt of the server ``name`` stood
+        for: its health, breaker, warm models, rest and node catalog (its catalog's class set,
+        when no other backend names it, goes with housekeeping)."""
+        pipe.hdel(self._keys.fleet_health, name)
+        pipe.hdel(self._keys.fleet_breakers, backend_breaker(name))
+        pipe.hdel(self._keys.fleet_warm, name)
+        pipe.hdel(self._keys.fleet_resting, name)
+        pipe.hdel(self._keys.fleet_nodes, name)
 
     async def get(self, name: str) -> BackendRecord:
         with translated(self._redis, "reading a backend"):
@@ -339,15 +363,24 @@ class FleetStore:
         await self.notify_changed()
 
     # -- breakers ------------------------------------------------------------------------------
-    async def update_breaker(self, scope: str,
-                             change: Callable[[BreakerState], BreakerState]) -> tuple[BreakerState, BreakerState]:
-        """Apply ``change`` to the stored state atomically (optimistic, retried on a race)."""
+    async def update_breaker(self, scope: str, change: Callable[[BreakerState], BreakerState], *,
+                             registered: str | None = None) -> tuple[BreakerState, BreakerState] | None:
+        """Apply ``change`` to the stored state atomically (optimistic, retried on a race):
+        (old, new). With ``registered``, only while a backend of that name is registered: None,
+        and nothing written, once it is not (checked in the same transaction, so a removal
+        landing meanwhile is seen)."""
         key = self._keys.fleet_breakers
         with translated(self._redis, "updating a circuit breaker"):
             async with self._redis.pipeline(transaction=True) as pipe:
                 while True:
                     try:
-                        await pipe.watch(key)
+                        if registered is None:
+                            await pipe.watch(key)
+                        else:
+                            await pipe.watch(key, self._keys.fleet_backends)
+                            if not await pipe.hexists(self._keys.fleet_backends, registered):
+                                await pipe.reset()
+                                return None
                         raw = await pipe.hget(key, scope)
                         old = BreakerState.from_dict(json.loads(raw) if raw else None)
                         new = change(old)
