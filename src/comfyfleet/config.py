@@ -134,6 +134,48 @@ def parse_backends(urls: list[str]) -> list[BackendRecord]:
 
 
 def http_url_parts(url: object) -> SplitResult | None:
+    """The parts of an http(s) URL requests can be sent to (see ``http_url_problem``); else None."""
+    return _http_parts(url) if http_url_problem(url) is None else None
+
+
+def http_url_problem(url: object, *, example: str = "http://127.0.0.1:8188") -> str | None:
+    """What is wrong with ``url`` as an http(s) URL to send requests to, as words that follow the
+    URL in a message ("is not an http(s) URL such as ...", "has ..."), or None when nothing is:
+    an http or https scheme, a host, a numeric port 0-65535 if any, no space or control
+    character, and a host name that encodes as one (IDNA: no empty label, none over 63
+    characters). aiohttp raises UnicodeError, not a connection error, on a host that does not
+    encode, so such a backend could never be reached."""
+    parts = _http_parts(url)
+    if parts is None:
+        return f"is not an http(s) URL such as {example}"
+    assert isinstance(url, str) and parts.hostname
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "has a space or a control character in it"
+    problem = host_problem(parts.hostname)
+    return None if problem is None else f"has a host {parts.hostname!r} that {problem}"
+
+
+def host_problem(host: str) -> str | None:
+    """Why ``host`` (a URL's host name, an IPv6 literal without its brackets) cannot be connected
+    to, as words that follow "the host", or None."""
+    if ":" in host:  # an IPv6 literal: ``urlsplit`` checked it (ipaddress) inside its brackets
+        return None
+    name = host[:-1] if host.endswith(".") else host  # one trailing dot: a fully qualified name
+    labels = name.split(".")
+    if not name or not all(labels):
+        return "has an empty label (two dots in a row, or a dot first)"
+    if any(len(label) > 63 for label in labels):
+        return "has a label over 63 characters"
+    try:
+        encoded = name.encode("idna")
+    except UnicodeError as exc:  # a label IDNA cannot encode, or over 63 characters encoded
+        return f"is not a valid host name (IDNA: {exc})"
+    if len(encoded) > 253:
+        return "is longer than 253 characters"
+    return None
+
+
+def _http_parts(url: object) -> SplitResult | None:
     """The parts of an http(s) URL with a host and, if any, a numeric port 0-65535; else None
     (``urlsplit`` itself raises on an unclosed ``[``; ``.port`` on ``:abc`` or ``:99999``)."""
     if not isinstance(url, str):
@@ -159,9 +201,10 @@ def without_password(url: str) -> str:
 
 
 def check_http_url(url: str, *, what: str, example: str = "http://127.0.0.1:8188") -> None:
-    """``http_url_parts`` or a ``ConfigError`` naming ``what``."""
-    if http_url_parts(url) is None:
-        raise ConfigError(f"{what} {url!r} is not an http(s) URL such as {example}")
+    """``http_url_problem`` as a ``ConfigError`` naming ``what``."""
+    problem = http_url_problem(url, example=example)
+    if problem is not None:
+        raise ConfigError(f"{what} {url!r} {problem}")
 
 
 def check_redis_url(url: str) -> None:

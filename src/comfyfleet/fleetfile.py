@@ -5,7 +5,7 @@
     url = "http://10.0.0.5:8188"
     capacity = 2                        # prompts at once (default 1)
     tags = ["sdxl", "lora"]
-    headers = { Authorization = "Bearer ..." }
+    headers = { Authorization = "Bearer ..." }   # names are HTTP tokens; no CR, LF, NUL in a value
 
     [[local]]                           # a ComfyUI on this machine that `serve` starts and supervises
     name = "gpu-0"                      # also a backend, at http://127.0.0.1:<port>
@@ -29,12 +29,13 @@ Every mistake is a ``ConfigError`` naming the file and the entry.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import http_url_parts
+from .config import http_url_parts, http_url_problem
 from .domain.policy import RetryPolicy
 from .errors import ConfigError
 from .runtime.local_comfyui import LocalSpec
@@ -89,6 +90,14 @@ def parse_fleet(data: dict[str, Any], *, where: str = "backends file") -> FleetF
                      local=tuple(spec for spec, _ in local))
 
 
+class FieldError(ConfigError):
+    """A backend entry's ``field`` that cannot work (for the API's error details)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 def backend_from(entry: Any, where: str) -> BackendRecord:
     return _backend(entry, where)
 
@@ -102,22 +111,46 @@ def _backend(entry: Any, where: str) -> BackendRecord:
     url = entry.get("url")
     parts = http_url_parts(url)
     if parts is None:
-        raise ConfigError(f"{where}: url {url!r} is not an http(s) URL such as http://127.0.0.1:8188")
+        raise FieldError("url", f"{where}: url {url!r} {http_url_problem(url)}")
     name = entry.get("name", parts.netloc)
     if not isinstance(name, str) or not name or len(name) > 100 or any(c in name for c in " /{}\n\t"):
-        raise ConfigError(f"{where}: name {name!r} must be 1-100 characters without spaces, / {{ }}")
+        raise FieldError("name", f"{where}: name {name!r} must be 1-100 characters without spaces, / {{ }}")
     capacity = entry.get("capacity", 1)
     if not isinstance(capacity, int) or isinstance(capacity, bool) or not 1 <= capacity <= 1000:
-        raise ConfigError(f"{where}: capacity must be an integer from 1 to 1000, got {capacity!r}")
+        raise FieldError("capacity", f"{where}: capacity must be an integer from 1 to 1000, got {capacity!r}")
     tags = entry.get("tags", [])
     if not isinstance(tags, list) or not all(isinstance(t, str) and t and "," not in t for t in tags):
-        raise ConfigError(f"{where}: tags must be a list of non-empty strings without commas")
+        raise FieldError("tags", f"{where}: tags must be a list of non-empty strings without commas")
     headers = entry.get("headers", {})
     if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                 for k, v in headers.items()):
-        raise ConfigError(f"{where}: headers must be a table of strings")
+        raise FieldError("headers", f"{where}: headers must be a table of strings")
+    for key, value in headers.items():
+        check_header(key, value, where)
     return BackendRecord(name=name, url=url.rstrip("/"), capacity=capacity, tags=tuple(tags),
                          headers=dict(headers))
+
+
+# RFC 9110 5.6.2: a field name is a token
+HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# RFC 9110 5.5: no control character in a field value but tab (aiohttp raises ValueError on one)
+FORBIDDEN_IN_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+CONTROL_NAMES = {"\r": "a carriage return (CR)", "\n": "a line feed (LF)", "\0": "a NUL"}
+
+
+def check_header(name: str, value: str, where: str) -> None:
+    """A ``FieldError`` unless ``name: value`` can be sent: aiohttp raises ValueError on every
+    request whose header value holds CR, LF, NUL or another control character, and a server
+    answers 400 to a name that is not a token. The value itself is never shown (a secret)."""
+    if not HEADER_NAME.fullmatch(name):
+        raise FieldError("headers", f"{where}: header name {name!r} is not a valid HTTP header name "
+                                    f"(letters, digits and !#$%&'*+-.^_`|~, no spaces or colons)")
+    if (found := FORBIDDEN_IN_VALUE.search(value)) is not None:
+        char = found.group()
+        said = CONTROL_NAMES.get(char, f"the control character U+{ord(char):04X}")
+        hint = " (a token read from a file with its newline?)" if char in "\r\n" else ""
+        raise FieldError("headers", f"{where}: the value of header {name!r} holds {said}{hint}; "
+                                    f"a header value cannot hold CR, LF, NUL or other control characters")
 
 
 def _local(entry: Any, where: str) -> tuple[LocalSpec, BackendRecord]:

@@ -127,6 +127,9 @@ BAD_BACKEND_URLS = [
     everywhere(bad("unclosed-ipv6", "http://[::1", "backend URL 'http://[::1'")),
     bad("port-not-a-number", "http://127.0.0.1:abc", "backend URL 'http://127.0.0.1:abc'"),
     bad("name-with-a-space", "a b=http://127.0.0.1:9", "name 'a b'"),
+    # a host that does not encode (IDNA): aiohttp raised UnicodeError on every request to it
+    bad("host-empty-label", "gpu-9=http://gpu9..lan:8188", "backend URL 'http://gpu9..lan:8188'", "empty label"),
+    bad("host-label-too-long", f"http://{'a' * 64}.lan:8188", "backend URL", "label over 63 characters"),
 ]
 EMPTY_NAME = [bad("empty", "", "take a backend name")]
 
@@ -149,6 +152,10 @@ BAD_VALUES: dict[str, list[Bad]] = {
         bad("unclosed-ipv6-url", "{files}/ipv6.toml", "backends[0]", "http://[::1"),
         bad("unknown-key", "{files}/unknown.toml", "unknown key(s) colour"),
         bad("capacity-zero", "{files}/capacity.toml", "capacity must be"),
+        bad("host-empty-label", "{files}/typo-host.toml", "backends[0]", "'http://gpu9..lan:8188'", "empty label"),
+        bad("header-with-newline", "{files}/header-newline.toml", "backends[0]", "header 'Authorization'",
+            "line feed"),
+        bad("header-name-not-a-token", "{files}/header-name.toml", "backends[0]", "header name 'Bad Header'"),
     ],
     "--backend": BAD_BACKEND_URLS,
     "--add": BAD_BACKEND_URLS,
@@ -252,6 +259,9 @@ OTHER_CASES = [
     Case("env-workers-zero", ("serve", "--redis-url", "redis://127.0.0.1:{closed}/0", "--port", "0"),
          ("workers",), env=(("COMFYFLEET_WORKERS", "0"),)),
     Case("env-server-not-a-url", ("jobs",), ("--server 'notaurl'",), env=(("COMFYFLEET_SERVER", "notaurl"),)),
+    Case("env-backends-host-empty-label", ("api", "--redis-url", "redis://127.0.0.1:{closed}/0", "--port", "0"),
+         ("backend URL 'http://gpu9..lan:8188'", "empty label"),
+         env=(("COMFYFLEET_BACKENDS", "gpu-9=http://gpu9..lan:8188"),)),
     Case("worker-redis-url-is-http", ("worker", "--redis-url", "redis://127.0.0.1:{stub_html_port}/0"),
          ("PING",)),
 ]
@@ -381,6 +391,10 @@ def write_files(files: Path) -> None:
     (files / "ipv6.toml").write_text('[[backends]]\nurl = "http://[::1"\n')
     (files / "unknown.toml").write_text('[[backends]]\nurl = "http://127.0.0.1:9"\ncolour = "red"\n')
     (files / "capacity.toml").write_text('[[backends]]\nurl = "http://127.0.0.1:9"\ncapacity = 0\n')
+    (files / "typo-host.toml").write_text('[[backends]]\nurl = "http://gpu9..lan:8188"\n')
+    (files / "header-newline.toml").write_text(  # a token read from a file with its newline
+        '[[backends]]\nurl = "http://127.0.0.1:9"\nheaders = { Authorization = "Bearer tok\\n" }\n')
+    (files / "header-name.toml").write_text('[[backends]]\nurl = "http://127.0.0.1:9"\nheaders = { "Bad Header" = "x" }\n')
 
 
 @dataclass

@@ -15,8 +15,9 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from ..config import http_url_parts
 from ..errors import ConfigError, ValidationFailed
-from ..fleetfile import backend_from
+from ..fleetfile import FieldError, backend_from
 from ..store.fleet import BACKEND_STATES, BackendExists, BackendNotFound, BackendRecord
 from . import validation
 from .context import ApiContext, get_context
@@ -39,8 +40,14 @@ async def _body(request: Request) -> dict[str, Any]:
 
 
 def _record(entry: Any, where: str) -> BackendRecord:
+    """The entry checked as the fleet file's are (a URL whose host does not encode, a header
+    name that is not a token or a value with CR, LF or NUL is refused: nothing could be sent
+    to such a backend); a 422 naming the field otherwise."""
     try:
         return backend_from(entry, where)
+    except FieldError as exc:
+        raise ValidationFailed(str(exc), code="invalid_request", status_code=422,
+                               details={"field": exc.field}) from None
     except ConfigError as exc:
         raise ValidationFailed(str(exc), code="invalid_request", status_code=422) from None
 
@@ -87,7 +94,10 @@ async def update_backend(name: str, request: Request, ctx: ApiContext = Depends(
         raise ValidationFailed(f"state must be one of {', '.join(BACKEND_STATES)}", code="invalid_request",
                                details={"field": "state", "allowed": list(BACKEND_STATES)})
     current = await _guard(admin.get(name))
-    merged = {"name": name, "url": body.get("url", current["url"]),
+    # A url stored before these checks existed (one they refuse) is not held against a PATCH that
+    # leaves it alone: such a backend can still be drained, disabled or given its headers.
+    stored_url = current["url"] if http_url_parts(current["url"]) is not None else "http://127.0.0.1"
+    merged = {"name": name, "url": body.get("url", stored_url),
               "capacity": body.get("capacity", current["capacity"]),
               "tags": body.get("tags", current["tags"])}
     if "headers" in body:

@@ -1,7 +1,8 @@
 """HTTP client for one ComfyUI server.
 
-Every aiohttp, OS or timeout error and every non-2xx answer is translated here into the
-``BackendError`` tree; nothing above ``comfy/`` sees an aiohttp exception. The
+Every aiohttp, OS or timeout error (and the ValueError aiohttp raises for a host or a header it
+cannot send, see ``transport.TRANSPORT_ERRORS``) and every non-2xx answer is translated here into
+the ``BackendError`` tree; nothing above ``comfy/`` sees an aiohttp exception. The
 ``aiohttp.ClientSession`` is injected (the I/O seam, see ``transport.open_session``); every request
 carries a timeout from ``ClientTimeouts``.
 """

@@ -3,7 +3,8 @@
 ComfyUI sends a prompt's events only to the socket whose ``clientId`` submitted it, so a tracked
 prompt gets its own socket opened with its attempt's client_id. Opening completes a readiness
 handshake: the server's first ``status`` frame (with our sid) must arrive before the socket is
-handed out. Every websockets error is translated here into ``BackendUnavailable``.
+handed out. Every websockets error is translated here into ``BackendUnavailable`` (and the
+UnicodeError of a host that does not encode, raised while connecting, into ``BackendRefused``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, WebSocketException
 
-from ..errors import BackendProtocolError, BackendUnavailable
+from ..errors import BackendProtocolError, BackendRefused, BackendUnavailable
 from .messages import Message, StatusMessage, parse
 
 
@@ -112,6 +113,9 @@ async def open_socket(ws_url: str, *, client_id: str, backend: str,
     except (InvalidHandshake, WebSocketException, OSError) as exc:
         raise BackendUnavailable(f"{backend}: cannot open socket ({type(exc).__name__}: {exc})",
                                  backend=backend) from exc
+    except ValueError as exc:  # UnicodeError resolving a host that does not encode: nothing sent
+        raise BackendRefused(f"{backend}: cannot open socket, check the backend's url "
+                             f"({type(exc).__name__}: {exc})", backend=backend) from exc
 
 
 class SocketOpening:

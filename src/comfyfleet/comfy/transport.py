@@ -1,5 +1,6 @@
 """The HTTP transport to ComfyUI servers: aiohttp sessions, their timeouts, and the translation
-of every aiohttp, OS and timeout error into the ``BackendError`` tree.
+of every aiohttp, OS and timeout error (and the ValueError aiohttp raises for a host or header it
+cannot send) into the ``BackendError`` tree.
 """
 
 from __future__ import annotations
@@ -13,7 +14,11 @@ from ..errors import BackendError, BackendRefused, BackendTimeout, BackendUnavai
 KEEPALIVE_S = 30.0  # an idle pooled connection is closed after this long
 
 # What a request on a session can raise besides our own errors (TimeoutError is an OSError).
-TRANSPORT_ERRORS = (aiohttp.ClientError, OSError)
+# ValueError too: aiohttp raises UnicodeError (a ValueError) while resolving a host that does not
+# encode (an empty label as in ``gpu9..lan``, one over 63 characters), and ValueError for a header
+# value holding CR, LF or NUL, each before anything is sent; the input checks refuse both, but a
+# record stored before them, or one a check missed, must read as a backend error, not escape.
+TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, ValueError)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,6 +58,12 @@ def translate(exc: BaseException, backend: str) -> BackendError:
         return BackendError(f"{backend}: invalid URL {exc}", backend=backend)
     if isinstance(exc, aiohttp.ClientConnectorError):  # raised only while connecting: nothing sent
         return BackendRefused(f"{backend}: cannot connect to the server ({kind}: {exc})", backend=backend)
-    if isinstance(exc, TRANSPORT_ERRORS):
+    if isinstance(exc, (aiohttp.ClientError, OSError)):
         return BackendUnavailable(f"{backend}: cannot reach the server ({kind}: {exc})", backend=backend)
+    if isinstance(exc, UnicodeError):  # raised while resolving: nothing sent
+        return BackendRefused(f"{backend}: its URL's host is not a valid host name, fix the backend's "
+                              f"url ({kind}: {exc})", backend=backend)
+    if isinstance(exc, ValueError):  # raised while writing the request head: nothing sent
+        return BackendRefused(f"{backend}: the request cannot be sent, check the backend's url and "
+                              f"headers (no CR, LF or NUL in a value) ({kind}: {exc})", backend=backend)
     return BackendError(f"{backend}: {kind}: {exc}", backend=backend)

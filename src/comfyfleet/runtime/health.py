@@ -87,6 +87,8 @@ class HealthMonitor:
                 await self.round(spread_s=spread_s)
             except StoreError as exc:
                 log.warning("health checks: %s", exc)
+            except Exception:  # never the end of every backend's checks: the next round runs
+                log.exception("health checks: a round failed")
             self._first_round.set()
             spread_s = self.settings.interval_s
             await asyncio.sleep(max(0.0, self.settings.interval_s - (time.monotonic() - started)))
@@ -102,10 +104,20 @@ class HealthMonitor:
         async def check_in_turn(index: int, name: str) -> None:
             if spacing_s:
                 await asyncio.sleep(index * spacing_s)
-            if await self._fleet.claim_check(name, self._owner, self.settings.interval_s * 0.9):
-                await self.check(name)
+            try:
+                if await self._fleet.claim_check(name, self._owner, self.settings.interval_s * 0.9):
+                    await self.check(name)
+            except StoreError as exc:
+                log.warning("backend %s: health check not recorded: %s", name, exc)
+            except Exception:  # one backend's check never ends the others' (nor later rounds)
+                log.exception("backend %s: health check failed", name)
 
-        await asyncio.gather(*(check_in_turn(i, name) for i, name in enumerate(names)))
+        # return_exceptions: nothing should reach it, but if anything does, the others still run
+        results = await asyncio.gather(*(check_in_turn(i, name) for i, name in enumerate(names)),
+                                       return_exceptions=True)
+        for name, result in zip(names, results):
+            if isinstance(result, Exception):
+                log.error("backend %s: health check failed: %r", name, result)
 
     async def check(self, name: str) -> BackendHealth:
         """Probe ``name`` now, store the result, feed its breaker, and return it."""
@@ -122,12 +134,13 @@ class HealthMonitor:
             async with asyncio.timeout(self.settings.timeout_s):
                 stats = await backend.client.system_stats()
                 queue = await backend.client.queue()
-        except (BackendError, TimeoutError) as exc:
-            health = BackendHealth(state="down", checked_at=self._clock(),
-                                   consecutive_failures=previous.consecutive_failures + 1,
-                                   error=str(exc) or type(exc).__name__)
-        else:
             health = self._judge(stats, queue, (time.monotonic() - started) * 1000)
+        except (BackendError, TimeoutError) as exc:
+            health = self._down(previous, str(exc) or type(exc).__name__)
+        except Exception as exc:  # unforeseen: this backend reads down, every other one is checked
+            log.warning("backend %s: health check raised %s: %s", name, type(exc).__name__, exc,
+                        exc_info=True)
+            health = self._down(previous, f"health check failed ({type(exc).__name__}: {exc})")
         changed = health.state != previous.state
         if self._dispatcher.snapshot is not None:
             self._dispatcher.snapshot.health[name] = health
@@ -142,6 +155,10 @@ class HealthMonitor:
             self._reading[name] = asyncio.create_task(self._read_catalog(name, backend, came_up=came_up),
                                                       name=f"node-catalog-{name}")
         return health
+
+    def _down(self, previous: BackendHealth, error: str) -> BackendHealth:
+        return BackendHealth(state="down", checked_at=self._clock(),
+                             consecutive_failures=previous.consecutive_failures + 1, error=error)
 
     async def _read_catalog(self, name: str, backend: Backend, *, came_up: bool) -> None:
         """Read ``name``'s node catalog if it is due (see the module's doc)."""
@@ -163,14 +180,20 @@ class HealthMonitor:
         except (BackendError, StoreError, TimeoutError) as exc:
             self._catalog_failed_at[name] = self._clock()
             log.warning("backend %s: could not read its node catalog: %s", name, exc)
+        except Exception:
+            self._catalog_failed_at[name] = self._clock()
+            log.exception("backend %s: could not read its node catalog", name)
         finally:
             self._reading.pop(name, None)
 
     def _judge(self, stats: dict, queue, latency_ms: float) -> BackendHealth:
+        """Health from a ``/system_stats`` answer, read defensively: a number that is not one
+        (``"n/a"``, a list, 1e400) is unknown, never an exception."""
         system = stats.get("system") if isinstance(stats.get("system"), dict) else {}
-        devices = [d for d in stats.get("devices") or () if isinstance(d, dict)]
-        vram_total = sum(int(d.get("vram_total") or 0) for d in devices) if devices else None
-        vram_free = sum(int(d.get("vram_free") or 0) for d in devices) if devices else None
+        listed = stats.get("devices")
+        devices = [d for d in listed if isinstance(d, dict)] if isinstance(listed, list) else []
+        vram_total = _device_sum(devices, "vram_total")
+        vram_free = _device_sum(devices, "vram_free")
         state = "healthy"
         if latency_ms > self.settings.degraded_latency_s * 1000:
             state = "degraded"
@@ -184,7 +207,30 @@ class HealthMonitor:
 
 
 def _int(value: object) -> int | None:
-    try:
-        return None if value is None else int(value)
-    except (TypeError, ValueError):
+    """``value`` as a whole number, or None (unknown) unless it is a finite number >= 0 or a
+    string of one."""
+    if value is None or isinstance(value, bool):
         return None
+    try:
+        number = value if isinstance(value, int) else float(value)  # type: ignore[arg-type]
+        whole = int(number)  # OverflowError on inf, ValueError on nan
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return whole if whole >= 0 else None
+
+
+def _device_sum(devices: list[dict], key: str) -> int | None:
+    """The sum of ``key`` over the devices (one without it counts 0), or None when there are
+    none or one's value is not a number."""
+    if not devices:
+        return None
+    total = 0
+    for device in devices:
+        value = device.get(key)
+        if value is None:
+            continue
+        number = _int(value)
+        if number is None:
+            return None
+        total += number
+    return total
