@@ -155,3 +155,39 @@ async def test_the_start_opens_the_first_window_so_a_quick_prompt_writes_no_prog
                     first_progress = event
                     break
     assert first_progress["job"]["progress"]["step"] == 60 and longer.writes == 1
+
+
+async def test_a_snapshot_that_arrives_while_the_delayed_write_runs_is_written_in_its_window():
+    """The delayed flush took 0.2 and is writing it when 0.9 arrives (the last snapshot before a
+    long silent node): 0.9 is written when its window closes, not only with the next event."""
+    time = VirtualTime()
+    written: list[float] = []
+    writing = asyncio.Event()
+    let_write = asyncio.Event()
+
+    async def apply(event) -> None:  # type: ignore[no-untyped-def]
+        if len(written) == 1:  # the delayed write: held open while 0.9 arrives
+            writing.set()
+            await let_write.wait()
+        written.append(event.progress.value)
+
+    sink = ProgressSink(None, None, "j", throttle_s=1.0, clock=time.clock, sleep=time.sleep,
+                        apply=apply, executing=True)
+    await sink.on_progress(step(10))  # written at once, opens the window
+    await sink.on_progress(step(20))  # waits for the window
+    for _ in range(5):  # the flusher starts and sets its timer
+        await asyncio.sleep(0)
+    time.advance_to(1.0)
+    async with asyncio.timeout(5):
+        await writing.wait()
+    await sink.on_progress(step(90))  # during that write: no new task is started for it
+    let_write.set()
+    for _ in range(20):  # let the write finish and the flusher go back to sleep
+        await asyncio.sleep(0)
+    assert written == [0.1, 0.2]
+    time.advance_to(2.0)
+    async with asyncio.timeout(5):
+        while len(written) < 3:
+            await asyncio.sleep(0)
+    assert written == [0.1, 0.2, 0.9]
+    await sink.close()

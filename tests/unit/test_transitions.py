@@ -101,3 +101,14 @@ def test_node_counts_do_not_go_back_within_an_attempt_but_start_again_with_the_n
     again = t.apply(t.apply(retried, t.Dispatch(attempt(2)), 7.0), t.Executing(), 7.5)
     fresh = t.apply(again, t.ProgressMade(Progress(value=0.1, nodes_done=1, nodes_total=4)), 8.0)
     assert (fresh.progress.value, fresh.progress.nodes_done) == (0.1, 1)
+
+
+def test_progress_stays_below_one_until_the_success():
+    """The tracker's last snapshot says 1.0 once history confirms the run; the outputs may
+    still fail to arrive, so the record says 1.0 only with the success."""
+    running = t.apply(t.apply(new_job(), t.Dispatch(attempt()), 1.0), t.Executing(), 2.0)
+    almost = t.apply(running, t.ProgressMade(Progress(value=1.0, nodes_done=3, nodes_total=3)), 3.0)
+    assert (almost.progress.value, almost.progress.nodes_done) == (0.999, 3)
+    failed = t.apply(almost, t.Fail(JobError(code="upstream_error", message="no outputs")), 4.0)
+    assert failed.progress.value < 1.0
+    assert t.apply(almost, t.Succeed(()), 4.0).progress.value == 1.0

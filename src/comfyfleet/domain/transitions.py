@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 
 from ..errors import InvalidTransition
 from .job import TERMINAL_STATUSES, Attempt, Job, JobError, JobStatus, Output, Phase, Progress
+from .progress import CEILING
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +201,10 @@ def _apply(job: Job, event: Event, now: float) -> Job:
 
 def _not_backwards(progress: Progress, before: Progress) -> Progress:
     """``progress``, never below ``before`` within one attempt (a runner that reattached counts
-    from nothing again: ComfyUI does not replay the nodes that ran or were cached)."""
+    from nothing again: ComfyUI does not replay the nodes that ran or were cached), and below
+    1.0 until the job succeeds (outputs may still fail to arrive)."""
+    if progress.value > CEILING:
+        progress = replace(progress, value=CEILING)
     if progress.value < before.value:
         progress = replace(progress, value=before.value)
     if progress.nodes_done < before.nodes_done and progress.nodes_total == before.nodes_total:

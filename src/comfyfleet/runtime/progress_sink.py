@@ -103,8 +103,14 @@ class ProgressSink:
         await self.flush()
 
     async def _flush_later(self, wait_s: float) -> None:
-        await self._sleep(wait_s)
-        await self.flush()
+        """Flush once the window closes, and again while a snapshot came during that write (no
+        new task was started for it: this one was still running), or while writes fail."""
+        while True:
+            await self._sleep(wait_s)
+            await self.flush()
+            if self._pending is None:
+                return
+            wait_s = max(0.0, self._last_write + self._throttle_s - self._clock())
 
     async def _apply(self, event: t.Event) -> bool:
         """Whether ``event`` was written (or is moot); False when the store refused it."""
