@@ -4,8 +4,10 @@ States: healthy; degraded (slow to answer, or less free VRAM than configured); d
 an error, or a timeout). Draining and disabled are admin states of the registry, shown next to
 health. Free VRAM and RAM are recorded. Each interval, one process fleet-wide checks a given
 backend (a short Redis claim), so a hundred workers do not probe a pod a hundred times. The
-outcome also feeds the backend's circuit breaker: failures count, and a success closes a
-half-open breaker. ``check(name)`` runs a check now (before retrying on the same backend).
+outcome also feeds the backend's circuit breaker: failed checks count with failed jobs; a
+successful check clears only the failed checks, and closes a half-open breaker only when failed
+checks alone opened it (one that jobs helped open closes on a successful probe job).
+``check(name)`` runs a check now (before retrying on the same backend).
 
 A backend that answers also has its node catalog read (``/object_info``: which node classes it
 has, for the API to refuse a workflow no backend can run) when none is known, when it has just
