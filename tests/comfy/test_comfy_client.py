@@ -188,3 +188,23 @@ async def test_a_dispatcher_closes_the_connection_pools_it_opened(redis, keys):
         async with asyncio.timeout(10):
             while runner.server.connections:
                 await asyncio.sleep(0.01)
+
+
+async def test_a_queue_or_history_of_an_unexpected_shape_is_a_protocol_error():
+    """A proxy or a fork answering JSON of another shape: a BackendProtocolError, never a
+    KeyError or AttributeError from deep inside the parsing."""
+    async def queue(request: web.Request) -> web.Response:
+        return web.json_response({"queue_running": [{"prompt_id": "p"}], "queue_pending": []})
+
+    async def history(request: web.Request) -> web.Response:
+        return web.json_response({"p": {"status": ["not", "a", "mapping"]}})
+
+    app = web.Application()
+    app.router.add_get("/queue", queue)
+    app.router.add_get("/history/{prompt_id}", history)
+    async with serve(app) as (url, _), open_session() as http:
+        client = ComfyClient(url, http=http, name="odd")
+        with pytest.raises(BackendProtocolError, match="malformed /queue"):
+            await client.queue()
+        with pytest.raises(BackendProtocolError, match="malformed /history"):
+            await client.history("p")

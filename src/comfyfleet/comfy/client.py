@@ -150,8 +150,8 @@ class ComfyClient:
         try:
             return QueueState(running=tuple(_queue_item(i) for i in data.get("queue_running", [])),
                               pending=tuple(_queue_item(i) for i in data.get("queue_pending", [])))
-        except (AttributeError, IndexError, TypeError, ValueError) as exc:
-            raise BackendProtocolError(f"{self.name}: malformed /queue: {exc}", backend=self.name) from exc
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
+            raise BackendProtocolError(f"{self.name}: malformed /queue: {exc!r}", backend=self.name) from exc
 
     async def history(self, prompt_id: str) -> HistoryEntry | None:
         """The finished prompt, or None while ComfyUI does not know it (``{}``)."""
@@ -159,7 +159,13 @@ class ComfyClient:
         if not isinstance(data, dict):
             raise BackendProtocolError(f"{self.name}: malformed /history", backend=self.name)
         entry = data.get(prompt_id)
-        return HistoryEntry.parse(prompt_id, entry) if isinstance(entry, dict) else None
+        if not isinstance(entry, dict):
+            return None
+        try:
+            return HistoryEntry.parse(prompt_id, entry)
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
+            raise BackendProtocolError(f"{self.name}: malformed /history entry: {exc!r}",
+                                       backend=self.name) from exc
 
     async def interrupt(self, prompt_id: str) -> None:
         await self._request("POST", "/interrupt", json={"prompt_id": prompt_id})
