@@ -24,6 +24,7 @@ import uvicorn
 from redis import exceptions as rex
 
 from .api.app import ApiServices, ApiSettings, create_app
+from .api.context import ApiContext
 from .api.node_classes import check_node_classes
 from .apikeys import KeyRing
 from .comfy.tracker import TrackerSettings
@@ -265,12 +266,26 @@ async def start_embedded(valkey: EmbeddedValkey, data_dir: Path) -> str:
     return await asyncio.to_thread(valkey.start)
 
 
+STREAMS_END_S = 2.0  # what stop() gives open event streams and live feeds to end on their own
+
+
 @dataclass
 class ApiServer:
     server: uvicorn.Server
     task: asyncio.Task
+    context: ApiContext | None = None  # the app's (``app.state.api``): told first that we close
 
     async def stop(self) -> None:
+        """Tell open event streams and live feeds that the server closes (each sends what is
+        new and ends; a live feed closes with 1001), give them up to ``STREAMS_END_S``, then
+        stop uvicorn, which cuts what is still open after ``timeout_graceful_shutdown``. Told
+        only in the app's lifespan, which uvicorn runs after that wait, they were cut."""
+        if self.context is not None:
+            self.context.closing.set()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STREAMS_END_S):
+                    while self.context.open_streams and not self.task.done():
+                        await asyncio.sleep(0.02)
         self.server.should_exit = True
         await self.task
 
@@ -293,7 +308,8 @@ async def start_api(app, host: str, port: int) -> ApiServer:
             task.result()
             raise ConfigError(f"the API could not start on {host}:{port}")
         await asyncio.sleep(0.02)
-    return ApiServer(server, task)
+    context = getattr(getattr(app, "state", None), "api", None)
+    return ApiServer(server, task, context if isinstance(context, ApiContext) else None)
 
 
 def bound_port(api: ApiServer) -> int:

@@ -6,7 +6,10 @@ job), ``live_feed`` (the dashboards' WebSocket), ``assets`` (reading), ``uploads
 ``/dashboard``. ``errors`` turns every failure into the contract's error envelope; ``access``
 decides who may call what (API keys); ``origin`` refuses what another site's page makes a
 browser send. The app owns no connections: the caller builds the services and closes them. At
-shutdown the lifespan tells open event streams to finish.
+shutdown open event streams and live feeds are told to finish through ``ApiContext.closing``:
+``launch.ApiServer.stop`` sets it before uvicorn starts waiting for open connections (which it
+cuts after ``timeout_graceful_shutdown``); the lifespan's end sets it too, for a server run
+another way, but uvicorn runs that only after the wait.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ def create_app(services: ApiServices, settings: ApiSettings) -> FastAPI:
         try:
             yield
         finally:
-            context.closing.set()  # open SSE streams send a last snapshot and end
+            context.closing.set()  # if no one did before: open streams send what is new and end
 
     app = FastAPI(title="comfyfleet", version="2.0.0", lifespan=lifespan,
                   openapi_url=f"{API_PREFIX}/openapi.json", docs_url=f"{API_PREFIX}/docs",

@@ -8,7 +8,8 @@ unknown key gets an ``error`` message and close code 4401.
 Server messages, JSON text frames:
 
     snapshot  {at, role, owner, counts|null, jobs: [Job], fleet: {backends, workflow_breakers}|null}
-              first, and again whenever events may have been missed (replace everything)
+              first, and again whenever events may have been missed (replace everything);
+              counts (jobs by status, of the whole deployment) and fleet are an admin's only
     job       {job: Job}                      a job was created or changed
     progress  {job_id, progress}              a running job's progress moved
     fleet     {at, counts, backends, workflow_breakers}   admin only; when changed, at most 1/s
@@ -17,6 +18,11 @@ Server messages, JSON text frames:
 The subscription is confirmed before the snapshot is read, so no change falls between them.
 Changes are coalesced: at most one ``job`` or ``progress`` message per job every ``FLUSH_S``
 (the latest), so a burst of hundreds of progress events a second costs the browser a few frames.
+
+A store that cannot be read skips that turn: a fleet read waits for the next second, a resync
+snapshot is tried again every ``STORE_RETRY_S``; unreachable for ``STORE_GIVE_UP_S`` (or at the
+first snapshot), the feed ends with ``store_unavailable`` and close code 1013 and the page
+reconnects. At the server's shutdown it closes with 1001.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from ..domain.job import Job, JobStatus
-from ..errors import ComfyFleetError
+from ..errors import ComfyFleetError, StoreError
 from .access import Caller, bearer_token, identify, owner_of
 from .context import ApiContext
 from .schemas import progress_json
@@ -50,6 +56,9 @@ FINISHED = [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_TRY_LATER = 1013
 CLOSE_GOING_AWAY = 1001
+CLOSE_INTERNAL_ERROR = 1011
+STORE_RETRY_S = 1.0  # a resync snapshot that failed is tried again this soon
+STORE_GIVE_UP_S = 30.0  # the store unreachable this long ends the feed (the page reconnects)
 MAX_CLIENT_MESSAGE = 4096
 
 
@@ -76,6 +85,9 @@ async def live_feed(websocket: WebSocket) -> None:
         except ComfyFleetError as exc:  # the store went away: say so, the page reconnects
             log.warning("live feed ended: %s", exc)
             await refuse(websocket, CLOSE_TRY_LATER, "store_unavailable", "the job store is unavailable")
+        except Exception:  # a bug: logged once, and the page is told rather than cut
+            log.exception("live feed failed unexpectedly")
+            await refuse(websocket, CLOSE_INTERNAL_ERROR, "upstream_error", "the live feed failed")
 
 
 async def authenticate(websocket: WebSocket, ctx: ApiContext) -> Caller | None:
@@ -121,6 +133,7 @@ class LiveFeed:
         self._wake = asyncio.Event()
         self._resync = False
         self._fleet_sent: str | None = None
+        self._store_down_since: float | None = None  # loop time of the first failed read
 
     async def run(self) -> None:
         async with self._ctx.services.events.subscription(None) as events:  # type: ignore[attr-defined]
@@ -188,13 +201,22 @@ class LiveFeed:
 
     async def _flush_loop(self) -> None:
         while True:
-            await self._wake.wait()
+            try:  # a resync that failed is tried again without waiting for another change
+                async with asyncio.timeout(STORE_RETRY_S if self._resync else None):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
             self._wake.clear()
             if self._resync:
                 self._resync = False
                 self._changed.clear()
                 self._moved.clear()
-                await self._send_snapshot()
+                try:
+                    await self._send_snapshot()
+                    self._store_ok()
+                except StoreError as exc:  # the changes that come meanwhile still go out
+                    self._store_failed(exc, "a resync snapshot")
+                    self._resync = True
             changed, self._changed = self._changed, {}
             moved, self._moved = self._moved, {}
             for job in changed.values():
@@ -209,11 +231,29 @@ class LiveFeed:
     async def _fleet_loop(self) -> None:
         while True:
             await asyncio.sleep(FLEET_EVERY_S)
-            fleet = await self._fleet()
+            try:
+                fleet = await self._fleet()
+            except StoreError as exc:  # this second's message is skipped
+                self._store_failed(exc, "a read of the fleet")
+                continue
+            self._store_ok()
             fingerprint = _fingerprint(fleet)
             if fingerprint != self._fleet_sent:
                 self._fleet_sent = fingerprint
                 await self._send({"type": "fleet", "at": time.time(), **fleet})  # type: ignore[dict-item]
+
+    def _store_ok(self) -> None:
+        self._store_down_since = None
+
+    def _store_failed(self, exc: StoreError, doing: str) -> None:
+        """Skip this turn; raise ``exc`` (ending the feed) once the store has been unreachable
+        for ``STORE_GIVE_UP_S``."""
+        now = asyncio.get_running_loop().time()
+        if self._store_down_since is None:
+            self._store_down_since = now
+            log.info("live feed skipped %s: %s", doing, exc)
+        elif now - self._store_down_since >= STORE_GIVE_UP_S:
+            raise exc
 
     async def _read_client(self) -> None:
         """Client messages carry nothing after authentication; reading notices a disconnect."""

@@ -32,7 +32,7 @@
     owner: null,
     skewMs: 0,            // server clock minus local clock
     lastMessageAt: 0,
-    counts: {},
+    counts: {},           // status -> jobs; null: not sent to this key (a user's), tiles hidden
     fleet: null,          // {backends, workflow_breakers} or null
     active: new Map(),    // id -> Job (queued/running/canceling)
     finished: new Map(),  // id -> Job (newest first after sortFinished)
@@ -316,7 +316,10 @@
     syncClock(msg.at);
     state.role = msg.role || null;
     state.owner = msg.owner || null;
-    state.counts = msg.counts || {};
+    // Counts come to an admin only: they are the whole deployment's, and the store has no
+    // cheap count of one owner's jobs. A user's page hides the tiles rather than count from
+    // the jobs it happens to see change.
+    state.counts = msg.counts && typeof msg.counts === "object" ? msg.counts : null;
     state.fleet = msg.fleet || null;
     state.active.clear();
     state.finished.clear();
@@ -351,7 +354,7 @@
   }
 
   function bumpCount(status, delta) {
-    if (!status) return;
+    if (!status || !state.counts) return;
     state.counts[status] = Math.max(0, (state.counts[status] || 0) + delta);
     state.dirty.tiles = true;
   }
@@ -558,6 +561,8 @@
   }
 
   function renderTiles() {
+    dom.tiles.hidden = state.counts === null;
+    if (state.counts === null) return;
     if (!dom.tiles.childElementCount) {
       for (const status of COUNT_ORDER) {
         const tile = el("div", "tile tone-" + (TONES[status] || "neutral"));
