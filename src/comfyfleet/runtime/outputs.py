@@ -2,18 +2,28 @@
 
 Files stream from ``/view`` to disk chunk by chunk (a video can be gigabytes; a worker tracks
 dozens of jobs at once), hashed on the way (sha256 names the blob; blake3 is the contract's
-content hash), and are named by their digest once complete."""
+content hash), and are named by their digest once complete. A download that fails on the way
+is tried again for a while (``collect_patiently``)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import mimetypes
+from collections.abc import Callable
 from typing import Any
 
 from blake3 import blake3
 
 from ..comfy.client import ComfyClient
 from ..domain.job import Output
+from ..errors import BackendError
 from ..ports import BlobStore
+
+log = logging.getLogger(__name__)
+
+COLLECT_FIRST_PAUSE_S = 0.5
+COLLECT_MAX_PAUSE_S = 10.0
 
 FILE_LIST_KEYS = ("images", "gifs", "videos", "video", "audio", "files", "animated", "meshes")
 TYPE_BY_PREFIX = (("image/gif", "video"), ("image/", "image"), ("video/", "video"), ("audio/", "audio"),
@@ -66,6 +76,25 @@ async def collect_outputs(client: ComfyClient, blobs: BlobStore, *, job_id: str,
                                 type=output_type(content_type, name), content_type=content_type,
                                 size_bytes=size, hash=digest, blake3=f"blake3:{content_hash}"))
     return tuple(collected)
+
+
+async def collect_patiently(client: ComfyClient, blobs: BlobStore, *, job_id: str, outputs: dict[str, Any],
+                            patience_s: float, clock: Callable[[], float]) -> tuple[Output, ...]:
+    """``collect_outputs``, again after a failed download while the backend may answer within
+    ``patience_s`` (no answer, a 5xx, a 429; a 404 means the file is gone): the prompt
+    succeeded, and a new attempt would run the whole workflow again for a blip on the way back."""
+    give_up_at = clock() + patience_s
+    pause_s = COLLECT_FIRST_PAUSE_S
+    while True:
+        try:
+            return await collect_outputs(client, blobs, job_id=job_id, outputs=outputs)
+        except BackendError as exc:
+            code = exc.status_code
+            if not (code is None or code >= 500 or code == 429) or clock() + pause_s > give_up_at:
+                raise
+            log.warning("job %s: collecting its outputs again in %.1f s: %s", job_id, pause_s, exc)
+        await asyncio.sleep(pause_s)
+        pause_s = min(pause_s * 2, COLLECT_MAX_PAUSE_S)
 
 
 async def _download(client: ComfyClient, blobs: BlobStore,

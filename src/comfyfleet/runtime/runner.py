@@ -15,7 +15,6 @@ import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..comfy.client import HistoryEntry
 from ..comfy.socket import SocketOpening, open_socket
@@ -25,19 +24,19 @@ from ..domain.failures import Failure, FailureKind, classify, error_code
 from ..domain.job import Attempt, Job, JobError, JobStatus, Output, Phase, Progress
 from ..domain.policy import RetryPolicy, jitter_unit
 from ..domain.progress import ProgressModel, node_weights_for
-from ..errors import (BackendError, InvalidTransition, PromptRejected, StoreError)
+from ..errors import BackendError, InvalidTransition, StoreError
 from ..ports import BlobStore, JobStore
 from ..store.claims import ClaimLost
 from ..store.stats import TrackingStats
 from .dispatcher import Backend, Dispatcher
-from .failure_of import answer_may_be_lost, failure_of_error, failure_of_outcome
+from .failure_of import failure_of_error, failure_of_outcome
 from .following import follow, stop_prompt
 from .job_records import JobRecords
-from .outputs import collect_outputs
+from .outputs import collect_patiently
 from .placement import NoPlace, Placement
 from .progress_sink import ProgressSink
 from .reconcile import Action, BackendView, PromptState, Where, decide, lookup
-from .staging import InputMissing, stage_inputs, submit_staged
+from .submission import send_prompt
 from .tracking_stats import CounterFlusher
 
 Fence = Callable[[], Awaitable[bool]]
@@ -76,8 +75,6 @@ class Verdict:
 
 
 DONE = Verdict()
-COLLECT_FIRST_PAUSE_S = 0.5
-COLLECT_MAX_PAUSE_S = 10.0
 
 
 class Runner:
@@ -315,8 +312,7 @@ class Runner:
                       tracker: PromptTracker) -> Failure | None:
         """POST the attempt's prompt; the failure, or None once ComfyUI has it (or may have it:
         then the tracker finds out). Raises ``ClaimLost`` when another runner owns the job."""
-        current = job.current
-        extra_data: dict[str, Any] = {"comfyfleet_job": job.id, "comfyfleet_attempt": current.number}
+        key = None
         if job.has_partner_key:
             key = await self._partner_keys(job.id) if self._partner_keys is not None else None
             if key is None:
@@ -324,59 +320,15 @@ class Runner:
                                "the job's partner key (extra_data.api_key_comfy_org) was held only "
                                "by the API process that accepted the job, which no longer has it "
                                "(it restarted); submit the job again")
-            extra_data["api_key_comfy_org"] = key
-        try:
-            prompt = await stage_inputs(backend.client, self._blobs, workflow)
-        except InputMissing as exc:
-            return Failure(FailureKind.INVALID_INPUT, f"job {job.id}: {exc}")
-        except BackendError as exc:
-            return failure_of_error(exc)
-        # Asked last thing before the POST (staging may upload for minutes): a runner that lost
-        # its claim meanwhile must not send the prompt the new owner sends too.
-        if fence is not None and not await fence():
-            raise ClaimLost(f"job {job.id}: another runner owns it now; not submitting")
-        try:
-            accepted = await submit_staged(backend.client, self._blobs, workflow, prompt,
-                                           prompt_id=current.prompt_id, client_id=current.client_id,
-                                           extra_data=extra_data)
-        except InputMissing as exc:
-            return Failure(FailureKind.INVALID_INPUT, f"job {job.id}: {exc}")
-        except PromptRejected as exc:
-            node_id, node = next(iter((exc.node_errors or {}).items()), (None, None))
-            return Failure(FailureKind.PROMPT_REJECTED, str(exc), status_code=400,
-                           exception_type=exc.error_type, node_errors=exc.node_errors,
-                           node_id=node_id, node_type=node.get("class_type") if isinstance(node, dict) else None)
-        except BackendError as exc:
-            if not answer_may_be_lost(exc):
-                return failure_of_error(exc)
-            # Did ComfyUI accept the prompt? Look it up; while that cannot be answered, track it
-            # (the tracker resolves present or lost). Sending it again blind might run it twice.
-            state = await lookup(backend.client, current.prompt_id)
-            if state.where is Where.ABSENT:
-                return failure_of_error(exc)
-            if state.where is Where.UNREACHABLE:
-                tracker.probe_soon()
-                return None
+        sent = await send_prompt(job, backend.client, self._blobs, workflow, fence=fence, partner_key=key)
+        if sent.failure is not None:
+            return sent.failure
+        if sent.unsure:
+            tracker.probe_soon()
         else:
-            if accepted.node_errors:
-                return await self._refuse_partial(job, backend, accepted.node_errors)
-        self._records.note_accepted(job.id, self._clock(),
-                                    show_after_s=self._settings.submitted_shown_after_s)
+            self._records.note_accepted(job.id, self._clock(),
+                                        show_after_s=self._settings.submitted_shown_after_s)
         return None
-
-    async def _refuse_partial(self, job: Job, backend: Backend, node_errors: dict[str, Any]) -> Failure:
-        """ComfyUI queued the prompt with only its valid outputs (200 with ``node_errors``): it
-        is stopped, and the job fails as if refused, rather than succeeding short of outputs."""
-        await stop_prompt(backend.client, job.current.prompt_id)
-        node_id, node = next(iter(node_errors.items()))
-        first = node.get("errors") if isinstance(node, dict) else None
-        first = first[0] if isinstance(first, list) and first and isinstance(first[0], dict) else {}
-        reason = first.get("message") or first.get("type") or "invalid"
-        return Failure(FailureKind.PROMPT_REJECTED,
-                       f"{backend.name} accepted only part of the prompt: node {node_id}: {reason}"
-                       + (f" (and {len(node_errors) - 1} more node(s))" if len(node_errors) > 1 else ""),
-                       exception_type="prompt_outputs_failed_validation", node_errors=node_errors,
-                       node_id=node_id, node_type=node.get("class_type") if isinstance(node, dict) else None)
 
     async def _follow(self, job: Job, backend: Backend, tracker: PromptTracker) -> Outcome | None:
         """Track until the outcome, the deadline, or a cancel (then None after interrupting)."""
@@ -388,7 +340,9 @@ class Runner:
                         progress: Progress | None = None) -> Verdict:
         if outcome.kind == "success":  # whatever moved meanwhile (a cancel), success stands
             job = self._records.newest(job_id) or await self._store.get(job_id)
-            collecting = asyncio.create_task(self._collect(backend, job_id, outcome.history.outputs))
+            collecting = asyncio.create_task(collect_patiently(
+                backend.client, self._blobs, job_id=job_id, outputs=outcome.history.outputs,
+                patience_s=self._settings.collect_patience_s, clock=self._clock))
             try:
                 # The collecting phase is written only when it lasts: most outputs are in hand
                 # sooner, and the success write follows at once.
@@ -411,23 +365,6 @@ class Runner:
             await self._apply(job_id, t.Canceled())
             return DONE
         return await self._failed(job, failure_of_outcome(outcome))
-
-    async def _collect(self, backend: Backend, job_id: str, outputs: dict[str, Any]) -> tuple[Output, ...]:
-        """The prompt's outputs, fetched again after a failed download while the backend may
-        answer within ``collect_patience_s``: the prompt succeeded, and a new attempt would run
-        the whole workflow again for a blip on the way back."""
-        give_up_at = self._clock() + self._settings.collect_patience_s
-        pause_s = COLLECT_FIRST_PAUSE_S
-        while True:
-            try:
-                return await collect_outputs(backend.client, self._blobs, job_id=job_id, outputs=outputs)
-            except BackendError as exc:
-                fetchable = exc.status_code is None or exc.status_code >= 500 or exc.status_code == 429
-                if not fetchable or self._clock() + pause_s > give_up_at:  # a 404: the file is gone
-                    raise
-                log.warning("job %s: collecting its outputs again in %.1f s: %s", job_id, pause_s, exc)
-            await asyncio.sleep(pause_s)
-            pause_s = min(pause_s * 2, COLLECT_MAX_PAUSE_S)
 
     async def _index_outputs(self, job: Job, outputs: tuple[Output, ...]) -> None:
         """Let the owner mint from these outputs' bytes by hash while the job is kept. The job
