@@ -17,11 +17,11 @@ def at(stamp: str) -> float:
 
 
 async def test_each_half_open_window_sends_one_probe_to_a_failing_backend(valkey_url, tmp_path):
-    async with running_fleet(valkey_url, tmp_path, sims=2, sim_config=SimConfig(step_s=0.1),
+    async with running_fleet(valkey_url, tmp_path, sims=2, sim_config=SimConfig(step_s=0.05),
                              health_interval_s=600.0, breaker_failures=1,
                              breaker_cooldown_s=COOLDOWN_S) as fleet:
         fleet.sims[0].faults.update({"http_error_status": 503, "http_error_paths": ["POST /prompt"]})
-        jobs = [await fleet.submit(image_workflow(5, seed=i)) for i in range(16)]
+        jobs = [await fleet.submit(image_workflow(5, seed=i)) for i in range(12)]
         finals = [await fleet.wait(j["id"], timeout_s=120) for j in jobs]
     assert {j["status"] for j in finals} == {"succeeded"}
     on_failing = sorted((at(a["started_at"]), at(a["ended_at"])) for j in finals
