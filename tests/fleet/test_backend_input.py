@@ -75,22 +75,25 @@ def toml_table(values: dict[str, str]) -> str:
     return "{ " + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in values.items()) + " }"
 
 
-@pytest.mark.parametrize(("url", "why"), BAD_URLS)
-def test_the_fleet_file_refuses_a_host_that_does_not_encode(url, why, tmp_path):
+def fleet_file_refusal(tmp_path, backend_lines: str) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    """(the file's path, the message) a fleet file with one such backend is refused with."""
     path = tmp_path / "fleet.toml"
-    path.write_text(f'[[backends]]\nname = "gpu-9"\nurl = {json.dumps(url)}\n')
+    path.write_text(f'[[backends]]\nname = "gpu-9"\n{backend_lines}')
     with pytest.raises(ConfigError) as caught:
         load_fleet_file(path)
-    assert str(caught.value).startswith(f"{path}: backends[0]: url {url!r} ") and why in str(caught.value)
+    return str(path), str(caught.value)
+
+
+@pytest.mark.parametrize(("url", "why"), BAD_URLS)
+def test_the_fleet_file_refuses_a_host_that_does_not_encode(url, why, tmp_path):
+    path, message = fleet_file_refusal(tmp_path, f"url = {json.dumps(url)}\n")
+    assert message.startswith(f"{path}: backends[0]: url {url!r} ") and why in message
 
 
 @pytest.mark.parametrize(("headers", "why"), BAD_HEADERS)
 def test_the_fleet_file_refuses_a_header_that_cannot_be_sent(headers, why, tmp_path):
-    path = tmp_path / "fleet.toml"
-    path.write_text(f'[[backends]]\nname = "gpu-9"\nurl = "http://10.0.0.9:8188"\nheaders = {toml_table(headers)}\n')
-    with pytest.raises(ConfigError) as caught:
-        load_fleet_file(path)
-    message = str(caught.value)
+    path, message = fleet_file_refusal(
+        tmp_path, f'url = "http://10.0.0.9:8188"\nheaders = {toml_table(headers)}\n')
     assert f"{path}: backends[0]: " in message and why in message
     assert "s3cr3t" not in message  # a header's value (a secret) is never shown
 
