@@ -147,13 +147,12 @@ async def _read_after(store: JobStore, query: JobQuery, position: Position | Non
     if position is None:
         raw = await store.list(statuses=query.statuses, job_type=query.job_type, owner=query.owner, limit=size)
         return raw, len(raw) < size
-    created_at = position[0]
-    raw = await store.list(statuses=query.statuses, job_type=query.job_type, owner=query.owner, limit=size,
-                           before=math.nextafter(created_at, math.inf))
-    fresh = [j for j in raw if (j.created_at, j.id) < position]
-    if fresh or len(raw) < size:
-        return fresh, len(raw) < size
-    # a whole batch tied with the cursor's instant: step past that instant
-    raw = await store.list(statuses=query.statuses, job_type=query.job_type, owner=query.owner, limit=size,
-                           before=created_at)
-    return raw, len(raw) < size
+    while True:
+        raw = await store.list(statuses=query.statuses, job_type=query.job_type, owner=query.owner,
+                               limit=size, before=math.nextafter(position[0], math.inf))
+        fresh = [j for j in raw if (j.created_at, j.id) < position]
+        if fresh or len(raw) < size:
+            return fresh, len(raw) < size
+        # the whole read is the cursor's instant at or above its id: jobs of that instant below
+        # it may follow, so read further (stepping past the instant would skip them)
+        size *= 2
