@@ -8,6 +8,9 @@ The keys file is TOML; it holds no key itself, only its SHA-256, so a leaked fil
     sha256 = "5e8848..."   # of the key; `comfyfleet new-key` makes a key and prints this entry
     max_active = 50        # optional: at most this many of the owner's jobs queued or running
 
+An owner's keys share one cap: the smallest ``max_active`` any of them sets (a key added for the
+same owner without one does not lift it).
+
 ``KeyRing.lookup`` re-reads the file when it changed (checked at most once a second), so keys can be
 added or revoked without a restart; a file that became unreadable or invalid keeps the last good
 keys and is logged.
@@ -23,7 +26,7 @@ import secrets
 import time
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import ConfigError
@@ -87,7 +90,17 @@ def parse_keys(text: str, where: str) -> dict[str, KeyHolder]:
         if hashed in ring:
             raise ConfigError(f"{label}: the same key is listed twice")
         ring[hashed] = holder
-    return ring
+    return _shared_caps(ring)
+
+
+def _shared_caps(ring: dict[str, KeyHolder]) -> dict[str, KeyHolder]:
+    """Every key of an owner with the smallest ``max_active`` any key of that owner sets."""
+    caps: dict[str, int] = {}
+    for holder in ring.values():
+        if holder.max_active is not None:
+            caps[holder.owner] = min(holder.max_active, caps.get(holder.owner, holder.max_active))
+    return {hashed: replace(holder, max_active=caps.get(holder.owner))
+            for hashed, holder in ring.items()}
 
 
 def _holder(entry: object, label: str) -> KeyHolder:

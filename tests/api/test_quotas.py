@@ -50,3 +50,18 @@ async def test_the_server_default_applies_to_every_owner(client, settings_overri
     refused = await submit(client, metadata={"user_id": "u1"})
     assert refused.status_code == 429 and error_code(refused) == "queue_full"
     assert (await submit(client, metadata={"user_id": "u2"})).status_code == 201
+
+
+async def test_every_key_of_an_owner_shares_its_cap(api, client, tmp_path, enqueued):
+    """A second key of a capped owner (one being rotated in, say) does not lift the owner's cap."""
+    rotated = new_key()
+    path = tmp_path / "keys.toml"
+    path.write_text(key_entry(CAPPED, "studio-a", "user") + "max_active = 2\n"
+                    + key_entry(rotated, "studio-a", "user"))
+    api.services.keys = KeyRing(path).lookup
+    assert (await submit(client, CAPPED)).status_code == 201
+    assert (await submit(client, rotated)).status_code == 201
+    refused = await submit(client, rotated)
+    assert refused.status_code == 429 and error_code(refused) == "queue_full"
+    assert refused.json()["error"]["details"] == {"active": 2, "limit": 2}
+    assert len(enqueued) == 2
