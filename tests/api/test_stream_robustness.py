@@ -171,6 +171,54 @@ async def test_a_client_that_takes_nothing_is_let_go_without_an_error(api, live_
             logging.getLogger(name).removeHandler(errors)
 
 
+async def stalled_feed_reader(base_url: str) -> socket.socket:
+    """A dashboard that opens the live feed, reads its handshake answer, then reads nothing; its
+    socket takes little before the server's send waits."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", urlsplit(base_url).port))
+    await loop.sock_sendall(sock, b"GET /api/v2/live HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                  b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                                  b"Sec-WebSocket-Version: 13\r\n\r\n")
+    head = b""
+    async with asyncio.timeout(10):
+        while b"\r\n\r\n" not in head:
+            head += await loop.sock_recv(sock, 1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+async def test_a_dashboard_that_takes_nothing_is_let_go(api, live_server, store, monkeypatch):
+    """A live feed whose client stopped reading ends once a send has waited ``SEND_DEADLINE_S``:
+    its stream count and subscription go with it, and nothing is logged as an error."""
+    monkeypatch.setattr(live_feed, "SEND_DEADLINE_S", 0.5)
+    errors = Records()
+    for name in ("uvicorn.error", "comfyfleet"):
+        logging.getLogger(name).addHandler(errors)
+    ctx: ApiContext = api.app.state.api
+    sock = await stalled_feed_reader(live_server)
+    try:
+        async with asyncio.timeout(10):
+            while not ctx.open_streams:
+                await asyncio.sleep(0.02)
+        bulky = {"note": "x" * 60_000}
+        async with asyncio.timeout(60):  # new jobs fill the socket's buffers, then a send waits
+            while ctx.open_streams:
+                now = time.time()
+                job = Job(id=str(uuid4()), status=JobStatus.QUEUED, created_at=now,
+                          deadline_at=now + 600, metadata=bulky)
+                await store.create(job, WORKFLOW)
+                await asyncio.sleep(0.02)
+        assert [r.getMessage() for r in errors.records if r.levelno >= logging.ERROR] == []
+    finally:
+        sock.close()
+        for name in ("uvicorn.error", "comfyfleet"):
+            logging.getLogger(name).removeHandler(errors)
+
+
 # -- the store goes away ---------------------------------------------------------------------------
 @dataclass
 class CutApi:

@@ -22,7 +22,9 @@ Changes are coalesced: at most one ``job`` or ``progress`` message per job every
 A store that cannot be read skips that turn: a fleet read waits for the next second, a resync
 snapshot is tried again every ``STORE_RETRY_S``; unreachable for ``STORE_GIVE_UP_S`` (or at the
 first snapshot), the feed ends with ``store_unavailable`` and close code 1013 and the page
-reconnects. At the server's shutdown it closes with 1001.
+reconnects. At the server's shutdown it closes with 1001. A client that takes no frame within
+``SEND_DEADLINE_S`` (its socket's buffers full) is let go: the feed ends without a closing
+message, which could only wait behind the frames it is not taking.
 """
 
 from __future__ import annotations
@@ -60,6 +62,12 @@ CLOSE_INTERNAL_ERROR = 1011
 STORE_RETRY_S = 1.0  # a resync snapshot that failed is tried again this soon
 STORE_GIVE_UP_S = 30.0  # the store unreachable this long ends the feed (the page reconnects)
 MAX_CLIENT_MESSAGE = 4096
+SEND_DEADLINE_S = 60.0  # a client that takes no frame for this long is let go
+CLOSE_WAIT_S = 5.0  # at shutdown, how long the closing message may wait to be taken
+
+
+class _Stalled(Exception):
+    """The client took no frame within ``SEND_DEADLINE_S``."""
 
 
 @router.websocket("/live")
@@ -80,6 +88,8 @@ async def live_feed(websocket: WebSocket) -> None:
             await LiveFeed(ctx, caller, websocket).run()
         except (WebSocketDisconnect, OSError):
             pass  # the client went away, mid-send or between messages
+        except _Stalled:
+            log.info("live feed: the client took nothing for %.0f s; letting it go", SEND_DEADLINE_S)
         except RuntimeError as exc:  # Starlette: a send after the socket closed under us
             log.debug("live feed ended: %s", exc)
         except ComfyFleetError as exc:  # the store went away: say so, the page reconnects
@@ -153,13 +163,18 @@ class LiveFeed:
             for task in done:
                 if not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
-            if self._ctx.closing.is_set():
-                with suppress(WebSocketDisconnect, RuntimeError, OSError):
-                    await self._socket.close(CLOSE_GOING_AWAY)
+            if self._ctx.closing.is_set():  # a client not reading is not waited for long
+                with suppress(WebSocketDisconnect, RuntimeError, OSError, TimeoutError):
+                    async with asyncio.timeout(CLOSE_WAIT_S):
+                        await self._socket.close(CLOSE_GOING_AWAY)
 
     # -- what goes out -------------------------------------------------------------------------
     async def _send(self, message: dict[str, Any]) -> None:
-        await self._socket.send_text(json.dumps(message, separators=(",", ":")))
+        try:
+            async with asyncio.timeout(SEND_DEADLINE_S):
+                await self._socket.send_text(json.dumps(message, separators=(",", ":")))
+        except TimeoutError:
+            raise _Stalled from None
 
     async def _send_snapshot(self) -> None:
         store, caller = self._ctx.services.store, self._caller
