@@ -46,6 +46,7 @@ router = APIRouter(tags=["health"])
 BACKEND_STATES = ("healthy", "degraded", "down", "unknown", "draining", "disabled")
 BREAKER_STATES = ("closed", "open", "half_open")
 TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"  # what generate_latest writes
+ALWAYS_SERVED = (("refused", "queue_full"), ("uploaded",), ("uploaded_bytes",))  # job counter fields
 
 
 @router.get("/metrics")
@@ -96,7 +97,9 @@ def _job_families(readings: Any) -> Iterator[Metric]:
     upload_bytes = CounterMetricFamily("comfyfleet_upload_bytes", "Bytes of input assets received")
     shapes = {("submitted", 1): submitted, ("finished", 2): finished, ("attempt", 3): attempts,
               ("refused", 1): refused, ("uploaded", 0): uploads, ("uploaded_bytes", 0): upload_bytes}
-    for (kind, *labels), total in sorted(readings.job_counters.items()):
+    # a counter served at 0 before its first event, so increase() and rate() see that event
+    served = {**dict.fromkeys(ALWAYS_SERVED, 0), **readings.job_counters}
+    for (kind, *labels), total in sorted(served.items()):
         family = shapes.get((kind, len(labels)))
         if family is not None:
             family.add_metric(labels, total)
