@@ -225,3 +225,21 @@ async def test_a_chunked_upload_is_taken_and_refused_past_the_limit_before_it_is
     refused = await client.post("/api/v2/assets", content=endless(), headers=headers)
     assert refused.status_code == 413 and error_code(refused) == "payload_too_large"
     assert len(sent) <= 3, "the body is refused once past the limit, not read to its end"
+
+
+@pytest.mark.parametrize("settings_overrides", [{"max_upload_bytes": 1000}])
+async def test_a_413_names_the_files_limit_whichever_check_refused_it(client, settings_overrides):
+    """A file over the limit is refused with the same body whether its part, the declared
+    Content-Length or the body as it arrived gave it away."""
+    boundary = "b"
+
+    async def chunked(size: int):
+        yield multipart_head(boundary) + b"x" * size + f"\r\n--{boundary}--\r\n".encode()
+
+    refused = [await upload(client, b"x" * 1001), await upload(client, b"x" * 100_000),
+               await client.post("/api/v2/assets", content=chunked(100_000),
+                                 headers={"content-type": f"multipart/form-data; boundary={boundary}"})]
+    for response in refused:
+        assert response.status_code == 413 and error_code(response) == "payload_too_large", response.text
+        assert response.json()["error"]["details"] == {"max_bytes": 1000}, response.text
+        assert "1000 bytes" in response.json()["error"]["message"]

@@ -71,9 +71,12 @@ async def upload_asset(request: Request, ctx: ApiContext = Depends(get_context),
     limit = ctx.settings.max_upload_bytes
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         raise validation.invalid("send the file as multipart/form-data (a part named file)")
-    validation.check_declared_size(request.headers.get("content-length"), limit + FORM_FIELDS_BYTES)
     try:
-        form = await _bounded(request, limit + FORM_FIELDS_BYTES).form(
+        validation.check_declared_size(request.headers.get("content-length"), limit + FORM_FIELDS_BYTES)
+    except ValidationFailed as exc:
+        raise _file_too_large(limit) if exc.status_code == 413 else exc from None
+    try:
+        form = await _bounded(request, limit).form(
             max_files=1, max_fields=len(FIELDS) + MAX_TAGS, max_part_size=64 * 1024)
     except ClientDisconnect:
         raise validation.invalid("the client went away mid-upload", status_code=400) from None
@@ -131,17 +134,25 @@ async def delete_asset(asset_id: str, ctx: ApiContext = Depends(get_context),
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def _bounded(request: Request, max_bytes: int) -> Request:
-    """The request, its body refused with a 413 once it grows past ``max_bytes``: the form parser
-    spools a file to disk whole before the file is read, and a chunked body declares no size."""
+def _file_too_large(limit: int) -> ValidationFailed:
+    """The 413 of an upload, whichever check saw it first: ``details.max_bytes`` is the file's
+    limit (the body may carry up to ``FORM_FIELDS_BYTES`` of form fields besides)."""
+    return validation.invalid(f"an upload's file may hold at most {limit} bytes", code="payload_too_large",
+                              status_code=413, details={"max_bytes": limit})
+
+
+def _bounded(request: Request, limit: int) -> Request:
+    """The request, its body refused with a 413 once it grows past the file's ``limit`` plus the
+    form fields: the form parser spools a file to disk whole before the file is read, and a
+    chunked body declares no size."""
     received = 0
 
     async def receive() -> Message:
         nonlocal received
         message = await request.receive()
         received += len(message.get("body", b""))
-        if received > max_bytes:
-            raise validation.too_large(max_bytes)
+        if received > limit + FORM_FIELDS_BYTES:
+            raise _file_too_large(limit)
         return message
 
     return Request(request.scope, receive)
@@ -179,7 +190,7 @@ async def _store_file(ctx: ApiContext, caller: Caller, file: UploadFile, fields:
     try:
         while chunk := await file.read(CHUNK_BYTES):
             if writer.size + len(chunk) > limit:
-                raise validation.too_large(limit)
+                raise _file_too_large(limit)
             await asyncio.to_thread(hasher.update, chunk)
             await writer.write(chunk)
         blake3_hex = hasher.hexdigest()
