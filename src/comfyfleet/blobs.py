@@ -137,7 +137,9 @@ class LocalBlobStore:
     def _write(path: Path, data: bytes, content_type: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         LocalBlobStore._write_type(path, content_type)
-        if not path.exists():
+        try:
+            os.utime(path)  # already stored: fresh again, so cleanup's grace starts over
+        except FileNotFoundError:
             _atomic_write(path, data)
 
     @staticmethod
