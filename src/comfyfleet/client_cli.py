@@ -92,12 +92,21 @@ def moment(iso: object, *, today: datetime | None = None) -> str:
     return at.strftime("%H:%M:%S") if at.date() == now.date() else at.strftime("%Y-%m-%d %H:%M")
 
 
+class ServerAway(ComfyFleetError):
+    """The server could not be reached, or answered that it cannot serve for now (502, 503, 504):
+    what a restarting server or one whose Redis is away looks like."""
+
+
+AWAY_STATUSES = {502, 503, 504}
+
+
 async def _call(client: httpx.AsyncClient, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-    """One request; the answer's JSON object, or a ComfyFleetError of one line."""
+    """One request; the answer's JSON object, or a ComfyFleetError of one line (``ServerAway``
+    when it may answer later)."""
     try:
         response = await client.request(method, path, **kwargs)
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        raise ComfyFleetError(f"cannot reach comfyfleet at {client.base_url} ({type(exc).__name__})") from None
+        raise ServerAway(f"cannot reach comfyfleet at {client.base_url} ({type(exc).__name__})") from None
     if response.status_code >= 400:
         try:
             error = response.json()["error"]
@@ -106,7 +115,8 @@ async def _call(client: httpx.AsyncClient, method: str, path: str, **kwargs: Any
             message = f"{' '.join(response.text[:200].split())!r}; {NOT_COMFYFLEET}"
         if response.status_code == 401:
             message += f" (set {API_KEY_VARIABLE} to your API key)"
-        raise ComfyFleetError(f"{method} {path} failed with HTTP {response.status_code}: {message}")
+        kind = ServerAway if response.status_code in AWAY_STATUSES else ComfyFleetError
+        raise kind(f"{method} {path} failed with HTTP {response.status_code}: {message}")
     if response.status_code >= 300:  # not followed: a redirect means this URL is not the resource
         raise ComfyFleetError(f"{method} {path} answered HTTP {response.status_code}, a redirect to "
                               f"{response.headers.get('location')!r}; check the id or name and --server")
@@ -190,30 +200,76 @@ async def follow(client: httpx.AsyncClient, job: dict[str, Any]) -> dict[str, An
     return final
 
 
+FOLLOW_AWAY_S = 60.0  # a server away (restarting, its Redis away) this long ends the following
+FOLLOW_RETRY_S = (0.25, 0.5, 1.0, 2.0)  # pauses between tries while it is away, the last repeated
+
+
 async def follow_all(client: httpx.AsyncClient, job_ids: list[str]) -> list[dict[str, Any]]:
-    """One progress bar per job, each fed by its SSE stream, until all have ended; the final jobs."""
+    """One progress bar per job, each fed by its SSE stream, until all have ended; the final jobs.
+
+    A stream that ends before its job did (the server restarting or shutting down, its Redis
+    away) is opened again; a server that stays away for ``FOLLOW_AWAY_S`` ends the following
+    with a plain error (the job itself goes on)."""
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
                   TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console) as bars:
         async def one(job_id: str) -> dict[str, Any]:
             task = bars.add_task(f"job {job_id[:8]}", total=1.0, status="queued")
-            async for event, data in sse_events(client, f"/api/v2/jobs/{segment(job_id)}/events"):
-                if event == "progress":
-                    bars.update(task, completed=float(data.get("value") or 0.0))
-                elif event == "status":
-                    bars.update(task, status=data.get("status"))
-                    if data.get("status") in TERMINAL:
-                        if data.get("status") == "succeeded":
-                            bars.update(task, completed=1.0)
-                        break
-            return job_from(await _call(client, "GET", f"/api/v2/jobs/{segment(job_id)}"), "GET /api/v2/jobs/{id}")
+            away = _Away(job_id)
+            while True:
+                try:
+                    await _stream(client, job_id, bars, task)
+                    job = job_from(await _call(client, "GET", f"/api/v2/jobs/{segment(job_id)}"),
+                                   "GET /api/v2/jobs/{id}")
+                except ServerAway as exc:
+                    bars.update(task, status="reconnecting")
+                    await away.pause(exc)
+                    continue
+                if job["status"] in TERMINAL:
+                    return job
+                bars.update(task, status=job["status"])
+                away = _Away(job_id)  # it answered: the stream ended early, follow it again
+                await asyncio.sleep(FOLLOW_RETRY_S[0])
 
         return list(await asyncio.gather(*(one(job_id) for job_id in job_ids)))
+
+
+class _Away:
+    """How long the server has been away while following one job, and the pause before the next try."""
+
+    def __init__(self, job_id: str) -> None:
+        self._job_id = job_id
+        self._since: float | None = None
+        self._tries = 0
+
+    async def pause(self, error: ServerAway) -> None:
+        now = asyncio.get_running_loop().time()
+        self._since = now if self._since is None else self._since
+        if now - self._since >= FOLLOW_AWAY_S:
+            raise ComfyFleetError(f"stopped following job {self._job_id} after {FOLLOW_AWAY_S:.0f} s: "
+                                  f"{error}; the job goes on (comfyfleet jobs shows it)")
+        await asyncio.sleep(FOLLOW_RETRY_S[min(self._tries, len(FOLLOW_RETRY_S) - 1)])
+        self._tries += 1
+
+
+async def _stream(client: httpx.AsyncClient, job_id: str, bars: Progress, task: Any) -> None:
+    """Feed the job's bar from its event stream until a terminal status or the stream's end."""
+    async for event, data in sse_events(client, f"/api/v2/jobs/{segment(job_id)}/events"):
+        if event == "progress":
+            bars.update(task, completed=float(data.get("value") or 0.0))
+        elif event == "status":
+            bars.update(task, status=data.get("status"))
+            if data.get("status") in TERMINAL:
+                if data.get("status") == "succeeded":
+                    bars.update(task, completed=1.0)
+                return
 
 
 async def sse_events(client: httpx.AsyncClient, path: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:
     event = "message"
     try:
         async with client.stream("GET", path, timeout=httpx.Timeout(60.0, connect=5.0)) as response:
+            if response.status_code in AWAY_STATUSES:
+                raise ServerAway(f"GET {path} failed with HTTP {response.status_code}")
             if response.status_code >= 400:
                 raise ComfyFleetError(f"GET {path} failed with HTTP {response.status_code}")
             async for line in response.aiter_lines():
@@ -225,7 +281,7 @@ async def sse_events(client: httpx.AsyncClient, path: str) -> AsyncIterator[tupl
                     except json.JSONDecodeError:
                         continue
     except httpx.HTTPError as exc:
-        raise ComfyFleetError(f"lost the event stream {path} ({type(exc).__name__})") from None
+        raise ServerAway(f"lost the event stream {path} ({type(exc).__name__})") from None
 
 
 async def download_outputs(client: httpx.AsyncClient, job: dict[str, Any], out: Path) -> list[Path]:
