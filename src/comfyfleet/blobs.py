@@ -4,12 +4,16 @@ Blobs are named by digest, ``sha256:<hex>``, and live at ``root/sha256/ab/cdefâ€
 hex characters are a fan-out directory). The content type sits beside each blob in a sidecar
 file ``<blob>.type``. Writes go to a temporary file in the same directory and are renamed into
 place, so a reader never sees a half-written blob and two writers of the same bytes agree.
-All file I/O runs in a thread (``asyncio.to_thread``) so the event loop is never blocked.
+All file I/O runs in a thread (``asyncio.to_thread``) so the event loop is never blocked. A
+write the file system has no room for (full, over quota, past the file size limit) raises
+``BlobStoreFull`` and leaves no partial file behind.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -25,8 +29,30 @@ TYPE_SUFFIX = ".type"
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 
 
+# the OS saying there is no room: no space left, over quota, a file past RLIMIT_FSIZE
+NO_ROOM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
 class BlobNotFound(ComfyFleetError, LookupError):
     """No blob with that digest."""
+
+
+class BlobStoreFull(ComfyFleetError):
+    """The file system holding the blobs has no room for this one."""
+
+
+def is_no_room(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in NO_ROOM_ERRNOS
+
+
+@contextlib.contextmanager
+def _room_needed() -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        if is_no_room(exc):
+            raise BlobStoreFull(f"no room to store a blob: {exc.strerror}") from exc
+        raise
 
 
 def digest_of(data: bytes) -> str:
@@ -55,7 +81,8 @@ class LocalBlobStore:
 
     async def put(self, data: bytes, *, content_type: str = DEFAULT_CONTENT_TYPE) -> str:
         digest = digest_of(data)
-        await asyncio.to_thread(self._write, self._path(digest), data, content_type)
+        with _room_needed():
+            await asyncio.to_thread(self._write, self._path(digest), data, content_type)
         return digest
 
     async def open(self, digest: str) -> bytes:
@@ -136,11 +163,11 @@ class LocalBlobStore:
     @staticmethod
     def _write(path: Path, data: bytes, content_type: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        LocalBlobStore._write_type(path, content_type)
         try:
             os.utime(path)  # already stored: fresh again, so cleanup's grace starts over
         except FileNotFoundError:
             _atomic_write(path, data)
+        LocalBlobStore._write_type(path, content_type)  # after the blob: a lone sidecar stays for good
 
     @staticmethod
     def _write_type(path: Path, content_type: str) -> None:
@@ -217,16 +244,18 @@ class BlobWriter:
             return
         pending = [*self._held, chunk]  # the first spill also writes what was held
         self._held = []
-        await asyncio.to_thread(self._spill, pending)
+        with _room_needed():
+            await asyncio.to_thread(self._spill, pending)
 
     async def commit(self, *, content_type: str = DEFAULT_CONTENT_TYPE) -> tuple[str, bool]:
         """``(digest, created_new)``: False when the store already held these bytes."""
         digest = f"{ALGORITHM}:{self._hash.hexdigest()}"
         path = self._store._path(digest)
-        if self._file is None:
-            data, self._held = b"".join(self._held), []
-            return digest, await asyncio.to_thread(self._place_small, path, data, content_type)
-        return digest, await asyncio.to_thread(self._place, path, content_type)
+        with _room_needed():
+            if self._file is None:
+                data, self._held = b"".join(self._held), []
+                return digest, await asyncio.to_thread(self._place_small, path, data, content_type)
+            return digest, await asyncio.to_thread(self._place, path, content_type)
 
     async def abort(self) -> None:
         self._held = []

@@ -3,7 +3,9 @@ a job's reference is completed with its blob and the blob is held for the job.""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import resource
 
 import pytest
 from blake3 import blake3
@@ -243,3 +245,27 @@ async def test_a_413_names_the_files_limit_whichever_check_refused_it(client, se
         assert response.status_code == 413 and error_code(response) == "payload_too_large", response.text
         assert response.json()["error"]["details"] == {"max_bytes": 1000}, response.text
         assert "1000 bytes" in response.json()["error"]["message"]
+
+
+@contextlib.contextmanager
+def files_limited_to(max_bytes: int):
+    """The OS refuses to grow any file this process writes past ``max_bytes`` (EFBIG), as a
+    full disk refuses with ENOSPC."""
+    old = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, old[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old)
+
+
+@pytest.mark.parametrize("size", [500_000, 3_000_000])  # kept in memory until stored; spooled to disk
+async def test_an_upload_the_disk_has_no_room_for_is_a_507_and_leaves_nothing(client, blobs, size):
+    """No room on the disk is the server's trouble, said as such: not a 500, not a 400."""
+    data = bytes(range(256)) * (size // 256)
+    with files_limited_to(100_000):
+        refused = await upload(client, data)
+    assert refused.status_code == 507 and error_code(refused) == "insufficient_storage", refused.text
+    assert [p for p in blobs.root.rglob("*") if p.is_file()] == [], "no blob, sidecar or temporary file"
+    stored = await upload(client, data)
+    assert stored.status_code == 201 and stored.json()["size_bytes"] == len(data)

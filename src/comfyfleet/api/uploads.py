@@ -2,7 +2,8 @@
 
     POST   /assets            multipart: file, file_path?, content_type?, expected_hash?
                               (blake3:<hex>), tags* , expires_in? (60-604800 s)
-                              -> 201, or 200 when the owner already holds these bytes
+                              -> 201, or 200 when the owner already holds these bytes;
+                              413 past max_upload_bytes, 507 when the disk has no room
     POST   /assets/from-hash  {hash, file_path?, tags?, expires_in?}  a record over bytes the owner
                               sent before (blake3) or that this server holds (sha256)   -> 201
     DELETE /assets/{id}       the record (its bytes go once nothing needs them)       -> 204
@@ -27,7 +28,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 from starlette.types import Message
 
-from ..blobs import DEFAULT_CONTENT_TYPE, parse_digest
+from ..blobs import DEFAULT_CONTENT_TYPE, BlobStoreFull, is_no_room, parse_digest
 from ..errors import JobNotFound, ValidationFailed
 from ..store.uploads import Upload
 from . import validation
@@ -82,6 +83,10 @@ async def upload_asset(request: Request, ctx: ApiContext = Depends(get_context),
         raise validation.invalid("the client went away mid-upload", status_code=400) from None
     except ValidationFailed:
         raise
+    except OSError as exc:  # spooling the file to a temporary file failed: ours, not the client's
+        if is_no_room(exc):
+            raise _no_room() from exc
+        raise
     except Exception as exc:  # python-multipart's and Starlette's parse errors: malformed input
         raise validation.invalid(f"the multipart body cannot be read: {exc}", status_code=400) from None
     try:
@@ -90,6 +95,8 @@ async def upload_asset(request: Request, ctx: ApiContext = Depends(get_context),
             raise validation.invalid("the upload has no part named file", details={"field": "file"})
         fields = _fields(form, file)
         upload = await _store_file(ctx, caller, file, fields, limit)
+    except BlobStoreFull as exc:
+        raise _no_room() from exc
     finally:
         await form.close()
     return JSONResponse(ctx.renderer.upload(upload[0], created_new=upload[1]),
@@ -134,6 +141,11 @@ async def delete_asset(asset_id: str, ctx: ApiContext = Depends(get_context),
 
 
 # -- helpers ----------------------------------------------------------------------------------
+def _no_room() -> ValidationFailed:
+    return ValidationFailed("the server has no room to store the file now; nothing was kept",
+                            code="insufficient_storage", status_code=507)
+
+
 def _file_too_large(limit: int) -> ValidationFailed:
     """The 413 of an upload, whichever check saw it first: ``details.max_bytes`` is the file's
     limit (the body may carry up to ``FORM_FIELDS_BYTES`` of form fields besides)."""
