@@ -265,9 +265,10 @@ class EventBus:
         except ValueError:
             log.warning("ignoring a malformed job event: %.200s", raw)
             return
-        if not isinstance(event, dict):
+        if not isinstance(event, dict) or not isinstance(event.get("job_id"), str):
+            log.warning("ignoring a job event without a job id: %.200s", raw)
             return
-        for box in (*self._boxes.get(event.get("job_id"), ()), *self._boxes.get(None, ())):
+        for box in (*self._boxes.get(event["job_id"], ()), *self._boxes.get(None, ())):
             box.put(event)
 
     def _broadcast_resync(self) -> None:
