@@ -4,6 +4,8 @@ live feed; browsers on this server's own page, and clients that are not browsers
 from __future__ import annotations
 
 import json
+import socket
+from urllib.parse import urlsplit
 
 import pytest
 from websockets.asyncio.client import connect
@@ -59,3 +61,33 @@ async def test_a_cross_site_websocket_is_refused(live_server):
 ])
 def test_what_counts_as_this_server(origin, host, scheme, same):
     assert same_site(origin, host, scheme, "https://fleet.example.test") is same
+
+
+async def test_a_page_on_a_rebound_name_cannot_drive_a_keyless_server(client, enqueued, live_server):
+    """A page whose DNS name was rebound to this server (same Host and Origin, a name that is
+    neither localhost nor the public URL's) cannot submit, add a backend or open the live feed."""
+    rebound = {"Host": "rebound.example:8787", "Origin": "http://rebound.example:8787"}
+    for path, body in (("/api/v2/jobs", {"workflow": WORKFLOW}), ("/api/v2/backends", {"url": "http://evil.example:8188"})):
+        response = await client.post(path, json=body, headers=rebound)
+        assert response.status_code == 403 and error_code(response) == "forbidden", path
+    assert enqueued == []
+    sock = socket.create_connection(("127.0.0.1", urlsplit(live_server).port), timeout=10)
+    with pytest.raises(InvalidStatus) as refused:  # addressed by the rebound name
+        async with connect("ws://rebound.example:8787/api/v2/live", origin=rebound["Origin"], sock=sock):
+            pass
+    assert refused.value.response.status_code == 403
+    local = {"Host": "localhost:8787", "Origin": "http://localhost:8787"}
+    assert (await client.post("/api/v2/jobs", json={"workflow": WORKFLOW}, headers=local)).status_code == 201
+
+
+@pytest.mark.parametrize(("origin", "host", "same"), [
+    ("http://127.0.0.1:8787", "127.0.0.1:8787", True),
+    ("http://[::1]:8787", "[::1]:8787", True),
+    ("http://localhost:8787", "localhost:8787", True),
+    ("http://dash.localhost:8787", "dash.localhost:8787", True),
+    ("https://fleet.example.test", "fleet.example.test", True),  # the public URL's name
+    ("http://gpu-box.lan:8787", "gpu-box.lan:8787", False),  # any other name could be rebound
+])
+def test_what_counts_as_this_server_without_api_keys(origin, host, same):
+    assert same_site(origin, host, "http", "https://fleet.example.test", any_host_name=False) is same
+    assert same_site(origin, host, "http", "https://fleet.example.test"), "with keys, any name"

@@ -50,7 +50,8 @@ def create_app(services: ApiServices, settings: ApiSettings) -> FastAPI:
                   redoc_url=None, redirect_slashes=False)  # api/slashes.py redirects instead
     app.state.api = context
     install_error_handlers(app)
-    app.add_middleware(RefuseCrossSite, public_base_url=settings.public_base_url)
+    app.add_middleware(RefuseCrossSite, public_base_url=settings.public_base_url,
+                       keyless=lambda: services.keys is None)
     for module in (jobs, live, uploads, assets):
         app.include_router(module.router, prefix=API_PREFIX, dependencies=[Depends(get_caller)])
     app.include_router(live_feed.router, prefix=API_PREFIX)  # a WebSocket: it authenticates itself

@@ -8,10 +8,16 @@ feed. Browsers name the page's origin in an ``Origin`` header on every such requ
 are not browsers (comfy-sdk, curl, the CLI) send none. So: a request that changes something (any
 method but GET, HEAD and OPTIONS) or opens a WebSocket, and carries an ``Origin`` that is neither
 this server as the request addressed it (``Host``) nor its public URL, gets a 403 ``forbidden``.
+
+A page can also become "this server as addressed": its DNS name, rebound to 127.0.0.1, makes the
+browser send ``Host`` and ``Origin`` alike. On a server without API keys the ``Host`` therefore
+counts only when it is an IP address or ``localhost``; any other name must be the public URL's.
 """
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -30,8 +36,21 @@ def _host_port(netloc: str, scheme: str) -> tuple[str, int] | None:
         return None
 
 
-def same_site(origin: str, host: str | None, scheme: str, public_base_url: str) -> bool:
-    """Whether ``origin`` (the header) is this server: as addressed, or its public URL."""
+def _not_rebindable(hostname: str) -> bool:
+    """Whether ``hostname`` is one no other site's page can go by: an IP address or localhost."""
+    if hostname == "localhost" or hostname.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(hostname)
+    except ValueError:
+        return False
+    return True
+
+
+def same_site(origin: str, host: str | None, scheme: str, public_base_url: str, *,
+              any_host_name: bool = True) -> bool:
+    """Whether ``origin`` (the header) is this server: as addressed, or its public URL.
+    ``any_host_name=False``: as addressed only by an IP address or localhost."""
     try:
         parts = urlsplit(origin)
         port = parts.port or DEFAULT_PORTS.get(parts.scheme, 80)
@@ -45,15 +64,17 @@ def same_site(origin: str, host: str | None, scheme: str, public_base_url: str) 
             and parts.scheme == public.scheme:
         return True
     addressed = _host_port(host, "https" if scheme in ("https", "wss") else "http") if host else None
-    return addressed is not None and claimed == addressed
+    return addressed is not None and claimed == addressed \
+        and (any_host_name or _not_rebindable(addressed[0]))
 
 
 class RefuseCrossSite:
     """ASGI middleware: see the module docstring."""
 
-    def __init__(self, app: ASGIApp, *, public_base_url: str) -> None:
+    def __init__(self, app: ASGIApp, *, public_base_url: str, keyless: Callable[[], bool]) -> None:
         self.app = app
         self.public_base_url = public_base_url
+        self.keyless = keyless  # whether the server takes no API key now
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket") and self._cross_site(scope):
@@ -61,7 +82,8 @@ class RefuseCrossSite:
                 await send({"type": "websocket.close", "code": 4403, "reason": "cross-site"})
                 return
             response = error_response(403, "forbidden", "a request from another site's page is "
-                                      "refused (its Origin is not this server)")
+                                      "refused (its Origin is not this server; without API keys, "
+                                      "this server by an IP address, localhost or its public URL)")
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
@@ -75,4 +97,5 @@ class RefuseCrossSite:
             return False  # not a browser
         host = headers.get(b"host")
         return not same_site(origin.decode("latin-1"), host.decode("latin-1") if host else None,
-                             scope.get("scheme", "http"), self.public_base_url)
+                             scope.get("scheme", "http"), self.public_base_url,
+                             any_host_name=not self.keyless())
