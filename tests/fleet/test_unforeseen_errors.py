@@ -11,10 +11,10 @@ from helpers.fleet import image_workflow, running_fleet
 async def test_a_job_that_keeps_raising_the_unforeseen_fails_and_frees_its_slot(valkey_url, tmp_path, monkeypatch):
     collect = outputs_module.collect_outputs
 
-    async def collect_or_break(client, blobs, *, job_id, outputs):  # type: ignore[no-untyped-def]
+    async def collect_or_break(client, blobs, *, job_id, outputs, **rest):  # type: ignore[no-untyped-def]
         if outputs.get("3", {}).get("images", [{}])[0].get("filename", "").startswith("broken"):
             raise ValueError("an output unlike any expected")
-        return await collect(client, blobs, job_id=job_id, outputs=outputs)
+        return await collect(client, blobs, job_id=job_id, outputs=outputs, **rest)
 
     monkeypatch.setattr(outputs_module, "collect_outputs", collect_or_break)
     async with running_fleet(valkey_url, tmp_path, sims=1) as fleet:

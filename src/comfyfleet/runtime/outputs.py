@@ -3,7 +3,9 @@
 Files stream from ``/view`` to disk chunk by chunk (a video can be gigabytes; a worker tracks
 dozens of jobs at once), hashed on the way (sha256 names the blob; blake3 is the contract's
 content hash), and are named by their digest once complete. A download that fails on the way
-is tried again for a while (``collect_patiently``)."""
+is tried again for a while (``collect_patiently``): the files already in hand are kept, and the
+patience starts over whenever a try brought more of them, so a job with many or huge outputs is
+not given up on for a blip at its last file."""
 
 from __future__ import annotations
 
@@ -62,9 +64,13 @@ def output_files(outputs: dict[str, Any]) -> list[tuple[str, dict[str, Any] | st
 
 
 async def collect_outputs(client: ComfyClient, blobs: BlobStore, *, job_id: str,
-                          outputs: dict[str, Any]) -> tuple[Output, ...]:
-    collected: list[Output] = []
+                          outputs: dict[str, Any], collected: list[Output] | None = None) -> tuple[Output, ...]:
+    """Every output, in order. ``collected``: the outputs an earlier try got (not fetched again);
+    it grows as files arrive, so a try that fails part way keeps what it got."""
+    collected = [] if collected is None else collected
     for index, (node_id, ref) in enumerate(output_files(outputs)):
+        if index < len(collected):
+            continue
         if isinstance(ref, str):
             data, content_type, name = ref.encode(), "text/plain", f"{node_id}.txt"
             digest, size = await blobs.put(data, content_type=content_type), len(data)
@@ -80,16 +86,21 @@ async def collect_outputs(client: ComfyClient, blobs: BlobStore, *, job_id: str,
 
 async def collect_patiently(client: ComfyClient, blobs: BlobStore, *, job_id: str, outputs: dict[str, Any],
                             patience_s: float, clock: Callable[[], float]) -> tuple[Output, ...]:
-    """``collect_outputs``, again after a failed download while the backend may answer within
-    ``patience_s`` (no answer, a 5xx, a 429; a 404 means the file is gone): the prompt
-    succeeded, and a new attempt would run the whole workflow again for a blip on the way back."""
+    """``collect_outputs``, again after a failed download (no answer, a 5xx, a 429; a 404 means
+    the file is gone) from where it failed, until a try brings no file for ``patience_s``: the
+    prompt succeeded, and a new attempt would run the whole workflow again for a blip on the
+    way back."""
     give_up_at = clock() + patience_s
     pause_s = COLLECT_FIRST_PAUSE_S
+    collected: list[Output] = []
     while True:
+        in_hand = len(collected)
         try:
-            return await collect_outputs(client, blobs, job_id=job_id, outputs=outputs)
+            return await collect_outputs(client, blobs, job_id=job_id, outputs=outputs, collected=collected)
         except BackendError as exc:
             code = exc.status_code
+            if len(collected) > in_hand:  # files came before this failure: patient afresh
+                give_up_at, pause_s = clock() + patience_s, COLLECT_FIRST_PAUSE_S
             if not (code is None or code >= 500 or code == 429) or clock() + pause_s > give_up_at:
                 raise
             log.warning("job %s: collecting its outputs again in %.1f s: %s", job_id, pause_s, exc)
