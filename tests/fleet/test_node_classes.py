@@ -148,7 +148,8 @@ async def test_a_backend_refusing_a_class_it_lacks_hands_the_job_to_one_that_has
     async with running_fleet(valkey_url, tmp_path, sims=1, health_interval_s=3600) as fleet:
         await catalogs_known(fleet, 1)
         catalogs = fleet.services.node_catalogs
-        await catalogs.record("sim-0", fleet.sims[0].node_classes | {"CustomUpscale"}, read_at=time.time())
+        await catalogs.record("sim-0", fleet.sims[0].url, fleet.sims[0].node_classes | {"CustomUpscale"},
+                              read_at=time.time())
         async with Simulator(SimConfig(step_s=0.01, name="custom", node_classes=CUSTOM)) as custom:
             added = await fleet.http.post("/api/v2/backends", json={"name": "custom", "url": custom.url})
             assert added.status_code == 201, added.text

@@ -181,3 +181,37 @@ async def test_a_removed_backends_stopped_prompts_leave_no_breaker_behind(valkey
         assert (await fleet.http.patch("/api/v2/backends/sim-0", json={"state": "disabled"})).status_code == 200
         again = await fleet.wait((await fleet.submit(image_workflow(2, seed=99)))["id"])
         assert again["status"] == "succeeded" and [a["backend"] for a in again["attempts"]] == ["sim-1"]
+
+
+async def test_a_check_of_the_old_url_lands_after_a_move_and_is_not_kept(redis, keys):
+    """A health check under way when the backend's url moves answers for the old server: it is
+    not written under the name that now stands for the new one (it read the new, healthy server
+    down, and fed its breaker a failed check)."""
+    from comfyfleet.comfy.transport import open_session
+    from comfyfleet.runtime.dispatcher import Dispatcher, DispatchSettings
+    from comfyfleet.runtime.health import HealthMonitor, HealthSettings
+
+    async with Simulator(SimConfig(name="old")) as old, Simulator(SimConfig(name="new")) as new, \
+            open_session() as http:
+        old.faults.update({"slow_response_s": 5.0})  # the check of the old server times out
+        fleet = FleetStore(redis, keys)
+        await fleet.seed([BackendRecord(name="a", url=old.url)])
+        dispatcher = Dispatcher(fleet, http=http, settings=DispatchSettings(refresh_s=60.0))
+        await dispatcher.start()
+        monitor = HealthMonitor(dispatcher, settings=HealthSettings(interval_s=60.0, timeout_s=1.0))
+        try:
+            checking = asyncio.create_task(monitor.check("a"))
+            async with asyncio.timeout(10):
+                while not old.requests["GET /system_stats"]:
+                    await asyncio.sleep(0.01)
+            await fleet.update("a", url=new.url)
+            stale = await checking
+            assert stale.state == "down"
+            assert await side_entries(redis, keys, "a") == dict.fromkeys(
+                ("health", "breaker", "warm", "resting", "nodes"))
+            await dispatcher.refresh()
+            assert (await monitor.check("a")).state == "healthy"
+            assert (await fleet.snapshot()).health["a"].state == "healthy"
+        finally:
+            await monitor.close()
+            await dispatcher.close()

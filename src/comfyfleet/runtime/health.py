@@ -144,9 +144,11 @@ class HealthMonitor:
                         exc_info=True)
             health = self._down(previous, f"health check failed ({type(exc).__name__}: {exc})")
         changed = health.state != previous.state
+        if not await self._fleet.set_health(name, health, publish=changed, url=backend.record.url):
+            log.info("backend %s: moved or removed while checked; the check is not kept", name)
+            return health
         if self._dispatcher.snapshot is not None:
             self._dispatcher.snapshot.health[name] = health
-        await self._fleet.set_health(name, health, publish=changed)
         if changed:
             log.info("backend %s: %s -> %s", name, previous.state, health.state)
             if health.state == "down":
@@ -175,9 +177,11 @@ class HealthMonitor:
                 return
             async with self._readers:
                 classes = await backend.client.node_classes(timeout_s=settings.node_catalog_timeout_s)
-            catalog = await self._catalogs.record(name, classes, self._clock())
+            catalog = await self._catalogs.record(name, backend.record.url, classes, self._clock())
             self._catalog_failed_at.pop(name, None)
-            if known is None or known.digest != catalog.digest:
+            if catalog is None:
+                log.info("backend %s: moved or removed while its node catalog was read; not kept", name)
+            elif known is None or known.digest != catalog.digest:
                 log.info("backend %s: %d node classes", name, catalog.count)
         except (BackendError, StoreError, TimeoutError) as exc:
             self._catalog_failed_at[name] = self._clock()

@@ -155,6 +155,7 @@ class FleetStore:
         self._acquire = redis.register_script(_script("lease_acquire.lua"))
         self._release = redis.register_script(_script("lease_release.lua"))
         self._hdel_if_unchanged = redis.register_script(_script("hdel_if_unchanged.lua"))
+        self._hset_if_backend_at = redis.register_script(_script("hset_if_backend_at.lua"))
         self._last_parsed: dict[str, dict[str, Any]] = {}  # kind -> stored text -> parsed value
 
     @property
@@ -328,11 +329,29 @@ class FleetStore:
             await self._redis.publish(self._keys.fleet_channel, "changed")
 
     # -- health --------------------------------------------------------------------------------
-    async def set_health(self, name: str, health: BackendHealth, *, publish: bool) -> None:
+    async def set_health(self, name: str, health: BackendHealth, *, publish: bool,
+                         url: str | None = None) -> bool:
+        """Store ``name``'s health; with ``url`` (the server checked), only while ``name`` is
+        still registered there. True when stored."""
         with translated(self._redis, "writing backend health"):
-            await self._redis.hset(self._keys.fleet_health, name, health.to_json())
+            if url is None:
+                await self._redis.hset(self._keys.fleet_health, name, health.to_json())
+            elif not await self.write_if_backend_at(name, url, {self._keys.fleet_health: health.to_json()}):
+                return False
         if publish:
             await self.notify_changed()
+        return True
+
+    async def write_if_backend_at(self, name: str, url: str, values: dict[str, str]) -> bool:
+        """Set field ``name`` of each hash in ``values`` (hash key -> value) in one step, only
+        while ``name`` is registered at ``url``: what was learnt of a server is never written
+        under a name that meanwhile moved to another (or was removed). True when written."""
+        hashes = list(values)
+        args: list[str] = [name, url]
+        for value in values.values():
+            args += [name, value]
+        with translated(self._redis, "writing what was learnt of a backend"):
+            return bool(await self._hset_if_backend_at(keys=[self._keys.fleet_backends, *hashes], args=args))
 
     async def get_health(self, name: str) -> BackendHealth:
         with translated(self._redis, "reading backend health"):

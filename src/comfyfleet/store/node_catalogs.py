@@ -3,7 +3,7 @@
 A catalog is stored by digest (``{p}:fleet:node_sets``: digest -> names), and each backend
 names its digest with the time it was read (``{p}:fleet:nodes``): a fleet of alike servers
 keeps one list of a few thousand names, not one per server. Both are written in one
-transaction. A digest names its contents, so a set read once is kept in memory for good; the
+step, and only while the backend is still registered at the url that was read. A digest names its contents, so a set read once is kept in memory for good; the
 backend -> digest map is re-read at most once a second.
 """
 
@@ -52,20 +52,20 @@ class NodeCatalogs:
         self._sets: dict[str, frozenset[str]] = {}  # digest -> names (a digest never changes meaning)
         self._catalogs: dict[str, NodeCatalog] = {}
         self._catalogs_read_at = float("-inf")
-        self._forget_unused_sets = redis.register_script(
-            resources.files(__package__).joinpath("scripts", "node_sets_unused.lua").read_text(encoding="utf-8"))
+        self._forget_unused_sets = redis.register_script(_script("node_sets_unused.lua"))
+        self._hset_if_backend_at = redis.register_script(_script("hset_if_backend_at.lua"))
 
-    async def record(self, backend: str, classes: frozenset[str], read_at: float) -> NodeCatalog:
-        """``backend``'s ``/object_info`` listed ``classes`` at ``read_at``."""
+    async def record(self, backend: str, url: str, classes: frozenset[str], read_at: float) -> NodeCatalog | None:
+        """``backend``'s ``/object_info`` at ``url`` listed ``classes`` at ``read_at``; None (and
+        nothing stored) when ``backend`` was meanwhile moved to another url or removed."""
         catalog = NodeCatalog(catalog_digest(classes), read_at, len(classes))
-        previous = self._catalogs.get(backend)
+        entry = json.dumps({"digest": catalog.digest, "read_at": read_at, "count": catalog.count})
         with translated(self._redis, "recording a node catalog"):
-            async with self._redis.pipeline(transaction=True) as pipe:
-                if previous is None or previous.digest != catalog.digest:  # else stored, and in use
-                    pipe.hset(self._keys.fleet_node_sets, catalog.digest, json.dumps(sorted(classes)))
-                pipe.hset(self._keys.fleet_nodes, backend,
-                          json.dumps({"digest": catalog.digest, "read_at": read_at, "count": catalog.count}))
-                await pipe.execute()
+            written = await self._hset_if_backend_at(
+                keys=[self._keys.fleet_backends, self._keys.fleet_node_sets, self._keys.fleet_nodes],
+                args=[backend, url, catalog.digest, json.dumps(sorted(classes)), backend, entry])
+        if not written:
+            return None
         self._sets[catalog.digest] = classes
         self._catalogs = {**self._catalogs, backend: catalog}  # replaced, never changed in place
         return catalog
@@ -113,3 +113,7 @@ class NodeCatalogs:
         """Delete the class sets no backend names any more; how many went."""
         with translated(self._redis, "forgetting unused node catalogs"):
             return int(await self._forget_unused_sets(keys=[self._keys.fleet_nodes, self._keys.fleet_node_sets]))
+
+
+def _script(name: str) -> str:
+    return resources.files(__package__).joinpath("scripts", name).read_text(encoding="utf-8")
