@@ -110,8 +110,8 @@ async def test_a_staged_file_removed_before_the_prompt_is_uploaded_again(tmp_pat
             await stage_inputs(client, blobs, edit_workflow(ref))  # the file is on the backend
             looked = client.input_exists
 
-            async def exists_then_cleaned(name: str) -> bool:
-                there = await looked(name)
+            async def exists_then_cleaned(name: str, **size) -> bool:
+                there = await looked(name, **size)
                 staged.unlink(missing_ok=True)  # removed right after the look
                 return there
             client.input_exists = exists_then_cleaned  # type: ignore[method-assign]

@@ -36,10 +36,11 @@ CHUNK_BYTES = 64 * 1024
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """A complete HTTP answer: status and body."""
+    """A complete HTTP answer: status and body (and the Content-Range of a ranged one)."""
 
     status: int
     body: bytes
+    content_range: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,12 +209,15 @@ class ComfyClient:
         return self._json(await self._request("POST", "/upload/image", data=form,
                                               timeout=self._upload_timeout))
 
-    async def input_exists(self, filename: str) -> bool:
-        """Whether the input directory holds ``filename`` (one byte of it is asked for)."""
+    async def input_exists(self, filename: str, *, size_bytes: int | None = None) -> bool:
+        """Whether the input directory holds ``filename`` (one byte of it is asked for) and, given
+        ``size_bytes``, holds that many bytes (a file cut short, or of unknown size, does not count)."""
         query = urlencode({"filename": filename, "subfolder": "", "type": "input"})
         answer = await self._request("GET", f"/view?{query}", accept_statuses={404, 416},
                                      headers={**(self._headers or {}), "Range": "bytes=0-0"})
-        return answer.status != 404  # 416: an empty file is there
+        if answer.status == 404:
+            return False
+        return size_bytes is None or _whole_size(answer) == size_bytes  # 416: an empty file is there
 
     async def system_stats(self) -> dict[str, Any]:
         data = self._json(await self._request("GET", "/system_stats"))
@@ -245,7 +249,7 @@ class ComfyClient:
             sent = kwargs.pop("headers", None) or self._headers
             async with self._http.request(method, self.base_url + path, headers=sent,
                                           timeout=timeout or self._read_timeout, **kwargs) as response:
-                answer = Answer(response.status, await response.read())
+                answer = Answer(response.status, await response.read(), response.headers.get("Content-Range"))
                 headers = response.headers
         except TRANSPORT_ERRORS as exc:
             raise translate(exc, self.name) from exc
@@ -276,6 +280,15 @@ def _queue_item(raw: list[Any]) -> QueueItem:
     targets = tuple(str(x) for x in raw[4]) if len(raw) > 4 and raw[4] else ()
     return QueueItem(number=float(raw[0]), prompt_id=str(raw[1]), extra_data=extra,
                      outputs_to_execute=targets)
+
+
+def _whole_size(answer: Answer) -> int | None:
+    """The size of the file a ranged ``/view`` answered about: all of it (200, no range support)
+    or the total in ``Content-Range`` (206 ``bytes 0-0/N``, 416 ``bytes */N``)."""
+    if answer.status == 200:
+        return len(answer.body)
+    total = (answer.content_range or "").rpartition("/")[2].strip()
+    return int(total) if total.isascii() and total.isdigit() else None
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -4,7 +4,8 @@ Each ``core/ASSET`` reference (completed at submission with ``info.comfyfleet_bl
 ``info.comfyfleet_name``, see ``api/inputs.py``)
 becomes the name of a file in the backend's input directory: ``cf-<first 32 hex of the
 sha256><extension>``. The name is the content, so a file already there (``GET /view``) is not sent
-again, and two jobs with the same input share it. Staging happens after a slot is taken and
+again, and two jobs with the same input share it; one of another size (a ComfyUI killed or out of
+disk while writing it leaves it cut short) is sent again. Staging happens after a slot is taken and
 before ``POST /prompt`` (phase ``dispatching``); what goes wrong is classified like any other
 call to the backend, except a blob that is gone from our store, which no retry can fix.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 from pathlib import PurePosixPath
 from typing import Any
@@ -97,10 +99,17 @@ async def _stage(reference: dict[str, Any], client: ComfyClient, blobs: BlobStor
         raise InputMissing(f"asset {info.get('id')!r} was never resolved to stored bytes")
     name = staged_name(digest, info.get(NAME_KEY) or info.get("file_path"))
     if digest not in names:
-        if upload or not await client.input_exists(name):
+        try:
+            path = blobs.path(digest)
+            size_bytes: int | None = os.stat(path).st_size
+        except ValueError:
+            raise InputMissing(f"the bytes of asset {info.get('id')!r} are gone") from None
+        except FileNotFoundError:
+            size_bytes = None  # gone from our store: the backend's copy is all there is
+        if upload or not await client.input_exists(name, size_bytes=size_bytes):
             try:
-                source = open(blobs.path(digest), "rb")  # noqa: SIM115 - closed below
-            except (FileNotFoundError, ValueError):
+                source = open(path, "rb")  # noqa: SIM115 - closed below
+            except FileNotFoundError:
                 raise InputMissing(f"the bytes of asset {info.get('id')!r} are gone") from None
             with source:  # streamed: aiohttp reads a file body in chunks, off the event loop
                 await client.upload_image(source, name, overwrite=True)
