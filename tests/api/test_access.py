@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import httpx
 import pytest
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed
 
-from comfyfleet.apikeys import KeyRing, key_entry, new_key
+from comfyfleet.api.schemas import new_job_id
+from comfyfleet.apikeys import RECHECK_S, KeyRing, key_entry, new_key
+from comfyfleet.domain import transitions as t
+from comfyfleet.domain.job import Job, JobStatus
 
-from api_helpers import WORKFLOW, error_code
+from api_helpers import WORKFLOW, attempt, error_code
 
 ALICE, BOB, OPS = new_key(), new_key(), new_key()
 
@@ -133,3 +141,49 @@ async def test_the_limit_of_open_event_streams_is_each_callers_own(keyed, live_s
             assert again.status_code == 429 and error_code(again) == "too_many_streams"
             async with http.stream("GET", f"/api/v2/jobs/{bobs['id']}/events", headers=as_(BOB)) as other:
                 assert other.status_code == 200, "another caller is not held to alice's streams"
+
+
+class SteppingClock:
+    """Each reading a second later: the key ring looks at its file on every lookup."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += RECHECK_S
+        return self.now
+
+
+async def test_a_revoked_key_loses_the_live_feed_it_opened(api, live_server, tmp_path, store):
+    """A key revoked while its live feed is open stops receiving jobs: the feed closes with 4401."""
+    path = tmp_path / "keys.toml"
+    path.write_text(key_entry(ALICE, "alice", "user") + key_entry(OPS, "ops", "admin"))
+    api.services.keys = KeyRing(path, clock=SteppingClock()).lookup
+    url = live_server.replace("http://", "ws://") + "/api/v2/live"
+    async with ws_connect(url, additional_headers=as_(ALICE)) as feed:
+        assert json.loads(await feed.recv())["type"] == "snapshot"
+        path.write_text(key_entry(OPS, "ops", "admin"))  # alice's key revoked
+        await store.create(Job(id=new_job_id(), status=JobStatus.QUEUED, created_at=1.0,
+                               owner="alice"), WORKFLOW)
+        async with asyncio.timeout(10):
+            message = json.loads(await feed.recv())
+            assert message["type"] == "error" and message["code"] == "unauthorized", message
+            with pytest.raises(ConnectionClosed):
+                await feed.recv()
+        assert feed.close_code == 4401
+
+
+async def test_a_revoked_key_loses_the_event_stream_it_opened(api, live_server, tmp_path, store):
+    """A key revoked while its job's event stream is open gets no further frame: the stream ends."""
+    path = tmp_path / "keys.toml"
+    path.write_text(key_entry(ALICE, "alice", "user"))
+    api.services.keys = KeyRing(path, clock=SteppingClock()).lookup
+    async with httpx.AsyncClient(base_url=live_server, timeout=10) as http:
+        job = await submit(http, ALICE)
+        async with http.stream("GET", f"/api/v2/jobs/{job['id']}/events", headers=as_(ALICE)) as stream:
+            lines = stream.aiter_lines()
+            assert (await anext(lines)).startswith("event: status")
+            path.write_text("")  # every key revoked
+            await store.apply(job["id"], t.Dispatch(attempt()), 2.0)
+            async for line in lines:  # ends when the stream does
+                assert '"status":"running"' not in line, "a frame went out after the key was revoked"

@@ -5,7 +5,9 @@ by default: every caller is trusted and a job's owner comes from ``metadata.user
 every route but ``/health`` needs ``Authorization: Bearer <key>`` (401 ``unauthorized``
 otherwise). A user's jobs are the ones submitted with a key of the same owner; anyone else's job
 answers 404, as if it did not exist. The fleet routes, ``/stats`` and ``/metrics`` need an admin
-key (403 ``forbidden``).
+key (403 ``forbidden``). What stays open after one request (an event stream, the live feed) asks
+``still_holds`` at least every ``KEY_RECHECK_S`` and before each message, and ends once its key
+was revoked or given another owner or role.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ..domain.job import Job
 from ..errors import JobNotFound
 from .context import ApiContext, get_context
 
+KEY_RECHECK_S = 1.0  # an open stream or feed looks at its key at least this often
 UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="comfyfleet"'}
 ANONYMOUS = "anonymous"  # the owner of what an open server's callers submit without naming one
 
@@ -65,6 +68,12 @@ def identify(ctx: ApiContext, token: str | None) -> Caller | None:
         return OPEN
     holder = lookup(token) if token else None
     return caller_for(holder) if holder is not None else None
+
+
+def still_holds(ctx: ApiContext, token: str | None, caller: Caller) -> bool:
+    """Whether ``token`` still names ``caller``: the same owner with the same role."""
+    now = identify(ctx, token)
+    return now is not None and (now.owner, now.admin) == (caller.owner, caller.admin)
 
 
 def get_caller(request: Request, ctx: ApiContext = Depends(get_context)) -> Caller:

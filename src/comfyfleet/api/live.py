@@ -14,7 +14,9 @@ newest record and the newest preview are kept until the client takes the next fr
 that falls behind skips intermediate records and previews, never the last one), and a send the
 client does not take within ``SEND_DEADLINE_S`` lets the client go. A store that cannot be read
 skips that turn (the read is tried again every ``STORE_RETRY_S``); one unreachable for
-``STORE_GIVE_UP_S`` ends the stream, like the server's shutdown (``ApiContext.closing``) does.
+``STORE_GIVE_UP_S`` ends the stream, like the server's shutdown (``ApiContext.closing``) does, and
+like a key revoked (or given another owner or role) while its stream is open: it is looked at
+before each turn's frames and at least every ``KEY_RECHECK_S``.
 """
 
 from __future__ import annotations
@@ -24,16 +26,16 @@ import base64
 import contextvars
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from ..domain.job import Job, JobStatus
 from ..errors import JobNotFound, StoreError
-from .access import Caller, check_sees, get_caller, owner_of
+from .access import KEY_RECHECK_S, Caller, bearer_token, check_sees, get_caller, owner_of, still_holds
 from .context import ApiContext, JobId, get_context
 from .errors import error_response
 from .schemas import progress_json
@@ -50,14 +52,16 @@ JOB_EVENT_KINDS = frozenset({"status", "progress", "update"})
 
 
 @router.get("/jobs/{job_id}/events")
-async def job_events(job_id: JobId, ctx: ApiContext = Depends(get_context),
+async def job_events(job_id: JobId, request: Request, ctx: ApiContext = Depends(get_context),
                      caller: Caller = Depends(get_caller)) -> Response:
     check_sees(caller, await ctx.services.store.get(job_id))  # 404 before any byte of the stream
     who = owner_of(caller)
     if ctx.streams_full(who):
         return error_response(429, "too_many_streams", "too many open event streams",
                               headers={"Retry-After": str(STREAMS_RETRY_AFTER_S)})
-    return EventStreamResponse(JobStream(ctx, job_id).frames(who), media_type="text/event-stream",
+    token = bearer_token(request.headers.get("authorization"))
+    stream = JobStream(ctx, job_id, allowed=lambda: still_holds(ctx, token, caller))
+    return EventStreamResponse(stream.frames(who), media_type="text/event-stream",
                                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
@@ -114,9 +118,11 @@ class EventStreamResponse(StreamingResponse):
 class JobStream:
     """The frames of one client's stream; remembers what it sent to send each change once."""
 
-    def __init__(self, ctx: ApiContext, job_id: str) -> None:
+    def __init__(self, ctx: ApiContext, job_id: str, *,
+                 allowed: Callable[[], bool] = lambda: True) -> None:
         self._ctx = ctx
         self._job_id = job_id
+        self._allowed = allowed  # whether the caller's key still holds
         self._version = -1
         self._status: tuple[str, int | None] | None = None
         self._progress: dict[str, Any] | None = None
@@ -163,7 +169,11 @@ class JobStream:
             position_due = loop.time() >= position_at
             if position_due:
                 position_at = loop.time() + POSITION_REFRESH_S
-            for text in await self._turn(position=position_due):
+            frames = await self._turn(position=position_due)
+            if not self._allowed():
+                log.info("job %s: event stream ended: its API key was revoked", self._job_id)
+                return
+            for text in frames:
                 yield text
             if self.done or closed:  # closed: what came before the close is sent, and no more
                 return
@@ -172,7 +182,7 @@ class JobStream:
                 log.warning("job %s: the job store has been unreachable for %.0f s; ending its event "
                             "stream", self._job_id, now - self._store_down_since)
                 return
-            wake_at = keepalive_at
+            wake_at = min(keepalive_at, now + KEY_RECHECK_S)
             if self._queued is not None:
                 wake_at = min(wake_at, position_at)  # jobs ahead leave without telling us
             if self._reread:

@@ -3,7 +3,9 @@ their live progress and (for an admin) the fleet.
 
 Authentication: an ``Authorization: Bearer`` header, or (browsers cannot set one on a WebSocket)
 a first message ``{"type": "auth", "token": "<key>"}`` within ``AUTH_TIMEOUT_S``. A missing or
-unknown key gets an ``error`` message and close code 4401.
+unknown key gets an ``error`` message and close code 4401, and so does an open feed whose key
+is revoked (or given another owner or role): it is looked at before each message and at least
+every ``KEY_RECHECK_S``.
 
 Server messages, JSON text frames:
 
@@ -41,7 +43,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from ..domain.job import Job, JobStatus
 from ..errors import ComfyFleetError, StoreError
-from .access import Caller, bearer_token, identify, owner_of
+from .access import KEY_RECHECK_S, Caller, bearer_token, identify, owner_of, still_holds
 from .context import ApiContext
 from .schemas import progress_json
 
@@ -70,11 +72,15 @@ class _Stalled(Exception):
     """The client took no frame within ``SEND_DEADLINE_S``."""
 
 
+class _KeyRevoked(Exception):
+    """The key the feed was opened with no longer names its caller."""
+
+
 @router.websocket("/live")
 async def live_feed(websocket: WebSocket) -> None:
     ctx: ApiContext = websocket.app.state.api
     await websocket.accept()
-    caller = await authenticate(websocket, ctx)
+    caller, token = await authenticate(websocket, ctx)
     if caller is None:
         await refuse(websocket, CLOSE_UNAUTHORIZED, "unauthorized",
                      "a valid API key is required: send {\"type\": \"auth\", \"token\": \"<key>\"} first")
@@ -85,9 +91,11 @@ async def live_feed(websocket: WebSocket) -> None:
         return
     with ctx.stream_of(who):
         try:
-            await LiveFeed(ctx, caller, websocket).run()
+            await LiveFeed(ctx, caller, websocket, token=token).run()
         except (WebSocketDisconnect, OSError):
             pass  # the client went away, mid-send or between messages
+        except _KeyRevoked:
+            await refuse(websocket, CLOSE_UNAUTHORIZED, "unauthorized", "the API key was revoked")
         except _Stalled:
             log.info("live feed: the client took nothing for %.0f s; letting it go", SEND_DEADLINE_S)
         except RuntimeError as exc:  # Starlette: a send after the socket closed under us
@@ -100,18 +108,21 @@ async def live_feed(websocket: WebSocket) -> None:
             await refuse(websocket, CLOSE_INTERNAL_ERROR, "upstream_error", "the live feed failed")
 
 
-async def authenticate(websocket: WebSocket, ctx: ApiContext) -> Caller | None:
+async def authenticate(websocket: WebSocket, ctx: ApiContext) -> tuple[Caller | None, str | None]:
+    """The caller (None: refused) and the key it came with."""
     header = bearer_token(websocket.headers.get("authorization"))
     if header is not None or ctx.services.keys is None:
-        return identify(ctx, header)
+        return identify(ctx, header), header
     try:
         async with asyncio.timeout(AUTH_TIMEOUT_S):
             raw = await websocket.receive_text()
     except (TimeoutError, WebSocketDisconnect, KeyError, RuntimeError):
-        return None  # KeyError/RuntimeError: a binary frame or a socket already closing
+        return None, None  # KeyError/RuntimeError: a binary frame or a socket already closing
     message = _json_object(raw)
     token = message.get("token") if message.get("type") == "auth" else None
-    return identify(ctx, token) if isinstance(token, str) and token else None
+    if not isinstance(token, str) or not token:
+        return None, None
+    return identify(ctx, token), token
 
 
 async def refuse(websocket: WebSocket, close_code: int, code: str, message: str) -> None:
@@ -134,9 +145,11 @@ def _json_object(raw: str) -> dict[str, Any]:
 class LiveFeed:
     """One dashboard's socket: a snapshot, then coalesced changes until either side goes."""
 
-    def __init__(self, ctx: ApiContext, caller: Caller, websocket: WebSocket) -> None:
+    def __init__(self, ctx: ApiContext, caller: Caller, websocket: WebSocket, *,
+                 token: str | None) -> None:
         self._ctx = ctx
         self._caller = caller
+        self._token = token
         self._socket = websocket
         self._changed: dict[str, Job] = {}  # job id -> its newest record with a status/other change
         self._moved: dict[str, Job] = {}  # job id -> its newest record where only progress moved
@@ -169,7 +182,12 @@ class LiveFeed:
                         await self._socket.close(CLOSE_GOING_AWAY)
 
     # -- what goes out -------------------------------------------------------------------------
+    def _check_key(self) -> None:
+        if not still_holds(self._ctx, self._token, self._caller):
+            raise _KeyRevoked
+
     async def _send(self, message: dict[str, Any]) -> None:
+        self._check_key()
         try:
             async with asyncio.timeout(SEND_DEADLINE_S):
                 await self._socket.send_text(json.dumps(message, separators=(",", ":")))
@@ -217,11 +235,12 @@ class LiveFeed:
     async def _flush_loop(self) -> None:
         while True:
             try:  # a resync that failed is tried again without waiting for another change
-                async with asyncio.timeout(STORE_RETRY_S if self._resync else None):
+                async with asyncio.timeout(STORE_RETRY_S if self._resync else KEY_RECHECK_S):
                     await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()
+            self._check_key()  # a quiet feed also ends soon after its key was revoked
             if self._resync:
                 self._resync = False
                 self._changed.clear()
