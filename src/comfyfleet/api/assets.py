@@ -57,8 +57,10 @@ async def get_asset_content(asset_id: str, request: Request,
     if status == 206:
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     headers["Content-Length"] = str(max(0, end - start + 1))
+    # as stored, not through media_type: Starlette adds "; charset=utf-8" to a text/* type without one
+    headers["Content-Type"] = found.content_type
     return StreamingResponse(_chunks(ctx, found.digest, start, end + 1), status_code=status,
-                             media_type=found.content_type, headers=headers)
+                             headers=headers)
 
 
 @router.head("/assets/by-hash/{digest}")

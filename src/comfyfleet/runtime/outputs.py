@@ -72,7 +72,7 @@ async def collect_outputs(client: ComfyClient, blobs: BlobStore, *, job_id: str,
         if index < len(collected):
             continue
         if isinstance(ref, str):
-            data, content_type, name = ref.encode(), "text/plain", f"{node_id}.txt"
+            data, content_type, name = ref.encode(), "text/plain; charset=utf-8", f"{node_id}.txt"
             digest, size = await blobs.put(data, content_type=content_type), len(data)
             content_hash = blake3(data).hexdigest()
         else:
