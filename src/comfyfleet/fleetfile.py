@@ -16,7 +16,7 @@
     env = { CUDA_VISIBLE_DEVICES = "0" }
     max_rss_mb = 30000                  # recycle it (drain, restart) once it holds more memory
 
-    [job_types.lora_training]
+    [job_types.lora_training]           # image, video, edit, faceswap or lora_training
     tags = ["lora"]                     # a backend must have all of these
     fallback = [["a100"], ["h100"]]     # ordered groups of tags; the next when one has none left
     fallback_after = 2                  # failures of a job in a group before it moves on
@@ -29,6 +29,7 @@ Every mistake is a ``ConfigError`` naming the file and the entry.
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import http_url_parts, http_url_problem
+from .domain.job import BUILTIN_JOB_TYPES
 from .domain.policy import RetryPolicy
 from .errors import ConfigError
 from .runtime.local_comfyui import LocalSpec
@@ -85,7 +87,7 @@ def parse_fleet(data: dict[str, Any], *, where: str = "backends file") -> FleetF
     if not isinstance(job_types, dict):
         raise ConfigError(f"{where}: job_types must be a table")
     for job_type, entry in job_types.items():
-        routing[job_type], retry[job_type] = _job_type(entry, f"{where}: job_types.{job_type}")
+        routing[job_type], retry[job_type] = _job_type(entry, f"{where}: job_types.{job_type}", job_type)
     return FleetFile(backends=backends, routing=routing, retry=retry,
                      local=tuple(spec for spec, _ in local))
 
@@ -177,7 +179,10 @@ def _local(entry: Any, where: str) -> tuple[LocalSpec, BackendRecord]:
                      max_rss_mb=max_rss), record
 
 
-def _job_type(entry: Any, where: str) -> tuple[TypeRouting, RetryPolicy]:
+WHOLE_NUMBERS = {"fallback_after", "max_attempts"}  # counts; the others are seconds
+
+
+def _job_type(entry: Any, where: str, job_type: str) -> tuple[TypeRouting, RetryPolicy]:
     if not isinstance(entry, dict):
         raise ConfigError(f"{where} must be a table")
     known = {"tags", "fallback", "fallback_after", "max_attempts", "backoff_base_s", "backoff_cap_s"}
@@ -186,23 +191,34 @@ def _job_type(entry: Any, where: str) -> tuple[TypeRouting, RetryPolicy]:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
     tags = entry.get("tags", [])
     fallback = entry.get("fallback", [])
-    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        raise ConfigError(f"{where}: tags must be a list of strings")
+    if not isinstance(tags, list) or not all(_is_tag(t) for t in tags):
+        raise ConfigError(f"{where}: tags must be a list of non-empty strings without commas")
     if not isinstance(fallback, list) or not all(
-            isinstance(g, list) and all(isinstance(t, str) for t in g) for g in fallback):
-        raise ConfigError(f"{where}: fallback must be a list of lists of tags, e.g. [[\"a100\"], [\"h100\"]]")
+            isinstance(g, list) and all(_is_tag(t) for t in g) for g in fallback):
+        raise ConfigError(f"{where}: fallback must be a list of lists of tags (non-empty strings "
+                          f"without commas), e.g. [[\"a100\"], [\"h100\"]]")
     numbers = {}
     for key, default, low in (("fallback_after", 2, 1), ("max_attempts", 3, 1),
                               ("backoff_base_s", 1.0, 0.0), ("backoff_cap_s", 16.0, 0.0)):
         value = entry.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
-            raise ConfigError(f"{where}: {key} must be a number >= {low}, got {value!r}")
+        kinds = int if key in WHOLE_NUMBERS else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) or value < low:
+            what = "a whole number" if key in WHOLE_NUMBERS else "a finite number"
+            raise ConfigError(f"{where}: {key} must be {what} >= {low}, got {value!r}")
         numbers[key] = value
+    if job_type not in BUILTIN_JOB_TYPES:  # after the entry's own checks: each names its key
+        raise ConfigError(f"{where}: unknown job type {job_type!r}; the job types are "
+                          f"{', '.join(BUILTIN_JOB_TYPES)}")
     routing = TypeRouting(tags=tuple(tags), fallback=tuple(tuple(g) for g in fallback),
                           fallback_after=int(numbers["fallback_after"]))
     retry = RetryPolicy(max_attempts=int(numbers["max_attempts"]), base_s=float(numbers["backoff_base_s"]),
                         cap_s=float(numbers["backoff_cap_s"]))
     return routing, retry
+
+
+def _is_tag(value: Any) -> bool:
+    """A tag as a backend and ``metadata.tags`` can carry it: a non-empty string without commas."""
+    return isinstance(value, str) and bool(value) and "," not in value
 
 
 def _list(value: Any, where: str) -> list:

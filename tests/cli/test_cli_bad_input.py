@@ -156,6 +156,13 @@ BAD_VALUES: dict[str, list[Bad]] = {
         bad("header-with-newline", "{files}/header-newline.toml", "backends[0]", "header 'Authorization'",
             "line feed"),
         bad("header-name-not-a-token", "{files}/header-name.toml", "backends[0]", "header name 'Bad Header'"),
+        # TOML has inf and nan: a count of inf or nan ended serve with a traceback (int() of it)
+        bad("max-attempts-inf", "{files}/attempts-inf.toml", "job_types.image: max_attempts must be a whole number"),
+        bad("fallback-after-nan", "{files}/fallback-nan.toml", "job_types.image: fallback_after must be a whole number"),
+        bad("backoff-nan", "{files}/backoff-nan.toml", "job_types.image: backoff_base_s must be a finite number"),
+        bad("max-attempts-fraction", "{files}/attempts-fraction.toml", "max_attempts must be a whole number", "2.5"),
+        bad("job-type-unknown", "{files}/job-type-typo.toml", "job_types.imgae: unknown job type 'imgae'", "image"),
+        bad("job-type-empty-tag", "{files}/job-type-empty-tag.toml", "job_types.image: tags must be"),
     ],
     "--backend": BAD_BACKEND_URLS,
     "--add": BAD_BACKEND_URLS,
@@ -395,6 +402,11 @@ def write_files(files: Path) -> None:
     (files / "header-newline.toml").write_text(  # a token read from a file with its newline
         '[[backends]]\nurl = "http://127.0.0.1:9"\nheaders = { Authorization = "Bearer tok\\n" }\n')
     (files / "header-name.toml").write_text('[[backends]]\nurl = "http://127.0.0.1:9"\nheaders = { "Bad Header" = "x" }\n')
+    for name, entry in (("attempts-inf", "max_attempts = inf"), ("fallback-nan", "fallback_after = nan"),
+                        ("backoff-nan", "backoff_base_s = nan"), ("attempts-fraction", "max_attempts = 2.5"),
+                        ("job-type-empty-tag", 'tags = [""]')):
+        (files / f"{name}.toml").write_text(f"[job_types.image]\n{entry}\n")
+    (files / "job-type-typo.toml").write_text("[job_types.imgae]\nmax_attempts = 2\n")  # read by no job
 
 
 @dataclass
@@ -439,8 +451,10 @@ class Runs:
 
 
 @pytest.fixture(scope="module")
-def runs(valkey_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
-    """Every case started at once on a thread pool; each test waits for its own."""
+def runs(valkey_url: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Runs]:
+    """Every selected case started at once on a thread pool; each test waits for its own."""
+    selected = {item.callspec.params["case"].id for item in request.session.items
+                if getattr(item, "callspec", None) is not None and "case" in item.callspec.params}
     root = tmp_path_factory.mktemp("cli-bad-input")
     write_files(root / "files")
     stub_html = serve_http(b"<html><body>a web page</body></html>", "text/html")
@@ -458,7 +472,7 @@ def runs(valkey_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                "api": api.url, "job": api.job_id, "valkey": valkey_url}
     pool = ThreadPoolExecutor(max_workers=8)
     try:
-        futures = {case.id: pool.submit(run_case, case, context, root) for case in CASES}
+        futures = {case.id: pool.submit(run_case, case, context, root) for case in CASES if case.id in selected}
         yield Runs(futures, context, api)
     finally:
         for future in futures.values():
