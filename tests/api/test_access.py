@@ -187,3 +187,29 @@ async def test_a_revoked_key_loses_the_event_stream_it_opened(api, live_server, 
             await store.apply(job["id"], t.Dispatch(attempt()), 2.0)
             async for line in lines:  # ends when the stream does
                 assert '"status":"running"' not in line, "a frame went out after the key was revoked"
+
+
+@pytest.mark.parametrize("settings_overrides", [{"max_streams": 2}])
+async def test_sockets_that_never_authenticate_are_held_to_one_callers_limit(keyed, live_server):
+    """Live feeds that never send their key count, while they wait, as one caller's streams: a
+    flood of them is refused past ``max_streams`` and cannot hold the process's connections."""
+    url = live_server.replace("http://", "ws://") + "/api/v2/live"
+    async with ws_connect(url) as first, ws_connect(url) as second:
+        async with asyncio.timeout(10):
+            while keyed.app.state.api.open_streams.total() < 2:
+                await asyncio.sleep(0.01)
+        async with ws_connect(url) as third:
+            async with asyncio.timeout(10):
+                refused = json.loads(await third.recv())
+            assert refused["type"] == "error" and refused["code"] == "too_many_streams"
+        async with ws_connect(url, additional_headers=as_(OPS)) as admin:  # a caller with a key
+            async with asyncio.timeout(10):
+                assert json.loads(await admin.recv())["type"] == "snapshot"
+        await first.send(json.dumps({"type": "auth", "token": ALICE}))  # one says who it is
+        async with asyncio.timeout(10):
+            assert json.loads(await first.recv())["type"] == "snapshot"
+        async with ws_connect(url) as fourth:  # its place among the waiting is free again
+            await fourth.send(json.dumps({"type": "auth", "token": BOB}))
+            async with asyncio.timeout(10):
+                assert json.loads(await fourth.recv())["type"] == "snapshot"
+        assert second  # still open, still waiting

@@ -2,8 +2,9 @@
 their live progress and (for an admin) the fleet.
 
 Authentication: an ``Authorization: Bearer`` header, or (browsers cannot set one on a WebSocket)
-a first message ``{"type": "auth", "token": "<key>"}`` within ``AUTH_TIMEOUT_S``. A missing or
-unknown key gets an ``error`` message and close code 4401, and so does an open feed whose key
+a first message ``{"type": "auth", "token": "<key>"}`` within ``AUTH_TIMEOUT_S`` (the sockets
+waiting for theirs count as one caller's streams: past ``max_streams`` of them, a new one gets
+``too_many_streams`` and close code 1013). A missing or unknown key gets an ``error`` message and close code 4401, and so does an open feed whose key
 is revoked (or given another owner or role): it is looked at before each message and at least
 every ``KEY_RECHECK_S``.
 
@@ -64,6 +65,9 @@ CLOSE_INTERNAL_ERROR = 1011
 STORE_RETRY_S = 1.0  # a resync snapshot that failed is tried again this soon
 STORE_GIVE_UP_S = 30.0  # the store unreachable this long ends the feed (the page reconnects)
 MAX_CLIENT_MESSAGE = 4096
+# The count of sockets waiting for their auth message (up to AUTH_TIMEOUT_S each): held to the
+# limits of one caller, so unanswered sockets cannot tie up the process's connections.
+AWAITING_AUTH = "\x00awaiting-auth"
 SEND_DEADLINE_S = 60.0  # a client that takes no frame for this long is let go
 CLOSE_WAIT_S = 5.0  # at shutdown, how long the closing message may wait to be taken
 
@@ -80,6 +84,9 @@ class _KeyRevoked(Exception):
 async def live_feed(websocket: WebSocket) -> None:
     ctx: ApiContext = websocket.app.state.api
     await websocket.accept()
+    if _awaits_auth_message(websocket, ctx) and ctx.streams_full(AWAITING_AUTH):
+        await refuse(websocket, CLOSE_TRY_LATER, "too_many_streams", "too many sockets awaiting authentication")
+        return
     caller, token = await authenticate(websocket, ctx)
     if caller is None:
         await refuse(websocket, CLOSE_UNAUTHORIZED, "unauthorized",
@@ -111,11 +118,12 @@ async def live_feed(websocket: WebSocket) -> None:
 async def authenticate(websocket: WebSocket, ctx: ApiContext) -> tuple[Caller | None, str | None]:
     """The caller (None: refused) and the key it came with."""
     header = bearer_token(websocket.headers.get("authorization"))
-    if header is not None or ctx.services.keys is None:
+    if not _awaits_auth_message(websocket, ctx):
         return identify(ctx, header), header
     try:
-        async with asyncio.timeout(AUTH_TIMEOUT_S):
-            raw = await websocket.receive_text()
+        with ctx.stream_of(AWAITING_AUTH):  # a socket yet to say who it is counts too
+            async with asyncio.timeout(AUTH_TIMEOUT_S):
+                raw = await websocket.receive_text()
     except (TimeoutError, WebSocketDisconnect, KeyError, RuntimeError):
         return None, None  # KeyError/RuntimeError: a binary frame or a socket already closing
     message = _json_object(raw)
@@ -123,6 +131,11 @@ async def authenticate(websocket: WebSocket, ctx: ApiContext) -> tuple[Caller | 
     if not isinstance(token, str) or not token:
         return None, None
     return identify(ctx, token), token
+
+
+def _awaits_auth_message(websocket: WebSocket, ctx: ApiContext) -> bool:
+    """Whether the caller must say who it is in a first message (keys on, no header)."""
+    return ctx.services.keys is not None and bearer_token(websocket.headers.get("authorization")) is None
 
 
 async def refuse(websocket: WebSocket, close_code: int, code: str, message: str) -> None:
