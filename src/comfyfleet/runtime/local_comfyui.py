@@ -14,9 +14,12 @@ backend of the fleet at that address. The supervisor:
   running prompts finish (up to ``drain_timeout_s``), then it is stopped, started again and set
   ``active``.
 
+The command leads a process group of its own (a session), and stopping it signals the whole
+group: a command that is a shell or launcher script running ComfyUI as its child stops with it.
+
 What a ``serve`` that died (even by SIGKILL) left behind is mended when the next one starts: a
 server still running from the command in ``<name>.pid`` (ComfyUI runs in its own session, so it
-outlives ``serve``) is stopped before a new one starts, and a backend left ``draining`` by a
+outlives ``serve``) is stopped, with its group, before a new one starts, and a backend left ``draining`` by a
 recycle (``<name>.recycling`` marks one in progress) is set ``active`` again. A drain an operator
 asked for carries no mark and is left alone.
 
@@ -83,6 +86,24 @@ def resident_mb(pid: int) -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def group_alive(pgid: int) -> bool:
+    """Some process of the group ``pgid`` is still there (a zombie counts until reaped)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        pass
 
 
 def running_command(pid: int) -> list[str] | None:
@@ -253,25 +274,37 @@ class LocalComfyUI:
         if running_command(pid) != self.spec.argv():
             return
         log.warning("local ComfyUI %s: stopping pid %d, left running by a serve that died", self.spec.name, pid)
+        try:
+            leads_group = os.getpgid(pid) == pid  # ours lead a group: the server and its children
+        except ProcessLookupError:
+            return
         for signum, wait_s in ((signal.SIGTERM, self._settings.stop_grace_s), (signal.SIGKILL, 5.0)):
             try:
-                os.kill(pid, signum)
+                os.killpg(pid, signum) if leads_group else os.kill(pid, signum)
             except ProcessLookupError:
                 return
             deadline = self._clock() + wait_s
             while self._clock() < deadline:
-                if running_command(pid) != self.spec.argv():  # gone (or a zombie: its port is free)
-                    return
+                if not (group_alive(pid) if leads_group else running_command(pid) == self.spec.argv()):
+                    return  # gone (or zombies: the port is free)
                 await asyncio.sleep(0.05)
 
     async def _terminate(self) -> None:
+        """Stop the server and whatever it started: the command (a shell or launcher script
+        may run ComfyUI as its child) leads a process group of its own, which is signalled
+        whole: SIGTERM, then SIGKILL past the grace period."""
         process = self.process
-        if process is None or process.returncode is not None:
+        if process is None:
             return
-        process.send_signal(signal.SIGTERM)
+        group = process.pid
+        if process.returncode is not None and not group_alive(group):
+            return
+        signal_group(group, signal.SIGTERM)
         try:
             async with asyncio.timeout(self._settings.stop_grace_s):
                 await process.wait()
+                while group_alive(group):
+                    await asyncio.sleep(0.05)
         except TimeoutError:
-            process.kill()
+            signal_group(group, signal.SIGKILL)
             await process.wait()
