@@ -46,7 +46,7 @@ from .runtime.supervisor import WorkerSupervisor
 from .runtime.worker import Worker, WorkerSettings
 from .services import ServiceConfig, Services, open_services
 from .store.claims import Claims
-from .store.connection import connect, translated, where
+from .store.connection import client_url, connect, translated, where
 from .store.embedded import EmbeddedValkey
 from .store.stats import TrackingStats
 
@@ -228,8 +228,9 @@ async def redis_for(settings: Settings, *, lost: asyncio.Event | None = None) ->
     whenever it dies (``lost`` is set if that fails)."""
     if settings.redis_url:
         check_redis_url(settings.redis_url)
-        await check_redis_answers(settings.redis_url)
-        yield settings.redis_url
+        url = client_url(settings.redis_url)  # valkey:// as redis://, for every client of it
+        await check_redis_answers(url)
+        yield url
         return
     valkey = EmbeddedValkey(settings.data_dir)
     url = await start_embedded(valkey, settings.data_dir)
@@ -374,8 +375,9 @@ async def run_worker(settings: Settings) -> None:
     if not settings.redis_url:
         raise ConfigError("a worker needs --redis-url (the Redis the API uses)")
     check_redis_url(settings.redis_url)
-    await check_redis_answers(settings.redis_url)
-    async with open_services(service_config(settings, settings.redis_url)) as services:
+    url = client_url(settings.redis_url)
+    await check_redis_answers(url)
+    async with open_services(service_config(settings, url)) as services:
         worker = build_worker(services, settings)
         await worker.start()
         housekeeping = asyncio.create_task(maintenance_for(services, settings).loop())

@@ -1,5 +1,9 @@
 """The Redis client comfyfleet uses, and the one place redis errors become ``StoreError``.
 
+URLs: redis://, rediss:// (TLS), unix://, and valkey:// / valkeys:// as their synonyms
+(``client_url``, which whatever hands a URL to another client applies too). A URL the client
+refuses is a ``StoreError`` that names it without its password.
+
 Clients are made with ``decode_responses=True``: every value we store is text (JSON, numbers,
 base64 previews), so the store reads ``str`` and never decodes by hand.
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis import exceptions as rex
@@ -37,6 +42,28 @@ HEALTH_CHECK_INTERVAL_S = 30
 MAX_CONNECTIONS = 200
 
 
+SCHEMES = {"valkey": "redis", "valkeys": "rediss"}  # what the settings accept, as redis-py names it
+
+
+def client_url(url: str) -> str:
+    """``url`` in a scheme redis-py knows: ``valkey://`` is ``redis://``, ``valkeys://`` is
+    ``rediss://`` (TLS); any other is returned as it is."""
+    scheme, colon, rest = url.partition(":")
+    return f"{SCHEMES[scheme.lower()]}{colon}{rest}" if colon and scheme.lower() in SCHEMES else url
+
+
+def shown(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for messages."""
+    parts = urlsplit(url)
+    try:
+        if not parts.password:
+            return url
+    except ValueError:
+        return url
+    user, _, address = parts.netloc.rpartition("@")
+    return parts._replace(netloc=f"{user.partition(':')[0]}:***@{address}").geturl()
+
+
 def connect(url: str, *, connect_timeout_s: float = CONNECT_TIMEOUT_S,
             read_timeout_s: float = READ_TIMEOUT_S,
             max_connections: int = MAX_CONNECTIONS) -> aioredis.Redis:
@@ -47,7 +74,7 @@ def connect(url: str, *, connect_timeout_s: float = CONNECT_TIMEOUT_S,
     so thousands of concurrent jobs cannot exhaust the server's client limit."""
     try:
         pool = aioredis.BlockingConnectionPool.from_url(
-            url,
+            client_url(url),
             max_connections=max_connections,
             timeout=read_timeout_s,
             decode_responses=True,
@@ -60,7 +87,7 @@ def connect(url: str, *, connect_timeout_s: float = CONNECT_TIMEOUT_S,
         bounded_sends(pool)
         return aioredis.Redis.from_pool(pool)
     except ValueError as exc:
-        raise StoreError(f"invalid Redis URL {url!r}: {exc}") from exc
+        raise StoreError(f"invalid Redis URL {shown(url)!r}: {exc}") from exc
 
 
 class _BoundedSend:
