@@ -108,13 +108,13 @@ async def test_a_staged_file_removed_before_the_prompt_is_uploaded_again(tmp_pat
             client = ComfyClient(sim.url, http=http)
             staged = Path(sim.dirs["input"]) / staged_name(digest, "face.png")
             await stage_inputs(client, blobs, edit_workflow(ref))  # the file is on the backend
-            looked = client.input_exists
+            looked = client.input_size
 
-            async def exists_then_cleaned(name: str, **size) -> bool:
-                there = await looked(name, **size)
+            async def there_then_cleaned(name: str) -> int | None:
+                size = await looked(name)
                 staged.unlink(missing_ok=True)  # removed right after the look
-                return there
-            client.input_exists = exists_then_cleaned  # type: ignore[method-assign]
+                return size
+            client.input_size = there_then_cleaned  # type: ignore[method-assign]
 
             prompt = await stage_inputs(client, blobs, edit_workflow(ref))
             await submit_staged(client, blobs, edit_workflow(ref), prompt, prompt_id="p-1",

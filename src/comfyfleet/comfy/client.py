@@ -43,6 +43,9 @@ class Answer:
     content_range: str | None = None
 
 
+UNKNOWN_SIZE = -1  # ``input_size`` of a file that is there, of a size the answer does not tell
+
+
 @dataclass(frozen=True, slots=True)
 class SubmitResult:
     prompt_id: str
@@ -210,14 +213,21 @@ class ComfyClient:
                                               timeout=self._upload_timeout))
 
     async def input_exists(self, filename: str, *, size_bytes: int | None = None) -> bool:
-        """Whether the input directory holds ``filename`` (one byte of it is asked for) and, given
-        ``size_bytes``, holds that many bytes (a file cut short, or of unknown size, does not count)."""
+        """Whether the input directory holds ``filename`` and, given ``size_bytes``, holds that
+        many bytes (a file cut short, or of unknown size, does not count)."""
+        size = await self.input_size(filename)
+        return size is not None and (size_bytes is None or size == size_bytes)
+
+    async def input_size(self, filename: str) -> int | None:
+        """The size of ``filename`` in the input directory (one byte of it is asked for): None
+        when there is no such file, ``UNKNOWN_SIZE`` when the answer does not tell."""
         query = urlencode({"filename": filename, "subfolder": "", "type": "input"})
         answer = await self._request("GET", f"/view?{query}", accept_statuses={404, 416},
                                      headers={**(self._headers or {}), "Range": "bytes=0-0"})
         if answer.status == 404:
-            return False
-        return size_bytes is None or _whole_size(answer) == size_bytes  # 416: an empty file is there
+            return None
+        size = _whole_size(answer)  # 416: an empty file is there
+        return UNKNOWN_SIZE if size is None else size
 
     async def system_stats(self) -> dict[str, Any]:
         data = self._json(await self._request("GET", "/system_stats"))

@@ -4,8 +4,12 @@ Each ``core/ASSET`` reference (completed at submission with ``info.comfyfleet_bl
 ``info.comfyfleet_name``, see ``api/inputs.py``)
 becomes the name of a file in the backend's input directory: ``cf-<first 32 hex of the
 sha256><extension>``. The name is the content, so a file already there (``GET /view``) is not sent
-again, and two jobs with the same input share it; one of another size (a ComfyUI killed or out of
-disk while writing it leaves it cut short) is sent again. Staging happens after a slot is taken and
+again, and two jobs with the same input share it. A file is never written over: an upload asks
+ComfyUI not to overwrite, so one of another size under that name (cut short by a ComfyUI killed
+or out of disk while writing it, or still being written by another job's upload, or being read by
+a prompt) stays as it is, and ComfyUI stores the input as ``cf-<hex> (1).png`` (or keeps the
+file when it holds the same bytes) and answers with the name used; the look before uploading
+tries those variants too. Staging happens after a slot is taken and
 before ``POST /prompt`` (phase ``dispatching``); what goes wrong is classified like any other
 call to the backend, except a blob that is gone from our store, which no retry can fix.
 
@@ -26,10 +30,11 @@ from typing import Any
 from ..blobs import parse_digest
 from ..comfy.client import ComfyClient, SubmitResult
 from ..domain.asset_refs import BLOB_KEY, NAME_KEY, is_reference, node_references
-from ..errors import PromptRejected
+from ..errors import BackendProtocolError, PromptRejected
 from ..ports import BlobStore
 
 STAGED_PREFIX = "cf-"
+NAME_VARIANTS = 8  # how many of a staged name's variants are looked at before uploading
 _EXTENSION = re.compile(r"^\.[A-Za-z0-9]{1,10}$")
 # LoadImage (and the other loaders) refusing a file: "image - Invalid image file: <name>"
 _STAGED_FILE_REFUSED = re.compile(r"Invalid \w+ file: " + STAGED_PREFIX + r"[0-9a-f]{32}")
@@ -106,12 +111,43 @@ async def _stage(reference: dict[str, Any], client: ComfyClient, blobs: BlobStor
             raise InputMissing(f"the bytes of asset {info.get('id')!r} are gone") from None
         except FileNotFoundError:
             size_bytes = None  # gone from our store: the backend's copy is all there is
-        if upload or not await client.input_exists(name, size_bytes=size_bytes):
+        found = None if upload else await _staged_copy(client, name, size_bytes)
+        if found is None:
             try:
                 source = open(path, "rb")  # noqa: SIM115 - closed below
             except FileNotFoundError:
                 raise InputMissing(f"the bytes of asset {info.get('id')!r} are gone") from None
             with source:  # streamed: aiohttp reads a file body in chunks, off the event loop
-                await client.upload_image(source, name, overwrite=True)
-        names[digest] = name
+                answer = await client.upload_image(source, name, overwrite=False)
+            found = _uploaded_name(answer, client)
+        names[digest] = found
     return names[digest]
+
+
+def name_variants(name: str) -> list[str]:
+    """``name`` and the names ComfyUI gives an upload of it when a file of other bytes holds it:
+    ``cf-<hex> (1).png``, ``cf-<hex> (2).png``, ..."""
+    stem, suffix = os.path.splitext(name)
+    return [name, *(f"{stem} ({i}){suffix}" for i in range(1, NAME_VARIANTS))]
+
+
+async def _staged_copy(client: ComfyClient, name: str, size_bytes: int | None) -> str | None:
+    """The name under which the backend holds the input whole, looking at ``name`` and its
+    variants up to the first free one; None when it holds none."""
+    for candidate in name_variants(name):
+        size = await client.input_size(candidate)
+        if size is None:
+            return None  # ComfyUI names an upload by the first name free (or holding the same bytes)
+        if size == size_bytes or (size_bytes is None and size != 0):
+            return candidate
+    return None
+
+
+def _uploaded_name(answer: dict[str, Any], client: ComfyClient) -> str:
+    """The name ComfyUI stored an upload under: ours, or a variant when a file of other bytes
+    already held ours (one cut short, or still being written by another upload)."""
+    name = answer.get("name")
+    if (not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", "..")
+            or answer.get("subfolder") not in (None, "")):
+        raise BackendProtocolError(f"{client.name}: an upload answered {answer!r}", backend=client.name)
+    return name

@@ -207,10 +207,13 @@ class ComfyRoutes:
         os.makedirs(folder, exist_ok=True)
         data = image.file.read()
         name = os.path.basename(image.filename)
-        if str(post.get("overwrite", "")).lower() not in ("true", "1"):
+        overwrite = str(post.get("overwrite", "")).lower() in ("true", "1")
+        if not overwrite:
             name = _dedupe_name(folder, name, data)
-        with open(os.path.join(folder, name), "wb") as fh:
-            fh.write(data)
+        target = os.path.join(folder, name)
+        if overwrite or not os.path.exists(target):  # ComfyUI leaves an identical file be
+            with open(target, "wb") as fh:
+                fh.write(data)
         return web.json_response({"name": name, "subfolder": subfolder, "type": kind})
 
     async def get_system_stats(self, request: web.Request) -> web.Response:
@@ -311,9 +314,13 @@ def _dedupe_name(folder: str, name: str, data: bytes) -> str:
     stem, ext = os.path.splitext(name)
     candidate, index = name, 1
     while os.path.exists(os.path.join(folder, candidate)):
-        with open(os.path.join(folder, candidate), "rb") as fh:
-            if fh.read() == data:
-                return candidate
+        if _holds(os.path.join(folder, candidate), data):
+            return candidate
         candidate = f"{stem} ({index}){ext}"
         index += 1
     return candidate
+
+
+def _holds(path: str, data: bytes) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read() == data
