@@ -19,6 +19,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich import box
 from rich.measure import Measurement
 from rich.table import Column, Table
+from rich.text import Text
 
 from .config import check_http_url
 from .errors import ComfyFleetError
@@ -66,20 +67,25 @@ def segment(value: str) -> str:
 NOT_COMFYFLEET = "is --server the URL of a comfyfleet server?"
 
 
+def say(text: str, **options: Any) -> None:
+    """Print ``text`` as it is: square brackets and ``:name:`` in what a server or a user wrote
+    (a backend name, a tag, an error message, a path) are no console markup or emoji."""
+    console.print(text, markup=False, emoji=False, **options)
+
+
 def print_listing(headers: tuple[str, ...], rows: list[list[str]], *, keys: int = 1) -> None:
     """A table when it fits the terminal; else, so that nothing is cut, one block a row: its
     ``keys`` first columns (ids, names, URLs: what a user copies) on a line, then the rest."""
     table = Table(*(Column(h, no_wrap=True) for h in headers), box=box.SIMPLE_HEAD,
                   collapse_padding=True, show_edge=False)
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(Text(cell) for cell in row))  # as the server wrote it: no markup, no emoji
     if Measurement.get(console, console.options.update(width=100_000), table).maximum <= console.width:
         console.print(table)
         return
     for row in rows:
-        console.print("  ".join(row[:keys]), highlight=False, soft_wrap=True)
-        console.print("  " + "  ".join(f"{h}={v}" for h, v in zip(headers[keys:], row[keys:])),
-                      highlight=False)
+        say("  ".join(row[:keys]), highlight=False, soft_wrap=True)
+        say("  " + "  ".join(f"{h}={v}" for h, v in zip(headers[keys:], row[keys:])), highlight=False)
 
 
 def moment(iso: object, *, today: datetime | None = None) -> str:
@@ -154,14 +160,14 @@ async def submit_workflow(path: Path, *, server: str, wait: bool, metadata: list
             workflow[node_id]["inputs"][name] = await upload_input(client, file)
         job = job_from(await _call(client, "POST", "/api/v2/jobs", json={"workflow": workflow, "metadata": meta}),
                        "POST /api/v2/jobs")
-        console.print(f"job {job['id']} {job['status']}")
+        say(f"job {job['id']} {job['status']}")
         if not wait:
             return
         job = await follow(client, job)
         report(job)
         if job["status"] == "succeeded":
             for path_ in await download_outputs(client, job, out):
-                console.print(f"  output: {path_}")
+                say(f"  output: {path_}")
         else:
             raise ComfyFleetError(f"job {job['id']} ended {job['status']}")
 
@@ -190,7 +196,7 @@ async def upload_input(client: httpx.AsyncClient, file: Path) -> dict[str, Any]:
                         data={"file_path": file.name})
     if not isinstance(asset.get("id"), str):
         raise ComfyFleetError(f"POST /api/v2/assets answered without an asset id; {NOT_COMFYFLEET}")
-    console.print(f"uploaded {file} as asset {asset['id']}")
+    say(f"uploaded {file} as asset {asset['id']}")
     return {"__type": "core/ASSET", "info": {"id": asset["id"]}}
 
 
@@ -210,8 +216,9 @@ async def follow_all(client: httpx.AsyncClient, job_ids: list[str]) -> list[dict
     A stream that ends before its job did (the server restarting or shutting down, its Redis
     away) is opened again; a server that stays away for ``FOLLOW_AWAY_S`` ends the following
     with a plain error (the job itself goes on)."""
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
-                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console) as bars:
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(),
+                  TextColumn("{task.percentage:>5.1f}%"), TextColumn("{task.fields[status]}", markup=False),
+                  TimeElapsedColumn(), console=console) as bars:
         async def one(job_id: str) -> dict[str, Any]:
             task = bars.add_task(f"job {job_id[:8]}", total=1.0, status="queued")
             away = _Away(job_id)
@@ -322,7 +329,7 @@ def report(job: dict[str, Any]) -> None:
     error = job.get("error")
     if isinstance(error, dict):
         line += f": {error.get('code')}: {error.get('message')}"
-    console.print(line)
+    say(line)
 
 
 async def list_jobs(*, server: str, status: str | None, limit: int, as_json: bool = False) -> None:
@@ -357,7 +364,7 @@ async def cancel_job(job_id: str, *, server: str) -> None:
     async with _client(server) as client:
         before = await _call(client, "GET", f"/api/v2/jobs/{segment(job_id)}")
         if job_from(before, "GET /api/v2/jobs/{id}")["status"] in TERMINAL:
-            console.print(f"job {before['id']} had already ended ({before['status']}): nothing to cancel")
+            say(f"job {before['id']} had already ended ({before['status']}): nothing to cancel")
             return
         job = await _call(client, "POST", f"/api/v2/jobs/{segment(job_id)}/cancel")
     report(job_from(job, "POST /api/v2/jobs/{id}/cancel"))

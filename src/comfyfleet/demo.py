@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from .client_cli import console, follow_all
+from .client_cli import follow_all, say
 from .config import Settings
 from .errors import ComfyFleetError
 from .launch import (
@@ -80,13 +80,12 @@ async def _run(*, once: bool, port: int, data_dir: Path, redis_url: str) -> None
             worker = build_worker(services, settings)
             await worker.start()
             try:
-                console.print(f"comfyfleet demo: API on {base}, ComfyUI simulators {sim_a.url} {sim_b.url}",
-                              soft_wrap=True)
+                say(f"comfyfleet demo: API on {base}, ComfyUI simulators {sim_a.url} {sim_b.url}", soft_wrap=True)
                 jobs = await _submit_samples(base)
                 await _show_progress(base, jobs)
                 await _print_outputs(base, jobs, services)
                 if not once:
-                    console.print(f"API running on {base}, dashboard at {base}/dashboard (Ctrl-C to stop)")
+                    say(f"API running on {base}, dashboard at {base}/dashboard (Ctrl-C to stop)")
                     await until_signalled()
             finally:
                 await worker.stop()
@@ -110,7 +109,7 @@ async def _upload_source(client: httpx.AsyncClient) -> dict[str, Any]:
     if response.status_code not in (200, 201):
         raise ComfyFleetError(f"demo upload failed: HTTP {response.status_code} {response.text[:200]}")
     asset = response.json()
-    console.print(f"uploaded portrait.png as input asset {asset['id']} ({asset['hash'][:20]}…)", soft_wrap=True)
+    say(f"uploaded portrait.png as input asset {asset['id']} ({asset['hash'][:20]}…)", soft_wrap=True)
     return {"__type": "core/ASSET", "info": {"id": asset["id"]}}
 
 
@@ -139,11 +138,10 @@ async def _print_outputs(base: str, jobs: list[str], services) -> None:  # type:
     async with httpx.AsyncClient(base_url=base, timeout=10.0) as client:
         for job_id in jobs:
             job = (await client.get(f"/api/v2/jobs/{job_id}")).json()
-            console.print(f"job {job_id} {job['status']} on {job.get('backend') or '-'}", soft_wrap=True)
+            say(f"job {job_id} {job['status']} on {job.get('backend') or '-'}", soft_wrap=True)
             if job["status"] != "succeeded":
                 raise ComfyFleetError(f"demo job {job_id} ended {job['status']}: {job.get('error')}")
             blob_of = {o.id: o.hash for o in (await services.store.get(job_id)).outputs}  # where it lies
             for output in job["outputs"]:
-                console.print(f"  {output['name']} ({output['size_bytes']} bytes) stored at "
-                              f"{services.blobs.path(blob_of[output['id']])}\n    download: {output['url']}",
-                              soft_wrap=True)
+                say(f"  {output['name']} ({output['size_bytes']} bytes) stored at "
+                    f"{services.blobs.path(blob_of[output['id']])}\n    download: {output['url']}", soft_wrap=True)
