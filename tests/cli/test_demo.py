@@ -9,6 +9,8 @@ from pathlib import Path
 
 
 def test_demo_once_runs_the_samples_and_leaves_their_outputs_on_disk(tmp_path):
+    tmp_path = tmp_path / "[my demo]"  # in a path: brackets are no console markup nor a glob, a space splits nothing
+    tmp_path.mkdir()
     result = subprocess.run([sys.executable, "-m", "comfyfleet", "demo", "--once"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
                             env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
@@ -16,7 +18,7 @@ def test_demo_once_runs_the_samples_and_leaves_their_outputs_on_disk(tmp_path):
     assert len(re.findall(r"^job \S+ succeeded on gpu-[ab]$", result.stdout, re.M)) == 3, result.stdout
     assert re.search(r"^uploaded portrait.png as input asset \S+ \(blake3:", result.stdout, re.M), \
         "the edit sample starts from an uploaded input (staged on its backend, or the job would fail)"
-    stored = re.findall(r"stored at (\S+)", result.stdout)
+    stored = re.findall(r"stored at (.+)$", result.stdout, re.M)
     assert len(stored) == 3
     for path in stored:
         data = Path(path).read_bytes()

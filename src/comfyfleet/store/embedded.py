@@ -38,6 +38,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -238,7 +239,7 @@ class EmbeddedValkey:
         log_path = self.dir / "valkey.log"
         with open(log_path, "ab") as log:
             offset = log.tell()
-            process = subprocess.Popen([binary, str(config)], stdin=subprocess.DEVNULL, stdout=log,
+            process = subprocess.Popen([binary, _literal_path(config)], stdin=subprocess.DEVNULL, stdout=log,
                                        stderr=subprocess.STDOUT, cwd=self.dir, start_new_session=True)
         deadline = time.monotonic() + self._startup_timeout_s
         while True:
@@ -312,11 +313,24 @@ def _binary() -> str:
                           f"or set a Redis URL") from exc
 
 
+def _literal_path(path: Path) -> str:
+    """``path`` as valkey-server reads its config path: as a glob pattern when it holds ``* ? [``
+    (a data dir such as ``./[demo]`` matched nothing, and the server ran unconfigured on port
+    6379), so those are escaped."""
+    text = str(path)
+    return re.sub(r"([\\*?\[\]])", r"\\\1", text) if any(c in text for c in "*?[") else text
+
+
 def _config_text(*, port: int, data_dir: Path, appendfsync: str, password: str) -> str:
     settings = {"bind": HOST, "port": str(port), "protected-mode": "yes", "daemonize": "no",
-                "dir": str(data_dir), "pidfile": str(data_dir / "valkey.pid"), "logfile": '""',
+                "dir": _quoted(str(data_dir)), "pidfile": _quoted(str(data_dir / "valkey.pid")), "logfile": '""',
                 "save": '""', "appendonly": "yes", "appendfsync": appendfsync, "requirepass": password}
     return "".join(f"{name} {value}\n" for name, value in settings.items())
+
+
+def _quoted(text: str) -> str:
+    """``text`` as one value of a config line (a data dir with a space in it was several)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
 def _free_port() -> int:
