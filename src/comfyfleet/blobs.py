@@ -26,6 +26,7 @@ from .errors import ComfyFleetError
 ALGORITHM = "sha256"
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 TYPE_SUFFIX = ".type"
+TRASH_PREFIX = ".removing-"  # a blob being removed, renamed aside (dot files are no blobs)
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 
 
@@ -116,14 +117,25 @@ class LocalBlobStore:
             return False
         return await asyncio.to_thread(self._remove, self._path(digest))
 
+    async def delete_if_stale(self, digest: str, older_than: float) -> bool:
+        """Remove the blob unless it was written or stored again since ``older_than`` (a time):
+        ``True`` if removed. Safe against a writer of the same bytes at any moment (see
+        ``_remove_if_stale``)."""
+        if parse_digest(digest) is None:
+            return False
+        return await asyncio.to_thread(self._remove_if_stale, self._path(digest), older_than)
+
     def writer(self) -> BlobWriter:
         """A blob written piece by piece (an upload), named when committed."""
         return BlobWriter(self)
 
     def drop_stale_incoming(self, older_than: float) -> int:
-        """Remove uploads a killed process left half-written (blocking); how many."""
+        """Remove uploads a killed process left half-written, and blobs it left renamed aside
+        while removing them (blocking); how many."""
         dropped = 0
-        for path in (self._root / ".incoming").glob(".tmp-*"):
+        leftovers = (*(self._root / ".incoming").glob(".tmp-*"),
+                     *(self._root / ALGORITHM).glob(f"*/{TRASH_PREFIX}*"))  # a removal cut short
+        for path in leftovers:
             try:
                 if path.stat().st_mtime < older_than:
                     path.unlink()
@@ -197,6 +209,33 @@ class LocalBlobStore:
             return path.with_name(path.name + TYPE_SUFFIX).read_text().strip() or DEFAULT_CONTENT_TYPE
         except FileNotFoundError:
             return DEFAULT_CONTENT_TYPE
+
+    @staticmethod
+    def _remove_if_stale(path: Path, older_than: float) -> bool:
+        """A writer of bytes already stored refreshes the blob's time and counts it stored (else
+        writes it): the blob is first renamed aside (a writer coming after that writes it
+        anew), then its time is looked at again, and a blob a writer refreshed meanwhile is put
+        back rather than lost."""
+        aside = path.with_name(TRASH_PREFIX + path.name)
+        try:
+            os.replace(path, aside)
+        except FileNotFoundError:
+            return False
+        try:
+            fresh = aside.stat().st_mtime >= older_than
+        except FileNotFoundError:
+            return False  # another pass removed it
+        if fresh:  # stored again since the pass looked: keep it
+            try:
+                os.link(aside, path)
+            except FileExistsError:
+                pass  # a writer wrote it anew meanwhile: the same bytes
+            aside.unlink()
+            return False
+        aside.unlink()
+        if not path.exists():  # else written anew meanwhile, with its type
+            path.with_name(path.name + TYPE_SUFFIX).unlink(missing_ok=True)
+        return True
 
     @staticmethod
     def _remove(path: Path) -> bool:

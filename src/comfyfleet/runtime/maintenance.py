@@ -113,7 +113,8 @@ class Maintenance:
         referenced = await self._referenced_blobs(exclude=set(report.jobs_deleted))
         referenced |= await UploadStore(self._redis, self._keys).held(now, forget_expired=not dry_run)
         for digest, size in await asyncio.to_thread(self._unreferenced, referenced, now):
-            if dry_run or await self._blobs.delete(digest):
+            # not stored again since it was looked at (an upload or output of the same bytes)
+            if dry_run or await self._blobs.delete_if_stale(digest, now - self._settings.blob_grace_s):
                 report.blobs_deleted.append(digest)
                 report.bytes_freed += size
         if not dry_run:
