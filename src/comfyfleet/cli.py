@@ -211,7 +211,8 @@ def cancel(job_id: str, server: str = typer.Option("http://127.0.0.1:8787", "--s
 @app.command()
 def backends(server: str = typer.Option("http://127.0.0.1:8787", "--server", envvar="COMFYFLEET_SERVER"),
              add: Optional[list[str]] = typer.Option(None, "--add", help="URL or name=URL to add, repeatable"),
-             capacity: int = typer.Option(1, min=1, max=1000, help="capacity of backends added by --add"),
+             capacity: Optional[int] = typer.Option(None, min=1, max=1000,
+                                                    help="capacity of backends added by --add (default 1)"),
              tag: Optional[list[str]] = typer.Option(None, "--tag", help="tag of backends added by --add"),
              drain: Optional[list[str]] = typer.Option(None, "--drain", help="finish current work, take no new"),
              disable: Optional[list[str]] = typer.Option(None, "--disable", help="take no work"),
@@ -221,7 +222,10 @@ def backends(server: str = typer.Option("http://127.0.0.1:8787", "--server", env
     """List the fleet's backends with state, load and breaker; add, drain, disable or remove some."""
     from .backends_cli import manage_backends
 
-    run(lambda: manage_backends(server=server, add=add or [], capacity=capacity, tags=tag or [],
+    if not add and (capacity is not None or tag):  # they would change nothing
+        raise typer.BadParameter("--capacity and --tag set what --add adds; give --add URL "
+                                 "(or name=URL) with them", param_hint="'--capacity' / '--tag'")
+    run(lambda: manage_backends(server=server, add=add or [], capacity=capacity or 1, tags=tag or [],
                                 drain=drain or [], disable=disable or [], enable=enable or [],
                                 remove=remove or [], as_json=as_json))
 
