@@ -106,6 +106,18 @@ class LocalBlobStore:
             return False
         return await asyncio.to_thread(self._path(digest).is_file)
 
+    async def refresh(self, digest: str) -> bool:
+        """The blob is wanted now (a hold was just written for it): cleanup's grace starts over,
+        and a pass that was about to delete it keeps it. ``False`` when it is not there (gone
+        before the hold counted)."""
+        if parse_digest(digest) is None:
+            return False
+        try:
+            await asyncio.to_thread(os.utime, self._path(digest))
+        except FileNotFoundError:
+            return False
+        return True
+
     async def content_type(self, digest: str) -> str:
         """The content type given to ``put``; ``BlobNotFound`` when the blob is absent."""
         path = self._path_or_missing(digest)

@@ -56,6 +56,13 @@ def as_sent(workflow: dict[str, Any]) -> dict[str, Any]:
 
 
 async def hold_inputs(ctx: ApiContext, digests: list[str], deadline_at: float | None) -> None:
+    """Hold the job's input blobs until past its deadline. A blob housekeeping removed between
+    the look in ``resolve_inputs`` and the hold is a 422 ``missing_asset``; one it was about to
+    remove is kept (refreshed after the hold is written)."""
     if digests and ctx.services.uploads is not None:
         until = (deadline_at or ctx.services.clock()) + HOLD_PAST_DEADLINE_S
         await ctx.services.uploads.hold(digests, until)
+        for digest in digests:
+            if not await ctx.services.blobs.refresh(digest):
+                raise ValidationFailed("an input asset's bytes were removed meanwhile; upload it again",
+                                       code="missing_asset", details={"blob": digest})

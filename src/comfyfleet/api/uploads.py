@@ -122,6 +122,9 @@ async def upload_from_hash(request: Request, ctx: ApiContext = Depends(get_conte
                     file_path=file_path, created_at=now,
                     expires_at=now + _expires_in(body.get("expires_in"), ctx), tags=_tags(body.get("tags")))
     await uploads.save(upload)
+    if not await ctx.services.blobs.refresh(digest):  # removed by housekeeping since the look
+        await uploads.delete(upload.id)
+        raise ValidationFailed(f"no content with hash {body['hash']}", code="blob_not_found", status_code=404)
     return ctx.renderer.upload(upload)
 
 
