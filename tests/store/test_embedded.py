@@ -176,3 +176,35 @@ def test_what_is_printed_of_a_redis_url_hides_its_password():
     assert without_password("redis://:s3cret@127.0.0.1:16379") == "redis://:***@127.0.0.1:16379"
     assert without_password("rediss://app:s3cret@cache:6380/2") == "rediss://app:***@cache:6380/2"
     assert without_password("redis://cache:6379/0") == "redis://cache:6379/0"
+
+
+def test_a_server_still_loading_a_large_data_set_is_waited_for_not_killed(tmp_path, monkeypatch):
+    """A large append-only file takes a while to load, and the server answers LOADING
+    meanwhile: that is a server starting, waited for as long as it loads, not one that failed to
+    answer (killed at the startup timeout, it never came up with a large data set at all)."""
+    from comfyfleet.store import embedded
+
+    valkey = EmbeddedValkey(tmp_path)
+    redis = client(valkey.start())
+    try:
+        with redis.pipeline(transaction=False) as pipe:
+            for i in range(3000):
+                pipe.set(f"job:{i}", "x" * 100)
+            pipe.execute()
+        redis.bgrewriteaof()  # the keys in an RDB base file, which loads key by key
+        while redis.info("persistence")["aof_rewrite_in_progress"]:
+            pass
+    finally:
+        redis.close()
+        valkey.stop()
+
+    plain = embedded._config_text
+    monkeypatch.setattr(embedded, "_config_text", lambda **kw: plain(**kw) + (
+        "key-load-delay 500\nloading-process-events-interval-bytes 1024\n"))  # ~1.5 s of loading
+    slow = EmbeddedValkey(tmp_path, startup_timeout_s=0.5)
+    redis = client(slow.start())
+    try:
+        assert redis.dbsize() == 3000
+    finally:
+        redis.close()
+        slow.stop()

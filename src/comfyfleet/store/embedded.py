@@ -226,7 +226,8 @@ class EmbeddedValkey:
         return self.url
 
     def _launch(self, binary: str, port: int, password: str) -> subprocess.Popen[bytes]:
-        """Run the server and wait until it answers PING with ``password``. It runs in a session
+        """Run the server and wait until it answers PING with ``password`` (for as long as it
+        answers LOADING: a large data set takes a while to read). It runs in a session
         of its own: a Ctrl-C to the terminal of ``serve`` reaches serve's whole process group,
         and the server must stay up until serve's workers have handed their jobs back (serve
         stops it last). It is nobody's child to clean up either, so it outlives a killed parent."""
@@ -251,10 +252,13 @@ class EmbeddedValkey:
                 raise ConfigError(f"cannot start the embedded Valkey in {self.dir}: it exited with code "
                                   f"{process.returncode}: {last[0]} (see {log_path})")
             try:
-                if _ask(port, ["PING"], password).startswith(b"+PONG"):
-                    return process
+                reply = _ask(port, ["PING"], password)
             except OSError:
-                pass
+                reply = b""
+            if reply.startswith(b"+PONG"):
+                return process
+            if reply.startswith(b"-LOADING"):  # reading a large data set: starting, however long
+                deadline = time.monotonic() + self._startup_timeout_s
             if time.monotonic() > deadline:
                 process.kill()
                 process.wait()
