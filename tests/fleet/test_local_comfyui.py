@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 
 import httpx
@@ -175,6 +176,25 @@ async def test_a_second_serve_on_the_same_data_dir_is_refused_and_stops_nothing(
         await first.stop()
     after = LocalComfyUI(spec, fleet, run_dir=tmp_path, settings=FAST)
     await after.start()  # the lock went with the first one
+    try:
+        await answers(spec.port)
+    finally:
+        await after.stop()
+
+
+async def test_a_port_another_program_listens_on_is_a_plain_error(fleet, tmp_path):
+    """Started anyway, the server could not listen, and the backend's address (where the fleet
+    sends its prompts) was that other program's."""
+    spec = await registered(fleet)
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", spec.port))
+        other.listen()
+        local = LocalComfyUI(spec, fleet, run_dir=tmp_path, settings=FAST)
+        with pytest.raises(ComfyFleetError, match=rf"port {spec.port} of 127.0.0.1 is already in use"):
+            await local.start()
+        assert local.process is None, "nothing was started"
+    after = LocalComfyUI(spec, fleet, run_dir=tmp_path, settings=FAST)
+    await after.start()  # the port is free again: it starts, the failed start held nothing
     try:
         await answers(spec.port)
     finally:

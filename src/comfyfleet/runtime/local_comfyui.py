@@ -4,6 +4,8 @@ Each ``[[local]]`` entry of the backends file (``fleetfile.LocalSpec``) is a com
 in it is replaced) that starts one ComfyUI listening on 127.0.0.1:port; the entry is also a
 backend of the fleet at that address. The supervisor:
 
+- refuses to start when another program already listens on its port (the fleet would send
+  that program the backend's prompts);
 - starts it, its output appended to ``<data-dir>/local/<name>.log`` and its pid in
   ``<name>.pid``;
 - restarts it when it exits or is killed, with exponential backoff, and gives up past the restart
@@ -40,6 +42,7 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,6 +53,7 @@ from ..domain.policy import RestartIntensity
 from ..errors import ComfyFleetError
 
 log = logging.getLogger(__name__)
+HOST = "127.0.0.1"  # where every local server listens
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +66,7 @@ class LocalSpec:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{HOST}:{self.port}"
 
     def argv(self) -> list[str]:
         return [part.replace("{port}", str(self.port)) for part in self.command]
@@ -86,6 +90,17 @@ def resident_mb(pid: int) -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def port_taken(port: int) -> bool:
+    """Whether a program listens on ``HOST:port`` (a closed connection's leftovers do not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((HOST, port))
+        except OSError:
+            return True
+    return False
 
 
 def group_alive(pgid: int) -> bool:
@@ -154,6 +169,10 @@ class LocalComfyUI:
                         self.spec.name)
             await self._set_state("active")
             self._recycle_mark.unlink(missing_ok=True)
+        if port_taken(self.spec.port):  # else the fleet would send this backend's prompts there
+            raise ComfyFleetError(
+                f"cannot start local ComfyUI {self.spec.name}: port {self.spec.port} of {HOST} is "
+                f"already in use by another program; stop it, or give the entry another port")
         await self._spawn()
 
     async def stop(self) -> None:
