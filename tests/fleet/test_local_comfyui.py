@@ -16,7 +16,7 @@ import pytest
 from comfyfleet.domain.policy import RestartIntensity
 from comfyfleet.errors import ComfyFleetError
 from comfyfleet.fleetfile import parse_fleet
-from comfyfleet.runtime.local_comfyui import LocalComfyUI, LocalSettings, LocalSpec, resident_mb
+from comfyfleet.runtime.local_comfyui import LocalComfyUI, LocalSettings, LocalSpec, group_alive, resident_mb
 from comfyfleet.store.fleet import FleetStore
 
 from helpers.fleet import free_port
@@ -91,6 +91,53 @@ async def test_a_server_that_keeps_dying_is_given_up(fleet, tmp_path):
             return local.given_up
         await until(given_up)
         assert local.restarts == 2, "two restarts allowed, the third exit ends it"
+    finally:
+        await local.stop()
+
+
+async def test_a_command_that_cannot_be_started_again_is_given_up_not_left_unsupervised(fleet, tmp_path):
+    """The command of a server that exited is gone (a reinstall, a deleted script): each start
+    that fails counts as an exit, and past the restart intensity the entry is given up, as one
+    that keeps dying (supervision used to end there, silently, and never gave up)."""
+    script = tmp_path / "comfyui.sh"
+    script.write_text("#!/bin/sh\nsleep 0.5\nexit 3\n")
+    script.chmod(0o755)
+    spec = LocalSpec(name="vanishing", port=free_port(), command=(str(script),))
+    local = LocalComfyUI(spec, fleet, run_dir=tmp_path / "run", settings=FAST,
+                         intensity=RestartIntensity(max_restarts=2, window_s=60.0))
+    await local.start()
+    script.unlink()
+    try:
+        async def given_up() -> bool:
+            return local.given_up
+        await until(given_up)
+        assert local.restarts == 0
+    finally:
+        await local.stop()
+
+
+async def test_what_an_exited_command_left_running_is_stopped_before_it_starts_again(fleet, tmp_path):
+    """A launcher that exits while its ComfyUI runs on: that server is stopped with the
+    launcher's group before the command starts again (left, it held the port, and each new
+    server failed to listen)."""
+    port = free_port()
+    launcher = f"{sys.executable} -m comfyfleet.sim --port {{port}} --name launched & sleep 1; exit 1"
+    spec = LocalSpec(name="launched", port=port, command=("sh", "-c", launcher))
+    local = LocalComfyUI(spec, fleet, run_dir=tmp_path, settings=FAST,
+                         intensity=RestartIntensity(max_restarts=100, window_s=60.0))
+    await local.start()
+    try:
+        first = local.process.pid
+        await answers(port)
+
+        async def first_group_gone() -> bool:
+            return not group_alive(first)
+        await until(first_group_gone)
+
+        async def started_again() -> bool:
+            return local.restarts >= 1
+        await until(started_again)
+        await answers(port)  # the server of the new launcher has the port
     finally:
         await local.stop()
 

@@ -8,7 +8,9 @@ backend of the fleet at that address. The supervisor:
   that program the backend's prompts);
 - starts it, its output appended to ``<data-dir>/local/<name>.log`` and its pid in
   ``<name>.pid``;
-- restarts it when it exits or is killed, with exponential backoff, and gives up past the restart
+- restarts it when it exits or is killed (first stopping what the command started that runs on,
+  such as a launcher's ComfyUI; a start that fails counts as an exit), with exponential backoff,
+  and gives up past the restart
   intensity (more than 5 restarts in 60 s: logged as an error; the backend then reads ``down``
   and its work goes elsewhere);
 - recycles it when its resident memory grows past ``max_rss_mb`` (ComfyUI keeps models and
@@ -227,13 +229,18 @@ class LocalComfyUI:
             if self._stopping:
                 return
             log.warning("local ComfyUI %s exited with code %s", self.spec.name, self.process.returncode)
+            await self._terminate()  # what it started may live on (a launcher's ComfyUI, on the port)
             if not self._intensity.record(self._clock()):
                 self.given_up = True
                 log.error("local ComfyUI %s: more than %d restarts in %.0f s; not restarting it",
                           self.spec.name, self._intensity.max_restarts, self._intensity.window_s)
                 return
             await asyncio.sleep(self._intensity.backoff_s(base_s=self._settings.backoff_base_s))
-            await self._spawn()
+            try:
+                await self._spawn()
+            except ComfyFleetError as exc:  # its command gone, say: a failed restart like an exit
+                log.error("%s", exc)
+                continue
             self.restarts += 1
 
     def _too_big(self) -> bool:
