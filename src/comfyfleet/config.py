@@ -16,6 +16,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import ConfigError
+from .store.connection import without_password
 from .store.fleet import BackendRecord
 
 
@@ -190,16 +191,6 @@ def _http_parts(url: object) -> SplitResult | None:
     return parts
 
 
-def without_password(url: str) -> str:
-    """``url`` with any password in it replaced by ``***``, for what is printed or logged."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = (parts.username or "")
-    return parts._replace(netloc=f"{user}:***@{netloc[-1]}").geturl()
-
-
 def check_http_url(url: str, *, what: str, example: str = "http://127.0.0.1:8188") -> None:
     """``http_url_problem`` as a ``ConfigError`` naming ``what``."""
     problem = http_url_problem(url, example=example)
@@ -220,7 +211,7 @@ def check_redis_url(url: str) -> None:
         db = parts.path.strip("/")
         ok = bool(parts.hostname) and (db == "" or db.isdigit())
     if not ok:
-        raise ConfigError(f"Redis URL {url!r} is not valid; use redis://host:6379/0")
+        raise ConfigError(f"Redis URL {without_password(url)!r} is not valid; use redis://host:6379/0")
 
 
 KEY_PREFIX = re.compile(r"[A-Za-z0-9_.:{}-]{1,64}")

@@ -28,7 +28,7 @@ from .api.context import ApiContext
 from .api.node_classes import check_node_classes
 from .apikeys import KeyRing
 from .comfy.tracker import TrackerSettings
-from .config import Settings, check_data_dir, check_redis_url, without_password
+from .config import Settings, check_data_dir, check_redis_url
 from .domain.job import Job
 from .domain.policy import CircuitBreaker, RestartIntensity
 from .domain.spec import policy_for
@@ -46,7 +46,7 @@ from .runtime.supervisor import WorkerSupervisor
 from .runtime.worker import Worker, WorkerSettings
 from .services import ServiceConfig, Services, open_services
 from .store.claims import Claims
-from .store.connection import client_url, connect, translated, where
+from .store.connection import client_url, connect, translated, where, without_password
 from .store.embedded import EmbeddedValkey
 from .store.stats import TrackingStats
 

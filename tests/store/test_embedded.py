@@ -172,10 +172,17 @@ def test_each_server_has_a_password_of_its_own_and_a_stale_address_is_refused(tm
 
 
 def test_what_is_printed_of_a_redis_url_hides_its_password():
-    from comfyfleet.config import without_password
+    from comfyfleet.store.connection import without_password
     assert without_password("redis://:s3cret@127.0.0.1:16379") == "redis://:***@127.0.0.1:16379"
     assert without_password("rediss://app:s3cret@cache:6380/2") == "rediss://app:***@cache:6380/2"
     assert without_password("redis://cache:6379/0") == "redis://cache:6379/0"
+    # too malformed to parse, still without it
+    assert without_password("redis://:s3cret@cache:abc/0") == "redis://:***@cache:abc/0"
+    assert without_password("redis://app:s3c@ret@[::1/0") == "redis://app:***@[::1/0"
+    from comfyfleet.config import check_redis_url
+    with pytest.raises(ConfigError) as refused:
+        check_redis_url("redis://:s3cret@cache:abc/0")
+    assert "s3cret" not in str(refused.value) and "cache:abc" in str(refused.value)
 
 
 def test_a_server_still_loading_a_large_data_set_is_waited_for_not_killed(tmp_path, monkeypatch):

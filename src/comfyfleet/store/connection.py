@@ -25,9 +25,9 @@ outlive its job.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis import exceptions as rex
@@ -52,16 +52,18 @@ def client_url(url: str) -> str:
     return f"{SCHEMES[scheme.lower()]}{colon}{rest}" if colon and scheme.lower() in SCHEMES else url
 
 
-def shown(url: str) -> str:
-    """``url`` with its password replaced by ``***``, for messages."""
-    parts = urlsplit(url)
-    try:
-        if not parts.password:
-            return url
-    except ValueError:
+def without_password(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for what is printed or logged; read off
+    the text itself, so a URL too malformed to parse does not show its password either."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
         return url
-    user, _, address = parts.netloc.rpartition("@")
-    return parts._replace(netloc=f"{user.partition(':')[0]}:***@{address}").geturl()
+    authority = re.match(r"[^/?#]*", rest).group()  # type: ignore[union-attr]
+    credentials, at, address = authority.rpartition("@")
+    user, colon, _password = credentials.partition(":")
+    if not at or not colon:
+        return url
+    return f"{scheme}://{user}:***@{address}{rest[len(authority):]}"
 
 
 def connect(url: str, *, connect_timeout_s: float = CONNECT_TIMEOUT_S,
@@ -87,7 +89,7 @@ def connect(url: str, *, connect_timeout_s: float = CONNECT_TIMEOUT_S,
         bounded_sends(pool)
         return aioredis.Redis.from_pool(pool)
     except ValueError as exc:
-        raise StoreError(f"invalid Redis URL {shown(url)!r}: {exc}") from exc
+        raise StoreError(f"invalid Redis URL {without_password(url)!r}: {exc}") from exc
 
 
 class _BoundedSend:
