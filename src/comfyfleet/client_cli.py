@@ -300,7 +300,7 @@ async def download_outputs(client: httpx.AsyncClient, job: dict[str, Any], out: 
     if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("id"), str)
                                                 for o in outputs):
         raise ComfyFleetError(f"job {job['id']} lists its outputs in an unknown shape; {NOT_COMFYFLEET}")
-    paths = []
+    paths: list[Path] = []
     for output in outputs:
         try:
             response = await client.get(f"/api/v2/assets/{segment(output['id'])}/content")
@@ -309,13 +309,24 @@ async def download_outputs(client: httpx.AsyncClient, job: dict[str, Any], out: 
         if response.status_code != 200:
             raise ComfyFleetError(f"output {output['id']}: HTTP {response.status_code}")
         name = output.get("name") if isinstance(output.get("name"), str) else None
-        target = out / f"{_file_part(job['id'][:8])}-{_file_part(Path(name or output['id']).name)}"
+        target = _unused(out / f"{_file_part(job['id'][:8])}-{_file_part(Path(name or output['id']).name)}",
+                         taken=paths)
         try:
             target.write_bytes(response.content)
         except OSError as exc:
             raise ComfyFleetError(f"cannot write output {target}: {exc.strerror or exc}") from None
         paths.append(target)
     return paths
+
+
+def _unused(target: Path, *, taken: list[Path]) -> Path:
+    """``target``, or ``<stem>-2<suffix>``, ``-3``... when another output of the job was just
+    written there (two outputs of one name: ComfyUI's subfolders, several texts of one node)."""
+    candidate, number = target, 1
+    while candidate in taken:
+        number += 1
+        candidate = target.with_name(f"{target.stem}-{number}{target.suffix}")
+    return candidate
 
 
 def _file_part(text: str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import mimetypes
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -68,11 +69,16 @@ async def collect_outputs(client: ComfyClient, blobs: BlobStore, *, job_id: str,
     """Every output, in order. ``collected``: the outputs an earlier try got (not fetched again);
     it grows as files arrive, so a try that fails part way keeps what it got."""
     collected = [] if collected is None else collected
+    texts: Counter[str] = Counter()  # node id -> its texts so far: "9.txt", "9-2.txt", ...
     for index, (node_id, ref) in enumerate(output_files(outputs)):
+        if isinstance(ref, str):
+            texts[node_id] += 1
         if index < len(collected):
             continue
         if isinstance(ref, str):
-            data, content_type, name = ref.encode(), "text/plain; charset=utf-8", f"{node_id}.txt"
+            count = texts[node_id]
+            name = f"{node_id}.txt" if count == 1 else f"{node_id}-{count}.txt"
+            data, content_type = ref.encode(), "text/plain; charset=utf-8"
             digest, size = await blobs.put(data, content_type=content_type), len(data)
             content_hash = blake3(data).hexdigest()
         else:
