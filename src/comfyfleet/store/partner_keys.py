@@ -6,7 +6,9 @@ the job's deadline. A worker about to submit the prompt asks for it on ``Keys.pa
 and the holder answers on ``Keys.partner_reply_channel`` (``PartnerKeys.ask``). Pub/sub messages
 pass through Redis without being kept, nor written to its append-only file. So the key survives
 anything but the holder itself: if that process restarted, no one answers and the job fails with
-``partner_key_lost``, to be submitted again.
+``partner_key_lost``, to be submitted again. A request no one answers is made again for
+``ASK_PATIENCE_S``: the holder's subscription may be between two connections (a Redis restart,
+a network blip), and a job is not failed for that moment.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from .keys import Keys
 
 log = logging.getLogger(__name__)
 
-ASK_WAIT_S = 2.0  # how long a worker waits for the holder's answer
+ASK_WAIT_S = 2.0  # how long a worker waits for the holder's answer to one request
+ASK_PATIENCE_S = 8.0  # how long it asks again before the key counts as lost
+ASK_AGAIN_S = 0.5  # the pause between two requests no one answered
 ANSWER = "partner_key"
 
 
@@ -98,26 +102,32 @@ class PartnerKeyHolder:
 class PartnerKeys:
     """A worker's side: ask the holder of a job's partner key for it."""
 
-    def __init__(self, redis: Any, keys: Keys, *, wait_s: float = ASK_WAIT_S) -> None:
+    def __init__(self, redis: Any, keys: Keys, *, wait_s: float = ASK_WAIT_S,
+                 patience_s: float = ASK_PATIENCE_S) -> None:
         self._redis = redis
         self._keys = keys
         self._wait_s = wait_s
+        self.patience_s = patience_s
         self._replies = EventBus(redis, keys, channel=keys.partner_reply_channel)
 
     async def ask(self, job_id: str) -> str | None:
-        """The job's key, or None when no API process holds it any more."""
+        """The job's key, or None when no API process gave it within ``patience_s``."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self.patience_s
         async with self._replies.subscription(job_id) as replies:
-            with translated(self._redis, "a partner key request"):
-                listeners = await self._redis.publish(self._keys.partner_ask_channel,
-                                                      json.dumps({"job_id": job_id, "kind": "ask"}))
-            if not listeners:
-                return None
-            with suppress(TimeoutError):
-                async with asyncio.timeout(self._wait_s):
-                    async for reply in replies:
-                        if reply.get("kind") == ANSWER and isinstance(reply.get("key"), str):
-                            return reply["key"]
-        return None
+            while True:
+                with translated(self._redis, "a partner key request"):
+                    listeners = await self._redis.publish(self._keys.partner_ask_channel,
+                                                          json.dumps({"job_id": job_id, "kind": "ask"}))
+                if listeners:
+                    with suppress(TimeoutError):
+                        async with asyncio.timeout(min(self._wait_s, max(0.0, give_up_at - loop.time()))):
+                            async for reply in replies:
+                                if reply.get("kind") == ANSWER and isinstance(reply.get("key"), str):
+                                    return reply["key"]
+                if loop.time() + ASK_AGAIN_S >= give_up_at:
+                    return None
+                await asyncio.sleep(ASK_AGAIN_S)
 
     async def close(self) -> None:
         await self._replies.close()
