@@ -43,43 +43,43 @@ async def test_concurrent_acquires_never_exceed_capacity_and_spread_by_load(redi
     fleet = FleetStore(redis, keys)
     await fleet.seed([record("a", 2), record("b", 2), record("c", 2)])
     candidates = [("a", 2, 0), ("b", 2, 0), ("c", 2, 0)]
-    taken = await asyncio.gather(*(fleet.acquire(candidates, f"job-{i}") for i in range(50)))
+    taken = await asyncio.gather(*(fleet.leases.acquire(candidates, f"job-{i}") for i in range(50)))
     assert sorted(t for t in taken if t) == ["a", "a", "b", "b", "c", "c"]
-    assert await fleet.loads(["a", "b", "c"]) == {"a": 2, "b": 2, "c": 2}
-    assert await fleet.release("b", "job-x") is False
+    assert await fleet.leases.loads(["a", "b", "c"]) == {"a": 2, "b": 2, "c": 2}
+    assert await fleet.leases.release("b", "job-x") is False
     holder = next(f"job-{i}" for i, t in enumerate(taken) if t == "b")
-    assert await fleet.release("b", holder) is True
-    assert await fleet.acquire(candidates, "late") == "b"  # the least loaded is the only free one
+    assert await fleet.leases.release("b", holder) is True
+    assert await fleet.leases.acquire(candidates, "late") == "b"  # the least loaded is the only free one
 
 
 async def test_tiers_prefer_earlier_ones_and_least_loaded_inside_a_tier(redis, keys):
     fleet = FleetStore(redis, keys)
     await fleet.seed([record("a", 2), record("b", 2), record("c", 2)])
-    assert await fleet.acquire([("a", 2, 0)], "first") == "a"
-    assert await fleet.acquire([("a", 2, 0), ("b", 2, 0), ("c", 2, 1)], "second") == "b"
-    assert await fleet.acquire([("a", 2, 0), ("c", 2, 1)], "third") == "a"
-    assert await fleet.acquire([("a", 2, 0), ("c", 2, 1)], "fourth") == "c"  # tier 0 is full
-    assert await fleet.acquire([("b", 1, 0)], "probe") is None  # a half-open limit of 1
+    assert await fleet.leases.acquire([("a", 2, 0)], "first") == "a"
+    assert await fleet.leases.acquire([("a", 2, 0), ("b", 2, 0), ("c", 2, 1)], "second") == "b"
+    assert await fleet.leases.acquire([("a", 2, 0), ("c", 2, 1)], "third") == "a"
+    assert await fleet.leases.acquire([("a", 2, 0), ("c", 2, 1)], "fourth") == "c"  # tier 0 is full
+    assert await fleet.leases.acquire([("b", 1, 0)], "probe") is None  # a half-open limit of 1
 
 
 async def test_leases_of_a_dead_worker_expire_and_renewal_keeps_them(redis, keys):
     fleet = FleetStore(redis, keys, lease_ttl_s=10.0)
     await fleet.seed([record("a")])
-    assert await fleet.acquire([("a", 1, 0)], "dead", now=1000.0) == "a"
-    assert await fleet.acquire([("a", 1, 0)], "other", now=1009.0) is None
-    await fleet.renew([("a", "dead")], now=1009.0)
-    assert await fleet.acquire([("a", 1, 0)], "other", now=1015.0) is None
-    assert await fleet.acquire([("a", 1, 0)], "other", now=1019.5) == "a"  # expired: reclaimed
-    assert await fleet.holders("a", now=1019.5) == ["other"]
+    assert await fleet.leases.acquire([("a", 1, 0)], "dead", now=1000.0) == "a"
+    assert await fleet.leases.acquire([("a", 1, 0)], "other", now=1009.0) is None
+    await fleet.leases.renew([("a", "dead")], now=1009.0)
+    assert await fleet.leases.acquire([("a", 1, 0)], "other", now=1015.0) is None
+    assert await fleet.leases.acquire([("a", 1, 0)], "other", now=1019.5) == "a"  # expired: reclaimed
+    assert await fleet.leases.holders("a", now=1019.5) == ["other"]
 
 
 async def test_draining_and_removed_backends_give_no_slot_even_to_a_stale_candidate_list(redis, keys):
     fleet = FleetStore(redis, keys)
     await fleet.seed([record("a"), record("b")])
     await fleet.update("a", state="draining")
-    assert await fleet.acquire([("a", 1, 0)], "j1") is None
+    assert await fleet.leases.acquire([("a", 1, 0)], "j1") is None
     await fleet.remove("b")
-    assert await fleet.acquire([("b", 1, 0)], "j2") is None
+    assert await fleet.leases.acquire([("b", 1, 0)], "j2") is None
     seeded_again = FleetStore(redis, keys)
     await seeded_again.seed([record("a", capacity=3)])  # configuration refreshes, keeps the state
     assert (await fleet.get("a")).state == "draining" and (await fleet.get("a")).capacity == 3
@@ -238,9 +238,9 @@ async def test_a_slot_release_the_store_missed_lands_when_it_is_back(tmp_path, k
         await dispatcher.release("a", "first")  # missed: logged, kept to retry
         server = valkey()
         server.start(timeout=15.0)
-        assert await fleet.holders("a") == ["first"], "the lease outlived the restart"
+        assert await fleet.leases.holders("a") == ["first"], "the lease outlived the restart"
         async with asyncio.timeout(10):  # retried every half second; the lease alone: 300 s
-            while await fleet.holders("a"):
+            while await fleet.leases.holders("a"):
                 await asyncio.sleep(0.1)
         assert (await dispatcher.acquire(job("second"), wait_s=0)).backend.name == "a"
     finally:

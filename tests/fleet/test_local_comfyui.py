@@ -145,7 +145,7 @@ async def test_what_an_exited_command_left_running_is_stopped_before_it_starts_a
 async def test_a_bloated_server_is_drained_then_recycled(fleet, tmp_path):
     spec = await registered(fleet, max_rss_mb=1)  # any Python process is bigger: it must be recycled
     port = spec.port
-    assert await fleet.acquire([("local-gpu", 1, 0)], "job-running-there") == "local-gpu"
+    assert await fleet.leases.acquire([("local-gpu", 1, 0)], "job-running-there") == "local-gpu"
     local = LocalComfyUI(spec, fleet, run_dir=tmp_path, settings=FAST)
     await local.start()
     try:
@@ -158,7 +158,7 @@ async def test_a_bloated_server_is_drained_then_recycled(fleet, tmp_path):
         await asyncio.sleep(1.0)
         assert local.process.pid == first and local.process.returncode is None, \
             "not restarted while a prompt of ours runs there"
-        await fleet.release("local-gpu", "job-running-there")
+        await fleet.leases.release("local-gpu", "job-running-there")
 
         async def recycled() -> bool:
             return local.recycles >= 1 and (await fleet.get("local-gpu")).state == "active"
@@ -266,7 +266,7 @@ async def test_a_pid_file_naming_another_program_is_left_alone(fleet, tmp_path):
 async def test_a_recycle_cut_short_by_the_death_of_serve_is_finished_by_the_next(fleet, tmp_path):
     spec = await registered(fleet, max_rss_mb=1)
     port = spec.port
-    assert await fleet.acquire([("local-gpu", 1, 0)], "job-running-there") == "local-gpu"
+    assert await fleet.leases.acquire([("local-gpu", 1, 0)], "job-running-there") == "local-gpu"
     dying = LocalComfyUI(spec, fleet, run_dir=tmp_path, settings=FAST)
     await dying.start()
 
@@ -274,7 +274,7 @@ async def test_a_recycle_cut_short_by_the_death_of_serve_is_finished_by_the_next
         return (await fleet.get("local-gpu")).state == "draining"
     await until(draining)
     await abandon(dying)  # died waiting for the running prompt
-    await fleet.release("local-gpu", "job-running-there")
+    await fleet.leases.release("local-gpu", "job-running-there")
     assert (tmp_path / "local-gpu.recycling").exists()
 
     local = LocalComfyUI(sim_spec(port), fleet, run_dir=tmp_path, settings=FAST)

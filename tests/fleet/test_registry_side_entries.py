@@ -37,7 +37,7 @@ async def side_entries(redis, keys, name: str) -> dict[str, str | None]:  # type
 async def learn_about(fleet: FleetStore, redis, keys, name: str) -> None:  # type: ignore[no-untyped-def]
     """Health, a failure on its breaker, warm models, a rest and a node catalog for ``name``."""
     await fleet.set_health(name, BackendHealth(state="healthy", checked_at=1.0), publish=False)
-    await fleet.update_breaker(f"backend:{name}", lambda s: CircuitBreaker().record_failure(s, time.time()))
+    await fleet.breakers.update(f"backend:{name}", lambda s: CircuitBreaker().record_failure(s, time.time()))
     await fleet.set_warm(name, MODELS)
     await fleet.rest(name, time.time() + 60.0)
     await redis.hset(keys.fleet_nodes, name, json.dumps({"digest": "d", "read_at": 1.0, "count": 3}))
@@ -87,7 +87,7 @@ async def test_outcomes_on_a_backend_no_longer_registered_feed_no_breaker(redis,
     await memory.record_backend("gone", ok=False)
     await memory.record("here", None, FailureClass.TRANSIENT)
     assert await redis.hkeys(keys.fleet_breakers) == ["backend:here"]
-    assert await fleet.update_breaker("backend:gone", lambda s: s, registered="gone") is None
+    assert await fleet.breakers.update("backend:gone", lambda s: s, registered="gone") is None
     # removed after this process's snapshot was read (it still lists it): the registry decides
     snapshot[0] = await fleet.snapshot()
     await fleet.remove("here")

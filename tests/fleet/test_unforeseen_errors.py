@@ -25,6 +25,6 @@ async def test_a_job_that_keeps_raising_the_unforeseen_fails_and_frees_its_slot(
         assert job["error"]["code"] == "internal_error", job["error"]
         assert "ValueError: an output unlike any expected (5 times in a row" in job["error"]["message"]
         assert len(fleet.sims[0].records) == 1  # collected again each time, never run again
-        assert await fleet.services.dispatcher.fleet.holders("sim-0") == []
+        assert await fleet.services.dispatcher.fleet.leases.holders("sim-0") == []
         fine = await fleet.wait((await fleet.submit(image_workflow(2, seed=29)))["id"])
         assert fine["status"] == "succeeded"

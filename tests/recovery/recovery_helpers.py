@@ -39,7 +39,7 @@ class Rig:
         return await self.store.create(job, workflow)
 
     async def slot_held(self, job: Job, backend: int = 0) -> bool:
-        return job.id in await self.services.dispatcher.fleet.holders(f"sim-{backend}")
+        return job.id in await self.services.dispatcher.fleet.leases.holders(f"sim-{backend}")
 
     async def orphan(self, workflow: dict, *, backend: int = 0, phase: str = "executing",
                      post: bool = True, deadline_s: float = 600.0) -> Job:

@@ -226,7 +226,7 @@ async def test_a_starting_worker_holds_the_slots_of_running_prompts_before_takin
     worker = make_worker(r, "w-new")
     await worker.start()
     try:
-        assert await r.services.dispatcher.fleet.holders("sim-0") == [orphan.id]
+        assert await r.services.dispatcher.fleet.leases.holders("sim-0") == [orphan.id]
         most = 0
         for _ in range(40):
             most = max(most, len(sims[0].queue.pending_items()) + (1 if sims[0].queue.running else 0))

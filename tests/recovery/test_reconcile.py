@@ -168,12 +168,12 @@ async def test_a_job_cancelled_while_it_waits_for_a_slot_ends_quietly_and_frees_
     dispatcher = r.services.dispatcher
     fleet = dispatcher.fleet
     for name in ("sim-0", "sim-1"):  # both backends busy
-        assert await fleet.acquire([(name, 1, 0)], "someone-else") == name
+        assert await fleet.leases.acquire([(name, 1, 0)], "someone-else") == name
     job = await r.new_job(image_workflow(2, seed=13))
     running = asyncio.create_task(r.runner.run(job.id))
     await asyncio.sleep(0.3)  # waiting for the slot
     assert (await r.store.apply(job.id, t.RequestCancel(), time.time())).status is JobStatus.CANCELED
-    await fleet.release("sim-0", "someone-else")  # wakes the waiting runner
+    await fleet.leases.release("sim-0", "someone-else")  # wakes the waiting runner
     verdict = await asyncio.wait_for(running, 30)
     assert verdict.done
     assert not await r.slot_held(job)

@@ -71,7 +71,7 @@ async def test_a_process_that_loses_redis_for_a_moment_keeps_its_prompt_and_its_
             assert (await run).done
             done = await b.store.get(job.id)
             assert (done.status, done.attempt) == (JobStatus.SUCCEEDED, 1)
-            assert await b.fleet.holders("sim-0") == []
+            assert await b.fleet.leases.holders("sim-0") == []
         assert len(sim.records) == 1
 
 
@@ -105,7 +105,7 @@ async def test_an_attempt_whose_prompt_was_never_sent_waits_for_a_free_slot(valk
             verdict = await runner.run(unsent.id)  # the sweep's takeover: the slot is busy
             assert verdict.run_at is not None
             assert sim.requests["POST /prompt"] == 1
-            assert await a.fleet.holders("sim-0") == [running.id]
+            assert await a.fleet.leases.holders("sim-0") == [running.id]
             await first
             async with asyncio.timeout(30):
                 while (verdict := await runner.run(unsent.id)).run_at is not None:

@@ -145,7 +145,7 @@ class Dispatcher:
                        asyncio.create_task(self._every(self.settings.refresh_s, self.refresh),
                                            name="fleet-refresh"),
                        asyncio.create_task(self._recheck_forever(), name="slot-recheck"),
-                       asyncio.create_task(self._every(self.fleet.lease_ttl_s / 3, self._renew),
+                       asyncio.create_task(self._every(self.fleet.leases.ttl_s / 3, self._renew),
                                            name="lease-renew"),
                        asyncio.create_task(self._every(UNRELEASED_RETRY_S, self._release_missed),
                                            name="slot-release-retry")]
@@ -318,12 +318,12 @@ class Dispatcher:
                     # Woken by one backend's release: no other had room when this job last
                     # looked, so only that one is worth asking (not a walk of the whole fleet).
                     candidates = tuple(c for c in candidates if c[0] == cause)
-                name = await self.fleet.acquire(candidates, job.id, now)
+                name = await self.fleet.leases.acquire(candidates, job.id, now)
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():
                     # Cancelled while Redis answered, and the client swallowed it: honour it.
                     if name is not None:
-                        await self.fleet.release(name, job.id)
+                        await self.fleet.leases.release(name, job.id)
                     raise asyncio.CancelledError
                 if name is not None:
                     self._held[job.id] = name
@@ -374,7 +374,7 @@ class Dispatcher:
     async def release(self, name: str, holder: str) -> None:
         self._held.pop(holder, None)
         try:
-            await self.fleet.release(name, holder)
+            await self.fleet.leases.release(name, holder)
         except StoreError as exc:
             self._unreleased[holder] = name
             log.warning("fleet: could not release the slot of %s on %s (retrying): %s", holder, name, exc)
@@ -389,7 +389,7 @@ class Dispatcher:
                 if only is not None and holder != only:
                     continue
                 try:
-                    await self.fleet.release(name, holder)
+                    await self.fleet.leases.release(name, holder)
                 except StoreError:
                     if only is not None:
                         raise
@@ -407,7 +407,7 @@ class Dispatcher:
         there, whatever the load). Renewed from here on only once the first renewal landed."""
         if self._held.get(holder) == name:
             return
-        await self.fleet.renew([(name, holder)], self._clock())
+        await self.fleet.leases.renew([(name, holder)], self._clock())
         self._held[holder] = name
 
     async def hold_many(self, slots: list[tuple[str, str]]) -> None:
@@ -415,7 +415,7 @@ class Dispatcher:
         slots = [(name, holder) for name, holder in slots if self._held.get(holder) != name]
         if not slots:
             return
-        await self.fleet.renew(slots, self._clock())
+        await self.fleet.leases.renew(slots, self._clock())
         self._held.update((holder, name) for name, holder in slots)
 
     async def take_on(self, name: str, holder: str) -> bool:
@@ -426,13 +426,13 @@ class Dispatcher:
             return False
         if self._held.get(holder) == name:
             return True
-        if await self.fleet.acquire([(name, record.capacity, 0)], holder, self._clock()) is None:
+        if await self.fleet.leases.acquire([(name, record.capacity, 0)], holder, self._clock()) is None:
             return False
         self._held[holder] = name
         return True
 
     async def _renew(self) -> None:
-        await self.fleet.renew([(name, holder) for holder, name in list(self._held.items())],
+        await self.fleet.leases.renew([(name, holder) for holder, name in list(self._held.items())],
                                self._clock())
 
     async def _recheck_forever(self) -> None:

@@ -32,7 +32,7 @@ class FleetAdmin:
 
     async def list(self) -> list[dict[str, Any]]:
         snapshot = await self._fleet.snapshot()
-        loads = await self._fleet.loads(snapshot.backends)
+        loads = await self._fleet.leases.loads(snapshot.backends)
         breaker = self._dispatcher.settings.backend_breaker
         catalogs = await self._services.node_catalogs.catalogs()
         now = time.time()
@@ -86,7 +86,7 @@ class FleetAdmin:
         if backend is None:
             return 0
         moved = 0
-        for job_id in await self._fleet.holders(record.name):
+        for job_id in await self._fleet.leases.holders(record.name):
             try:
                 job = await self._services.store.get(job_id)
             except JobNotFound:

@@ -91,7 +91,7 @@ class FleetMemory:
         now = self._clock()
         if ok and change(known := self._breaker_state(scope), now) is known:
             return  # a success that changes nothing (the common case): no write on the hot path
-        changed = await self._fleet.update_breaker(scope, lambda s: change(s, now), registered=registered)
+        changed = await self._fleet.breakers.update(scope, lambda s: change(s, now), registered=registered)
         if changed is None:
             return  # ``registered`` is no longer: nothing written
         old, new = changed

@@ -256,7 +256,7 @@ class LocalComfyUI:
         self._recycle_mark.write_text(str(os.getpid()))
         await self._set_state("draining")
         deadline = self._clock() + self._settings.drain_timeout_s
-        while self._clock() < deadline and (await self._fleet.loads([name])).get(name, 0) > 0:
+        while self._clock() < deadline and (await self._fleet.leases.loads([name])).get(name, 0) > 0:
             await asyncio.sleep(self._settings.check_every_s / 4)
         await self._terminate()
         await self._spawn()

@@ -124,7 +124,7 @@ class Maintenance:
                                else await self._recovery.requeue_missing(self._queue))
         if self._fleet is not None and self._workflow_breaker is not None:
             breaker = self._workflow_breaker
-            forgotten = await self._fleet.forget_workflow_breakers(
+            forgotten = await self._fleet.breakers.forget_workflow_breakers(
                 lambda state: breaker.forgettable(state, now), dry_run=dry_run)
             report.workflow_breakers_forgotten = len(forgotten)
         if self._node_catalogs is not None and not dry_run:

@@ -1,11 +1,10 @@
-"""The fleet in Redis: backend registry, health, circuit breaker state and capacity slot leases.
+"""The fleet in Redis: the backend registry, what was learnt of each backend (health, warm
+models, rests), and read in one round trip, with breaker states (``store/breakers.py``), as a
+``FleetSnapshot``; capacity slots are ``store/leases.py``.
 
-Shared by every API and worker process. A slot is a member of the backend's lease sorted set,
-scored by its expiry; the worker that holds it renews it while the prompt runs, so the slots of a
-worker that dies come back by themselves. Taking and giving back a slot are Lua scripts (atomic
-over all workers); a release is published on the slots channel so a waiting job starts at once.
-Registry, health and breaker changes are published on the fleet channel so every process sees
-them within milliseconds (and re-reads at least once a second anyway).
+Shared by every API and worker process. Registry, health and breaker changes are published on
+the fleet channel so every process sees them within milliseconds (and re-reads at least once a
+second anyway).
 """
 
 from __future__ import annotations
@@ -13,19 +12,21 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
-from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
 
 from redis import exceptions as rex
 
-from ..domain.breaker_scopes import WORKFLOW_SCOPE, WorkflowScope, backend_breaker, workflow_scope_of
+from ..domain.breaker_scopes import backend_breaker
 from ..domain.policy import BreakerState
 from ..errors import ComfyFleetError
 from .connection import translated
+from .breakers import BreakerStore
 from .keys import Keys
+from .leases import CapacityLeases
+from .lua import script
 
 BACKEND_STATES = ("active", "draining", "disabled")
 HEALTH_STATES = ("unknown", "healthy", "degraded", "down")
@@ -143,19 +144,13 @@ def _models(raw: str) -> frozenset[str]:
     return frozenset(m for m in models if isinstance(m, str)) if isinstance(models, list) else frozenset()
 
 
-def _script(name: str) -> str:
-    return resources.files(__package__).joinpath("scripts", name).read_text(encoding="utf-8")
-
-
 class FleetStore:
     def __init__(self, redis: Any, keys: Keys, *, lease_ttl_s: float = 30.0) -> None:
         self._redis = redis
         self._keys = keys
-        self.lease_ttl_s = lease_ttl_s
-        self._acquire = redis.register_script(_script("lease_acquire.lua"))
-        self._release = redis.register_script(_script("lease_release.lua"))
-        self._hdel_if_unchanged = redis.register_script(_script("hdel_if_unchanged.lua"))
-        self._hset_if_backend_at = redis.register_script(_script("hset_if_backend_at.lua"))
+        self._hset_if_backend_at = redis.register_script(script("hset_if_backend_at.lua"))
+        self.leases = CapacityLeases(redis, keys, ttl_s=lease_ttl_s)  # the backends' slots
+        self.breakers = BreakerStore(redis, keys, on_change=self.notify_changed)
         self._last_parsed: dict[str, dict[str, Any]] = {}  # kind -> stored text -> parsed value
 
     @property
@@ -380,109 +375,3 @@ class FleetStore:
         with translated(self._redis, "recording a backend's Retry-After"):
             await self._redis.hset(self._keys.fleet_resting, name, repr(until))
         await self.notify_changed()
-
-    # -- breakers ------------------------------------------------------------------------------
-    async def update_breaker(self, scope: str, change: Callable[[BreakerState], BreakerState], *,
-                             registered: str | None = None) -> tuple[BreakerState, BreakerState] | None:
-        """Apply ``change`` to the stored state atomically (optimistic, retried on a race):
-        (old, new). With ``registered``, only while a backend of that name is registered: None,
-        and nothing written, once it is not (checked in the same transaction, so a removal
-        landing meanwhile is seen)."""
-        key = self._keys.fleet_breakers
-        with translated(self._redis, "updating a circuit breaker"):
-            async with self._redis.pipeline(transaction=True) as pipe:
-                while True:
-                    try:
-                        if registered is None:
-                            await pipe.watch(key)
-                        else:
-                            await pipe.watch(key, self._keys.fleet_backends)
-                            if not await pipe.hexists(self._keys.fleet_backends, registered):
-                                await pipe.reset()
-                                return None
-                        raw = await pipe.hget(key, scope)
-                        old = BreakerState.from_dict(json.loads(raw) if raw else None)
-                        new = change(old)
-                        if new == old:
-                            await pipe.reset()
-                            return old, new
-                        pipe.multi()
-                        if new.pristine and scope.startswith(WORKFLOW_SCOPE):
-                            pipe.hdel(key, scope)  # one per owner and workflow: none kept idle
-                        else:
-                            pipe.hset(key, scope, json.dumps(new.to_dict(), separators=(",", ":")))
-                        await pipe.execute()
-                        break
-                    except rex.WatchError:
-                        continue
-        if new.status != old.status:
-            await self.notify_changed()
-        return old, new
-
-    async def forget_workflow_breakers(self, forgettable: Callable[[BreakerState], bool], *,
-                                       dry_run: bool = False) -> list[WorkflowScope]:
-        """Delete the workflow breakers ``forgettable`` says nothing depends on any more (one
-        per owner and workflow that ever failed would otherwise pile up in a hash every process
-        reads each second). Each goes only if unchanged since it was read."""
-        key = self._keys.fleet_breakers
-        forgotten: list[WorkflowScope] = []
-        with translated(self._redis, "forgetting idle workflow breakers"):
-            async for field_name, raw in self._redis.hscan_iter(key, match=WORKFLOW_SCOPE + "*", count=500):
-                scope = workflow_scope_of(field_name)
-                try:
-                    state = BreakerState.from_dict(json.loads(raw))
-                except (ValueError, TypeError, KeyError):
-                    state = BreakerState()  # unreadable: nothing can depend on it
-                if scope is None or not forgettable(state):
-                    continue
-                if dry_run or await self._hdel_if_unchanged(keys=[key], args=[field_name, raw]):
-                    forgotten.append(scope)
-        return forgotten
-
-    # -- capacity leases -----------------------------------------------------------------------
-    async def acquire(self, candidates: Sequence[tuple[str, int, int]], holder: str,
-                      now: float | None = None) -> str | None:
-        """Take a slot on one of ``candidates`` ((name, slot limit, tier), preference order)."""
-        if not candidates:
-            return None
-        now_ms = int((time.time() if now is None else now) * 1000)
-        keys = [self._keys.fleet_backends, *(self._keys.lease(name) for name, _, _ in candidates)]
-        args: list[Any] = [now_ms, now_ms + int(self.lease_ttl_s * 1000), holder]
-        for name, limit, tier in candidates:
-            args += [name, limit, tier]
-        with translated(self._redis, "taking a capacity slot"):
-            chosen = await self._acquire(keys=keys, args=args)
-        return chosen or None
-
-    async def release(self, name: str, holder: str) -> bool:
-        with translated(self._redis, "releasing a capacity slot"):
-            return bool(await self._release(keys=[self._keys.lease(name), self._keys.slots_channel],
-                                            args=[holder, name]))
-
-    async def renew(self, leases: Iterable[tuple[str, str]], now: float | None = None) -> None:
-        """Push the expiry of every (backend, holder) lease out by the TTL (re-adding it if it
-        had expired: the prompt it stands for is still running there)."""
-        leases = list(leases)
-        if not leases:
-            return
-        expiry = int(((time.time() if now is None else now) + self.lease_ttl_s) * 1000)
-        with translated(self._redis, "renewing capacity slots"):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for name, holder in leases:
-                    pipe.zadd(self._keys.lease(name), {holder: expiry})
-                await pipe.execute()
-
-    async def loads(self, names: Iterable[str], now: float | None = None) -> dict[str, int]:
-        names = list(names)
-        now_ms = int((time.time() if now is None else now) * 1000)
-        with translated(self._redis, "reading backend loads"):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for name in names:
-                    pipe.zcount(self._keys.lease(name), now_ms, "+inf")
-                counts = await pipe.execute()
-        return dict(zip(names, (int(c) for c in counts)))
-
-    async def holders(self, name: str, now: float | None = None) -> list[str]:
-        now_ms = int((time.time() if now is None else now) * 1000)
-        with translated(self._redis, "reading slot holders"):
-            return list(await self._redis.zrangebyscore(self._keys.lease(name), now_ms, "+inf"))

@@ -12,7 +12,6 @@ import asyncio
 import builtins
 import json
 import math
-from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -23,14 +22,11 @@ from ..errors import ConcurrentUpdate, InvalidTransition, JobNotFound, StoreErro
 from .connection import translated
 from .job_counters import change_counts, refused_field, submitted_field
 from .keys import Keys
+from .lua import script
 
 STREAM_MAXLEN = 10_000
 QUEUE_FULL_RETRY_AFTER_S = 5
 _LATEST_EXPIRY_MS = 2**62  # an absurd deadline keeps the record for good, not a failed write
-
-
-def _script(name: str) -> str:
-    return resources.files(__package__).joinpath("scripts", name).read_text(encoding="utf-8")
 
 
 def event_kind(before: Job | None, after: Job) -> str:
@@ -52,9 +48,9 @@ class RedisJobStore:
         self._active_ttl_ms = int(active_ttl_s * 1000)
         self._retention_ms = int(retention_s * 1000)
         self._idem_ttl_ms = int(idempotency_ttl_s * 1000)
-        self._create = redis.register_script(_script("create.lua"))
-        self._save = redis.register_script(_script("save.lua"))
-        self._read_each = redis.register_script(_script("read_each.lua"))
+        self._create = redis.register_script(script("create.lua"))
+        self._save = redis.register_script(script("save.lua"))
+        self._read_each = redis.register_script(script("read_each.lua"))
 
     # -- writes --------------------------------------------------------------------------------
     async def create(self, job: Job, workflow: dict[str, Any], *, max_active: int = 0,

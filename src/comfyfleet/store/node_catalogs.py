@@ -14,11 +14,11 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 from .connection import translated
 from .keys import Keys
+from .lua import script
 
 CATALOGS_FRESH_S = 1.0
 
@@ -52,8 +52,8 @@ class NodeCatalogs:
         self._sets: dict[str, frozenset[str]] = {}  # digest -> names (a digest never changes meaning)
         self._catalogs: dict[str, NodeCatalog] = {}
         self._catalogs_read_at = float("-inf")
-        self._forget_unused_sets = redis.register_script(_script("node_sets_unused.lua"))
-        self._hset_if_backend_at = redis.register_script(_script("hset_if_backend_at.lua"))
+        self._forget_unused_sets = redis.register_script(script("node_sets_unused.lua"))
+        self._hset_if_backend_at = redis.register_script(script("hset_if_backend_at.lua"))
 
     async def record(self, backend: str, url: str, classes: frozenset[str], read_at: float) -> NodeCatalog | None:
         """``backend``'s ``/object_info`` at ``url`` listed ``classes`` at ``read_at``; None (and
@@ -113,7 +113,3 @@ class NodeCatalogs:
         """Delete the class sets no backend names any more; how many went."""
         with translated(self._redis, "forgetting unused node catalogs"):
             return int(await self._forget_unused_sets(keys=[self._keys.fleet_nodes, self._keys.fleet_node_sets]))
-
-
-def _script(name: str) -> str:
-    return resources.files(__package__).joinpath("scripts", name).read_text(encoding="utf-8")
