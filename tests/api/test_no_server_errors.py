@@ -431,7 +431,7 @@ async def test_route_enumeration_sees_every_router(api):
         assert expected in routes, f"{expected} not found by app_routes(): {routes}"
 
 
-@settings(FUZZ, max_examples=25)  # each example sends two requests to every route
+@settings(FUZZ, max_examples=15)  # each example sends two requests to every route
 @given(data=st.data())
 async def test_every_route_answers_junk_with_a_4xx_or_success(client, api, seed, data):
     """Each route, each of its methods: random path params, query, headers and JSON body; then
@@ -448,7 +448,7 @@ async def test_every_route_answers_junk_with_a_4xx_or_success(client, api, seed,
     await assert_seed_intact(client, seed, *responses)
 
 
-@settings(FUZZ, max_examples=150)
+@settings(FUZZ, max_examples=100)
 @given(data=st.data())
 async def test_submissions_are_refused_cleanly_or_stored_as_sent(client, seed, data):
     body = data.draw(st.one_of(plausible_submissions(seed).map(encode),
@@ -481,7 +481,7 @@ async def test_job_routes_with_weird_ids(client, seed, data):
     await assert_seed_intact(client, seed, response)
 
 
-@settings(FUZZ, max_examples=150)
+@settings(FUZZ, max_examples=100)
 @given(params=query_params())
 async def test_listing_with_random_queries(client, seed, params):
     response = await send(client, "GET", JOBS, params=params)
@@ -494,7 +494,7 @@ async def test_listing_with_random_queries(client, seed, params):
     await assert_seed_intact(client, seed)
 
 
-@settings(FUZZ, max_examples=150)
+@settings(FUZZ, max_examples=100)
 @given(data=st.data())
 async def test_backend_admin_with_junk(client, seed, data):
     """POST mostly at the collection, PATCH mostly at the seed backend (refused: unchanged;
@@ -520,7 +520,7 @@ async def test_backend_admin_with_junk(client, seed, data):
         assert (await send(client, "GET", BACKENDS)).status_code == 200
 
 
-@settings(FUZZ, max_examples=120)
+@settings(FUZZ, max_examples=80)
 @given(data=st.data())
 async def test_asset_and_upload_routes_with_junk(client, seed, data):
     asset_id = data.draw(st.one_of(segments(seed), st.just(quote(seed.asset_id))))

@@ -15,7 +15,7 @@ from comfyfleet.domain.job import JobStatus
 from comfyfleet.sim import SimConfig, Simulator
 from helpers.fleet import image_workflow
 
-JOBS, STEPS, STEP_S = 3, 5, 0.5  # about 2.5 s each, one at a time on the one backend
+JOBS, STEPS, STEP_S = 3, 5, 0.3  # about 1.5 s each, one at a time on the one backend
 LONG_LOCK = {"COMFYFLEET_QUEUE_LOCK_S": "60"}
 
 
