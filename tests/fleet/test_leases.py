@@ -126,6 +126,42 @@ async def test_only_the_first_waiting_job_rechecks_and_a_missed_release_still_la
             async with asyncio.timeout(30):
                 await asyncio.gather(*waiting, return_exceptions=True)
 
+async def test_a_fleet_change_wakes_one_waiting_job_per_free_slot(redis, keys):
+    """Twenty jobs wait on a full fleet of ten backends; a capacity raised by one makes one free
+    slot: one job looks for it (at all its backends) and takes it, the others sleep on. Waking
+    them all made each ask every backend, 200 lookups in Redis for one slot, on every change of
+    the fleet."""
+    fleet = FleetStore(redis, keys)
+    names = [f"b{i}" for i in range(10)]
+    await fleet.seed([record(name) for name in names])
+    for name in names:
+        assert await fleet.leases.acquire([(name, 1, 0)], f"held-{name}") == name
+    settings = DispatchSettings(slot_wait_s=600.0, recheck_s=3600.0, refresh_s=60.0)
+    async with open_session() as http:
+        dispatcher = Dispatcher(fleet, http=http, settings=settings)
+        await dispatcher.start()
+        waiting = []
+        try:
+            waiting = [asyncio.create_task(dispatcher.acquire(job(f"w{i}"))) for i in range(20)]
+            await asyncio.sleep(0.5)  # every waiter has looked once
+            await redis.config_resetstat()
+            await fleet.update("b7", capacity=2)
+            async with asyncio.timeout(10):
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            [winner] = done
+            assert winner.result().backend.name == "b7"
+            await asyncio.sleep(0.5)  # any other waiter woken would have asked by now
+            assert sum(task.done() for task in waiting) == 1
+            lookups = (await redis.info("commandstats")).get("cmdstat_zremrangebyscore", {}).get("calls", 0)
+            assert lookups <= len(names), f"{lookups} backend lookups for one free slot"
+        finally:
+            for task in waiting:
+                task.cancel()
+            async with asyncio.timeout(30):
+                await asyncio.gather(*waiting, return_exceptions=True)
+            await dispatcher.close()
+
+
 async def test_every_dispatcher_sees_registry_changes_by_pubsub(redis, keys):
     fleet = FleetStore(redis, keys)
     await fleet.seed([record("a")])

@@ -184,6 +184,21 @@ class Dispatcher:
         self._roster = None
         return snapshot
 
+    async def _wake_for_room(self) -> None:
+        """After a fleet change: wake one waiting job per free slot of an active backend (one
+        read of every load); all of them if the loads cannot be read."""
+        snapshot = self._snapshot
+        if snapshot is None:
+            return
+        active = {name: record.capacity for name, record in snapshot.backends.items() if record.state == "active"}
+        try:
+            loads = await self.fleet.leases.loads(active, self._clock())
+        except StoreError as exc:
+            log.warning("fleet: %s; every waiting job looks again", exc)
+            self._line.wake_all()
+            return
+        self._line.wake_for_room({name: capacity - loads.get(name, 0) for name, capacity in active.items()})
+
     async def _every(self, period_s: float, action) -> None:
         while not self._closing:  # checked too: a cancel the Redis client swallowed ends it here
             await asyncio.sleep(period_s)
@@ -200,7 +215,7 @@ class Dispatcher:
                 await pubsub.subscribe(keys.fleet_channel, keys.slots_channel)
                 if self._subscribed.is_set():  # re-subscribed: catch up on what was missed
                     await self.refresh()
-                    self._line.wake_all()
+                    await self._wake_for_room()
                 while not self._closing:
                     message = await pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
                     if message is None:
@@ -217,7 +232,7 @@ class Dispatcher:
                         if more["type"] == "message" and more["channel"] == keys.slots_channel:
                             self._line.wake_one(str(more["data"]))
                     await self.refresh()
-                    self._line.wake_all()
+                    await self._wake_for_room()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a lost subscription is re-made; polling covers the gap
@@ -295,7 +310,8 @@ class Dispatcher:
         if not self.settings.model_affinity:
             models = NO_MODELS
         warm_until = self._clock() + self.settings.affinity_wait_s if models else 0.0
-        waiter = self._line.join(job.priority, models)
+        waiter = self._line.join(job.priority, models,
+                                 usable=self.roster(self._clock()).allowed(required_tags(job, routing), routing))
         try:
             cause: str | None = None  # why this look: None (the first), a release, RECHECK or CHANGED
             while True:

@@ -63,6 +63,7 @@ class Roster:
     # (groups, required tags) -> candidate tiers of a job with no failed attempt: most jobs
     # share one entry, so planning them is a rotation
     _first_tries: dict = field(default_factory=dict, compare=False, repr=False)
+    _allowed: dict = field(default_factory=dict, compare=False, repr=False)  # (need, groups) -> names
 
     @classmethod
     def of(cls, snapshot: FleetSnapshot, breaker: CircuitBreaker, now: float) -> "Roster":
@@ -115,8 +116,12 @@ class Roster:
         """Every registered backend whose tags let it take a job needing the tags ``need`` (see
         ``required_tags``) in some group, whatever its state now (one down or drained may come
         back)."""
-        groups = [frozenset(g) for g in routing.fallback] or [_NO_TAGS]
-        return frozenset(name for group in groups for name in self._matching(need | group))
+        key = (need, routing.fallback)
+        names = self._allowed.get(key)
+        if names is None:
+            groups = [frozenset(g) for g in routing.fallback] or [_NO_TAGS]
+            names = self._allowed[key] = frozenset(name for group in groups for name in self._matching(need | group))
+        return names
 
     def holding(self, models: frozenset[str]) -> frozenset[str]:
         """Names of the usable backends holding any of ``models``."""

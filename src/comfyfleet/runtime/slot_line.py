@@ -3,7 +3,8 @@
 A release (published by Redis) wakes one waiting job that may use that backend: the first by
 priority, then arrival; with ``affinity_wait_s``, a job of the same priority that loads models the
 backend holds may go first, but no job is passed over longer than that. A registry change wakes
-them all; a re-check (a release message may have been lost) wakes the first. The line decides
+one job per free slot (by the loads read then), each to look at all its backends; a re-check (a
+release message may have been lost) wakes the first. The line decides
 only whom to wake: the woken job asks Redis for the slot itself (``Dispatcher.acquire``).
 """
 
@@ -25,6 +26,7 @@ class SlotWaiter:
     priority: int
     seq: int
     models: frozenset[str] = NO_MODELS  # what the job loads
+    usable: frozenset[str] = frozenset()  # the backends its tags allow, whatever their state
     eligible: frozenset[str] = frozenset()  # the backends it may use, as of its last look
     event: asyncio.Event = field(default_factory=asyncio.Event)
     woken_by: str | None = None  # the backend whose release woke it, RECHECK or CHANGED
@@ -47,8 +49,8 @@ class SlotLine:
         self._seq = itertools.count()
         self._waiters: list[SlotWaiter] = []
 
-    def join(self, priority: int, models: frozenset[str]) -> SlotWaiter:
-        waiter = SlotWaiter(priority, next(self._seq), models=models)
+    def join(self, priority: int, models: frozenset[str], usable: frozenset[str] = frozenset()) -> SlotWaiter:
+        waiter = SlotWaiter(priority, next(self._seq), models=models, usable=usable)
         self._waiters.append(waiter)
         return waiter
 
@@ -85,11 +87,30 @@ class SlotLine:
             waiter.event.set()
 
     def wake_all(self) -> None:
-        """The fleet changed (a capacity raised, a breaker closed, a backend back): room may have
-        appeared anywhere without a release, so every waiting job looks at all its backends."""
+        """Every waiting job looks at all its backends (room may be anywhere, and how much is
+        not known: a lost subscription)."""
         for waiter in self._waiters:
             waiter.woken_by = CHANGED
             waiter.event.set()
+
+    def wake_for_room(self, room: dict[str, int]) -> int:
+        """The fleet changed (a capacity raised, a breaker closed, a backend back): room may have
+        appeared without a release. For each free slot (``room``: backend -> free slots) one
+        waiting job whose tags allow that backend (first by priority, then arrival) looks at
+        all its backends; the others sleep on (waking all of them made each ask every backend
+        of the fleet, thousands of lookups in Redis for a few free slots). How many it woke."""
+        woken = 0
+        waiting = sorted((w for w in self._waiters if not w.event.is_set()), key=lambda w: (-w.priority, w.seq))
+        for name, free in room.items():
+            for waiter in waiting:
+                if free <= 0:
+                    break
+                if not waiter.event.is_set() and name in waiter.usable:
+                    waiter.woken_by = CHANGED
+                    waiter.event.set()
+                    free -= 1
+                    woken += 1
+        return woken
 
     def queue_ahead(self, waiter: SlotWaiter) -> bool:
         """Another job of this process already waits for every backend ``waiter`` could use.
