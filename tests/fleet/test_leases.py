@@ -130,7 +130,7 @@ async def test_a_fleet_change_wakes_one_waiting_job_per_free_slot(redis, keys):
     """Twenty jobs wait on a full fleet of ten backends; a capacity raised by one makes one free
     slot: one job looks for it (at all its backends) and takes it, the others sleep on. Waking
     them all made each ask every backend, 200 lookups in Redis for one slot, on every change of
-    the fleet."""
+    the fleet. A backend added meanwhile is room too, for the jobs its tags suit."""
     fleet = FleetStore(redis, keys)
     names = [f"b{i}" for i in range(10)]
     await fleet.seed([record(name) for name in names])
@@ -154,6 +154,11 @@ async def test_a_fleet_change_wakes_one_waiting_job_per_free_slot(redis, keys):
             assert sum(task.done() for task in waiting) == 1
             lookups = (await redis.info("commandstats")).get("cmdstat_zremrangebyscore", {}).get("calls", 0)
             assert lookups <= len(names), f"{lookups} backend lookups for one free slot"
+            await fleet.add(record("b10"))  # a backend none of them knew of when it began to wait
+            async with asyncio.timeout(10):
+                while sum(task.done() for task in waiting) < 2:
+                    await asyncio.sleep(0.05)
+            assert sorted(t.result().backend.name for t in waiting if t.done()) == ["b10", "b7"]
         finally:
             for task in waiting:
                 task.cancel()

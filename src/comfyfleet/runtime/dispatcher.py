@@ -190,6 +190,8 @@ class Dispatcher:
         snapshot = self._snapshot
         if snapshot is None:
             return
+        roster = self.roster(self._clock())
+        self._line.rework_usable(lambda wants: roster.allowed(*wants))  # a backend added, say
         active = {name: record.capacity for name, record in snapshot.backends.items() if record.state == "active"}
         try:
             loads = await self.fleet.leases.loads(active, self._clock())
@@ -310,8 +312,9 @@ class Dispatcher:
         if not self.settings.model_affinity:
             models = NO_MODELS
         warm_until = self._clock() + self.settings.affinity_wait_s if models else 0.0
-        waiter = self._line.join(job.priority, models,
-                                 usable=self.roster(self._clock()).allowed(required_tags(job, routing), routing))
+        wants = (required_tags(job, routing), routing)
+        waiter = self._line.join(job.priority, models, usable=self.roster(self._clock()).allowed(*wants),
+                                 wants=wants)
         try:
             cause: str | None = None  # why this look: None (the first), a release, RECHECK or CHANGED
             while True:

@@ -14,6 +14,7 @@ import asyncio
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..domain.models import NO_MODELS
 
@@ -27,6 +28,7 @@ class SlotWaiter:
     seq: int
     models: frozenset[str] = NO_MODELS  # what the job loads
     usable: frozenset[str] = frozenset()  # the backends its tags allow, whatever their state
+    wants: Any = None  # what ``usable`` is worked out from (the dispatcher's: tags and routing)
     eligible: frozenset[str] = frozenset()  # the backends it may use, as of its last look
     event: asyncio.Event = field(default_factory=asyncio.Event)
     woken_by: str | None = None  # the backend whose release woke it, RECHECK or CHANGED
@@ -49,8 +51,9 @@ class SlotLine:
         self._seq = itertools.count()
         self._waiters: list[SlotWaiter] = []
 
-    def join(self, priority: int, models: frozenset[str], usable: frozenset[str] = frozenset()) -> SlotWaiter:
-        waiter = SlotWaiter(priority, next(self._seq), models=models, usable=usable)
+    def join(self, priority: int, models: frozenset[str], usable: frozenset[str] = frozenset(),
+             wants: Any = None) -> SlotWaiter:
+        waiter = SlotWaiter(priority, next(self._seq), models=models, usable=usable, wants=wants)
         self._waiters.append(waiter)
         return waiter
 
@@ -92,6 +95,13 @@ class SlotLine:
         for waiter in self._waiters:
             waiter.woken_by = CHANGED
             waiter.event.set()
+
+    def rework_usable(self, usable_for: Callable[[Any], frozenset[str]]) -> None:
+        """The registry changed (a backend added, its tags changed): each waiting job's usable
+        backends worked out again from its ``wants``."""
+        for waiter in self._waiters:
+            if waiter.wants is not None:
+                waiter.usable = usable_for(waiter.wants)
 
     def wake_for_room(self, room: dict[str, int]) -> int:
         """The fleet changed (a capacity raised, a breaker closed, a backend back): room may have
