@@ -147,7 +147,10 @@ async def measure(args: argparse.Namespace, work: Path) -> dict:
                                  env=env, stdout=subprocess.DEVNULL, stderr=open(work / "serve.log", "wb"))
         children.append(serve)
         redis = Redis.from_url(valkey.connection_url, socket_timeout=10)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
+        # idle connections are dropped before the server's 5 s keep-alive ends them: a request
+        # sent on one the server was closing at that moment failed with a ReadError
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60,
+                                     limits=httpx.Limits(keepalive_expiry=2.0)) as http:
             await wait_for_api(http)
 
             # warm up every worker and connection, then measure one job at a time
