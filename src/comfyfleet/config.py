@@ -16,8 +16,8 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import ConfigError
-from .store.connection import without_password
-from .store.fleet import BackendRecord
+from .domain.backends import BackendRecord
+from .redact import without_password
 
 
 class Settings(BaseSettings):

@@ -18,7 +18,8 @@ from fastapi.responses import JSONResponse
 from ..config import http_url_parts
 from ..errors import ConfigError, ValidationFailed
 from ..fleetfile import FieldError, backend_from
-from ..store.fleet import BACKEND_STATES, BackendExists, BackendNotFound, BackendRecord
+from ..domain.backends import BACKEND_STATES
+from ..store.fleet import BackendExists, BackendNotFound, BackendRecord
 from . import validation
 from .context import ApiContext, get_context
 

@@ -25,7 +25,6 @@ outlive its job.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
@@ -35,6 +34,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from ..errors import StoreError
+from ..redact import without_password
 
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 10.0
@@ -50,20 +50,6 @@ def client_url(url: str) -> str:
     ``rediss://`` (TLS); any other is returned as it is."""
     scheme, colon, rest = url.partition(":")
     return f"{SCHEMES[scheme.lower()]}{colon}{rest}" if colon and scheme.lower() in SCHEMES else url
-
-
-def without_password(url: str) -> str:
-    """``url`` with its password replaced by ``***``, for what is printed or logged; read off
-    the text itself, so a URL too malformed to parse does not show its password either."""
-    scheme, separator, rest = url.partition("://")
-    if not separator:
-        return url
-    authority = re.match(r"[^/?#]*", rest).group()  # type: ignore[union-attr]
-    credentials, at, address = authority.rpartition("@")
-    user, colon, _password = credentials.partition(":")
-    if not at or not colon:
-        return url
-    return f"{scheme}://{user}:***@{address}{rest[len(authority):]}"
 
 
 def connect(url: str, *, connect_timeout_s: float = CONNECT_TIMEOUT_S,

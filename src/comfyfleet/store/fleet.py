@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
-from urllib.parse import urlsplit
 
 from redis import exceptions as rex
 
+from ..domain.backends import BackendRecord, same_server_as, server_of
 from ..domain.breaker_scopes import backend_breaker
 from ..domain.policy import BreakerState
 from ..errors import ComfyFleetError
@@ -28,7 +28,6 @@ from .keys import Keys
 from .leases import CapacityLeases
 from .lua import script
 
-BACKEND_STATES = ("active", "draining", "disabled")
 HEALTH_STATES = ("unknown", "healthy", "degraded", "down")
 
 
@@ -37,22 +36,6 @@ class BackendNotFound(ComfyFleetError):
 
 
 log = logging.getLogger(__name__)
-DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def server_of(url: str) -> tuple[str, str, int | None, str]:
-    """What makes two backend URLs the same ComfyUI server: scheme, host, port, path (case of
-    scheme and host, a default port and a trailing slash aside)."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    return (scheme, (parts.hostname or "").lower(), parts.port or DEFAULT_PORTS.get(scheme),
-            parts.path.rstrip("/"))
-
-
-def same_server_as(url: str, records: Iterable[BackendRecord], *, other_than: str) -> str | None:
-    """The name of a backend other than ``other_than`` at the server ``url`` names, if any."""
-    server = server_of(url)
-    return next((r.name for r in records if r.name != other_than and server_of(r.url) == server), None)
 
 
 def twice(name: str, url: str, registered: str) -> BackendExists:
@@ -62,32 +45,6 @@ def twice(name: str, url: str, registered: str) -> BackendExists:
 
 class BackendExists(ComfyFleetError):
     pass
-
-
-@dataclass(frozen=True, slots=True)
-class BackendRecord:
-    """One ComfyUI server as the registry knows it. ``state``: active | draining | disabled."""
-
-    name: str
-    url: str
-    capacity: int = 1
-    tags: tuple[str, ...] = ()
-    headers: dict[str, str] = field(default_factory=dict)
-    state: str = "active"
-    source: str = "config"  # config | api
-    added_at: float = 0.0
-    changed_at: float = 0.0
-
-    def to_json(self) -> str:
-        data = asdict(self)
-        data["tags"] = list(self.tags)
-        return json.dumps(data, separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, raw: str) -> "BackendRecord":
-        data = json.loads(raw)
-        data["tags"] = tuple(data.get("tags") or ())
-        return cls(**{k: data[k] for k in cls.__slots__ if k in data})
 
 
 @dataclass(frozen=True, slots=True)
