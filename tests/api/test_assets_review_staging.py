@@ -18,15 +18,20 @@ from comfyfleet.sim import SimConfig, Simulator
 FACE = b"\x89PNG\r\n\x1a\n" + b"a face, pixel by pixel " * 500
 
 
+async def face_input(tmp_path: Path) -> tuple[LocalBlobStore, str, dict]:
+    """A blob store holding FACE, its digest, and a workflow whose LoadImage names it."""
+    blobs = LocalBlobStore(tmp_path / "blobs")
+    digest = await blobs.put(FACE, content_type="image/png")
+    ref = {"__type": "core/ASSET", "info": {"id": "x", "comfyfleet_blob": digest, "comfyfleet_name": "face.png"}}
+    return blobs, digest, {"1": {"class_type": "LoadImage", "inputs": {"image": ref}}}
+
+
 @pytest.mark.parametrize("left_behind", [FACE[:100], b""], ids=["truncated", "empty"])
 async def test_a_staged_file_cut_short_is_left_be_and_the_input_stored_beside_it(tmp_path, left_behind):
     """A partial file under the staged name is neither handed to LoadImage nor written over:
     ComfyUI stores the input under the next free variant of the name, which the prompt uses,
     and the next staging finds it there."""
-    blobs = LocalBlobStore(tmp_path / "blobs")
-    digest = await blobs.put(FACE, content_type="image/png")
-    ref = {"__type": "core/ASSET", "info": {"id": "x", "comfyfleet_blob": digest, "comfyfleet_name": "face.png"}}
-    workflow = {"1": {"class_type": "LoadImage", "inputs": {"image": ref}}}
+    blobs, digest, workflow = await face_input(tmp_path)
     async with Simulator(SimConfig(name="partial"), port=0) as sim:
         staged = Path(sim.dirs["input"]) / staged_name(digest, "face.png")
         staged.write_bytes(left_behind)
@@ -49,10 +54,7 @@ async def test_a_staged_file_cut_short_is_left_be_and_the_input_stored_beside_it
 async def test_staging_again_what_the_backend_holds_writes_nothing(tmp_path):
     """An upload of an input the backend already holds whole (staged again after ComfyUI refused
     a prompt naming it) keeps the file as it is: ComfyUI answers with its name."""
-    blobs = LocalBlobStore(tmp_path / "blobs")
-    digest = await blobs.put(FACE, content_type="image/png")
-    ref = {"__type": "core/ASSET", "info": {"id": "x", "comfyfleet_blob": digest, "comfyfleet_name": "face.png"}}
-    workflow = {"1": {"class_type": "LoadImage", "inputs": {"image": ref}}}
+    blobs, digest, workflow = await face_input(tmp_path)
     async with Simulator(SimConfig(name="whole"), port=0) as sim:
         staged = Path(sim.dirs["input"]) / staged_name(digest, "face.png")
         http = open_session(limit=4)

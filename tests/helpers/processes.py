@@ -24,6 +24,22 @@ def embedded_redis_url(data_dir: Path) -> str:
     return f"redis://:{record['password']}@127.0.0.1:{record['port']}"
 
 
+def valkey_left_by_a_killed_starter(data_dir: Path) -> str:
+    """Start the embedded Valkey of ``data_dir`` from a process that is then SIGKILLed (a serve
+    killed): the server runs on, nobody's child. Its URL."""
+    starter = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pathlib import Path; "
+         "from comfyfleet.store.embedded import EmbeddedValkey; "
+         "v = EmbeddedValkey(Path(sys.argv[1])); print(v.start(), flush=True); time.sleep(60)",
+         str(data_dir)], stdout=subprocess.PIPE, text=True)
+    url = starter.stdout.readline().strip()  # type: ignore[union-attr]
+    starter.send_signal(signal.SIGKILL)
+    starter.wait(10)
+    starter.stdout.close()  # type: ignore[union-attr]
+    return url
+
+
 class Child:
     """A child process whose output goes to a log file we can read while it runs."""
 

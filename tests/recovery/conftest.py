@@ -1,10 +1,14 @@
-"""Fixtures of the recovery tests: two quick simulators and a rig (store, queue, dispatcher) on them."""
+"""Fixtures of the recovery tests: two quick simulators and a rig (store, queue, dispatcher) on
+them; ``services``, a deployment's services with no backend."""
 
 from __future__ import annotations
+
+import uuid
 
 import pytest
 from recovery_helpers import rig
 
+from comfyfleet.services import ServiceConfig, open_services
 from comfyfleet.sim import SimConfig, Simulator
 
 
@@ -19,3 +23,10 @@ async def sims():
 async def r(valkey_url, tmp_path, sims):
     async with rig(valkey_url, tmp_path, sims) as r:
         yield r
+
+
+@pytest.fixture
+async def services(valkey_url, tmp_path):
+    config = ServiceConfig(redis_url=valkey_url, data_dir=tmp_path, key_prefix=f"m{uuid.uuid4().hex[:8]}")
+    async with open_services(config) as services:
+        yield services

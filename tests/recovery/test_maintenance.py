@@ -12,23 +12,13 @@ import time
 import uuid
 from dataclasses import dataclass
 
-import pytest
-
 from comfyfleet.domain import transitions as t
 from comfyfleet.domain.job import Job, JobError, JobStatus, Output
 from comfyfleet.runtime.maintenance import Maintenance, MaintenanceSettings
 from comfyfleet.runtime.recovery import Recovery
-from comfyfleet.services import ServiceConfig, open_services
 from comfyfleet.store.claims import Claims
 
 DAY = 86400.0
-
-
-@pytest.fixture
-async def services(valkey_url, tmp_path):
-    config = ServiceConfig(redis_url=valkey_url, data_dir=tmp_path, key_prefix=f"m{uuid.uuid4().hex[:8]}")
-    async with open_services(config) as services:
-        yield services
 
 
 def maintenance(services, *, now: float) -> Maintenance:  # type: ignore[no-untyped-def]

@@ -5,23 +5,12 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from pathlib import Path
-
-import pytest
 
 from comfyfleet.blobs import LocalBlobStore, digest_of
 from comfyfleet.runtime.maintenance import Maintenance, MaintenanceSettings
-from comfyfleet.services import ServiceConfig, open_services
 
 DAY = 86400.0
-
-
-@pytest.fixture
-async def services(valkey_url, tmp_path):
-    config = ServiceConfig(redis_url=valkey_url, data_dir=tmp_path, key_prefix=f"m{uuid.uuid4().hex[:8]}")
-    async with open_services(config) as services:
-        yield services
 
 
 async def test_an_old_blob_stored_again_outlives_the_next_pass(services):

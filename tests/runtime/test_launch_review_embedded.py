@@ -18,6 +18,7 @@ import redis as sync_redis
 from comfyfleet.launch import keep_alive
 from comfyfleet.store.embedded import RECORD_NAME, EmbeddedValkey
 from helpers.fleet import free_port
+from helpers.processes import valkey_left_by_a_killed_starter
 
 
 def client(url: str) -> sync_redis.Redis:
@@ -84,15 +85,7 @@ def test_servers_of_two_data_dirs_started_at_once_both_start(tmp_path):
 async def test_a_server_adopted_from_a_killed_serve_is_started_again_when_it_dies(tmp_path):
     """A serve restarted after being killed adopts the Valkey the dead one left running, and
     never started it again when it died: it answered 503 for ever."""
-    starter = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from pathlib import Path; "
-         "from comfyfleet.store.embedded import EmbeddedValkey; "
-         "v = EmbeddedValkey(Path(sys.argv[1])); print(v.start(), flush=True); time.sleep(60)",
-         str(tmp_path)], stdout=subprocess.PIPE, text=True)
-    url = starter.stdout.readline().strip()
-    starter.send_signal(signal.SIGKILL)
-    starter.wait(10)
+    url = valkey_left_by_a_killed_starter(tmp_path)
     client(url).set("written-before", "1")
 
     valkey = EmbeddedValkey(tmp_path)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import redis as sync_redis
 
 from comfyfleet.errors import ConfigError
 from comfyfleet.store.embedded import RECORD_NAME, EmbeddedValkey
+from helpers.processes import valkey_left_by_a_killed_starter
 
 
 def client(url: str) -> sync_redis.Redis:
@@ -55,16 +55,8 @@ def test_persistence_pidfile_and_stop(tmp_path):
 
 
 def test_a_server_left_by_a_killed_run_is_reused(tmp_path):
-    starter = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from pathlib import Path; "
-         "from comfyfleet.store.embedded import EmbeddedValkey; "
-         "v = EmbeddedValkey(Path(sys.argv[1])); print(v.start(), flush=True); time.sleep(60)",
-         str(tmp_path)], stdout=subprocess.PIPE, text=True)
-    url = starter.stdout.readline().strip()
+    url = valkey_left_by_a_killed_starter(tmp_path)
     client(url).set("from-the-first-run", "1")
-    starter.send_signal(signal.SIGKILL)
-    starter.wait(10)
 
     record = json.loads((tmp_path / "valkey" / RECORD_NAME).read_text())
     assert alive(record["pid"]), "the server outlives its killed parent"
