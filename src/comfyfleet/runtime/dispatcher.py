@@ -41,6 +41,7 @@ from ..domain.policy import CircuitBreaker
 from ..errors import StoreError
 from ..store.fleet import BackendRecord, FleetSnapshot, FleetStore
 from ..store.node_catalogs import NodeCatalogs
+from .class_gaps import ClassGapFinder
 from .fleet_memory import FleetMemory
 from .selection import Roster, TypeRouting, required_tags, tags_wanted
 from .slot_line import CHANGED, RECHECK, SlotLine
@@ -80,18 +81,6 @@ class DispatchSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class ClassGaps:
-    """Which of a job's node classes each registered backend lacks (empty: it has them all;
-    None: its catalog is not known yet, so it is not held back), and the backends lacking one."""
-
-    by_backend: Mapping[str, frozenset[str] | None]
-    lacking: frozenset[str]
-
-
-NO_GAPS = ClassGaps({}, frozenset())
-
-
-@dataclass(frozen=True, slots=True)
 class Choice:
     backend: Backend | None = None
     fatal: str | None = None  # no backend can ever take this job
@@ -108,9 +97,7 @@ class Dispatcher:
         backends scans all its connections on every request)."""
         self.fleet = fleet
         self.settings = settings
-        self._catalogs = catalogs  # which node classes each backend has (None: not consulted)
-        self._gaps_seen_with: tuple[object, object] | None = None  # what _gaps_by_classes came from
-        self._gaps_by_classes: dict[frozenset[str], ClassGaps] = {}
+        self._class_gaps = ClassGapFinder(catalogs)  # which node classes each backend lacks
         self._clock = clock
         self._pools: list[aiohttp.ClientSession] = []
         if client_factory is None and http is not None:
@@ -298,7 +285,7 @@ class Dispatcher:
             return Choice(circuit_open=f"the circuit breaker of this workflow ({workflow.job_type}, "
                                        f"{workflow.fingerprint}) is open after repeated failures{whose}")
         routing = self.routing_for(job.type)
-        gaps = await self._class_gaps(classes)
+        gaps = await self._class_gaps.gaps(classes, self._snapshot)
         lacking = gaps.lacking  # would refuse the prompt
         if lacking:
             allowed = self.roster(self._clock()).allowed(required_tags(job, routing), routing)  # by tags, whatever their state
@@ -363,32 +350,8 @@ class Dispatcher:
         finally:
             self._line.leave(waiter)
 
-    async def _class_gaps(self, classes: frozenset[str]) -> ClassGaps:
-        """Which of ``classes`` each registered backend lacks. Worked out once per class set
-        until the catalogs or the registry change."""
-        if not classes or self._catalogs is None or self._snapshot is None:
-            return NO_GAPS
-        catalogs = await self._catalogs.catalogs()
-        seen = self._gaps_seen_with  # catalogs and registry: replaced when they change, not edited
-        if seen is None or seen[0] is not catalogs or seen[1] is not self._snapshot:
-            self._gaps_seen_with, self._gaps_by_classes = (catalogs, self._snapshot), {}
-        if (found := self._gaps_by_classes.get(classes)) is not None:
-            return found
-        known = await self._catalogs.classes_of(self._snapshot.backends)
-        by_backend = {name: None if has is None else classes - has for name, has in known.items()}
-        found = self._gaps_by_classes[classes] = ClassGaps(
-            by_backend, frozenset(name for name, gap in by_backend.items() if gap))
-        return found
-
     async def forget_node_catalog(self, name: str) -> None:
-        """``name`` refused a node class: what is known of its classes goes, so its next health
-        check reads them again (meanwhile it is not held back, nor are workflows judged by it)."""
-        if self._catalogs is None:
-            return
-        try:
-            await self._catalogs.forget(name)
-        except StoreError as exc:
-            log.warning("fleet: could not forget the node catalog of %s: %s", name, exc)
+        await self._class_gaps.forget(name)
 
     async def release(self, name: str, holder: str) -> None:
         self._held.pop(holder, None)
